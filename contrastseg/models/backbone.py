@@ -1,0 +1,235 @@
+"""torchvision ResNet backbones with any band count and output stride 8, 16 or 32.
+
+The module keeps torchvision's attribute names (``conv1``, ``bn1``, ``layer1`` ...
+``layer4``) and drops ``avgpool`` / ``fc``, so its ``state_dict`` uses torchvision's keys:
+torchvision, timm-style and segmentation_models_pytorch ResNet weights load into it and
+its weights load back into ``torchvision.models.resnetXX()`` with only ``fc.*`` missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
+OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
+
+# Prefixes that wrappers put in front of plain ResNet keys (DDP, smp, lightly, our models).
+_KNOWN_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+
+
+def adapt_first_conv_weight(weight: Tensor, in_channels: int) -> Tensor:
+    """Adapt a 3-band first-convolution kernel to ``in_channels`` bands.
+
+    The rule, chosen so that an input whose bands have similar statistics produces the
+    same activation magnitude as the RGB input the kernel was trained on:
+
+    * ``in_channels == 3``: unchanged.
+    * ``in_channels > 3``: band ``i`` takes the kernel of RGB band ``i % 3`` (so bands
+      0, 1, 2 are assumed to be R, G, B, in that order, as the data config orders them;
+      a fourth band such as near-infrared starts from the red kernel), then the whole
+      kernel is scaled by ``3 / in_channels``.
+    * ``in_channels < 3``: every band takes the mean of the three RGB kernels, scaled by
+      ``3 / in_channels`` (for one band this is the sum of the RGB kernels, the usual
+      rule for grayscale).
+
+    Args:
+        weight: ``(out, 3, kh, kw)`` kernel.
+        in_channels: number of input bands, at least 1.
+
+    Returns:
+        ``(out, in_channels, kh, kw)`` kernel.
+    """
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise ValueError(
+            f"expected a 3-band first-conv kernel of shape (out, 3, kh, kw), got {tuple(weight.shape)}"
+        )
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if in_channels == 3:
+        return weight.clone()
+    if in_channels > 3:
+        index = torch.arange(in_channels, device=weight.device) % 3
+        return weight[:, index] * (3.0 / in_channels)
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.expand(-1, in_channels, -1, -1) * (3.0 / in_channels)
+
+
+def _set_conv(conv: nn.Conv2d, stride: int | None = None, dilation: int | None = None) -> None:
+    """Change a convolution's stride and/or dilation in place, keeping 'same' padding."""
+    if stride is not None:
+        conv.stride = (stride, stride)
+    if dilation is not None and conv.kernel_size[0] > 1:
+        conv.dilation = (dilation, dilation)
+        conv.padding = (dilation * (conv.kernel_size[0] - 1) // 2,) * 2
+
+
+def _dilate_stage(stage: nn.Sequential, previous_dilation: int, dilation: int) -> None:
+    """Turn a stride-2 ResNet stage into a stride-1 stage with dilated 3x3 convolutions.
+
+    Follows torchvision's ``replace_stride_with_dilation`` for Bottleneck stages: the
+    first block's strided 3x3 convolution keeps the previous dilation, every other 3x3
+    convolution of the stage gets the new one, and the shortcut loses its stride.
+    BasicBlock (ResNet-18/34), which torchvision refuses to dilate, gets the same
+    treatment applied to its two 3x3 convolutions.
+    """
+    for i, block in enumerate(stage):
+        if isinstance(block, Bottleneck):
+            strided, others = block.conv2, []
+        elif isinstance(block, BasicBlock):
+            strided, others = block.conv1, [block.conv2]
+        else:  # pragma: no cover - torchvision only builds these two
+            raise TypeError(f"unsupported ResNet block {type(block).__name__}")
+        if i == 0:
+            _set_conv(strided, stride=1, dilation=previous_dilation)
+            if block.downsample is not None:
+                _set_conv(block.downsample[0], stride=1)
+        else:
+            _set_conv(strided, dilation=dilation)
+        for conv in others:
+            _set_conv(conv, dilation=dilation)
+        block.stride = 1
+
+
+def _strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _KNOWN_PREFIXES:
+                if key.startswith(prefix):
+                    key = key[len(prefix) :]
+                    changed = True
+        out[key] = value
+    return out
+
+
+def _unwrap_checkpoint(obj: object, path: str) -> Mapping[str, Tensor]:
+    """Find the state dict inside what ``torch.load`` returned."""
+    if isinstance(obj, Mapping):
+        for key in ("backbone", "state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
+                return _unwrap_checkpoint(inner, path)
+        if obj and all(isinstance(v, Tensor) for v in obj.values()):
+            return obj  # type: ignore[return-value]
+    raise ValueError(
+        f"{path}: expected a ResNet state dict (or a checkpoint holding one under 'backbone', "
+        f"'state_dict' or 'model'), got {type(obj).__name__}"
+    )
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without ``avgpool``/``fc``, returning the stride-4 and last features.
+
+    Args:
+        arch: one of ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``.
+        in_channels: number of input bands (3 for RGB, 4 for RGB+NIR, 13 for Sentinel-2 ...).
+        output_stride: 32 (plain ResNet), 16 (``layer4`` dilated) or 8 (``layer3`` and
+            ``layer4`` dilated).
+        weights: optional path to a ResNet state dict in torchvision key names (a
+            torchvision / timm / smp ResNet file, or a ``contrastseg export`` file). A
+            3-band first convolution is adapted to ``in_channels`` with
+            :func:`adapt_first_conv_weight`. Random (torchvision) initialisation otherwise.
+
+    Shapes:
+        input ``(B, in_channels, H, W)``; :meth:`forward` returns ``(low_level, out)`` with
+        ``low_level`` the ``layer1`` output ``(B, low_level_channels, ceil(H/4), ceil(W/4))``
+        and ``out`` the ``layer4`` output ``(B, out_channels, ~H/os, ~W/os)``.
+    """
+
+    def __init__(
+        self,
+        arch: str = "resnet50",
+        in_channels: int = 3,
+        output_stride: int = 16,
+        weights: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown backbone {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        net = getattr(torchvision.models, arch)(weights=None)
+        self.arch = arch
+        self.in_channels = in_channels
+        self.output_stride = output_stride
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
+        if output_stride <= 16:
+            dilation3 = 2 if output_stride == 8 else 1
+            if output_stride == 8:
+                _dilate_stage(self.layer3, previous_dilation=1, dilation=2)
+            _dilate_stage(self.layer4, previous_dilation=dilation3, dilation=2 * dilation3)
+        expansion = 4 if arch in ("resnet50", "resnet101") else 1
+        self.low_level_channels = 64 * expansion
+        self.out_channels = 512 * expansion
+        if weights is not None:
+            self.load_weights(weights)
+
+    def load_weights(self, path: str | os.PathLike[str]) -> None:
+        """Load a ResNet state dict in torchvision key names from ``path`` (strict but for ``fc``).
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: the file holds no ResNet state dict, or keys / shapes do not match
+                this architecture (the message lists them).
+        """
+        path = os.fspath(path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"backbone weights file not found: {path}")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state = _strip_prefixes(_unwrap_checkpoint(obj, path))
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        conv1 = state.get("conv1.weight")
+        if conv1 is not None and conv1.shape[1] != self.in_channels:
+            if conv1.shape[1] != 3:
+                raise ValueError(
+                    f"{path}: conv1.weight has {conv1.shape[1]} input bands; the model has "
+                    f"{self.in_channels} and only 3-band weights can be adapted"
+                )
+            state["conv1.weight"] = adapt_first_conv_weight(conv1, self.in_channels)
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = sorted(
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in set(own) & set(state)
+            if state[k].shape != own[k].shape
+        )
+        if missing or unexpected or wrong:
+            parts = []
+            if missing:
+                parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
+            if unexpected:
+                parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
+            if wrong:
+                parts.append(f"shape mismatches ({len(wrong)}): {'; '.join(wrong[:8])}")
+            raise ValueError(
+                f"{path} does not fit a {self.arch} backbone with {self.in_channels} bands: "
+                + " | ".join(parts)
+            )
+        self.load_state_dict(state, strict=True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        low_level = self.layer1(x)
+        out = self.layer4(self.layer3(self.layer2(low_level)))
+        return low_level, out
