@@ -1,0 +1,1 @@
+"""Contrastive losses (NT-Xent, GLCNet global and local) and the segmentation loss catalogue."""
