@@ -52,7 +52,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_it(fn: Callable[[], Any], device: torch.device, repeats: int = 5, warmup: int = 1) -> list[float]:
+def time_it(
+    fn: Callable[[], Any], device: torch.device, repeats: int = 5, warmup: int = 1
+) -> list[float]:
     """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
     for _ in range(warmup):
         fn()

@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"contrastseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    info = sub.add_parser("info", help="print versions, the device a run would use and thread count")
+    info = sub.add_parser(
+        "info", help="print versions, the device a run would use and thread count"
+    )
     info.set_defaults(handler=_cmd_info)
     return parser
 

@@ -8,10 +8,10 @@ from contrastseg.models.backbone import (
 )
 from contrastseg.models.deeplab import (
     ASPP,
+    Decoder,
     DeepLabFeatures,
     DeepLabOutput,
     DeepLabV3Plus,
-    Decoder,
     aspp_rates,
 )
 from contrastseg.models.heads import GlobalProjectionHead, LocalProjectionHead, ProjectionHead
@@ -20,10 +20,10 @@ __all__ = [
     "ARCHITECTURES",
     "ASPP",
     "OUTPUT_STRIDES",
+    "Decoder",
     "DeepLabFeatures",
     "DeepLabOutput",
     "DeepLabV3Plus",
-    "Decoder",
     "GlobalProjectionHead",
     "LocalProjectionHead",
     "ProjectionHead",

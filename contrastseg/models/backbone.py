@@ -154,7 +154,9 @@ class ResNetBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown backbone {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+            raise ValueError(
+                f"unknown backbone {arch!r}; expected one of {', '.join(ARCHITECTURES)}"
+            )
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
         if not isinstance(in_channels, int) or in_channels < 1:

@@ -19,7 +19,11 @@ from contrastseg.models.backbone import ResNetBackbone
 
 
 def _conv_bn_relu(
-    in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1, separable: bool = False
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 1,
+    dilation: int = 1,
+    separable: bool = False,
 ) -> nn.Sequential:
     """Conv -> BN -> ReLU; a 3x3 ``separable`` conv is depthwise (dilated) then pointwise."""
     padding = dilation * (kernel_size - 1) // 2
@@ -39,7 +43,9 @@ def _conv_bn_relu(
             nn.ReLU(inplace=True),
         )
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
+        ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -87,7 +93,8 @@ class ASPP(nn.Module):
         super().__init__()
         branches = [_conv_bn_relu(in_channels, out_channels, 1)]
         branches += [
-            _conv_bn_relu(in_channels, out_channels, 3, dilation=r, separable=separable) for r in rates
+            _conv_bn_relu(in_channels, out_channels, 3, dilation=r, separable=separable)
+            for r in rates
         ]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.branches = nn.ModuleList(branches)

@@ -10,6 +10,7 @@ works on pooled vectors, ``256 -> 64`` then ``64 -> 64 -> 64``, and costs nothin
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ class ProjectionHead(nn.Module):
         if len(dims) < 2 or any(d < 1 for d in dims):
             raise ValueError(f"a projection head needs at least two positive widths, got {dims}")
         layers: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             last = i == len(dims) - 2
             layers.append(nn.Linear(d_in, d_out, bias=last or not batch_norm))
             if not last:
@@ -56,7 +57,11 @@ class GlobalProjectionHead(ProjectionHead):
     """GLCNet's global head on the style vector: ``2 * encoder_channels -> 256 -> 64`` by default."""
 
     def __init__(
-        self, in_dim: int = 512, hidden_dims: Sequence[int] = (256,), out_dim: int = 64, batch_norm: bool = True
+        self,
+        in_dim: int = 512,
+        hidden_dims: Sequence[int] = (256,),
+        out_dim: int = 64,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__([in_dim, *hidden_dims, out_dim], batch_norm=batch_norm)
 

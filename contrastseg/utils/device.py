@@ -26,7 +26,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)") from err
+        raise ValueError(
+            f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)"
+        ) from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")

@@ -1,0 +1,81 @@
+import math
+
+import pytest
+import torch
+
+from contrastseg.models import ARCHITECTURES, DeepLabV3Plus, aspp_rates
+
+H, W = 70, 94  # non-square, not a multiple of 32
+
+
+def _ceil_div_pow2(n: int, k: int) -> int:
+    for _ in range(k):
+        n = math.ceil(n / 2)
+    return n
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+@pytest.mark.parametrize("bands", [3, 4, 13])
+def test_output_shapes(arch, output_stride, bands):
+    model = DeepLabV3Plus(
+        num_classes=5, arch=arch, in_channels=bands, output_stride=output_stride
+    ).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, bands, H, W), return_features=True)
+    k = int(math.log2(output_stride))
+    assert out.logits.shape == (2, 5, H, W)
+    assert out.encoder.shape == (2, 256, _ceil_div_pow2(H, k), _ceil_div_pow2(W, k))
+    assert out.decoder.shape == (2, 256, _ceil_div_pow2(H, 2), _ceil_div_pow2(W, 2))
+
+
+def test_aspp_rates_scale_with_output_stride():
+    assert aspp_rates(16) == (6, 12, 18)
+    assert aspp_rates(8) == (12, 24, 36)
+    model = DeepLabV3Plus(num_classes=2, arch="resnet18", output_stride=8)
+    dilations = [branch[0].dilation[0] for branch in model.aspp.branches[1:4]]
+    assert dilations == [12, 24, 36]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_gradients_reach_every_parameter(arch):
+    torch.manual_seed(0)
+    model = DeepLabV3Plus(num_classes=3, arch=arch, in_channels=4, output_stride=16).train()
+    x = torch.randn(2, 4, 64, 72)
+    target = torch.randint(0, 3, (2, 64, 72))
+    torch.nn.functional.cross_entropy(model(x), target).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_separable_variant_and_feature_only_paths():
+    model = DeepLabV3Plus(num_classes=None, arch="resnet18", in_channels=4, separable=True).eval()
+    assert model.classifier is None
+    x = torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x, decoder=False)
+        assert feats.encoder.shape == (2, 256, 4, 4) and feats.decoder is None
+        feats = model.forward_features(x)
+        assert feats.decoder.shape == (2, 256, 16, 16)
+    depthwise = [m for m in model.aspp.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 3
+    with pytest.raises(RuntimeError, match="num_classes=None"):
+        model(x)
+
+
+def test_band_count_mismatch_names_both_numbers():
+    model = DeepLabV3Plus(num_classes=2, arch="resnet18", in_channels=4).eval()
+    with pytest.raises(ValueError, match=r"input has 3 bands but the model was built for 4"):
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        model(torch.randn(4, 32, 32))
+    with pytest.raises(ValueError, match="floating-point"):
+        model(torch.zeros(1, 4, 32, 32, dtype=torch.uint8))
+
+
+def test_single_image_batch_in_training_is_a_clear_error():
+    model = DeepLabV3Plus(num_classes=2, arch="resnet18").train()
+    with pytest.raises(ValueError, match="batch of at least 2"):
+        model(torch.randn(1, 3, 32, 32))
