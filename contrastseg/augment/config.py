@@ -1,0 +1,282 @@
+"""Configuration of the paired views: one dataclass per op, one pipeline per view.
+
+Defaults follow the official GLCNet recipe (Li et al., TGRS 2022; see DESIGN.md): 224 x 224
+views from random resized crops (scale 0.4-1.0, ratio 3/4-4/3); view 1 is the crop only,
+view 2 adds flips, rot90 (p 0.8), colour distortion (p 0.8), "grayscale" (p 0.1),
+Gaussian blur (p 0.5) and Gaussian noise. ``ViewsConfig.preset("simclr")`` gives SimCLR's
+symmetric strong pipeline (Chen et al., ICML 2020, appendix A) on both views.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _check_probability(owner: str, name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{owner}.{name} must be a probability in [0, 1], got {value}")
+
+
+def _check_range(owner: str, name: str, value: tuple[float, float], low: float = -math.inf) -> None:
+    if len(value) != 2 or not value[0] <= value[1] or value[0] < low:
+        raise ValueError(
+            f"{owner}.{name} must be a (min, max) pair with {low} <= min <= max, got {value}"
+        )
+
+
+@dataclass
+class CropConfig:
+    """Random resized crop (always applied): a box of random area and aspect ratio, resized to the view.
+
+    Attributes:
+        scale: range of the box area as a fraction of the source area.
+        ratio: range of the box aspect ratio (width / height), sampled log-uniformly.
+    """
+
+    scale: tuple[float, float] = (0.4, 1.0)  #: box area / source area, (min, max)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  #: box width / height, (min, max), log-uniform
+
+    def __post_init__(self) -> None:
+        self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
+        self.ratio = tuple(float(v) for v in self.ratio)  # type: ignore[assignment]
+        _check_range("crop", "scale", self.scale, low=0.0)
+        if self.scale[0] <= 0.0 or self.scale[1] > 1.0:
+            raise ValueError(f"crop.scale must lie in (0, 1], got {self.scale}")
+        _check_range("crop", "ratio", self.ratio, low=0.0)
+        if self.ratio[0] <= 0.0:
+            raise ValueError(f"crop.ratio must be positive, got {self.ratio}")
+
+
+@dataclass
+class FlipConfig:
+    """Random horizontal and vertical flips, each drawn independently.
+
+    Attributes:
+        horizontal_p: probability of a left-right flip.
+        vertical_p: probability of an up-down flip.
+    """
+
+    horizontal_p: float = 0.0  #: probability of a left-right flip
+    vertical_p: float = 0.0  #: probability of an up-down flip
+
+    def __post_init__(self) -> None:
+        _check_probability("flip", "horizontal_p", self.horizontal_p)
+        _check_probability("flip", "vertical_p", self.vertical_p)
+
+
+@dataclass
+class Rot90Config:
+    """Rotation by a multiple of 90 degrees (k uniform in {1, 2, 3} when applied).
+
+    Attributes:
+        p: probability of rotating.
+    """
+
+    p: float = 0.0  #: probability of a rotation by 90, 180 or 270 degrees (uniform)
+
+    def __post_init__(self) -> None:
+        _check_probability("rot90", "p", self.p)
+
+
+@dataclass
+class RotationConfig:
+    """Rotation by an arbitrary angle about the view centre; corners outside the source get index 0.
+
+    Attributes:
+        p: probability of rotating.
+        degrees: range of the angle in degrees (counter-clockwise), sampled uniformly.
+    """
+
+    p: float = 0.0  #: probability of an arbitrary-angle rotation
+    degrees: tuple[float, float] = (-30.0, 30.0)  #: angle range in degrees, (min, max)
+
+    def __post_init__(self) -> None:
+        _check_probability("rotation", "p", self.p)
+        self.degrees = tuple(float(v) for v in self.degrees)  # type: ignore[assignment]
+        _check_range("rotation", "degrees", self.degrees)
+
+
+@dataclass
+class ColorConfig:
+    """Colour distortion (torchvision ColorJitter semantics, fixed order b, c, s, h).
+
+    Brightness and contrast act on every band (contrast around each band's own mean);
+    saturation and hue act only on the ``rgb_bands`` of :class:`ViewsConfig`.
+
+    Attributes:
+        p: probability of applying the colour distortion at all.
+        brightness: factor drawn from ``[1 - brightness, 1 + brightness]``.
+        contrast: factor drawn from ``[1 - contrast, 1 + contrast]``.
+        saturation: factor drawn from ``[1 - saturation, 1 + saturation]``.
+        hue: shift drawn from ``[-hue, hue]`` in turns (at most 0.5).
+    """
+
+    p: float = 0.0  #: probability of the colour distortion
+    brightness: float = 0.4  #: brightness factor range half-width
+    contrast: float = 0.4  #: contrast factor range half-width (per band)
+    saturation: float = 0.4  #: saturation factor range half-width (RGB bands only)
+    hue: float = 0.1  #: hue shift range half-width in turns, <= 0.5 (RGB bands only)
+
+    def __post_init__(self) -> None:
+        _check_probability("color", "p", self.p)
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0.0:
+                raise ValueError(f"color.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"color.hue must lie in [0, 0.5], got {self.hue}")
+
+
+@dataclass
+class GrayscaleConfig:
+    """ "Grayscale": every band replaced by the mean over bands (works for any band count).
+
+    Attributes:
+        p: probability of the replacement.
+    """
+
+    p: float = 0.0  #: probability of replacing every band by the band mean
+
+    def __post_init__(self) -> None:
+        _check_probability("grayscale", "p", self.p)
+
+
+@dataclass
+class BlurConfig:
+    """Gaussian blur with a per-sample sigma; kernel size ``2 * ceil(3 * sigma_max) + 1``.
+
+    Attributes:
+        p: probability of blurring.
+        sigma: range of the standard deviation in view pixels, sampled uniformly.
+    """
+
+    p: float = 0.0  #: probability of a Gaussian blur
+    sigma: tuple[float, float] = (0.8, 1.4)  #: sigma range in view pixels, (min, max)
+
+    def __post_init__(self) -> None:
+        _check_probability("blur", "p", self.p)
+        self.sigma = tuple(float(v) for v in self.sigma)  # type: ignore[assignment]
+        _check_range("blur", "sigma", self.sigma, low=0.0)
+        if self.sigma[0] <= 0.0:
+            raise ValueError(f"blur.sigma must be positive, got {self.sigma}")
+
+
+@dataclass
+class NoiseConfig:
+    """Additive Gaussian noise, independent per pixel and band.
+
+    Attributes:
+        p: probability of adding noise.
+        std: range of the noise standard deviation (in image units), sampled uniformly.
+    """
+
+    p: float = 0.0  #: probability of additive Gaussian noise
+    std: tuple[float, float] = (0.01, 0.05)  #: noise std range in image units, (min, max)
+
+    def __post_init__(self) -> None:
+        _check_probability("noise", "p", self.p)
+        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        _check_range("noise", "std", self.std, low=0.0)
+
+
+@dataclass
+class PipelineConfig:
+    """The ops of one view, applied in the order of the fields (geometry first, then intensity).
+
+    All geometric ops (crop, flips, rot90, rotation) are composed into one affine map and the
+    image is resampled once.
+    """
+
+    crop: CropConfig = field(default_factory=CropConfig)  #: random resized crop
+    flip: FlipConfig = field(default_factory=FlipConfig)  #: horizontal / vertical flips
+    rot90: Rot90Config = field(default_factory=Rot90Config)  #: multiples of 90 degrees
+    rotation: RotationConfig = field(default_factory=RotationConfig)  #: arbitrary angle
+    color: ColorConfig = field(default_factory=ColorConfig)  #: colour distortion
+    grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)  #: band mean
+    blur: BlurConfig = field(default_factory=BlurConfig)  #: Gaussian blur
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  #: Gaussian noise
+
+
+def _glcnet_t2() -> PipelineConfig:
+    return PipelineConfig(
+        flip=FlipConfig(horizontal_p=0.5, vertical_p=0.5),
+        rot90=Rot90Config(p=0.8),
+        color=ColorConfig(p=0.8, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+        grayscale=GrayscaleConfig(p=0.1),
+        blur=BlurConfig(p=0.5, sigma=(0.8, 1.4)),
+        noise=NoiseConfig(p=0.5, std=(0.01, 0.05)),
+    )
+
+
+def _simclr_pipeline() -> PipelineConfig:
+    return PipelineConfig(
+        crop=CropConfig(scale=(0.08, 1.0)),
+        flip=FlipConfig(horizontal_p=0.5),
+        color=ColorConfig(p=0.8, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2),
+        grayscale=GrayscaleConfig(p=0.2),
+        blur=BlurConfig(p=0.5, sigma=(0.1, 2.0)),
+    )
+
+
+@dataclass
+class ViewsConfig:
+    """Two augmentation pipelines, ``t1`` for view 1 and ``t2`` for view 2 (GLCNet defaults).
+
+    Attributes:
+        size: side of the square views in pixels.
+        rgb_bands: the band indices of the red, green and blue bands, on which saturation and
+            hue act; ``None`` when the data has no RGB triple (those two ops are skipped).
+        value_range: ``(low, high)`` the intensity ops clamp to, as torchvision does for
+            images in ``[0, 1]``; ``None`` for no clamping (e.g. standardised bands).
+        t1: pipeline of view 1 (GLCNet: the crop only).
+        t2: pipeline of view 2 (GLCNet: crop, flips, rot90, colour, grayscale, blur, noise).
+    """
+
+    size: int = 224  #: side of the square views in pixels
+    rgb_bands: list[int] | None = field(
+        default_factory=lambda: [0, 1, 2]
+    )  #: R, G, B band indices or None
+    value_range: tuple[float, float] | None = (
+        0.0,
+        1.0,
+    )  #: clamp range of intensity ops, None = no clamp
+    t1: PipelineConfig = field(default_factory=PipelineConfig)  #: pipeline of view 1
+    t2: PipelineConfig = field(default_factory=_glcnet_t2)  #: pipeline of view 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"views.size must be a positive integer, got {self.size!r}")
+        if self.rgb_bands is not None:
+            bands = list(self.rgb_bands)
+            if len(bands) != 3 or len(set(bands)) != 3 or any(int(b) != b or b < 0 for b in bands):
+                raise ValueError(
+                    f"views.rgb_bands must be three distinct non-negative band indices or None, "
+                    f"got {self.rgb_bands!r}"
+                )
+            self.rgb_bands = [int(b) for b in bands]
+        if self.value_range is not None:
+            self.value_range = tuple(float(v) for v in self.value_range)  # type: ignore[assignment]
+            if len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]:
+                raise ValueError(
+                    f"views.value_range must be (low, high) with low < high or None, got {self.value_range}"
+                )
+
+    @classmethod
+    def preset(cls, name: Literal["glcnet", "simclr"], **overrides: object) -> ViewsConfig:
+        """A named recipe: ``glcnet`` (the defaults) or ``simclr`` (strong pipeline on both views).
+
+        Args:
+            name: ``"glcnet"`` or ``"simclr"``.
+            **overrides: top-level fields to replace (e.g. ``size=96, rgb_bands=None``).
+
+        Raises:
+            ValueError: ``name`` is not a preset.
+        """
+        if name == "glcnet":
+            return cls(**overrides)  # type: ignore[arg-type]
+        if name == "simclr":
+            kwargs: dict[str, object] = {"t1": _simclr_pipeline(), "t2": _simclr_pipeline()}
+            kwargs.update(overrides)
+            return cls(**kwargs)  # type: ignore[arg-type]
+        raise ValueError(f"views preset must be 'glcnet' or 'simclr', got {name!r}")

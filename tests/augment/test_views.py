@@ -1,0 +1,204 @@
+"""Tests of contrastseg/augment/views.py: PairedViews end to end."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from contrastseg.augment.config import (
+    ColorConfig,
+    FlipConfig,
+    GrayscaleConfig,
+    PipelineConfig,
+    Rot90Config,
+    RotationConfig,
+    ViewsConfig,
+)
+from contrastseg.augment.views import PairedViews, ViewPair
+
+H, W, S = 40, 48, 32
+
+
+def ramp(b, height=H, width=W, bands=2):
+    cols = torch.arange(width, dtype=torch.float32).expand(height, width)
+    rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
+    planes = [cols, rows] + [torch.full((height, width), 0.5)] * (bands - 2)
+    return torch.stack(planes).expand(b, bands, height, width).contiguous()
+
+
+def geometry_only(pipe: PipelineConfig) -> PipelineConfig:
+    return dataclasses.replace(
+        pipe,
+        color=ColorConfig(),
+        grayscale=GrayscaleConfig(),
+        blur=dataclasses.replace(pipe.blur, p=0.0),
+        noise=dataclasses.replace(pipe.noise, p=0.0),
+    )
+
+
+def check_half_pixel_rule(view, index, height=H, width=W):
+    valid = index > 0
+    assert valid.any()
+    assert index.dtype == torch.int64 and index.min() >= 0 and index.max() <= height * width
+    v = index[valid] - 1
+    col, row = (v % width).float(), torch.div(v, width, rounding_mode="floor").float()
+    assert (view[:, 0][valid] - col).abs().max() <= 0.5 + 1e-3
+    assert (view[:, 1][valid] - row).abs().max() <= 0.5 + 1e-3
+
+
+TRANSFORMS = {
+    "crop": PipelineConfig(),
+    "flip": PipelineConfig(flip=FlipConfig(horizontal_p=0.5, vertical_p=0.5)),
+    "rot90": PipelineConfig(rot90=Rot90Config(p=1.0)),
+    "rotation": PipelineConfig(rotation=RotationConfig(p=1.0, degrees=(-45.0, 45.0))),
+    "t2_geometry": geometry_only(
+        dataclasses.replace(
+            ViewsConfig().t2, rotation=RotationConfig(p=0.5, degrees=(-180.0, 180.0))
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_each_transform_obeys_the_half_pixel_rule(name):
+    cfg = ViewsConfig(size=S, value_range=None, t1=PipelineConfig(), t2=TRANSFORMS[name])
+    pair = PairedViews(cfg)(ramp(12), torch.Generator().manual_seed(3))
+    assert isinstance(pair, ViewPair)
+    assert pair.view1.shape == (12, 2, S, S) and pair.index2.shape == (12, S, S)
+    check_half_pixel_rule(pair.view1, pair.index1)
+    check_half_pixel_rule(pair.view2, pair.index2)
+
+
+def test_full_t2_index_maps_equal_its_geometry():
+    # The intensity ops draw after the geometry, so the full t2 keeps the geometry-only index
+    # maps (which obey the half-pixel rule above) while changing the pixel values.
+    images = torch.rand(6, 3, H, W)
+    full = ViewsConfig(size=S)
+    full.t2.rotation = RotationConfig(p=0.5)
+    geo = dataclasses.replace(full, t2=geometry_only(full.t2))
+    a = PairedViews(full)(images, torch.Generator().manual_seed(5))
+    b = PairedViews(geo)(images, torch.Generator().manual_seed(5))
+    assert torch.equal(a.index1, b.index1) and torch.equal(a.index2, b.index2)
+    assert torch.equal(a.view1, b.view1)
+    assert not torch.equal(a.view2, b.view2)
+    assert a.view2.min() >= 0 and a.view2.max() <= 1  # value_range clamp
+
+
+def test_same_seed_same_output_and_different_seed_differs():
+    images = torch.rand(4, 3, H, W)
+    views = PairedViews(ViewsConfig(size=S))
+    a = views(images, torch.Generator().manual_seed(11))
+    b = views(images, torch.Generator().manual_seed(11))
+    c = views(images, torch.Generator().manual_seed(12))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.index2, c.index2)
+
+
+def test_without_generator_the_global_seed_rules():
+    images = torch.rand(2, 3, H, W)
+    views = PairedViews(ViewsConfig(size=S))
+    torch.manual_seed(7)
+    a = views(images)
+    torch.manual_seed(7)
+    b = views(images)
+    assert torch.equal(a.view2, b.view2) and torch.equal(a.index2, b.index2)
+
+
+def test_samples_get_different_parameters():
+    images = ramp(8)
+    pair = PairedViews(ViewsConfig(size=S, value_range=None, rgb_bands=None))(
+        images, torch.Generator().manual_seed(0)
+    )
+    firsts = {int(pair.index1[i, 0, 0]) for i in range(8)}
+    assert len(firsts) > 4
+
+
+@pytest.mark.parametrize(("bands", "rgb"), [(4, [0, 1, 2]), (4, None), (13, [3, 2, 1]), (13, None)])
+def test_multiband_inputs(bands, rgb):
+    images = torch.rand(3, bands, H, W)
+    cfg = ViewsConfig(size=S, rgb_bands=rgb)
+    pair = PairedViews(cfg)(images, torch.Generator().manual_seed(1))
+    assert pair.view1.shape == (3, bands, S, S) and pair.view2.shape == (3, bands, S, S)
+    assert torch.isfinite(pair.view2).all()
+
+
+def test_hue_and_saturation_touch_only_the_rgb_bands():
+    images = torch.rand(4, 13, H, W)
+    base = ViewsConfig(size=S, rgb_bands=[3, 2, 1], t1=PipelineConfig(), t2=PipelineConfig())
+    jitter = dataclasses.replace(
+        base,
+        t2=PipelineConfig(
+            color=ColorConfig(p=1.0, brightness=0.0, contrast=0.0, saturation=0.9, hue=0.3)
+        ),
+    )
+    plain = PairedViews(base)(images, torch.Generator().manual_seed(2))
+    coloured = PairedViews(jitter)(images, torch.Generator().manual_seed(2))
+    others = [b for b in range(13) if b not in (1, 2, 3)]
+    torch.testing.assert_close(coloured.view2[:, others], plain.view2[:, others])
+    assert (coloured.view2[:, [1, 2, 3]] - plain.view2[:, [1, 2, 3]]).abs().max() > 0.05
+
+
+def test_grayscale_replaces_every_band_by_the_band_mean():
+    images = torch.rand(3, 5, H, W)
+    base = ViewsConfig(size=S, rgb_bands=None, t1=PipelineConfig(), t2=PipelineConfig())
+    gray = dataclasses.replace(base, t2=PipelineConfig(grayscale=GrayscaleConfig(p=1.0)))
+    plain = PairedViews(base)(images, torch.Generator().manual_seed(4)).view2.numpy()
+    out = PairedViews(gray)(images, torch.Generator().manual_seed(4)).view2.numpy()
+    expected = np.repeat(plain.mean(axis=1, keepdims=True), 5, axis=1)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_index_maps_stay_integer_under_autocast():
+    images = torch.rand(2, 3, 300, 310)  # large enough that bfloat16 positions would be wrong
+    views = PairedViews(ViewsConfig(size=S))
+    reference = views(images, torch.Generator().manual_seed(9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pair = views(images, torch.Generator().manual_seed(9))
+    assert pair.index1.dtype == torch.int64 and pair.index2.dtype == torch.int64
+    assert torch.equal(pair.index1, reference.index1) and torch.equal(pair.index2, reference.index2)
+    assert pair.view1.dtype == torch.float32
+    torch.testing.assert_close(pair.view2, reference.view2)
+
+
+def test_bfloat16_input_gives_bfloat16_views_and_exact_indices():
+    pair = PairedViews(ViewsConfig(size=S, value_range=None, rgb_bands=None))(
+        ramp(4).to(torch.bfloat16), torch.Generator().manual_seed(0)
+    )
+    assert pair.view1.dtype == torch.bfloat16 and pair.index1.dtype == torch.int64
+    reference = PairedViews(ViewsConfig(size=S, value_range=None, rgb_bands=None))(
+        ramp(4), torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(pair.index2, reference.index2)
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "float"),
+        (torch.zeros(3, 8, 8), "float"),
+        (torch.zeros(2, 2, 8, 8), "rgb_bands"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(images, match):
+    with pytest.raises(ValueError, match=match):
+        PairedViews(ViewsConfig(size=4))(images)
+
+
+def test_subset_and_where_paths_agree():
+    # The CPU computes only the selected samples, other devices compute all and select.
+    from contrastseg.augment import intensity
+    from contrastseg.augment.views import _apply
+
+    images = torch.rand(5, 3, 9, 9)
+    mask = torch.tensor([True, False, True, True, False])
+    sigma = torch.linspace(0.5, 1.5, 5)
+
+    def op(x, pick):
+        return intensity.gaussian_blur(x, pick(sigma), 7)
+
+    a = _apply(mask, op, images, subset=True)
+    b = _apply(mask, op, images, subset=False)
+    torch.testing.assert_close(a, b)
+    assert torch.equal(a[~mask], images[~mask]) and not torch.equal(a[mask], images[mask])
