@@ -1,0 +1,203 @@
+"""Configuration of the unlabeled (pretraining) and labeled (fine-tuning) data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: File name patterns an unlabeled or labeled dataset picks up by default (case-insensitive).
+DEFAULT_PATTERNS = ["*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg"]
+
+
+def _check_bands(name: str, bands: list[int] | None) -> None:
+    if bands is not None:
+        if not bands:
+            raise ValueError(f"{name}: bands must be None (all bands) or a non-empty list, got []")
+        if any(b < 0 for b in bands):
+            raise ValueError(f"{name}: band indices are 0-based and >= 0, got {bands}")
+
+
+def _check_scale(name: str, scale: float | None) -> None:
+    if scale is not None and scale <= 0:
+        raise ValueError(f"{name}: scale must be positive or None (the dtype's range), got {scale}")
+
+
+@dataclass
+class DemoDataConfig:
+    """The built-in synthetic scenes used when no data folder is given.
+
+    Attributes:
+        n_scenes: number of scenes generated in memory.
+        size: side of each square scene in pixels.
+        bands: number of bands (3 = RGB; 4 adds near-infrared; more repeat mixtures).
+        seed: seed of the procedural generator; scene ``i`` uses ``(seed, i)``.
+    """
+
+    n_scenes: int = 16  #: number of scenes generated in memory
+    size: int = 512  #: side of each square scene in pixels
+    bands: int = 4  #: number of bands (3 = RGB, 4 = RGB + near-infrared)
+    seed: int = 0  #: seed of the procedural generator
+
+    def __post_init__(self) -> None:
+        if self.n_scenes < 1:
+            raise ValueError(f"demo.n_scenes must be >= 1, got {self.n_scenes}")
+        if self.size < 32:
+            raise ValueError(f"demo.size must be >= 32 pixels, got {self.size}")
+        if self.bands < 1:
+            raise ValueError(f"demo.bands must be >= 1, got {self.bands}")
+
+
+@dataclass
+class UnlabeledDataConfig:
+    """Unlabeled images for pretraining.
+
+    Attributes:
+        roots: folders (searched recursively) or single image files; empty means the
+            built-in demo scenes (see ``demo``).
+        patterns: file name patterns to pick up, case-insensitive.
+        exclude: fnmatch patterns of paths (relative to their root) to leave out, e.g.
+            ``*/masks/*`` to pretrain on a labeled set's images only.
+        bands: band indices (0-based) to use, in this order; None keeps all bands.
+        patch_size: side of the square patches cut from each image, in pixels.
+        sampling: ``random`` windows re-drawn every epoch, or a fixed ``grid``.
+        coverage: random sampling only: windows per image and epoch are
+            ``max(1, round(coverage * H * W / patch_size**2))``, i.e. proportional to area.
+        grid_stride: grid sampling only: step between grid windows; None = ``patch_size``.
+        too_small: images smaller than the patch: ``error`` or ``skip`` (counted, warned).
+        skip_bad_files: skip unreadable or corrupt files with a counted warning instead of
+            raising an error naming the file.
+        scale: value that maps to 1.0 when converting to float; None = the dtype's range
+            (255 for uint8, 65535 for uint16, 1 for float files).
+        seed: seed of the random windows; epoch ``e`` draws from ``(seed, e)``.
+        demo: the synthetic scenes used when ``roots`` is empty.
+    """
+
+    roots: list[str] = field(default_factory=list)  #: folders or files; empty = demo scenes
+    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  #: file patterns
+    exclude: list[str] = field(default_factory=list)  #: paths to leave out, e.g. '*/masks/*'
+    bands: list[int] | None = None  #: band indices to use, in order; None = all
+    patch_size: int = 224  #: side of the square patches in pixels
+    sampling: Literal["random", "grid"] = "random"  #: random windows per epoch or a fixed grid
+    coverage: float = 1.0  #: random windows per image = coverage * area / patch area
+    grid_stride: int | None = None  #: grid step in pixels; None = patch_size
+    too_small: Literal["error", "skip"] = "error"  #: images smaller than the patch
+    skip_bad_files: bool = False  #: skip unreadable files with a warning instead of failing
+    scale: float | None = None  #: float scale; None = dtype range
+    seed: int = 0  #: seed of the random windows
+    demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: built-in scenes
+
+    def __post_init__(self) -> None:
+        if isinstance(self.demo, dict):
+            self.demo = DemoDataConfig(**self.demo)
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if self.sampling not in ("random", "grid"):
+            raise ValueError(f"sampling must be 'random' or 'grid', got {self.sampling!r}")
+        if self.coverage <= 0:
+            raise ValueError(f"coverage must be positive, got {self.coverage}")
+        if self.grid_stride is not None and self.grid_stride < 1:
+            raise ValueError(f"grid_stride must be >= 1 or None, got {self.grid_stride}")
+        if self.too_small not in ("error", "skip"):
+            raise ValueError(f"too_small must be 'error' or 'skip', got {self.too_small!r}")
+        if not self.patterns:
+            raise ValueError("patterns must list at least one file pattern, got []")
+        _check_bands("bands", self.bands)
+        _check_scale("scale", self.scale)
+
+
+@dataclass
+class LabeledDataConfig:
+    """Image/mask pairs for fine-tuning and evaluation.
+
+    Pairing: images are the files under ``image_dir``, masks those under ``mask_dir``. A
+    folder given as a single name (``images``) matches every folder of that name at any depth
+    under ``root`` (``Tile 1/images``, ``Tile 2/images``, ...) and the path above it is part of
+    the pairing key; a path (``4_Ortho_RGBIR`` or ``a/b``) is taken relative to ``root``.
+    The key of a file is its path inside that folder without extension and without
+    ``image_suffix``/``mask_suffix`` at the end of the stem, or, when ``image_regex``/
+    ``mask_regex`` are given, the first group (or the group named ``key``) of the regex
+    searched in that path. An image and a mask pair when their keys are equal.
+
+    Attributes:
+        preset: ``potsdam``, ``vaihingen``, ``dubai`` or ``demo``; fills every field left
+            at its default (folders, pairing, classes, palette, splits). None = explicit.
+        root: dataset folder; ``demo`` with an empty root generates scenes in memory.
+        image_dir: folder name or relative path of the images (see pairing above).
+        mask_dir: folder name or relative path of the masks.
+        image_patterns: image file patterns, case-insensitive.
+        mask_patterns: mask file patterns, case-insensitive.
+        image_suffix: end of an image stem dropped to form its key (``_RGBIR``).
+        mask_suffix: end of a mask stem dropped to form its key (``_label``).
+        image_regex: regex whose first (or ``key``) group is an image's key; overrides suffix.
+        mask_regex: regex whose first (or ``key``) group is a mask's key; overrides suffix.
+        mask_format: ``rgb`` colour-coded masks through ``palette``, ``index`` maps of class
+            ids, or ``auto`` (3-band masks are RGB, 1-band masks are index maps).
+        classes: class names, in class-id order.
+        palette: one hex colour (``#RRGGBB``) per class, in class-id order (RGB masks).
+        ignore_colors: hex colours mapped to ``ignore_index`` (RGB masks).
+        ignore_values: index-map values mapped to ``ignore_index`` (index masks).
+        ignore_index: label of ignored pixels in the returned masks.
+        bands: image band indices (0-based) to use, in this order; None = all.
+        train: fnmatch patterns of keys in the training split; empty = every key not in
+            ``val`` or ``test``.
+        val: fnmatch patterns of keys in the validation split.
+        test: fnmatch patterns of keys in the test split.
+        patch_size: side of the training patches (a grid over every image, no overlap).
+        label_fraction: fraction of the training patches used (e.g. 0.01), drawn with ``seed``.
+        label_list: list file of the chosen patch ids: read when it exists, written otherwise;
+            empty = draw without a file.
+        seed: seed of the label-fraction draw.
+        skip_bad_files: skip unreadable pairs with a counted warning instead of failing.
+        scale: value that maps to 1.0 when converting to float; None = dtype range.
+        demo: the synthetic scenes of the ``demo`` preset when ``root`` is empty.
+    """
+
+    preset: str | None = None  #: potsdam, vaihingen, dubai, demo or None (explicit fields)
+    root: str = ""  #: dataset folder; empty with preset demo = scenes in memory
+    image_dir: str = "images"  #: image folder name (any depth) or path relative to root
+    mask_dir: str = "masks"  #: mask folder name (any depth) or path relative to root
+    image_patterns: list[str] = field(
+        default_factory=lambda: list(DEFAULT_PATTERNS)
+    )  #: image files
+    mask_patterns: list[str] = field(default_factory=lambda: ["*.png", "*.tif", "*.tiff"])  #: masks
+    image_suffix: str = ""  #: end of an image stem dropped to form its key
+    mask_suffix: str = ""  #: end of a mask stem dropped to form its key
+    image_regex: str = ""  #: regex giving an image's key (first or 'key' group)
+    mask_regex: str = ""  #: regex giving a mask's key (first or 'key' group)
+    mask_format: Literal["auto", "rgb", "index"] = "auto"  #: colour-coded or index masks
+    classes: list[str] = field(default_factory=list)  #: class names in id order
+    palette: list[str] = field(default_factory=list)  #: '#RRGGBB' per class in id order
+    ignore_colors: list[str] = field(default_factory=list)  #: colours mapped to ignore_index
+    ignore_values: list[int] = field(default_factory=list)  #: index values mapped to ignore_index
+    ignore_index: int = 255  #: label of ignored pixels
+    bands: list[int] | None = None  #: image band indices in order; None = all
+    train: list[str] = field(default_factory=list)  #: key patterns of the training split
+    val: list[str] = field(default_factory=list)  #: key patterns of the validation split
+    test: list[str] = field(default_factory=list)  #: key patterns of the test split
+    patch_size: int = 256  #: side of the training patches in pixels
+    label_fraction: float = 1.0  #: fraction of training patches used
+    label_list: str = ""  #: list file of chosen patch ids (read if present, else written)
+    seed: int = 0  #: seed of the label-fraction draw
+    skip_bad_files: bool = False  #: skip unreadable pairs with a warning
+    scale: float | None = None  #: float scale; None = dtype range
+    demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: scenes of the demo preset
+
+    def __post_init__(self) -> None:
+        if isinstance(self.demo, dict):
+            self.demo = DemoDataConfig(**self.demo)
+        if self.mask_format not in ("auto", "rgb", "index"):
+            raise ValueError(
+                f"mask_format must be 'auto', 'rgb' or 'index', got {self.mask_format!r}"
+            )
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        if not 0 <= self.ignore_index <= 65535:
+            raise ValueError(f"ignore_index must be in [0, 65535], got {self.ignore_index}")
+        if self.palette and self.classes and len(self.palette) != len(self.classes):
+            raise ValueError(
+                f"palette has {len(self.palette)} colours but classes has {len(self.classes)} names"
+            )
+        _check_bands("bands", self.bands)
+        _check_scale("scale", self.scale)

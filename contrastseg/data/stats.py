@@ -1,0 +1,219 @@
+"""Per-band mean and standard deviation over a dataset, streamed, and their YAML file."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from contrastseg.data.config import UnlabeledDataConfig
+from contrastseg.data.readers import Window
+from contrastseg.data.unlabeled import Source, UnlabeledDataset, list_sources, read_source
+
+
+@dataclass
+class BandStats:
+    """Per-band statistics in scaled units (pixel value / ``scale``).
+
+    Attributes:
+        mean: mean of every band.
+        std: population standard deviation of every band.
+        count: pixels per band that went in.
+        scale: the value that was mapped to 1.0.
+        bands: the band indices of the files (None = all, in file order).
+    """
+
+    mean: list[float]
+    std: list[float]
+    count: int
+    scale: float
+    bands: list[int] | None = None
+
+
+def stat_windows(sources: Sequence[Source], size: int) -> list[tuple[int, Window]]:
+    """Non-overlapping windows of at most ``size`` px tiling every source exactly once."""
+    return [
+        (i, Window(r, c, min(size, s.height - r), min(size, s.width - c)))
+        for i, s in enumerate(sources)
+        for r in range(0, s.height, size)
+        for c in range(0, s.width, size)
+    ]
+
+
+def compute_band_stats(
+    source: UnlabeledDataset | UnlabeledDataConfig,
+    max_samples: int | None = 1000,
+    scale: float | None = None,
+    seed: int = 0,
+    window_size: int = 512,
+) -> BandStats:
+    """Per-band mean and std over (a sample of) the pixels of a dataset's images.
+
+    The images are tiled into non-overlapping windows of ``window_size`` px (so every pixel
+    counts once whatever the dataset's patch size or sampling), and ``max_samples`` of them
+    are drawn at random. Streamed: each window contributes its float64 mean and sum of
+    squared deviations, merged with Chan et al.'s pairwise update (numerically stable, exact
+    for the pixels seen).
+
+    Args:
+        source: a dataset (its images and band selection), or a config.
+        max_samples: at most this many windows, drawn at random with ``seed``; None = all.
+        scale: value mapped to 1.0; None = the config's scale or the dtype's range.
+        seed: seed of the window sample.
+        window_size: side of the windows in pixels.
+
+    Returns:
+        :class:`BandStats` in scaled units.
+
+    Raises:
+        ValueError: no images, or ``window_size`` < 1.
+    """
+    if window_size < 1:
+        raise ValueError(f"window_size must be >= 1, got {window_size}")
+    if isinstance(source, UnlabeledDataset):
+        config, sources, arrays = source.config, source.sources, source._arrays
+    else:
+        config = source
+        sources, arrays, _ = list_sources(config)
+    counts = sorted({src.bands for src in sources})
+    if config.bands is None and len(counts) > 1:
+        examples = {c: next(src.name for src in sources if src.bands == c) for c in counts}
+        raise ValueError(
+            f"images have different band counts {counts} (e.g. {examples}); select bands, "
+            "or leave other files out (exclude, e.g. '*/masks/*')"
+        )
+    windows = stat_windows(sources, window_size)
+    if max_samples is not None and max_samples < len(windows):
+        chosen = np.sort(
+            np.random.default_rng(seed).choice(len(windows), max_samples, replace=False)
+        )
+        windows = [windows[int(k)] for k in chosen]
+    scale = scale if scale is not None else config.scale
+    n_total = 0
+    mean = m2 = None
+    for i, window in windows:
+        patch = read_source(sources[i].name, window, config.bands, arrays)
+        if scale is None:
+            scale = (
+                1.0 if np.issubdtype(patch.dtype, np.floating) else float(np.iinfo(patch.dtype).max)
+            )
+        x = patch.reshape(patch.shape[0], -1).astype(np.float64)
+        n = x.shape[1]
+        p_mean = x.mean(axis=1)
+        p_m2 = ((x - p_mean[:, None]) ** 2).sum(axis=1)
+        if mean is None:
+            mean, m2, n_total = p_mean, p_m2, n
+            continue
+        delta = p_mean - mean
+        total = n_total + n
+        mean = mean + delta * (n / total)
+        m2 = m2 + p_m2 + delta**2 * (n_total * n / total)
+        n_total = total
+    if mean is None or m2 is None or scale is None:
+        raise ValueError("no images to compute band statistics from")
+    std = np.sqrt(m2 / n_total)
+    return BandStats(
+        mean=[float(v) / scale for v in mean],
+        std=[float(v) / scale for v in std],
+        count=int(n_total),
+        scale=float(scale),
+        bands=None if config.bands is None else list(config.bands),
+    )
+
+
+def write_stats_yaml(stats: BandStats, path: str | os.PathLike[str]) -> Path:
+    """Write stats as YAML (``mean``, ``std``, ``scale``, ``count``, ``bands``); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "mean": [round(v, 8) for v in stats.mean],
+        "std": [round(v, 8) for v in stats.std],
+        "scale": stats.scale,
+        "count": stats.count,
+        "bands": stats.bands,
+    }
+    text = "# per-band statistics (pixel / scale) written by contrastseg stats\n" + yaml.safe_dump(
+        payload, sort_keys=False, default_flow_style=None
+    )
+    path.write_text(text)
+    return path
+
+
+def load_stats_yaml(path: str | os.PathLike[str]) -> BandStats:
+    """Read a file written by :func:`write_stats_yaml`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it lacks ``mean``/``std`` or they differ in length.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"band statistics file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or "mean" not in data or "std" not in data:
+        raise ValueError(f"{str(path)!r} is not a band statistics file (needs mean and std lists)")
+    if len(data["mean"]) != len(data["std"]):
+        raise ValueError(
+            f"{str(path)!r}: mean has {len(data['mean'])} values but std has {len(data['std'])}"
+        )
+    return BandStats(
+        mean=[float(v) for v in data["mean"]],
+        std=[float(v) for v in data["std"]],
+        count=int(data.get("count", 0)),
+        scale=float(data.get("scale", 1.0)),
+        bands=data.get("bands"),
+    )
+
+
+def run_stats_command(
+    paths: Sequence[str],
+    out: str | None = None,
+    bands: Sequence[int] | None = None,
+    max_samples: int | None = 1000,
+    window_size: int = 512,
+    scale: float | None = None,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+) -> int:
+    """``contrastseg stats DATA...``: print per-band mean/std and write them as YAML.
+
+    Args:
+        paths: folders or image files; empty = the built-in demo scenes.
+        out: YAML file to write; None = print only.
+        bands: band indices (0-based) to use, in order; None = all.
+        max_samples: at most this many windows (random, with ``seed``); None = every pixel.
+        window_size: side of the non-overlapping windows the images are tiled into.
+        scale: value mapped to 1.0; None = the dtype's range.
+        seed: seed of the window sample.
+        exclude: fnmatch patterns of paths (relative to their root) to leave out.
+
+    Returns:
+        Exit status 0.
+    """
+    config = UnlabeledDataConfig(
+        roots=list(paths),
+        exclude=list(exclude),
+        bands=None if bands is None else list(bands),
+        scale=scale,
+        seed=seed,
+    )
+    sources, _, _ = list_sources(config)
+    stats = compute_band_stats(config, max_samples, scale, seed, window_size)
+    names = stats.bands if stats.bands is not None else list(range(len(stats.mean)))
+    print(
+        f"{len(sources)} image(s), {stats.count} pixel(s) per band "
+        f"(windows of {window_size} px, at most {max_samples}), scale {stats.scale:g}"
+    )
+    print(f"{'band':>4}  {'mean':>10}  {'std':>10}")
+    for b, m, s in zip(names, stats.mean, stats.std, strict=True):
+        print(f"{b:>4}  {m:>10.6f}  {s:>10.6f}")
+    if not all(math.isfinite(v) for v in stats.mean + stats.std):
+        print("warning: non-finite statistics (NaN or inf pixels in the data)")
+    if out:
+        print(f"wrote {write_stats_yaml(stats, out)}")
+    return 0

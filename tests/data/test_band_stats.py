@@ -1,0 +1,69 @@
+"""Band statistics (module: contrastseg/data/stats.py) against numpy over all pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from contrastseg.data.config import UnlabeledDataConfig
+from contrastseg.data.stats import (
+    compute_band_stats,
+    load_stats_yaml,
+    run_stats_command,
+    write_stats_yaml,
+)
+from contrastseg.data.unlabeled import UnlabeledDataset
+
+
+@pytest.fixture()
+def images(tmp_path) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    # Large offsets and small spread: a naive sum-of-squares in float32 would lose the variance.
+    arrays = [
+        (60000 + rng.normal(0, 3, (64, 96, 3))).astype(np.uint16),
+        (60010 + rng.normal(0, 5, (64, 64, 3))).astype(np.uint16),
+    ]
+    for i, array in enumerate(arrays):
+        tifffile.imwrite(tmp_path / f"{i}.tif", array, photometric="rgb")
+    return arrays
+
+
+def test_stats_match_numpy(tmp_path, images: list[np.ndarray]) -> None:
+    config = UnlabeledDataConfig(roots=[str(tmp_path)], patch_size=32, sampling="grid")
+    stats = compute_band_stats(config, max_samples=None)
+    pixels = np.concatenate([a.reshape(-1, 3) for a in images]).astype(np.float64)
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=0) / 65535.0, rtol=1e-10)
+    np.testing.assert_allclose(stats.std, pixels.std(axis=0) / 65535.0, rtol=1e-8)
+    assert stats.count == len(pixels) and stats.scale == 65535.0 and stats.bands is None
+
+
+def test_band_selection_and_sampling(tmp_path, images: list[np.ndarray]) -> None:
+    ds = UnlabeledDataset(UnlabeledDataConfig(roots=[str(tmp_path)], patch_size=48, bands=[2, 0]))
+    stats = compute_band_stats(ds, max_samples=None, scale=1.0, window_size=20)
+    pixels = np.concatenate([a.reshape(-1, 3)[:, [2, 0]] for a in images]).astype(np.float64)
+    assert stats.bands == [2, 0] and stats.count == len(pixels)  # every pixel once
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(stats.std, pixels.std(axis=0), rtol=1e-8)
+    sampled = compute_band_stats(ds, max_samples=5, scale=1.0, seed=1, window_size=20)
+    assert sampled.count < len(pixels)
+    assert sampled == compute_band_stats(ds, max_samples=5, scale=1.0, seed=1, window_size=20)
+    np.testing.assert_allclose(sampled.mean, pixels.mean(axis=0), atol=1.0)  # spread is 3-5
+
+
+def test_yaml_round_trip_and_command(tmp_path, images: list[np.ndarray], capsys) -> None:
+    out = tmp_path / "stats" / "bands.yaml"
+    assert run_stats_command([str(tmp_path)], str(out), bands=None, max_samples=None) == 0
+    printed = capsys.readouterr().out
+    assert "2 image(s)" in printed and f"wrote {out}" in printed
+    stats = load_stats_yaml(out)
+    pixels = np.concatenate([a.reshape(-1, 3) for a in images]).astype(np.float64)
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=0) / 65535.0, rtol=1e-6)
+    assert stats.scale == 65535.0
+    write_stats_yaml(stats, tmp_path / "again.yaml")
+    assert load_stats_yaml(tmp_path / "again.yaml") == stats
+    (tmp_path / "bad.yaml").write_text("mean: [1, 2]\n")
+    with pytest.raises(ValueError, match="needs mean and std"):
+        load_stats_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(FileNotFoundError, match="none"):
+        load_stats_yaml(tmp_path / "none.yaml")
