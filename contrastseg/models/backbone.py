@@ -17,6 +17,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from contrastseg.utils.state import state_dict_mismatches
+
 ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 
@@ -198,7 +200,11 @@ class ResNetBackbone(nn.Module):
         if not Path(path).is_file():
             raise FileNotFoundError(f"backbone weights file not found: {path}")
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        state = _strip_prefixes(_unwrap_checkpoint(obj, path))
+        state = _unwrap_checkpoint(obj, path)
+        if any(k.startswith("backbone.") for k in state):
+            # a whole segmenter (e.g. a contrastseg pretraining checkpoint): keep its backbone
+            state = {k: v for k, v in state.items() if k.startswith("backbone.")}
+        state = _strip_prefixes(state)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         conv1 = state.get("conv1.weight")
         if conv1 is not None and conv1.shape[1] != self.in_channels:
@@ -208,25 +214,11 @@ class ResNetBackbone(nn.Module):
                     f"{self.in_channels} and only 3-band weights can be adapted"
                 )
             state["conv1.weight"] = adapt_first_conv_weight(conv1, self.in_channels)
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in set(own) & set(state)
-            if state[k].shape != own[k].shape
-        )
-        if missing or unexpected or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
-            if unexpected:
-                parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
-            if wrong:
-                parts.append(f"shape mismatches ({len(wrong)}): {'; '.join(wrong[:8])}")
+        problems = state_dict_mismatches(self.state_dict(), state)
+        if problems:
             raise ValueError(
                 f"{path} does not fit a {self.arch} backbone with {self.in_channels} bands: "
-                + " | ".join(parts)
+                + " | ".join(problems)
             )
         self.load_state_dict(state, strict=True)
 

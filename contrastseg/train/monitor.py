@@ -1,0 +1,105 @@
+"""What a run shows and keeps: TensorBoard scalars and images, a plain log file, a progress bar.
+
+Only the main process (rank 0) writes; on other ranks every method is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+LOGGER_NAME = "contrastseg"
+
+
+def get_logger() -> logging.Logger:
+    """The package logger (messages go to the run's ``train.log`` and to stderr)."""
+    return logging.getLogger(LOGGER_NAME)
+
+
+class RunMonitor:
+    """TensorBoard writer + log file + tqdm bar for one run.
+
+    Args:
+        run_dir: the run folder (event files, ``train.log``).
+        enabled: False on ranks other than 0.
+        total_steps: length of the progress bar.
+        initial_step: where the bar starts (resume).
+        progress: show the tqdm bar.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        enabled: bool,
+        total_steps: int,
+        initial_step: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.writer = None
+        self.bar = None
+        self._handler: logging.Handler | None = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        logger = get_logger()
+        logger.setLevel(logging.INFO)
+        self._handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(self._handler)
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True, leave=True
+            )
+
+    def info(self, message: str) -> None:
+        """A line in ``train.log`` and on the terminal (above the bar)."""
+        if not self.enabled:
+            return
+        get_logger().info(message)
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def image(self, step: int, tag: str, png_path: str | os.PathLike[str]) -> None:
+        """Log a PNG written on disk (e.g. by :func:`contrastseg.augment.draw_view_grid`)."""
+        if self.writer is None:
+            return
+        from PIL import Image
+
+        with Image.open(png_path) as img:
+            array = np.asarray(img.convert("RGB"))
+        self.writer.add_image(tag, array, step, dataformats="HWC")
+
+    def advance(self, steps: int, postfix: Mapping[str, str] | None = None) -> None:
+        if self.bar is None:
+            return
+        if postfix:
+            self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        if self._handler is not None:
+            get_logger().removeHandler(self._handler)
+            self._handler.close()

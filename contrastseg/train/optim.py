@@ -1,0 +1,118 @@
+"""Optimizers (Adam, AdamW, SGD, LARS) and the per-step warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from contrastseg.config import OptimConfig
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling (You et al., 2017, arXiv 1708.03888), as SimCLR uses it.
+
+    SGD with momentum where each parameter's update is scaled by the trust ratio
+    ``eta * ||w|| / (||g|| + weight_decay * ||w||)``. Parameter groups with
+    ``lars_adapt=False`` (biases and normalisation weights) get neither the trust ratio
+    nor weight decay, as in SimCLR's implementation notes.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.001,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "eta": eta,
+            "lars_adapt": True,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["lars_adapt"]:
+                    if group["weight_decay"]:
+                        grad = grad.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(grad)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, 1.0
+                    )
+                    grad = grad * trust
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad.detach().clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights of convolutions and linears (decayed), biases and norms (not)."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim > 1 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lars_adapt": True},
+        {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False},
+    ]
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``config.name`` over :func:`parameter_groups` of ``model``."""
+    groups = parameter_groups(model, config.weight_decay)
+    if config.name == "lars":
+        return LARS(groups, lr=config.lr, momentum=config.momentum, eta=config.lars_eta)
+    for group in groups:
+        group.pop("lars_adapt")
+    if config.name == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
+    if config.name == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
+
+
+def lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` (0-based).
+
+    Linear warmup from ``1 / warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine
+    decay to ``min_lr_ratio`` at ``total_steps`` (or constant).
+    """
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * progress)
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, config: OptimConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``LambdaLR`` following :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, config)
+    )

@@ -1,0 +1,404 @@
+"""The pretraining engine behind ``contrastseg pretrain``.
+
+One process per device; ``torchrun`` adds processes (DDP, gathered negatives). Per step:
+uint patches -> device -> [0, 1] floats -> two views + index maps (``PairedViews``) ->
+matched regions -> per-band normalisation -> :class:`PretrainModel` (losses) -> backward ->
+optimizer and schedule. Only rank 0 writes the run folder:
+
+    runs/<name>/config.yaml      resolved config
+    runs/<name>/train.log        plain log
+    runs/<name>/scalars.jsonl    the logged scalars, one JSON object per log step
+    runs/<name>/events.out.*     TensorBoard
+    runs/<name>/views/*.png      view pairs with matched regions
+    runs/<name>/checkpoints/step_*.pt
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from contrastseg import __version__
+from contrastseg.augment import MatchedRegions, PairedViews, ViewPair, draw_view_grid, match_regions
+from contrastseg.config import PretrainConfig
+from contrastseg.data import UnlabeledDataset, build_loader, load_stats_yaml, set_loader_epoch
+from contrastseg.data.loader import to_float
+from contrastseg.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    save_atomic,
+)
+from contrastseg.train.distributed import ProcessContext, setup_process, teardown_process
+from contrastseg.train.methods import PretrainModel, StepLosses
+from contrastseg.train.monitor import RunMonitor
+from contrastseg.train.optim import build_optimizer, build_scheduler
+from contrastseg.train.runtime import (
+    iterate_keeping_rng,
+    reduce_mean,
+    resolve_amp_dtype,
+    resume_loader,
+    seed_everything,
+)
+from contrastseg.utils.configtools import ConfigError, to_dict
+from contrastseg.utils.state import state_dict_mismatches
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the loss parts."""
+
+
+@dataclass
+class PretrainResult:
+    """What :func:`run_pretrain` returns.
+
+    Attributes:
+        run_dir: the run folder.
+        step: optimizer steps done (in total, across resumes).
+        checkpoint: the last checkpoint written.
+        history: the logged scalars, one dict per log step.
+    """
+
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def views_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
+    """The generator of views and regions of process ``rank``: seeded, different per rank."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
+
+
+def _normalization(
+    config: PretrainConfig, bands: int
+) -> tuple[list[float] | None, list[float] | None]:
+    norm = config.normalize
+    mean, std = norm.mean, norm.std
+    if norm.stats_file:
+        stats = load_stats_yaml(norm.stats_file)
+        mean, std = stats.mean, stats.std
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != bands:
+            source = norm.stats_file or f"normalize.{name}"
+            raise ConfigError(
+                f"{source}: {len(values)} {name} values but the data has {bands} band(s)"
+            )
+    return mean, std
+
+
+def _run_dir(config: PretrainConfig) -> Path:
+    name = (
+        config.run.name
+        or f"{config.method.name}-{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    return Path(config.run.root) / name
+
+
+def _resume_source(config: PretrainConfig, ckpt_dir: Path) -> Path | None:
+    setting = config.run.resume
+    existing = list_checkpoints(ckpt_dir)
+    if setting == "never":
+        if existing:
+            raise ConfigError(
+                f"{ckpt_dir.parent} already holds checkpoints (newest {existing[-1].name}); "
+                "pass --resume (run.resume=auto) to continue that run, or choose another run.name"
+            )
+        return None
+    if setting == "auto":
+        return existing[-1] if existing else None
+    return Path(setting)
+
+
+def _check_architecture(model: PretrainModel, payload: dict, path: Path) -> None:
+    problems = state_dict_mismatches(model.net.state_dict(), payload["model"])
+    problems += [
+        f"heads: {p}" for p in state_dict_mismatches(model.heads_state_dict(), payload["heads"])
+    ]
+    if problems:
+        raise ValueError(
+            f"{path} was written by a different architecture or method than this config "
+            f"describes ({path} has model={payload['config'].get('model')}, "
+            f"method={payload['config'].get('method', {}).get('name')}): " + " | ".join(problems)
+        )
+
+
+def _slice_for_preview(images: Tensor, pair: ViewPair, regions: MatchedRegions | None, n: int):
+    cut = lambda t: t[:n].detach().float().cpu() if t.is_floating_point() else t[:n].cpu()  # noqa: E731
+    return (
+        cut(images),
+        ViewPair(*(cut(t) for t in pair)),
+        None if regions is None else MatchedRegions(*(cut(t) for t in regions)),
+    )
+
+
+def run_pretrain(config: PretrainConfig) -> PretrainResult:
+    """Run (or resume) a pretraining job described by ``config``.
+
+    Raises:
+        ConfigError: a setting that cannot work with this data or machine.
+        TrainingDiverged: the loss became NaN/Inf (nothing is written for that step).
+        ValueError / FileNotFoundError: unreadable data, a mismatching checkpoint.
+    """
+    context = setup_process(config.train.device)
+    try:
+        return _run(config, context)
+    finally:
+        teardown_process(context)
+
+
+def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
+    train, method = config.train, config.method
+    device, main = ctx.device, ctx.rank == 0
+    seed_everything(train.seed, train.deterministic, device)
+
+    dataset = UnlabeledDataset(config.data)
+    bands = dataset.num_bands
+    if config.model.in_channels is not None and config.model.in_channels != bands:
+        raise ConfigError(
+            f"model.in_channels is {config.model.in_channels} but the data has {bands} band(s)"
+        )
+    mean, std = _normalization(config, bands)
+    loader = build_loader(
+        dataset,
+        train.batch_size,
+        train.num_workers,
+        shuffle=True,
+        drop_last=True,
+        distributed=ctx.world_size > 1,
+        seed=train.seed,
+    )
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"the data gives {len(dataset)} patches per epoch, fewer than one batch of "
+            f"train.batch_size={train.batch_size} x {ctx.world_size} process(es); lower the batch "
+            "size or add data (data.coverage draws more random windows per image)"
+        )
+    total_steps = train.max_steps or train.epochs * steps_per_epoch
+
+    run_dir = _run_dir(config)
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from = _resume_source(config, ckpt_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    model = PretrainModel(config.model, method, bands).to(device)
+    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    if train.sync_bn and ctx.world_size > 1:
+        if device.type != "cuda":
+            raise ConfigError(
+                "train.sync_bn needs CUDA devices (torch's SyncBatchNorm is CUDA-only)"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, total_steps, config.optim)
+    amp_dtype = resolve_amp_dtype(train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    views = PairedViews(config.views).to(device)
+    generator = views_generator(train.seed, ctx.rank, device)
+
+    step, checkpoint = 0, None
+    if resume_from is not None:
+        payload = load_checkpoint(resume_from)
+        _check_architecture(model, payload, resume_from)
+        model.load_state_dict(
+            {**{f"net.{k}": v for k, v in payload["model"].items()}, **payload["heads"]}
+        )
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload["rng"], generator)
+        step, checkpoint = int(payload["step"]), resume_from
+    if step >= total_steps and main:
+        print(f"{run_dir}: already at step {step} of {total_steps}; nothing to do")
+
+    net: nn.Module = model
+    if ctx.world_size > 1:
+        net = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not model.uses_decoder,
+        )
+    if train.compile:
+        net = torch.compile(net)
+
+    monitor = RunMonitor(run_dir, main, total_steps, step, config.run.progress)
+    history: list[dict[str, float]] = []
+    if main:
+        monitor.info(
+            f"contrastseg {__version__} pretrain: {method.name}, {config.model.arch}, {bands} band(s), "
+            f"{dataset.summary()}; {steps_per_epoch} steps/epoch, {total_steps} steps, "
+            f"batch {train.batch_size} x {ctx.world_size} process(es) on {device}"
+            + (f", amp {amp_dtype}" if amp_dtype else "")
+            + (f"; resumed from {resume_from} at step {step}" if resume_from else "")
+        )
+
+    def save(at_step: int, epoch: int) -> Path:
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "version": __version__,
+            "step": at_step,
+            "epoch": epoch,
+            "config": to_dict(config),
+            "in_channels": bands,
+            "model": model.net.state_dict(),
+            "heads": model.heads_state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": capture_rng(generator),
+        }
+        path = save_atomic(payload, checkpoint_path(ckpt_dir, at_step))
+        prune_checkpoints(ckpt_dir, config.run.keep_last)
+        return path
+
+    global_batch = train.batch_size * ctx.world_size
+    sums: dict[str, Tensor] = {}
+    window_steps, window_wait, window_start = 0, 0.0, time.perf_counter()
+    try:
+        while step < total_steps:
+            epoch, skip = divmod(step, steps_per_epoch)
+            set_loader_epoch(loader, epoch)
+            batches = iterate_keeping_rng(resume_loader(loader, skip))
+            wait_start = time.perf_counter()
+            for batch in batches:
+                window_wait += time.perf_counter() - wait_start
+                images = to_float(batch.to(device, non_blocking=True), config.data.scale)
+                with torch.no_grad():
+                    pair = views(images, generator)
+                    regions = (
+                        match_regions(
+                            pair.index1,
+                            pair.index2,
+                            method.num_regions,
+                            method.region_size,
+                            generator=generator,
+                            num_source_pixels=images.shape[-2] * images.shape[-1],
+                        )
+                        if model.uses_decoder
+                        else None
+                    )
+                    v1 = to_float(pair.view1, 1.0, mean, std).contiguous(
+                        memory_format=memory_format
+                    )
+                    v2 = to_float(pair.view2, 1.0, mean, std).contiguous(
+                        memory_format=memory_format
+                    )
+                autocast = (
+                    torch.autocast(device.type, dtype=amp_dtype)
+                    if amp_dtype
+                    else contextlib.nullcontext()
+                )
+                with autocast:
+                    out: StepLosses = net(v1, v2, *(regions if regions is not None else ()))
+                finite = torch.isfinite(out.total.detach()).float()
+                if ctx.world_size > 1:
+                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+                if not bool(finite):
+                    parts = {
+                        k: (None if v is None else float(v.detach()))
+                        for k, v in out._asdict().items()
+                    }
+                    raise TrainingDiverged(
+                        f"step {step + 1}: the loss is not finite ({parts}); stopping before the "
+                        f"update, so the weights are untouched"
+                        + (
+                            f" and the newest checkpoint {checkpoint} is intact"
+                            if checkpoint
+                            else ""
+                        )
+                        + ". Lower optim.lr, set optim.grad_clip, or try train.amp=off."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(out.total).backward()
+                if config.optim.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                window_steps += 1
+                for key, value in (
+                    ("loss/total", out.total),
+                    ("loss/global", out.global_loss),
+                    ("loss/local", out.local_loss),
+                    ("regions/valid_fraction", out.valid_fraction),
+                ):
+                    if value is not None:
+                        sums[key] = sums.get(key, 0) + value.detach().float()
+
+                if (
+                    main
+                    and config.run.image_every
+                    and (step == 1 or step % config.run.image_every == 0)
+                ):
+                    png = draw_view_grid(
+                        *_slice_for_preview(images, pair, regions, 4),
+                        run_dir / "views" / f"step_{step:08d}.png",
+                        rgb_bands=config.views.rgb_bands,
+                    )
+                    monitor.image(step, "views/pairs", png)
+
+                if step % config.run.log_every == 0 or step == total_steps:
+                    values = reduce_mean(
+                        {k: v / window_steps for k, v in sums.items()}, ctx.world_size
+                    )
+                    elapsed = time.perf_counter() - window_start
+                    values["lr"] = optimizer.param_groups[0]["lr"]
+                    values["throughput/images_per_s"] = window_steps * global_batch / elapsed
+                    values["throughput/data_wait_fraction"] = window_wait / elapsed
+                    if device.type == "cuda":
+                        values["memory/gpu_max_allocated_gib"] = (
+                            torch.cuda.max_memory_allocated(device) / 2**30
+                        )
+                    values["epoch"] = epoch + 1
+                    monitor.scalars(step, values)
+                    history.append({"step": step, **values})
+                    if main:
+                        with open(run_dir / "scalars.jsonl", "a", encoding="utf-8") as handle:
+                            handle.write(json.dumps({"step": step, **values}) + "\n")
+                        monitor.advance(
+                            window_steps,
+                            {
+                                "loss": f"{values['loss/total']:.4f}",
+                                "img/s": f"{values['throughput/images_per_s']:.1f}",
+                            },
+                        )
+                        if monitor.bar is None:
+                            monitor.info(
+                                f"step {step}/{total_steps} loss {values['loss/total']:.4f} "
+                                f"lr {values['lr']:.2e} {values['throughput/images_per_s']:.1f} img/s"
+                            )
+                    sums, window_steps, window_wait = {}, 0, 0.0
+                    window_start = time.perf_counter()
+
+                if step % config.run.checkpoint_every == 0 or step == total_steps:
+                    if main:
+                        checkpoint = save(step, epoch)
+                    if ctx.world_size > 1:
+                        dist.barrier()
+                if step >= total_steps:
+                    break
+                wait_start = time.perf_counter()
+        if main and checkpoint is not None:
+            monitor.info(f"done: step {step}, checkpoint {checkpoint}")
+    finally:
+        monitor.close()
+    return PretrainResult(run_dir, step, checkpoint, history)

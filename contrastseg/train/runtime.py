@@ -1,0 +1,107 @@
+"""Pieces every training loop shares: precision, seeding, resumable loaders, reductions."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from contrastseg.utils.configtools import ConfigError
+
+
+def resolve_amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (None = full precision).
+
+    ``auto``: bf16 on CUDA devices that support it, fp16 (with a grad scaler) on older
+    ones, off on CPU and MPS. ``fp16`` needs CUDA.
+    """
+    if setting == "off":
+        return None
+    if setting == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"train.amp=fp16 needs a CUDA device, the run uses {device}; use bf16 or off"
+        )
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    """Seed Python and torch; deterministic algorithms on request, cuDNN autotuning otherwise."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+class _SkipSampler(Sampler[int]):
+    """The indices of ``sampler`` after the first ``skip`` (resuming mid-epoch)."""
+
+    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        iterator = iter(self.sampler)
+        for _ in range(self.skip):
+            next(iterator, None)
+        return iterator
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
+
+
+def resume_loader(loader: DataLoader, skip_batches: int) -> DataLoader:
+    """A one-epoch copy of ``loader`` that starts after ``skip_batches`` batches.
+
+    Call it after ``set_loader_epoch``: it reuses the loader's sampler (and so its epoch).
+    """
+    if skip_batches == 0:
+        return loader
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=_SkipSampler(loader.sampler, skip_batches * loader.batch_size),
+        num_workers=loader.num_workers,
+        drop_last=loader.drop_last,
+        pin_memory=loader.pin_memory,
+    )
+
+
+def iterate_keeping_rng(loader: DataLoader) -> Iterator:
+    """``iter(loader)`` without consuming the global torch RNG.
+
+    Creating a DataLoader iterator draws worker seeds from the global generator; restoring
+    it keeps dropout etc. on the same random stream whether or not a run was resumed.
+    """
+    state = torch.get_rng_state()
+    iterator = iter(loader)
+    torch.set_rng_state(state)
+    return iterator
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile`` and/or DDP wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def reduce_mean(values: Mapping[str, Tensor], world_size: int) -> dict[str, float]:
+    """Average scalar tensors over processes (one collective) and return Python floats."""
+    if not values:
+        return {}
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().float() for k in keys])
+    if world_size > 1:
+        dist.all_reduce(stacked)
+        stacked /= world_size
+    return dict(zip(keys, stacked.tolist(), strict=True))

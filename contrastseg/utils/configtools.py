@@ -1,0 +1,289 @@
+"""Build typed dataclass configs from YAML dicts, strictly, and describe them.
+
+Generic machinery used by :mod:`contrastseg.config`: every section of a config is a plain
+dataclass whose fields have defaults; :func:`from_dict` turns a (YAML) mapping into an
+instance, refusing unknown keys and wrong types with a message that names the key and the
+file; :func:`apply_overrides` applies ``--set section.key=value`` strings;
+:func:`field_docs` reads each field's one-line documentation (a ``#:`` comment above the
+field, or an ``Attributes:`` entry in the class docstring) for the configuration reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type or impossible; the message says where."""
+
+
+def _where(key: str, source: str | None) -> str:
+    return f"{key!r}" + (f" in {source}" if source else "")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        args = get_args(tp)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return f"tuple[{_type_name(args[0])}, ...]"
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples etc."""
+    origin = get_origin(tp)
+    bad = ConfigError(
+        f"{_where(key, source)}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+    )
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, Mapping):
+            raise bad
+        return from_dict(tp, value, source=source, prefix=key)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(
+                f"{_where(key, source)}: {value!r} is not one of {', '.join(map(repr, get_args(tp)))}"
+            )
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise bad
+    if origin in (list, tuple):
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise bad
+        args = get_args(tp)
+        if origin is list:
+            return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(
+                f"{_where(key, source)}: expected {len(args)} values ({_type_name(tp)}), got {value!r}"
+            )
+        return tuple(
+            _coerce(v, a, f"{key}[{i}]", source)
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if isinstance(tp, type):
+        if not isinstance(value, tp):
+            raise bad
+        return value
+    return value  # pragma: no cover - annotations outside the supported set
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(
+    cls: type[T], data: Mapping[str, Any] | None, source: str | None = None, prefix: str = ""
+) -> T:
+    """Build dataclass ``cls`` from a mapping, strictly.
+
+    Args:
+        cls: a dataclass whose fields all have defaults.
+        data: the mapping (e.g. parsed YAML); ``None`` means all defaults.
+        source: the file the mapping came from, named in error messages.
+        prefix: the dotted key of this section, named in error messages.
+
+    Raises:
+        ConfigError: an unknown key (the message lists the known ones), a value of the wrong
+            type, or an impossible value rejected by the dataclass's ``__post_init__``.
+    """
+    data = dict(data or {})
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(
+            f"unknown key {_where(name, source)}; "
+            f"{'section ' + repr(prefix) if prefix else 'the top level'} accepts: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        where = (
+            f" (section {prefix!r}" + (f" in {source})" if source else ")")
+            if prefix
+            else (f" (in {source})" if source else "")
+        )
+        raise ConfigError(f"{err}{where}") from err
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass config as plain dicts / lists / scalars (YAML- and checkpoint-safe)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], cls: type, overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config mapping, checking each key path against ``cls``."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node, node_cls = data, cls
+        for depth, part in enumerate(path):
+            fields = {f.name: f for f in dataclasses.fields(node_cls)}
+            if part not in fields:
+                where = ".".join(path[:depth]) or "the top level"
+                raise ConfigError(
+                    f"--set {text!r}: unknown key {'.'.join(path[: depth + 1])!r}; "
+                    f"{where} accepts: {', '.join(fields)}"
+                )
+            if depth == len(path) - 1:
+                node[part] = value
+                break
+            sub_cls = _hints(node_cls)[part]
+            if not dataclasses.is_dataclass(sub_cls):
+                raise ConfigError(
+                    f"--set {text!r}: {'.'.join(path[: depth + 1])!r} is a value, not a section"
+                )
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"--set {text!r}: {'.'.join(path[: depth + 1])!r} is not a mapping"
+                )
+            node, node_cls = child, sub_cls
+    return data
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
+_ATTR_RE = re.compile(r"^\s{4,}(\w+)(?:\s*\([^)]*\))?:\s*(.+)$")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """One line of documentation per field: ``#:`` comments, else the docstring's Attributes."""
+    docs: dict[str, str] = {}
+    doc = inspect.getdoc(cls) or ""
+    in_attrs = False
+    for line in doc.splitlines():
+        if line.strip() == "Attributes:":
+            in_attrs = True
+            continue
+        if in_attrs:
+            if line and not line.startswith(" "):
+                in_attrs = False
+                continue
+            m = re.match(r"^\s+(\w+)(?:\s*\([^)]*\))?:\s*(.+)$", line)
+            if m and len(line) - len(line.lstrip()) <= 4:
+                docs[m.group(1)] = m.group(2).strip()
+                last = m.group(1)
+            elif line.strip() and docs:
+                docs[last] += " " + line.strip()
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return docs
+    pending: list[str] = []
+    for line in source.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        m = re.match(r"^(\w+)\s*:", stripped)
+        if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
+            trailing = re.search(r"#:\s*(.+)$", stripped)
+            text = " ".join(pending) or (trailing.group(1).strip() if trailing else "")
+            if text:
+                docs[m.group(1)] = text
+        pending = []
+    return docs

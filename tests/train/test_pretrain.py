@@ -1,0 +1,258 @@
+"""End-to-end tests of ``contrastseg pretrain`` on the built-in demo scenes (CPU, seconds)."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from contrastseg.cli import main
+from contrastseg.config import load_pretrain_config
+from contrastseg.train.checkpoint import list_checkpoints
+from contrastseg.train.methods import PretrainModel, StepLosses
+from contrastseg.train.pretrain import TrainingDiverged, run_pretrain
+
+# 4 scenes of 64 px, 48 px patches, 32 px views: 16 patches = 4 steps of 4 images per epoch
+TINY = [
+    "run.progress=false",
+    "run.image_every=0",
+    "run.log_every=1",
+    "data.demo.n_scenes=4",
+    "data.demo.size=64",
+    "data.patch_size=48",
+    "data.coverage=2.0",
+    "views.size=32",
+    "method.region_size=8",
+    "model.arch=resnet18",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "optim.warmup_steps=0",
+]
+
+
+def set_args(overrides):
+    return [arg for text in overrides for arg in ("--set", text)]
+
+
+def tiny(tmp_path, *extra):
+    return load_pretrain_config(None, [*TINY, f"run.root={tmp_path}", "run.name=tiny", *extra])
+
+
+def test_quickstart_cli_runs_end_to_end(tmp_path, capsys):
+    code = main(
+        ["pretrain", *set_args(TINY), "--set", f"run.root={tmp_path}",
+         "--set", "train.max_steps=3", "--set", "run.image_every=2", "--name", "cli"]
+    )  # fmt: skip
+    assert code == 0
+    run = tmp_path / "cli"
+    assert (run / "config.yaml").is_file() and (run / "train.log").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 3
+    assert list(run.glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run / "views").iterdir()) == [
+        "step_00000001.png",
+        "step_00000002.png",
+    ]
+    (ckpt,) = list_checkpoints(run / "checkpoints")
+    payload = torch.load(ckpt, weights_only=True)
+    assert payload["step"] == 3 and payload["config"]["model"]["arch"] == "resnet18"
+    assert "backbone.conv1.weight" in payload["model"] and payload["in_channels"] == 4
+    lines = [json.loads(line) for line in (run / "scalars.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert {"loss/total", "loss/global", "loss/local", "lr", "regions/valid_fraction"} <= set(
+        lines[0]
+    )
+    assert f"checkpoint: {ckpt}" in capsys.readouterr().out
+    # a second run into the same folder without --resume is refused, naming the folder
+    code = main(
+        [
+            "pretrain",
+            *set_args(TINY),
+            "--set",
+            f"run.root={tmp_path}",
+            "--name",
+            "cli",
+        ]
+    )
+    assert code == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["glcnet", "simclr"])
+def test_loss_decreases_on_demo_scenes(tmp_path, method):
+    config = tiny(
+        tmp_path, f"method.name={method}", "train.max_steps=40", "run.log_every=4",
+        "optim.lr=0.002", "data.demo.n_scenes=8", "train.batch_size=8",
+    )  # fmt: skip
+    history = run_pretrain(config).history
+    losses = [h["loss/total"] for h in history]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+
+def _params(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+    common = [
+        "train.max_steps=7",
+        "run.checkpoint_every=2",
+        "train.deterministic=true",
+        "run.keep_last=10",
+    ]
+    full = run_pretrain(tiny(tmp_path / "a", *common))
+    # the second run is killed in its step 6 (after the step-4 checkpoint, mid-epoch 2)
+    calls = {"n": 0}
+    original = PretrainModel.forward
+
+    def dying_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PretrainModel, "forward", dying_forward)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(tiny(tmp_path / "b", *common))
+    monkeypatch.setattr(PretrainModel, "forward", original)
+    assert [p.name for p in list_checkpoints(tmp_path / "b" / "tiny" / "checkpoints")][
+        -1
+    ] == "step_00000004.pt"
+    resumed = run_pretrain(tiny(tmp_path / "b", *common, "run.resume=auto"))
+    assert resumed.step == 7
+    a, b = _params(full.checkpoint), _params(resumed.checkpoint)
+    for part in ("model", "heads"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), f"{part}.{key} differs after resume"
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for key, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    run_pretrain(tiny(tmp_path, "train.max_steps=1"))
+    with pytest.raises(
+        ValueError,
+        match=r"different architecture.*shape mismatches.*layer1\.0\.conv1\.weight|different architecture.*missing keys \(\d+\): backbone\.layer",
+    ):
+        run_pretrain(tiny(tmp_path, "train.max_steps=2", "model.arch=resnet50", "run.resume=auto"))
+
+
+def test_nan_loss_stops_with_step_and_parts_and_keeps_checkpoints(tmp_path, monkeypatch):
+    original = PretrainModel.forward
+    calls = {"n": 0}
+
+    def nan_on_third(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            nan = out.total * float("nan")
+            return StepLosses(nan, out.global_loss, nan, out.valid_fraction)
+        return out
+
+    monkeypatch.setattr(PretrainModel, "forward", nan_on_third)
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"step 3: the loss is not finite.*'local_loss': nan.*step_00000002\.pt is intact",
+    ):
+        run_pretrain(tiny(tmp_path, "train.max_steps=5", "run.checkpoint_every=2"))
+    (ckpt,) = list_checkpoints(tmp_path / "tiny" / "checkpoints")
+    assert torch.load(ckpt, weights_only=True)["step"] == 2
+
+
+def test_band_count_and_stats_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"model\.in_channels is 3 but the data has 4 band"):
+        run_pretrain(tiny(tmp_path, "model.in_channels=3"))
+    stats = tmp_path / "stats.yaml"
+    stats.write_text(
+        yaml.safe_dump({"mean": [0.5] * 3, "std": [0.2] * 3, "count": 1, "scale": 255.0})
+    )
+    with pytest.raises(ValueError, match=r"stats\.yaml: 3 mean values but the data has 4 band"):
+        run_pretrain(tiny(tmp_path, f"normalize.stats_file={stats}"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, root, queue):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+        RANK=str(rank), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    config = load_pretrain_config(None, [*TINY, *DDP_SETTINGS, f"run.root={root}", "run.name=ddp"])
+    result = run_pretrain(config)
+    queue.put((rank, result.history[0]["loss/total"]))
+
+
+DDP_SETTINGS = [
+    "method.name=global_style",
+    "train.max_steps=1",
+    "model.aspp_dropout=0.0",
+    "train.device=cpu",
+]
+
+
+def test_two_process_run_matches_one_process_on_the_combined_batch(tmp_path):
+    """2 gloo processes: per-rank BatchNorm, views from each rank's generator, negatives
+    gathered from both ranks. The oracle recomputes that first step in one process on the
+    combined batch, with the global NT-Xent over all 2 x 4 images."""
+    from torch.utils.data import DistributedSampler
+
+    from contrastseg.augment import PairedViews
+    from contrastseg.data import UnlabeledDataset
+    from contrastseg.data.loader import to_float
+    from contrastseg.losses.ntxent import nt_xent
+    from contrastseg.losses.style import style_vector
+    from contrastseg.train.pretrain import views_generator
+    from contrastseg.train.runtime import seed_everything
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path), queue)) for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    losses = dict(queue.get() for _ in range(2))
+    assert losses[0] == pytest.approx(losses[1])  # the logged loss is the global mean
+
+    config = load_pretrain_config(None, [*TINY, *DDP_SETTINGS])
+    device = torch.device("cpu")
+    seed_everything(config.train.seed, False, device)
+    dataset = UnlabeledDataset(config.data)
+    model = PretrainModel(config.model, config.method, dataset.num_bands).to(
+        memory_format=torch.channels_last
+    )
+    views = PairedViews(config.views)
+    z1s, z2s = [], []
+    for rank in range(2):
+        sampler = DistributedSampler(
+            dataset, num_replicas=2, rank=rank, shuffle=True, seed=0, drop_last=True
+        )
+        sampler.set_epoch(0)
+        dataset.set_epoch(0)
+        indices = list(sampler)[: config.train.batch_size]
+        images = to_float(torch.stack([torch.from_numpy(dataset.read(i).copy()) for i in indices]))
+        pair = views(images, views_generator(config.train.seed, rank, device))
+        e1 = model.net.forward_features(
+            pair.view1.contiguous(memory_format=torch.channels_last), decoder=False
+        ).encoder
+        e2 = model.net.forward_features(
+            pair.view2.contiguous(memory_format=torch.channels_last), decoder=False
+        ).encoder
+        z = model.global_loss.head(torch.cat([style_vector(e1), style_vector(e2)]))
+        z1s.append(z[:4])
+        z2s.append(z[4:])
+    expected = nt_xent(torch.cat(z1s), torch.cat(z2s), config.method.temperature).item()
+    assert losses[0] == pytest.approx(expected, rel=1e-4)
