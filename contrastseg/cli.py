@@ -146,6 +146,23 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         return _error(str(err))
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from contrastseg.config import PretrainConfig
+    from contrastseg.utils.configtools import config_reference_markdown, to_dict
+
+    if args.reference:
+        print(config_reference_markdown(PretrainConfig), end="")
+        return 0
+    try:
+        config = _load_config(args)
+    except (ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+    return 0
+
+
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -215,6 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--seed", type=int, default=0, help="seed of the views (default 0)")
     views.add_argument("--out", default="views.png", help="PNG to write (default views.png)")
     views.set_defaults(handler=_cmd_views)
+
+    config = sub.add_parser(
+        "config",
+        help="print the resolved pretraining config (or the reference of every key)",
+        description=(
+            "Print the config a run would use, after the file and the --set overrides, as "
+            "YAML; with --reference, the table of every key, its type, default and meaning."
+        ),
+    )
+    _add_config_arguments(config)
+    config.add_argument(
+        "--reference", action="store_true", help="print the configuration reference (Markdown)"
+    )
+    config.set_defaults(handler=_cmd_config)
 
     stats = sub.add_parser(
         "stats",

@@ -287,3 +287,51 @@ def field_docs(cls: type) -> dict[str, str]:
                 docs[m.group(1)] = text
         pending = []
     return docs
+
+
+def _default_text(value: Any) -> str:
+    if dataclasses.is_dataclass(value):
+        return ""
+    text = yaml.safe_dump(to_dict(value), default_flow_style=True, width=10_000).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    return text.removesuffix("...").strip()
+
+
+def config_reference(instance: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Rows ``(key, type, default, meaning)`` for every field of a default config instance.
+
+    Nested sections are flattened (``views.t2.flip.horizontal_p``), with the defaults the
+    enclosing section gives them.
+    """
+    rows = []
+    cls = type(instance)
+    hints = _hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        default = getattr(instance, f.name)
+        if dataclasses.is_dataclass(default):
+            rows += config_reference(default, f"{key}.")
+            continue
+        rows.append((key, _type_name(hints[f.name]), _default_text(default), docs.get(f.name, "")))
+    return rows
+
+
+def config_reference_markdown(cls: type) -> str:
+    """The configuration reference of ``cls`` as Markdown: one table per top-level section."""
+    out = []
+    docs = field_docs(cls)
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        section = getattr(instance, f.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        out.append(f"#### `{f.name}`: {docs.get(f.name, '')}\n")
+        out.append("| key | type | default | meaning |")
+        out.append("|---|---|---|---|")
+        for key, type_name, default, meaning in config_reference(section, f"{f.name}."):
+            cell = lambda s: s.replace("|", "\\|")  # noqa: E731
+            out.append(f"| `{key}` | {cell(type_name)} | `{cell(default)}` | {cell(meaning)} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

@@ -1,0 +1,46 @@
+"""README's configuration reference is generated from the config dataclasses.
+
+Regenerate it after changing a config field: ``python tests/test_docs.py``.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+from contrastseg.config import PretrainConfig
+from contrastseg.utils.configtools import config_reference_markdown
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
+
+
+def generated_reference() -> str:
+    return "### `contrastseg pretrain`\n\n" + config_reference_markdown(PretrainConfig)
+
+
+def _section(text: str) -> str:
+    match = re.search(re.escape(START) + r"\n(.*?)" + re.escape(END), text, flags=re.S)
+    assert match, f"README.md lacks the {START} ... {END} markers"
+    return match.group(1)
+
+
+def test_readme_configuration_reference_matches_the_dataclasses():
+    assert _section(README.read_text()) == generated_reference(), (
+        "README.md's configuration reference is out of date: run `python tests/test_docs.py`"
+    )
+
+
+def test_reference_lists_every_key_with_its_default():
+    text = generated_reference()
+    assert "| `method.lam` | float | `0.5` |" in text
+    assert "| `views.t2.rot90.p` | float | `0.8` |" in text
+    assert "| `train.amp` | 'auto' \\| 'bf16' \\| 'fp16' \\| 'off' | `auto` |" in text
+
+
+if __name__ == "__main__":
+    text = README.read_text()
+    new = text.replace(
+        START + "\n" + _section(text) + END, START + "\n" + generated_reference() + END
+    )
+    README.write_text(new)
+    print("README.md configuration reference updated", file=sys.stderr)
