@@ -32,7 +32,29 @@ def _project_pair(head: nn.Module, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tens
     return z[: x1.shape[0]], z[x1.shape[0] :]
 
 
-class GlobalStyleLoss(nn.Module):
+class _ProjectedContrast(nn.Module):
+    """Shared set-up of the two GLCNet branches: a projection head and NT-Xent settings."""
+
+    def __init__(
+        self,
+        head: nn.Module,
+        temperature: float = 0.5,
+        gather: bool = True,
+        decoupled: bool = False,
+    ) -> None:
+        super().__init__()
+        if not float(temperature) > 0.0:
+            raise ValueError(f"{type(self).__name__} temperature must be > 0, got {temperature}")
+        self.head = head
+        self.temperature = float(temperature)
+        self.gather = bool(gather)
+        self.decoupled = bool(decoupled)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, gather={self.gather}, decoupled={self.decoupled}"
+
+
+class GlobalStyleLoss(_ProjectedContrast):
     """GLCNet's global style contrast: style vector -> head -> NT-Xent.
 
     Args:
@@ -49,21 +71,6 @@ class GlobalStyleLoss(nn.Module):
     outputs are orders of magnitude below; use bf16 if a backbone is not).
     """
 
-    def __init__(
-        self,
-        head: nn.Module,
-        temperature: float = 0.5,
-        gather: bool = True,
-        decoupled: bool = False,
-    ) -> None:
-        super().__init__()
-        if not float(temperature) > 0.0:
-            raise ValueError(f"GlobalStyleLoss temperature must be > 0, got {temperature}")
-        self.head = head
-        self.temperature = float(temperature)
-        self.gather = bool(gather)
-        self.decoupled = bool(decoupled)
-
     def forward(self, enc1: Tensor, enc2: Tensor) -> Tensor:
         if enc1.ndim != 4 or enc2.ndim != 4 or enc1.shape[:2] != enc2.shape[:2]:
             raise ValueError(
@@ -73,9 +80,6 @@ class GlobalStyleLoss(nn.Module):
             )
         z1, z2 = _project_pair(self.head, style_vector(enc1), style_vector(enc2))
         return nt_xent(z1, z2, self.temperature, gather=self.gather, decoupled=self.decoupled)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gather={self.gather}, decoupled={self.decoupled}"
 
 
 class LocalMatchingOutput(NamedTuple):
@@ -91,7 +95,7 @@ class LocalMatchingOutput(NamedTuple):
     valid_fraction: Tensor
 
 
-class LocalMatchingLoss(nn.Module):
+class LocalMatchingLoss(_ProjectedContrast):
     """GLCNet's local matching contrast over pooled region features.
 
     Every valid pair ``(regions1[b, k], regions2[b, k])`` is a positive; all other valid
@@ -127,13 +131,7 @@ class LocalMatchingLoss(nn.Module):
         gather: bool = True,
         decoupled: bool = False,
     ) -> None:
-        super().__init__()
-        if not float(temperature) > 0.0:
-            raise ValueError(f"LocalMatchingLoss temperature must be > 0, got {temperature}")
-        self.head = head
-        self.temperature = float(temperature)
-        self.gather = bool(gather)
-        self.decoupled = bool(decoupled)
+        super().__init__(head, temperature, gather, decoupled)
         self.empty_batches = 0
 
     def compute(self, regions1: Tensor, regions2: Tensor, valid: Tensor) -> LocalMatchingOutput:
@@ -187,9 +185,6 @@ class LocalMatchingLoss(nn.Module):
 
     def forward(self, regions1: Tensor, regions2: Tensor, valid: Tensor) -> Tensor:
         return self.compute(regions1, regions2, valid).loss
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gather={self.gather}, decoupled={self.decoupled}"
 
 
 class GLCNetLossOutput(NamedTuple):
