@@ -101,3 +101,13 @@ def test_every_field_is_documented():
                 walk(type(default), f"{prefix}{f.name}.")
 
     walk(PretrainConfig, "")
+
+
+def test_yaml_off_means_the_choice_off(tmp_path):
+    """YAML reads a bare `off` as False; for a choice field it means the word."""
+    path = _write(tmp_path, {})
+    path.write_text("train:\n  amp: off\n")
+    assert load_pretrain_config(path).train.amp == "off"
+    assert load_pretrain_config(path, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match=r"'train.deterministic'.*expected bool, got 'off'"):
+        load_pretrain_config(path, ["train.deterministic='off'"])

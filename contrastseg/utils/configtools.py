@@ -64,6 +64,14 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             raise bad
         return from_dict(tp, value, source=source, prefix=key)
     if origin is Literal:
+        # YAML 1.1 reads a bare on/off/yes/no as a bool: give back the word the choice means
+        if isinstance(value, bool):
+            words = [
+                w
+                for w in (("on", "yes", "true") if value else ("off", "no", "false"))
+                if w in get_args(tp)
+            ]
+            value = words[0] if words else value
         if value not in get_args(tp):
             raise ConfigError(
                 f"{_where(key, source)}: {value!r} is not one of {', '.join(map(repr, get_args(tp)))}"

@@ -1,0 +1,104 @@
+"""The benchmark scripts run end to end on a tiny setting (no timing is checked)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pretrain_step():
+    return _load("pretrain_step")
+
+
+@pytest.mark.parametrize(
+    ("name", "amp", "expected"),
+    [
+        # NVIDIA data sheets, dense: H100 SXM bf16 989.4 / tf32 494.7, PCIe 756 / 378, A100 312 / 156
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.4),
+        ("NVIDIA H100 80GB HBM3", "off", 494.7),
+        ("NVIDIA H100 PCIe", "bf16", 756.0),
+        ("NVIDIA H200", "bf16", 989.4),
+        ("NVIDIA A100-SXM4-80GB", "fp16", 312.0),
+        ("NVIDIA A100-PCIE-40GB", "off", 156.0),
+    ],
+)
+def test_device_peak_known_gpus(pretrain_step, name, amp, expected):
+    assert pretrain_step.device_peak(name, amp)["tflops"] == expected
+
+
+def test_device_peak_unknown_gpu_has_none(pretrain_step):
+    assert pretrain_step.device_peak("NVIDIA GeForce GTX 1080", "bf16") is None
+
+
+def test_plan_sweep_plus_toggles(pretrain_step):
+    args = argparse.Namespace(
+        amp=["bf16", "off"], channels_last="both", compile="both", matrix="plan"
+    )
+    cases = pretrain_step.plan_cases(["resnet18"], {"resnet18": [32, 64]}, 64, "bf16", args)
+    # sweep: 2 batches x compile off/on at bf16 + channels_last; toggles at 64: 2 x 2 x 2,
+    # two of which repeat sweep cases.
+    assert len(cases) == 2 * 2 + 8 - 2
+    assert len({json.dumps(c, sort_keys=True) for c in cases}) == len(cases)
+    factorial = argparse.Namespace(**{**vars(args), "matrix": "factorial"})
+    assert (
+        len(pretrain_step.plan_cases(["resnet18"], {"resnet18": [32, 64]}, 64, "bf16", factorial))
+        == 16
+    )
+
+
+def test_pretrain_step_quick_runs(pretrain_step, tmp_path):
+    out = tmp_path / "pretrain_step.json"
+    report = pretrain_step.main(
+        [
+            "--quick",
+            "--in-process",
+            "--device",
+            "cpu",
+            "--batch-sizes",
+            "2",
+            "--toggle-batch",
+            "2",
+            "--amp",
+            "off",
+            "--channels-last",
+            "off",
+            "--view-size",
+            "32",
+            "--steps",
+            "1",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
+    written = json.loads(out.read_text())
+    assert written["benchmark"] == "pretrain_step"
+    (case,) = written["cases"]
+    assert "error" not in case, case.get("error")
+    assert (case["arch"], case["batch"], case["amp"], case["channels_last"]) == (
+        "resnet18",
+        2,
+        "off",
+        False,
+    )
+    assert case["images_per_s"] > 0 and case["images_per_s_with_data"] > 0
+    assert case["flops_per_step"] > 0 and 0 <= case["data_wait_fraction"] <= 1
+    assert "fraction_of_peak" not in case  # a CPU has no entry in the peak table
+    assert report["cases"][0]["flops_per_step"] == case["flops_per_step"]
