@@ -43,7 +43,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import itertools
 import json
@@ -79,7 +78,12 @@ from contrastseg.data.config import DEFAULT_PATTERNS
 from contrastseg.train.methods import PretrainModel
 from contrastseg.train.optim import build_optimizer, build_scheduler
 from contrastseg.train.pretrain import views_generator
-from contrastseg.train.runtime import resolve_amp_dtype, seed_everything
+from contrastseg.train.runtime import (
+    autocast_context,
+    optimizer_step,
+    resolve_amp_dtype,
+    seed_everything,
+)
 
 #: Dense tensor-core peaks in TFLOP/s (NVIDIA data sheets, SXM unless named): the first
 #: entry whose key the device name contains wins, hence the order.
@@ -203,21 +207,13 @@ def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
 
     def step(batch: Tensor, module: torch.nn.Module = net) -> None:
         v1, v2, regions = prepare(batch)
-        autocast = (
-            torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-        )
-        with autocast:
+        with autocast_context(device, amp_dtype):
             out = module(v1, v2, *regions)
         if not bool(torch.isfinite(out.total.detach())):  # the engine's per-step check (a sync)
             raise RuntimeError(f"non-finite loss {float(out.total)}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(out.total).backward()
-        if config.optim.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        optimizer_step(
+            out.total, optimizer, scheduler, scaler, model.parameters(), config.optim.grad_clip
+        )
 
     batches = iter(loader)
     fixed = next(batches).to(device)

@@ -1,5 +1,18 @@
 """contrastseg: contrastive self-supervised pretraining of segmentation encoders for remote sensing."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_pretrained"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import contrastseg` (and `contrastseg --version`) does not load torch.
+    if name == "load_pretrained":
+        from contrastseg.models.pretrained import load_pretrained
+
+        return load_pretrained
+    raise AttributeError(f"module 'contrastseg' has no attribute {name!r}")

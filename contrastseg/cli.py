@@ -146,6 +146,107 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         return _error(str(err))
 
 
+def _newest_checkpoint(path: str) -> str:
+    """A run folder stands for its newest step checkpoint; a file is itself."""
+    from pathlib import Path
+
+    from contrastseg.train.checkpoint import list_checkpoints
+
+    folder = Path(path)
+    if folder.is_dir():
+        found = list_checkpoints(folder / "checkpoints") or list_checkpoints(folder)
+        if not found:
+            raise FileNotFoundError(f"{path} is a folder without step_*.pt checkpoints")
+        return str(found[-1])
+    return path
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from contrastseg.train.finetune import run_finetune
+    from contrastseg.train.finetune_config import load_finetune_config
+    from contrastseg.train.pretrain import TrainingDiverged
+
+    overrides = list(args.set or [])
+    try:
+        if args.pretrained:
+            overrides.append(f"pretrained.path={_newest_checkpoint(args.pretrained)}")
+        for key, value in (
+            ("pretrained.parts", args.parts),
+            ("mode", args.mode),
+            ("run.name", args.name),
+            ("run.resume", args.resume),
+        ):
+            if value:
+                overrides.append(f"{key}={value}")
+        result = run_finetune(load_finetune_config(args.config, overrides))
+    except TrainingDiverged as err:
+        return _error(str(err), 1)
+    except (ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch})")
+    if result.test_metrics is not None:
+        print(f"test report: {result.run_dir / 'test'}")
+    return 0
+
+
+def _eval_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.set or [])
+    if getattr(args, "data_root", None):
+        overrides.append(f"data.root={args.data_root}")
+    for key in ("window", "stride"):
+        if getattr(args, key, None):
+            overrides.append(f"eval.{key}={getattr(args, key)}")
+    if args.flip:
+        overrides.append("eval.flip=true")
+    return overrides
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from contrastseg.train.evaluate import run_evaluate
+
+    try:
+        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
+        run_evaluate(args.checkpoint, out, _eval_overrides(args), args.split, args.device)
+    except (ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    print((out / "metrics.txt").read_text(), end="")
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from contrastseg.train.evaluate import run_predict
+
+    try:
+        written = run_predict(
+            args.checkpoint,
+            args.inputs,
+            args.out,
+            args.format,
+            _eval_overrides(args),
+            args.device,
+            preview=not args.no_preview,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from contrastseg.models.pretrained import export_weights
+
+    try:
+        path = export_weights(_newest_checkpoint(args.checkpoint), args.out, args.part)
+    except (ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    print(f"wrote {path} ({args.part})")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -232,6 +333,91 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--seed", type=int, default=0, help="seed of the views (default 0)")
     views.add_argument("--out", default="views.png", help="PNG to write (default views.png)")
     views.set_defaults(handler=_cmd_views)
+
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune or linear-probe a DeepLabV3+ on labeled data (a label fraction)",
+        description=(
+            "Train a segmenter on a labeled dataset (a preset or folders) from a pretraining "
+            "checkpoint or from random weights; the model is selected on the val split and "
+            "scored once on the test split. Without --config: configs/finetune_demo.yaml."
+        ),
+    )
+    _add_config_arguments(finetune)
+    finetune.add_argument(
+        "--pretrained",
+        metavar="CKPT",
+        help="pretraining checkpoint, or a pretraining run folder (its newest checkpoint)",
+    )
+    finetune.add_argument(
+        "--parts",
+        choices=["backbone", "backbone+aspp", "all"],
+        help="what to load from --pretrained (default backbone+aspp)",
+    )
+    finetune.add_argument(
+        "--mode",
+        choices=["linear", "decoder", "finetune"],
+        help="linear probe (1x1 head on frozen features), frozen backbone, or everything",
+    )
+    finetune.add_argument("--name", help="run name (folder under run.root)")
+    finetune.add_argument(
+        "--resume", nargs="?", const="auto", metavar="CHECKPOINT", help="continue the run"
+    )
+    finetune.set_defaults(handler=_cmd_finetune)
+
+    def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--checkpoint", required=True, help="fine-tuning checkpoint (best.pt)")
+        parser.add_argument("--window", type=int, help="sliding-window side in pixels")
+        parser.add_argument("--stride", type=int, help="sliding-window step in pixels")
+        parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+        parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+        parser.add_argument(
+            "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a stored setting"
+        )
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned checkpoint on whole images (sliding window): OA, mIoU, F1, kappa",
+        description=(
+            "Sliding-window inference over the whole images of a split; writes metrics.json, "
+            "metrics.txt, a confusion-matrix image and prediction overlays."
+        ),
+    )
+    add_inference_arguments(evaluate)
+    evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
+    evaluate.add_argument("--data-root", help="evaluate on this dataset folder instead")
+    evaluate.add_argument("--out", help="report folder (default: next to the checkpoint)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    predict = sub.add_parser(
+        "predict",
+        help="label maps (index PNG or GeoTIFF) and colour previews for images of any size",
+    )
+    add_inference_arguments(predict)
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument(
+        "--format",
+        choices=["auto", "png", "tif"],
+        default="auto",
+        help="label map format (auto: GeoTIFF for TIFF inputs, keeping georeferencing tags)",
+    )
+    predict.add_argument("--no-preview", action="store_true", help="skip the colour previews")
+    predict.set_defaults(handler=_cmd_predict)
+
+    export = sub.add_parser(
+        "export",
+        help="write the backbone in torchvision key names (or the encoder / all weights)",
+    )
+    export.add_argument("checkpoint", help="pretraining or fine-tuning checkpoint, or a run folder")
+    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument(
+        "--part",
+        choices=["backbone", "encoder", "all"],
+        default="backbone",
+        help="backbone: torchvision ResNet keys; encoder: backbone + ASPP; all: every tensor",
+    )
+    export.set_defaults(handler=_cmd_export)
 
     config = sub.add_parser(
         "config",

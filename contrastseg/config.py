@@ -11,11 +11,12 @@ what the run directory and the checkpoints keep.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from contrastseg.augment.config import ViewsConfig
 from contrastseg.data.config import UnlabeledDataConfig
@@ -38,6 +39,8 @@ __all__ = [
     "TrainConfig",
     "load_pretrain_config",
 ]
+
+T = TypeVar("T")
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -347,6 +350,27 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
+def load_config(
+    cls: type[T],
+    path: str | os.PathLike[str] | None,
+    overrides: Sequence[str],
+    default_name: str,
+) -> T:
+    """Load config dataclass ``cls`` from YAML (``None`` = bundled ``default_name``) plus ``--set``s.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: an unknown key, a wrong type or an impossible value, naming key and file.
+    """
+    resolved = resolve_config_path(path if path is not None else default_name)
+    data = load_yaml(str(resolved))
+    if any(f.name == "views" for f in dataclasses.fields(cls)):
+        overrides = _expand_views_preset(data, overrides, str(resolved))
+    data = apply_overrides(data, cls, overrides)
+    source = str(resolved) + (" with --set overrides" if overrides else "")
+    return from_dict(cls, data, source=source)
+
+
 def load_pretrain_config(
     path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()
 ) -> PretrainConfig:
@@ -356,9 +380,4 @@ def load_pretrain_config(
         FileNotFoundError: the file does not exist.
         ConfigError: an unknown key, a wrong type or an impossible value, naming key and file.
     """
-    resolved = resolve_config_path(path if path is not None else "quickstart.yaml")
-    data = load_yaml(str(resolved))
-    overrides = _expand_views_preset(data, overrides, str(resolved))
-    data = apply_overrides(data, PretrainConfig, overrides)
-    source = str(resolved) + (" with --set overrides" if overrides else "")
-    return from_dict(PretrainConfig, data, source=source)
+    return load_config(PretrainConfig, path, overrides, "quickstart.yaml")

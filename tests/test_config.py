@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from contrastseg.config import PretrainConfig, load_pretrain_config
+from contrastseg.train.finetune_config import FinetuneConfig
 from contrastseg.utils.configtools import ConfigError, field_docs, from_dict, to_dict
 
 
@@ -101,6 +102,7 @@ def test_every_field_is_documented():
                 walk(type(default), f"{prefix}{f.name}.")
 
     walk(PretrainConfig, "")
+    walk(FinetuneConfig, "")
 
 
 def test_yaml_off_means_the_choice_off(tmp_path):

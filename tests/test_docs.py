@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from contrastseg.config import PretrainConfig
+from contrastseg.train.finetune_config import FinetuneConfig
 from contrastseg.utils.configtools import config_reference_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -15,7 +16,12 @@ START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 
 def generated_reference() -> str:
-    return "### `contrastseg pretrain`\n\n" + config_reference_markdown(PretrainConfig)
+    return (
+        "### `contrastseg pretrain`\n\n"
+        + config_reference_markdown(PretrainConfig)
+        + "\n### `contrastseg finetune`\n\n"
+        + config_reference_markdown(FinetuneConfig)
+    )
 
 
 def _section(text: str) -> str:

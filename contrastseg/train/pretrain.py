@@ -15,7 +15,6 @@ optimizer and schedule. Only rank 0 writes the run folder:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,9 @@ from contrastseg.train.methods import PretrainModel, StepLosses
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.optim import build_optimizer, build_scheduler
 from contrastseg.train.runtime import (
+    autocast_context,
     iterate_keeping_rng,
+    optimizer_step,
     reduce_mean,
     resolve_amp_dtype,
     resume_loader,
@@ -300,12 +301,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                     v2 = to_float(pair.view2, 1.0, mean, std).contiguous(
                         memory_format=memory_format
                     )
-                autocast = (
-                    torch.autocast(device.type, dtype=amp_dtype)
-                    if amp_dtype
-                    else contextlib.nullcontext()
-                )
-                with autocast:
+                with autocast_context(device, amp_dtype):
                     out: StepLosses = net(v1, v2, *(regions if regions is not None else ()))
                 finite = torch.isfinite(out.total.detach()).float()
                 if ctx.world_size > 1:
@@ -325,14 +321,14 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                         )
                         + ". Lower optim.lr, set optim.grad_clip, or try train.amp=off."
                     )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(out.total).backward()
-                if config.optim.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                optimizer_step(
+                    out.total,
+                    optimizer,
+                    scheduler,
+                    scaler,
+                    model.parameters(),
+                    config.optim.grad_clip,
+                )
                 step += 1
                 window_steps += 1
                 for key, value in (

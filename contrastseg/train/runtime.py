@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -105,3 +106,29 @@ def reduce_mean(values: Mapping[str, Tensor], world_size: int) -> dict[str, floa
         dist.all_reduce(stacked)
         stacked /= world_size
     return dict(zip(keys, stacked.tolist(), strict=True))
+
+
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
+    """``torch.autocast`` for ``amp_dtype`` on ``device``, or a no-op context without AMP."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype)
+
+
+def optimizer_step(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    parameters: Iterable[Tensor],
+    grad_clip: float | None = None,
+) -> None:
+    """Backward, optional gradient clipping (on unscaled gradients), optimizer and schedule step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()

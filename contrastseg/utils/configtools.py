@@ -259,7 +259,20 @@ _ATTR_RE = re.compile(r"^\s{4,}(\w+)(?:\s*\([^)]*\))?:\s*(.+)$")
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """One line of documentation per field: ``#:`` comments, else the docstring's Attributes."""
+    """One line of documentation per field: ``#:`` comments, else the docstring's Attributes.
+
+    Base classes are read first, so a section that subclasses another (new defaults) keeps
+    the documentation of the fields it inherits.
+    """
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    docs.update(_own_field_docs(cls))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     doc = inspect.getdoc(cls) or ""
     in_attrs = False
@@ -331,6 +344,16 @@ def config_reference_markdown(cls: type) -> str:
     out = []
     docs = field_docs(cls)
     instance = cls()
+    cell = lambda s: s.replace("|", "\\|")  # noqa: E731
+    top = [
+        row
+        for row in config_reference(instance)
+        if "." not in row[0] and not dataclasses.is_dataclass(getattr(instance, row[0]))
+    ]
+    if top:
+        out += ["#### top level\n", "| key | type | default | meaning |", "|---|---|---|---|"]
+        out += [f"| `{k}` | {cell(t)} | `{cell(d)}` | {cell(m)} |" for k, t, d, m in top]
+        out.append("")
     for f in dataclasses.fields(cls):
         section = getattr(instance, f.name)
         if not dataclasses.is_dataclass(section):
@@ -339,7 +362,6 @@ def config_reference_markdown(cls: type) -> str:
         out.append("| key | type | default | meaning |")
         out.append("|---|---|---|---|")
         for key, type_name, default, meaning in config_reference(section, f"{f.name}."):
-            cell = lambda s: s.replace("|", "\\|")  # noqa: E731
             out.append(f"| `{key}` | {cell(type_name)} | `{cell(default)}` | {cell(meaning)} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

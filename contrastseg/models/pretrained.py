@@ -1,0 +1,232 @@
+"""Pretrained weights in and out: load chosen parts into a DeepLabV3+, export the backbone.
+
+Files :func:`load_pretrained` reads:
+
+- a pretraining checkpoint (``format: contrastseg.pretrain``) or a fine-tuning checkpoint
+  (``format: contrastseg.finetune``): the DeepLabV3+ state dict under ``model``;
+- a file written by :func:`export_weights`: plain torchvision ResNet keys (``conv1.weight``,
+  ``layer1.0.conv1.weight``, ...) for ``part="backbone"``, DeepLabV3+ keys (``backbone.*``,
+  ``aspp.*``, ``decoder.*``) for ``encoder`` / ``all``;
+- any plain state dict in one of these two key styles (wrapper prefixes ``module.`` and
+  ``_orig_mod.`` from DDP / ``torch.compile`` are removed).
+
+Nothing is loaded silently: :func:`load_pretrained` returns a :class:`LoadReport` listing
+the keys it loaded, the model keys of the chosen parts that the file lacks, and the file keys
+it did not use; a shape mismatch is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+#: Which parts of a DeepLabV3+ :func:`load_pretrained` fills, by key prefix.
+PARTS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone.",),
+    "backbone+aspp": ("backbone.", "aspp."),
+    "encoder": ("backbone.", "aspp."),
+    "all": ("backbone.", "aspp.", "decoder."),
+}
+EXPORT_PARTS = ("backbone", "encoder", "all")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_FORMATS = ("contrastseg.pretrain", "contrastseg.finetune")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did.
+
+    Attributes:
+        path: the file read.
+        parts: the parts asked for.
+        loaded: model keys filled from the file.
+        missing: model keys of the chosen parts that the file does not have (left as they were).
+        unexpected: file keys that belong to no chosen part of the model (not loaded).
+    """
+
+    path: str
+    parts: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every model key of the chosen parts was loaded."""
+        return not self.missing
+
+    def summary(self, limit: int = 5) -> str:
+        """One line: counts and the first few missing / unexpected keys."""
+        text = f"{self.path}: loaded {len(self.loaded)} tensors into {self.parts}"
+        if self.missing:
+            text += f"; missing {len(self.missing)} ({', '.join(self.missing[:limit])})"
+        if self.unexpected:
+            text += f"; unused {len(self.unexpected)} ({', '.join(self.unexpected[:limit])})"
+        return text
+
+
+def load_torch_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable ``torch.save`` file of tensors and plain values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise ValueError(f"{path} is not a readable weights file: {err}") from err
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The DeepLabV3+-style state dict in a weights file, and the checkpoint around it.
+
+    Plain torchvision ResNet keys are returned under ``backbone.``, wrapper prefixes removed.
+
+    Returns:
+        ``(state, payload)``: ``state`` with DeepLabV3+ key names; ``payload`` the whole
+        checkpoint dict for contrastseg checkpoints, else ``{}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable ``torch.save`` file of tensors (the message names it).
+    """
+    obj = load_torch_file(path)
+    payload: dict[str, Any] = {}
+    if isinstance(obj, Mapping) and obj.get("format") in _FORMATS:
+        payload, obj = dict(obj), obj["model"]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(v, Tensor) for v in obj.values())
+    ):
+        raise ValueError(
+            f"{path}: expected a state dict of tensors or a contrastseg checkpoint, "
+            f"got {type(obj).__name__}"
+        )
+    state = {}
+    for key, value in obj.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        state[key] = value
+    if not any(k.startswith(p) for k in state for p in ("backbone.", "aspp.", "decoder.")):
+        # plain torchvision ResNet keys (an exported backbone); a classifier ``fc`` stays in
+        # the state as backbone.fc.* and is reported as unexpected by load_pretrained
+        state = {f"backbone.{k}": v for k, v in state.items()}
+    return state, payload
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    parts: Literal["backbone", "backbone+aspp", "encoder", "all"] = "backbone+aspp",
+) -> LoadReport:
+    """Copy the chosen parts of a weights file into a DeepLabV3+ (or anything with its key names).
+
+    Args:
+        model: a :class:`~contrastseg.models.DeepLabV3Plus` (the classifier is never loaded:
+            fine-tuning starts it fresh).
+        path: a contrastseg checkpoint or an exported / plain state dict (see module doc).
+        parts: ``backbone``, ``backbone+aspp`` (the GLCNet default; ``encoder`` is the same)
+            or ``all`` (backbone, ASPP and decoder).
+
+    Returns:
+        A :class:`LoadReport`; keys the file lacks stay as they were in ``model``.
+
+    Raises:
+        ValueError: an unknown ``parts``, a file key whose shape differs from the model's
+            (e.g. another architecture or band count; the message lists them), or no key
+            of the chosen parts at all in the file.
+        FileNotFoundError: no such file.
+    """
+    if parts not in PARTS:
+        raise ValueError(f"parts must be one of {', '.join(PARTS)}, got {parts!r}")
+    prefixes = PARTS[parts]
+    state, _ = read_state_dict(path)
+    target = model.state_dict()
+    wanted = {k for k in target if k.startswith(prefixes)}
+    chosen = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    report = LoadReport(
+        str(path),
+        parts,
+        loaded=sorted(wanted & set(chosen)),
+        missing=sorted(wanted - set(chosen)),
+        unexpected=sorted(set(state) - (wanted & set(chosen))),
+    )
+    wrong = [
+        f"{k}: file {tuple(chosen[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in report.loaded
+        if chosen[k].shape != target[k].shape
+    ]
+    if wrong:
+        raise ValueError(
+            f"{path} does not fit this model ({len(wrong)} shape mismatch(es), e.g. another "
+            f"architecture, band count or width): " + "; ".join(wrong[:6])
+        )
+    if not report.loaded:
+        raise ValueError(
+            f"{path} has no weights for parts={parts!r} (file keys start with "
+            f"{sorted({k.split('.')[0] for k in state})})"
+        )
+    model.load_state_dict({k: chosen[k] for k in report.loaded}, strict=False)
+    return report
+
+
+def export_weights(
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    part: Literal["backbone", "encoder", "all"] = "backbone",
+) -> Path:
+    """Write the weights of a contrastseg checkpoint for use by other segmentation code.
+
+    Args:
+        checkpoint: a pretraining or fine-tuning checkpoint (or a state dict in DeepLabV3+ keys).
+        out: the file to write (``torch.save`` of a plain dict of tensors).
+        part: ``backbone``: the ResNet in torchvision key names (``conv1.weight``, ``bn1.*``,
+            ``layer1.0.conv1.weight`` ...), loadable with ``strict=False`` into
+            ``torchvision.models.resnetXX()`` with only ``fc.*`` missing; ``encoder``:
+            ``backbone.*`` and ``aspp.*`` in DeepLabV3+ names; ``all``: every DeepLabV3+
+            tensor (the classifier too, for a fine-tuning checkpoint).
+
+    Returns:
+        ``out`` as a path.
+
+    Raises:
+        ValueError: an unknown ``part`` or an unreadable checkpoint.
+        FileNotFoundError: no such checkpoint.
+    """
+    if part not in EXPORT_PARTS:
+        raise ValueError(f"part must be one of {', '.join(EXPORT_PARTS)}, got {part!r}")
+    state, _ = read_state_dict(checkpoint)
+    if part == "backbone":
+        weights = {
+            k.removeprefix("backbone."): v.clone()
+            for k, v in state.items()
+            if k.startswith("backbone.") and not k.startswith("backbone.fc.")
+        }
+    elif part == "encoder":
+        weights = {k: v.clone() for k, v in state.items() if k.startswith(PARTS["encoder"])}
+    else:
+        weights = {k: v.clone() for k, v in state.items()}
+    if not weights:
+        raise ValueError(f"{checkpoint} holds no {part} weights")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:  # temp file + rename: a crash never leaves a truncated file under the final name
+        torch.save(weights, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

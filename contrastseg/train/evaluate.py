@@ -1,0 +1,322 @@
+"""Scoring and applying fine-tuned segmenters: ``contrastseg evaluate`` and ``contrastseg predict``.
+
+A fine-tuning checkpoint (``format: contrastseg.finetune``, written by
+:mod:`contrastseg.train.finetune`) holds everything needed to use the segmenter on new
+images: the DeepLabV3+ state dict with its classifier, its architecture, the classes and
+palette, the bands, scale and normalisation of the training data, and the run's config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+from torch import Tensor
+
+from contrastseg.data.labeled import LabeledDataset
+from contrastseg.data.loader import to_float
+from contrastseg.data.readers import image_size
+from contrastseg.inference import ArraySink, predict_file, sliding_window_logits
+from contrastseg.metrics import ConfusionMatrix
+from contrastseg.models.deeplab import DeepLabV3Plus
+from contrastseg.models.pretrained import load_torch_file
+from contrastseg.train.finetune_config import EvalConfig, FinetuneConfig
+from contrastseg.train.report import class_palette, colorize, safe_name, write_overlay, write_report
+from contrastseg.train.runtime import resolve_amp_dtype
+from contrastseg.utils.configtools import apply_overrides, from_dict
+from contrastseg.utils.device import resolve_device
+
+FINETUNE_FORMAT = "contrastseg.finetune"
+#: GeoTIFF tags copied from an input TIFF to its label map (pixel scale, tie points,
+#: transformation, GeoKey directory and its double / ASCII parameters).
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+_MODEL_KEYS = (
+    "arch", "output_stride", "aspp_channels", "decoder_channels", "low_level_channels",
+    "separable", "aspp_dropout",
+)  # fmt: skip
+
+
+def build_segmenter(
+    model_config: Mapping[str, Any], num_classes: int, in_channels: int
+) -> DeepLabV3Plus:
+    """A DeepLabV3+ from a model config dict (``config["model"]`` of a checkpoint)."""
+    return DeepLabV3Plus(
+        num_classes,
+        in_channels=in_channels,
+        **{k: model_config[k] for k in _MODEL_KEYS if k in model_config},
+    )
+
+
+@dataclass
+class Segmenter:
+    """A fine-tuned model with what it needs to read new images.
+
+    Attributes:
+        model: the DeepLabV3+ (eval mode, on ``device``).
+        config: the fine-tuning config it was trained with.
+        classes: class names in id order.
+        palette: one ``'#RRGGBB'`` per class (may be empty).
+        bands: band indices read from image files (None = all).
+        scale: value mapped to 1.0 (None = the dtype's range).
+        mean: per-band mean after scaling, or None.
+        std: per-band std after scaling, or None.
+        device: where the model runs.
+        payload: the checkpoint dict (metrics, epoch, ...).
+    """
+
+    model: DeepLabV3Plus
+    config: FinetuneConfig
+    classes: list[str]
+    palette: list[str]
+    bands: list[int] | None
+    scale: float | None
+    mean: list[float] | None
+    std: list[float] | None
+    device: torch.device
+    payload: dict[str, Any]
+
+    def prepare(self, image: Tensor | np.ndarray) -> Tensor:
+        """An integer image ``(C, h, w)`` or batch ``(B, C, h, w)`` -> normalised float on the device."""
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image))
+        return to_float(image.to(self.device), self.scale, self.mean, self.std)
+
+    def predictor(self, amp: str = "off") -> Callable[[Tensor], Tensor]:
+        """``(n, C, h, w) -> (n, K, h, w)`` logits, under autocast when ``amp`` asks for it."""
+        dtype = resolve_amp_dtype(amp, self.device)
+
+        def predict(x: Tensor) -> Tensor:
+            context = (
+                torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            )
+            with context:
+                return self.model(x)
+
+        return predict
+
+
+def load_finetune_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a fine-tuning checkpoint (``weights_only=True``) onto the CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable, or not a fine-tuning checkpoint; a pretraining checkpoint gets
+            a message saying to fine-tune it first (it has no classifier).
+    """
+    payload = load_torch_file(path)
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if fmt == "contrastseg.pretrain":
+        raise ValueError(
+            f"{path} is a pretraining checkpoint: it has no classifier, so it cannot segment. "
+            f"Fine-tune it first (contrastseg finetune --pretrained {path}) and evaluate the "
+            "fine-tuned checkpoint (runs/<name>/best.pt)"
+        )
+    if fmt != FINETUNE_FORMAT:
+        raise ValueError(f"{path} is not a contrastseg fine-tuning checkpoint (format={fmt!r})")
+    return payload
+
+
+def load_segmenter(
+    path: str | os.PathLike[str], device: str | torch.device = "auto", overrides: Sequence[str] = ()
+) -> Segmenter:
+    """Load a fine-tuning checkpoint as a ready :class:`Segmenter`.
+
+    Args:
+        path: the checkpoint (``best.pt`` of a fine-tuning run, or a step checkpoint).
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        overrides: ``section.key=value`` strings applied to the stored config (e.g.
+            ``data.root=/new/place``, ``eval.window=1024``).
+    """
+    payload = load_finetune_checkpoint(path)
+    data = apply_overrides(dict(payload["config"]), FinetuneConfig, overrides)
+    config = from_dict(FinetuneConfig, data, source=f"{path} (stored config)")
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    model = build_segmenter(payload["model_config"], payload["num_classes"], payload["in_channels"])
+    model.load_state_dict(payload["model"])
+    model.to(device).eval()
+    norm = payload.get("normalize", {})
+    return Segmenter(
+        model, config, list(payload["classes"]), list(payload.get("palette", [])),
+        payload.get("bands"), payload.get("scale"), norm.get("mean"), norm.get("std"), device, payload,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate_dataset(
+    segmenter: Segmenter,
+    dataset: LabeledDataset,
+    settings: EvalConfig,
+    overlay_dir: str | os.PathLike[str] | None = None,
+    amp: str = "off",
+) -> ConfusionMatrix:
+    """Sliding-window predictions over every whole image of ``dataset``, into a confusion matrix.
+
+    Args:
+        segmenter: the model and its input preparation.
+        dataset: whole images (``whole_images=True``) with masks.
+        settings: window, stride, batch of windows, flip TTA, number of overlays.
+        overlay_dir: where ``image | truth | prediction`` PNGs of the first
+            ``settings.overlays`` images go; None = none.
+        amp: autocast setting for the forward passes.
+    """
+    model = segmenter.model
+    was_training = model.training
+    model.eval()
+    predict = segmenter.predictor(amp)
+    confusion = ConfusionMatrix(len(segmenter.classes), dataset.ignore_index, segmenter.device)
+    palette = class_palette(segmenter.palette, len(segmenter.classes))
+    try:
+        for i in range(len(dataset)):
+            image, mask = dataset[i]
+            logits = sliding_window_logits(
+                predict, segmenter.prepare(image[None]), settings.window, settings.stride,
+                settings.batch_size, settings.flip,
+            )  # fmt: skip
+            prediction = logits.argmax(1)
+            confusion.update(prediction, mask[None].to(segmenter.device))
+            if overlay_dir is not None and i < settings.overlays:
+                write_overlay(
+                    Path(overlay_dir) / f"{safe_name(dataset.patch_ids[i])}.png",
+                    image.numpy(), mask.numpy(), prediction[0].cpu().numpy(), palette,
+                )  # fmt: skip
+    finally:
+        model.train(was_training)
+    return confusion
+
+
+def run_evaluate(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    split: Literal["train", "val", "test"] = "test",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """``contrastseg evaluate``: score a fine-tuned checkpoint on whole images of one split.
+
+    Args:
+        checkpoint: a fine-tuning checkpoint.
+        out_dir: report folder; None = ``<checkpoint folder>/eval-<split>``.
+        overrides: ``section.key=value`` changes of the stored config, e.g. ``data.root=...``
+            (other data), ``eval.window=1024``, ``eval.flip=true``, ``eval.exclude=[5]``.
+        split: which split of the data to score.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+
+    Raises:
+        ValueError / FileNotFoundError: a pretraining or unreadable checkpoint, bad overrides,
+            data whose classes differ from the checkpoint's.
+    """
+    segmenter = load_segmenter(checkpoint, device, overrides)
+    config = segmenter.config
+    dataset = LabeledDataset(config.data, split, whole_images=True)
+    if dataset.num_classes != len(segmenter.classes):
+        raise ValueError(
+            f"the data has {dataset.num_classes} classes {dataset.classes} but {checkpoint} was "
+            f"trained for {len(segmenter.classes)} {segmenter.classes}"
+        )
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / f"eval-{split}"
+    confusion = evaluate_dataset(
+        segmenter, dataset, config.eval, out / "overlays", config.train.amp
+    )
+    return write_report(
+        confusion, segmenter.classes, out, config.eval.exclude,
+        {"checkpoint": str(checkpoint), "split": split, "images": len(dataset),
+         "window": config.eval.window, "stride": config.eval.stride, "flip": config.eval.flip},
+    )  # fmt: skip
+
+
+def geotiff_tags(path: str | os.PathLike[str]) -> list[tuple]:
+    """GeoTIFF tags of a TIFF's first page as tifffile ``extratags`` (empty for other files)."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return []
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages.first.tags
+        out = []
+        for code in GEOTIFF_TAGS:
+            tag = tags.get(code)
+            if tag is not None:
+                count = 0 if isinstance(tag.value, str) else tag.count
+                out.append((code, tag.dtype, count, tag.value, True))
+        return out
+
+
+def run_predict(
+    checkpoint: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    fmt: Literal["auto", "png", "tif"] = "auto",
+    overrides: Sequence[str] = (),
+    device: str = "auto",
+    preview: bool = True,
+    preview_size: int = 2048,
+) -> list[Path]:
+    """``contrastseg predict``: label maps (and colour previews) of image files of any size.
+
+    Images are streamed strip by strip (:func:`~contrastseg.inference.predict_file`); GeoTIFF
+    label maps are written through a memory-mapped file, so neither the image nor its label
+    map needs to fit in memory. PNG label maps are assembled in memory (one byte per pixel).
+
+    Args:
+        checkpoint: a fine-tuning checkpoint.
+        inputs: image files (bands, scale and normalisation as in training).
+        out_dir: output folder: ``<name>_labels.png|tif`` (class ids) and ``<name>_preview.png``.
+        fmt: ``tif`` (GeoTIFF, georeferencing tags of a TIFF input copied), ``png`` (index PNG),
+            ``auto`` = ``tif`` for TIFF inputs, else ``png``.
+        overrides: ``eval.window=...``, ``eval.flip=true``, ... (see :func:`run_evaluate`).
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        preview: also write a colourised preview (downsampled to ``preview_size``).
+
+    Returns:
+        The label map paths, in input order.
+    """
+    segmenter = load_segmenter(checkpoint, device, overrides)
+    settings = segmenter.config.eval
+    palette = class_palette(segmenter.palette, len(segmenter.classes))
+    dtype = np.uint8 if len(segmenter.classes) <= 256 else np.uint16
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    used: set[str] = set()
+    for source in inputs:
+        size = image_size(source)
+        name = safe_name(Path(source).stem)
+        while name in used:
+            name += "_"
+        used.add(name)
+        is_tiff = Path(source).suffix.lower() in (".tif", ".tiff")
+        kind = ("tif" if is_tiff else "png") if fmt == "auto" else fmt
+        target = out / f"{name}_labels.{kind}"
+        if kind == "tif":
+            labels = tifffile.memmap(
+                target, shape=(size.height, size.width), dtype=dtype, photometric="minisblack",
+                extratags=geotiff_tags(source),
+            )  # fmt: skip
+        else:
+            labels = np.zeros((size.height, size.width), dtype=dtype)
+        predict_file(
+            segmenter.predictor(segmenter.config.train.amp), source, ArraySink(labels),
+            settings.window, settings.stride, settings.batch_size, settings.flip,
+            segmenter.config.data.bands, segmenter.prepare, segmenter.device,
+        )  # fmt: skip
+        if kind == "tif":
+            labels.flush()
+        else:
+            Image.fromarray(labels).save(target)
+        if preview:
+            step = max(1, -(-max(size.height, size.width) // preview_size))
+            Image.fromarray(colorize(np.asarray(labels[::step, ::step]), palette)).save(
+                out / f"{name}_preview.png"
+            )
+        del labels
+        written.append(target)
+    return written

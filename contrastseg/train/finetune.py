@@ -1,0 +1,427 @@
+"""The downstream engine behind ``contrastseg finetune``: linear probe, decoder training, fine-tuning.
+
+A DeepLabV3+ of the pretrained checkpoint's architecture gets a fresh 1x1 classifier for the
+labeled data's classes; the chosen parts (``backbone``, ``backbone+aspp`` or ``all``) are
+loaded from the checkpoint (:func:`~contrastseg.models.pretrained.load_pretrained`). Modes
+(GLCNet, Li et al. 2022, Sec. IV; linear evaluation as in SimCLR, Chen et al. 2020):
+
+- ``linear``: backbone, ASPP and decoder frozen *and* their BatchNorm layers kept in eval
+  mode (running statistics untouched); only the classifier on the decoder features trains;
+- ``decoder``: the backbone is frozen (BN in eval mode); ASPP, decoder and classifier train;
+- ``finetune``: everything trains; pretrained parts at ``pretrained_lr_scale`` x lr.
+
+The model is selected on the validation split (mIoU, sliding-window over whole images);
+the test split is scored once, at the end, with the selected weights. Run folder:
+
+    runs/<name>/config.yaml, train.log, scalars.jsonl, events.out.*  (TensorBoard)
+    runs/<name>/checkpoints/step_*.pt   resumable (optimizer, schedule, RNG)
+    runs/<name>/best.pt                 the selected segmenter (evaluate / predict / export)
+    runs/<name>/val/, test/             metrics.json, metrics.txt, confusion_matrix.png, overlays/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from contrastseg import __version__
+from contrastseg.data.labeled import LabeledDataset
+from contrastseg.data.loader import build_loader, set_loader_epoch, to_float
+from contrastseg.data.stats import load_stats_yaml
+from contrastseg.losses.segmentation import build_loss, count_labels
+from contrastseg.models.pretrained import LoadReport, load_pretrained, read_state_dict
+from contrastseg.train.checkpoint import (
+    capture_rng,
+    checkpoint_path,
+    list_checkpoints,
+    prune_checkpoints,
+    restore_rng,
+    save_atomic,
+)
+from contrastseg.train.evaluate import (
+    FINETUNE_FORMAT,
+    Segmenter,
+    build_segmenter,
+    evaluate_dataset,
+    load_finetune_checkpoint,
+)
+from contrastseg.train.finetune_config import FinetuneConfig, loss_spec
+from contrastseg.train.monitor import RunMonitor
+from contrastseg.train.optim import build_optimizer, build_scheduler
+from contrastseg.train.pretrain import TrainingDiverged
+from contrastseg.train.report import write_report
+from contrastseg.train.runtime import (
+    autocast_context,
+    iterate_keeping_rng,
+    optimizer_step,
+    resolve_amp_dtype,
+    seed_everything,
+)
+from contrastseg.utils.configtools import ConfigError, to_dict
+from contrastseg.utils.device import resolve_device
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`run_finetune` returns.
+
+    Attributes:
+        run_dir: the run folder.
+        best_checkpoint: ``best.pt``, the weights selected on the validation split.
+        best_epoch: the epoch (1-based) those weights come from.
+        val_metrics: validation metrics of the selected weights.
+        test_metrics: test metrics of the selected weights (None without a test split).
+        step: optimizer steps done.
+        history: logged scalars, one dict per log step or validation.
+        load_report: what was loaded from the pretrained file (None = random init).
+    """
+
+    run_dir: Path
+    best_checkpoint: Path
+    best_epoch: int
+    val_metrics: dict[str, Any]
+    test_metrics: dict[str, Any] | None
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    load_report: LoadReport | None = None
+
+
+def frozen_modules(model: nn.Module, mode: str) -> list[nn.Module]:
+    """The parts of a DeepLabV3+ that ``mode`` freezes (parameters and BN statistics)."""
+    if mode == "linear":
+        return [model.backbone, model.aspp, model.decoder]
+    if mode == "decoder":
+        return [model.backbone]
+    return []
+
+
+def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
+    """``model.train()`` with the frozen parts in eval mode, so their BN statistics stay fixed."""
+    model.train()
+    for module in frozen:
+        module.eval()
+
+
+def augment_batch(
+    images: Tensor, masks: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Random horizontal flip, vertical flip and 90-degree rotation per sample (image and mask alike).
+
+    Shapes: ``images (B, C, P, P)``, ``masks (B, P, P)``; square patches keep their shape.
+    """
+    draws = torch.randint(0, 4, (images.shape[0], 3), generator=generator, device=generator.device)
+    draws = draws.cpu().tolist()
+    out_i, out_m = [], []
+    for image, mask, (h, v, k) in zip(images, masks, draws, strict=True):
+        dims = [d for d, flag in ((-1, h % 2), (-2, v % 2)) if flag]
+        if dims:
+            image, mask = image.flip(dims), mask.flip(dims)
+        out_i.append(torch.rot90(image, k, (-2, -1)))
+        out_m.append(torch.rot90(mask, k, (-2, -1)))
+    return torch.stack(out_i), torch.stack(out_m)
+
+
+def _normalization(
+    config: FinetuneConfig, pretrain: dict, bands: int
+) -> tuple[list | None, list | None]:
+    norm = config.normalize
+    mean, std, source = norm.mean, norm.std, "normalize"
+    if norm.stats_file:
+        stats = load_stats_yaml(norm.stats_file)
+        mean, std, source = stats.mean, stats.std, norm.stats_file
+    elif mean is None and std is None and pretrain:
+        # same inputs as in pretraining, unless the config says otherwise
+        stored = pretrain.get("config", {}).get("normalize", {})
+        mean, std, source = stored.get("mean"), stored.get("std"), "the pretraining checkpoint"
+        if stored.get("stats_file") and Path(stored["stats_file"]).is_file():
+            stats = load_stats_yaml(stored["stats_file"])
+            mean, std = stats.mean, stats.std
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != bands:
+            raise ConfigError(
+                f"{source}: {len(values)} {name} values but the data has {bands} band(s)"
+            )
+    return (None if mean is None else list(mean)), (None if std is None else list(std))
+
+
+def _split(config: FinetuneConfig, split: str, required: bool) -> LabeledDataset | None:
+    try:
+        return LabeledDataset(config.data, split, whole_images=split != "train")
+    except ValueError as err:
+        if required or "is empty" not in str(err):
+            hint = (
+                "; model selection needs a validation split that is not the test split: set "
+                "data.val patterns (e.g. ['Tile 3/*'])"
+                if split == "val" and "is empty" in str(err)
+                else ""
+            )
+            raise ConfigError(f"{err}{hint}") from err
+        return None
+
+
+def _build_model(config: FinetuneConfig, num_classes: int, bands: int):
+    path = config.pretrained.path
+    model_config, payload = to_dict(config.model), {}
+    if path:
+        _, payload = read_state_dict(path)
+        if payload:
+            model_config = payload["config"]["model"]
+            if payload.get("in_channels") not in (None, bands):
+                raise ConfigError(
+                    f"{path} was trained on {payload['in_channels']} band(s) but the labeled data has "
+                    f"{bands}; select matching bands with data.bands"
+                )
+    model = build_segmenter(model_config, num_classes, bands)
+    report = None
+    if path:
+        report = load_pretrained(model, path, config.pretrained.parts)
+    elif config.model.backbone_weights:
+        model.backbone.load_weights(config.model.backbone_weights)
+    return model, model_config, payload, report
+
+
+def _optimizer(model: nn.Module, config: FinetuneConfig, report: LoadReport | None):
+    optimizer = build_optimizer(model, config.optim)
+    scale = config.pretrained_lr_scale
+    if report is not None and config.mode == "finetune" and scale != 1.0:
+        names = {id(p): n for n, p in model.named_parameters()}
+        loaded = set(report.loaded)
+        groups = []
+        for group in optimizer.param_groups:
+            settings = {k: v for k, v in group.items() if k != "params"}
+            pre = [p for p in group["params"] if names[id(p)] in loaded]
+            fresh = [p for p in group["params"] if names[id(p)] not in loaded]
+            groups += [
+                {**settings, "params": fresh},
+                {**settings, "params": pre, "lr": settings["lr"] * scale},
+            ]
+        optimizer.param_groups.clear()
+        for group in groups:
+            if group["params"]:
+                optimizer.add_param_group(group)
+    return optimizer
+
+
+def run_finetune(config: FinetuneConfig) -> FinetuneResult:
+    """Train a segmenter on a label fraction, select it on val, score it once on test.
+
+    Raises:
+        ConfigError: settings that cannot work with this data (no val split, band mismatch ...).
+        TrainingDiverged: the loss became NaN/Inf.
+        ValueError / FileNotFoundError: unreadable data or weights, a mismatching checkpoint.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("contrastseg finetune runs in one process; launch it without torchrun")
+    train, device = config.train, resolve_device(config.train.device)
+    seed_everything(train.seed, train.deterministic, device)
+    dataset = _split(config, "train", True)
+    val_set = _split(config, "val", True)
+    test_set = _split(config, "test", False)
+    bands, classes = dataset.num_bands, dataset.classes
+    if len(dataset) < 2:
+        raise ConfigError(
+            f"the label fraction leaves {len(dataset)} training patch(es); BatchNorm needs at least "
+            "2: raise data.label_fraction or lower data.patch_size"
+        )
+    batch_size = min(train.batch_size, len(dataset))
+    loader = build_loader(
+        dataset, batch_size, train.num_workers, shuffle=True, drop_last=True, seed=train.seed
+    )
+    total_steps = train.max_steps or train.epochs * len(loader)
+    epochs = -(-total_steps // len(loader))
+
+    model, model_config, pretrain, report = _build_model(config, dataset.num_classes, bands)
+    mean, std = _normalization(config, pretrain, bands)
+    frozen = frozen_modules(model, config.mode)
+    for module in frozen:
+        module.requires_grad_(False)
+    memory_format = (
+        torch.channels_last
+        if train.channels_last and device.type == "cuda"
+        else torch.contiguous_format
+    )
+    model.to(device, memory_format=memory_format)
+    net = torch.compile(model) if train.compile else model
+    spec = loss_spec(config.loss, config.loss_args)
+    counts = None
+    if "balanced" in json.dumps(spec) or any(t in config.loss for t in ("weighted_ce", "wce")):
+        counts = sum(
+            count_labels(dataset[i][1], dataset.num_classes, dataset.ignore_index)
+            for i in range(len(dataset))
+        )
+    criterion = build_loss(spec, dataset.num_classes, dataset.ignore_index, counts).to(device)
+    optimizer = _optimizer(model, config, report)
+    scheduler = build_scheduler(optimizer, total_steps, config.optim)
+    amp_dtype = resolve_amp_dtype(train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    generator = torch.Generator(device=device).manual_seed(train.seed * 1_000_003 + 17)
+
+    name = config.run.name or f"finetune-{config.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(config.run.root) / name
+    ckpt_dir = run_dir / "checkpoints"
+    resume = None if config.run.resume == "never" else config.run.resume
+    existing = list_checkpoints(ckpt_dir)
+    if resume is None and existing:
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints; set run.resume=auto or another run.name"
+        )
+    if resume == "auto":
+        resume = str(existing[-1]) if existing else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    segmenter = Segmenter(
+        model,
+        config,
+        classes,
+        dataset.palette,
+        config.data.bands,
+        config.data.scale,
+        mean,
+        std,
+        device,
+        {},
+    )
+
+    def payload(step: int, epoch: int, full: bool) -> dict[str, Any]:
+        out = {
+            "format": FINETUNE_FORMAT, "version": __version__, "step": step, "epoch": epoch,
+            "config": to_dict(config), "model_config": dict(model_config), "in_channels": bands,
+            "num_classes": dataset.num_classes, "classes": classes, "palette": dataset.palette,
+            "ignore_index": dataset.ignore_index, "bands": config.data.bands, "scale": config.data.scale,
+            "normalize": {"mean": mean, "std": std}, "model": model.state_dict(),
+            "best": dict(best), "pretrained": None if report is None else {
+                "path": report.path, "parts": report.parts, "loaded": len(report.loaded),
+                "missing": report.missing, "unexpected": report.unexpected},
+        }  # fmt: skip
+        if full:
+            out.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                       scaler=scaler.state_dict(), rng=capture_rng(generator), history=history)  # fmt: skip
+        return out
+
+    step, start_epoch, history = 0, 0, []
+    best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}}
+    if resume is not None:
+        state = load_finetune_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"], generator)
+        step, start_epoch, history, best = (
+            state["step"],
+            state["epoch"],
+            state["history"],
+            state["best"],
+        )
+
+    monitor = RunMonitor(run_dir, True, total_steps, step, config.run.progress)
+    monitor.info(
+        f"contrastseg {__version__} finetune ({config.mode}): {model_config['arch']}, {bands} band(s), "
+        f"{len(dataset)} labeled patch(es), {len(val_set)} val / {len(test_set) if test_set else 0} test "
+        f"image(s); {len(loader)} steps/epoch, {total_steps} steps on {device}"
+        + (f"; {report.summary()}" if report else "; random initialisation")
+        + (f"; resumed from {resume} at step {step}" if resume else "")
+    )
+    best_confusion = None
+    last_saved, window = step, {"loss": 0.0, "n": 0, "t": time.perf_counter()}
+    try:
+        for epoch in range(start_epoch, epochs):
+            set_loader_epoch(loader, epoch)
+            set_train_mode(model, frozen)
+            for images, masks in iterate_keeping_rng(loader):
+                x = to_float(images.to(device, non_blocking=True), config.data.scale, mean, std)
+                y = masks.to(device, non_blocking=True)
+                if train.augment:
+                    x, y = augment_batch(x, y, generator)
+                with autocast_context(device, amp_dtype):
+                    logits = net(x.contiguous(memory_format=memory_format))
+                loss = criterion(logits.float(), y)
+                if not torch.isfinite(loss.detach()):
+                    raise TrainingDiverged(
+                        f"step {step + 1}: the loss is {float(loss)}; stopping before the update. "
+                        "Lower optim.lr, set optim.grad_clip, or try train.amp=off."
+                    )
+                optimizer_step(
+                    loss, optimizer, scheduler, scaler, model.parameters(), config.optim.grad_clip
+                )
+                step += 1
+                window["loss"] += float(loss.detach())
+                window["n"] += 1
+                if step % config.run.log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window["t"]
+                    values = {"loss/train": window["loss"] / window["n"], "lr": optimizer.param_groups[0]["lr"],
+                              "throughput/images_per_s": window["n"] * batch_size / elapsed, "epoch": epoch + 1}  # fmt: skip
+                    monitor.scalars(step, values)
+                    history.append({"step": step, **values})
+                    with open(run_dir / "scalars.jsonl", "a", encoding="utf-8") as handle:
+                        handle.write(json.dumps({"step": step, **values}) + "\n")
+                    monitor.advance(window["n"], {"loss": f"{values['loss/train']:.4f}"})
+                    window = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
+                if step >= total_steps:
+                    break
+            last = epoch + 1 == epochs or step >= total_steps
+            if (epoch + 1) % config.eval.every == 0 or last:
+                confusion = evaluate_dataset(segmenter, val_set, config.eval, None, train.amp)
+                metrics = confusion.compute(config.eval.exclude)
+                miou = metrics["miou"] if metrics["miou"] is not None else 0.0
+                values = {
+                    f"val/{k}": metrics[k] or 0.0
+                    for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
+                }
+                monitor.scalars(step, values)
+                history.append({"step": step, **values})
+                improved = miou > best["miou"]
+                monitor.info(f"epoch {epoch + 1}/{epochs} step {step}: val mIoU {100 * miou:.2f}"
+                             + (" (best so far)" if improved else f" (best {100 * best['miou']:.2f} at epoch {best['epoch']})"))  # fmt: skip
+                if improved:
+                    best = {"epoch": epoch + 1, "miou": miou, "metrics": metrics}
+                    best_confusion = confusion
+                    save_atomic(payload(step, epoch + 1, False), run_dir / "best.pt")
+            if last or step - last_saved >= config.run.checkpoint_every:
+                save_atomic(payload(step, epoch + 1, True), checkpoint_path(ckpt_dir, step))
+                prune_checkpoints(ckpt_dir, config.run.keep_last)
+                last_saved = step
+            if step >= total_steps:
+                break
+
+        best_path = run_dir / "best.pt"
+        selected = load_finetune_checkpoint(best_path)
+        model.load_state_dict(selected["model"])
+        if best_confusion is None:  # selected before a resume: score it again
+            best_confusion = evaluate_dataset(segmenter, val_set, config.eval, None, train.amp)
+        val_metrics = write_report(
+            best_confusion,
+            classes, run_dir / "val", config.eval.exclude, {"checkpoint": str(best_path), "split": "val", "epoch": best["epoch"]},
+        )  # fmt: skip
+        test_metrics = None
+        if test_set is not None:
+            test_metrics = write_report(
+                evaluate_dataset(segmenter, test_set, config.eval, run_dir / "test" / "overlays", train.amp),
+                classes, run_dir / "test", config.eval.exclude, {"checkpoint": str(best_path), "split": "test", "epoch": best["epoch"]},
+            )  # fmt: skip
+            monitor.scalars(
+                step,
+                {
+                    f"test/{k}": test_metrics[k] or 0.0
+                    for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
+                },
+            )
+            monitor.info(
+                f"test (weights of epoch {best['epoch']}):\n"
+                + (run_dir / "test" / "metrics.txt").read_text()
+            )
+        else:
+            monitor.info("no test split configured (data.test): the test report is skipped")
+    finally:
+        monitor.close()
+    return FinetuneResult(
+        run_dir, best_path, int(best["epoch"]), val_metrics, test_metrics, step, history, report
+    )

@@ -1,0 +1,225 @@
+"""Typed configuration of ``contrastseg finetune`` (and the evaluation settings it shares).
+
+Sections: ``data`` (labeled data, label fraction), ``normalize``, ``model`` (used only
+without a pretrained checkpoint; with one, its architecture wins), ``pretrained`` (file and
+parts), ``mode`` (linear / decoder / finetune), ``loss``, ``optim``, ``train``, ``eval`` and
+``run``. The defaults are the GLCNet fine-tuning recipe: Adam 1e-4, 150 epochs, batch 16,
+cross-entropy.
+
+The loss is a string in the catalogue's compact syntax (``"ce"``, ``"dice+ce"``,
+``"0.5*dice+focal"``); arguments of a term go in ``loss_args`` as ``"term.arg=value"``
+strings (the value is read as YAML), e.g. ``["focal.gamma=2.0", "ce.label_smoothing=0.1"]``:
+the config loader's types cannot express a free mapping, and this keeps ``--set`` usable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from contrastseg.config import (
+    ModelConfig,
+    NormalizeConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    load_config,
+)
+from contrastseg.data.config import LabeledDataConfig
+from contrastseg.losses.segmentation import build_loss
+from contrastseg.utils.configtools import ConfigError
+
+__all__ = [
+    "EvalConfig",
+    "FinetuneConfig",
+    "FinetuneOptimConfig",
+    "FinetuneRunConfig",
+    "FinetuneTrainConfig",
+    "PretrainedConfig",
+    "load_finetune_config",
+    "loss_spec",
+]
+
+
+@dataclass
+class PretrainedConfig:
+    """Which pretrained weights start the segmenter."""
+
+    #: pretraining checkpoint or exported weights; None = random initialisation
+    path: str | None = None
+    #: parts loaded: backbone, backbone+aspp (GLCNet default) or all (adds the decoder)
+    parts: Literal["backbone", "backbone+aspp", "all"] = "backbone+aspp"
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    """Optimizer and schedule of fine-tuning (GLCNet: Adam, lr 1e-4)."""
+
+    #: peak learning rate
+    lr: float = 1e-4
+    #: Adam / AdamW betas
+    betas: tuple[float, float] = (0.9, 0.999)
+    #: weight decay (not applied to biases and normalisation weights)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    """Length, batch, device, precision of fine-tuning (GLCNet: 150 epochs, batch 16)."""
+
+    #: passes over the labeled training patches
+    epochs: int = 150
+    #: patches per step
+    batch_size: int = 16
+    #: DataLoader worker processes
+    num_workers: int = 2
+    #: random flips and 90-degree rotations of the training patches (image and mask alike)
+    augment: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Sliding-window evaluation (validation during training, test at the end, evaluate, predict)."""
+
+    #: window side in pixels
+    window: int = 512
+    #: step between windows; None = window // 2
+    stride: int | None = None
+    #: windows per forward pass
+    batch_size: int = 4
+    #: average with the logits of flipped windows (test-time augmentation)
+    flip: bool = False
+    #: class ids left out of the means (e.g. ISPRS clutter = 5); OA and kappa keep them
+    exclude: list[int] = field(default_factory=list)
+    #: validate every N epochs (and always after the last)
+    every: int = 1
+    #: images shown as prediction overlays in the reports
+    overlays: int = 4
+
+    def __post_init__(self) -> None:
+        if self.window < 16:
+            raise ValueError(f"eval.window must be >= 16, got {self.window}")
+        if self.stride is not None and not 1 <= self.stride <= self.window:
+            raise ValueError(
+                f"eval.stride must lie in [1, window={self.window}], got {self.stride}"
+            )
+        for name in ("batch_size", "every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
+        if self.overlays < 0:
+            raise ValueError(f"eval.overlays must be >= 0, got {self.overlays}")
+        if any(c < 0 for c in self.exclude):
+            raise ValueError(f"eval.exclude holds class ids >= 0, got {self.exclude}")
+
+
+@dataclass
+class FinetuneRunConfig(RunConfig):
+    """Where the fine-tuning run writes, and how often (checkpoints at epoch ends)."""
+
+    #: log scalars every N steps
+    log_every: int = 10
+    #: write a checkpoint at the first epoch end after every N steps (and always at the end)
+    checkpoint_every: int = 200
+    #: keep the newest K step checkpoints (best.pt is kept apart)
+    keep_last: int = 1
+    #: unused by fine-tuning (overlays come with each report)
+    image_every: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything ``contrastseg finetune`` needs."""
+
+    #: labeled data: preset or folders, splits (val selects the model, test is scored once), label fraction
+    data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
+    #: per-band normalisation; all empty = the pretraining checkpoint's normalisation
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    #: the DeepLabV3+ built without a checkpoint (a checkpoint's own architecture wins)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    #: pretrained weights and the parts loaded
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
+    #: linear (only the 1x1 classifier trains, BN frozen), decoder (backbone frozen) or finetune (all)
+    mode: Literal["linear", "decoder", "finetune"] = "finetune"
+    #: learning-rate factor of the pretrained parts in finetune mode (1 = same lr)
+    pretrained_lr_scale: float = 1.0
+    #: segmentation loss in compact syntax, e.g. ce, dice+ce, 0.5*dice+focal
+    loss: str = "ce"
+    #: loss term arguments as 'term.arg=value' strings, e.g. focal.gamma=2.0
+    loss_args: list[str] = field(default_factory=list)
+    #: optimizer and schedule
+    optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
+    #: length, batch, device, precision
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+    #: sliding-window evaluation settings
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    #: outputs: run folder, logging, checkpoints
+    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pretrained_lr_scale <= 1.0:
+            raise ValueError(
+                f"pretrained_lr_scale must lie in [0, 1], got {self.pretrained_lr_scale}"
+            )
+        if self.pretrained_lr_scale == 0.0 and self.mode == "finetune":
+            raise ValueError(
+                "pretrained_lr_scale=0 in finetune mode freezes nothing cleanly; "
+                "use mode: decoder to freeze the backbone"
+            )
+        try:
+            build_loss(loss_spec(self.loss, self.loss_args), ignore_index=self.data.ignore_index)
+        except ValueError as err:
+            raise ValueError(f"loss / loss_args: {err}") from err
+
+
+def loss_spec(loss: str, loss_args: Sequence[str] = ()) -> str | list[dict[str, Any]]:
+    """``loss`` + ``loss_args`` -> a spec for :func:`~contrastseg.losses.segmentation.build_loss`.
+
+    ``"0.5*dice+focal"`` with ``["focal.gamma=2"]`` becomes
+    ``[{"name": "dice", "weight": 0.5}, {"name": "focal", "weight": 1.0, "gamma": 2}]``.
+
+    Raises:
+        ValueError: an argument not written ``term.arg=value`` or naming a term not in ``loss``.
+    """
+    if not loss_args:
+        return loss
+    terms = []
+    for part in loss.split("+"):
+        weight, _, name = part.strip().rpartition("*")
+        try:
+            terms.append({"name": name.strip(), "weight": float(weight) if weight else 1.0})
+        except ValueError as err:
+            raise ValueError(f"cannot read loss term {part.strip()!r} in {loss!r}") from err
+    for text in loss_args:
+        key, eq, raw = text.partition("=")
+        term, dot, arg = key.strip().partition(".")
+        if not eq or not dot or not arg:
+            raise ValueError(
+                f"loss_args entry {text!r}: expected 'term.arg=value', e.g. focal.gamma=2"
+            )
+        hits = [t for t in terms if t["name"] == term]
+        if not hits:
+            raise ValueError(
+                f"loss_args entry {text!r} names term {term!r}, which is not in loss {loss!r}"
+            )
+        for hit in hits:
+            hit[arg.strip()] = yaml.safe_load(raw)
+    return terms
+
+
+def load_finetune_config(
+    path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()
+) -> FinetuneConfig:
+    """Load a fine-tuning config from YAML (``None`` = finetune_demo.yaml) plus ``--set`` overrides.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: an unknown key, a wrong type or an impossible value, naming key and file.
+    """
+    return load_config(FinetuneConfig, path, overrides, "finetune_demo.yaml")
+
+
+__all__ += ["ConfigError"]

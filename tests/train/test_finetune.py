@@ -1,0 +1,193 @@
+"""End-to-end tests of fine-tuning, evaluation and prediction on tiny demo data (CPU, seconds)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contrastseg.config import load_pretrain_config
+from contrastseg.data import write_demo_dataset
+from contrastseg.train.checkpoint import list_checkpoints
+from contrastseg.train.evaluate import run_evaluate, run_predict
+from contrastseg.train.finetune import augment_batch, run_finetune
+from contrastseg.train.finetune_config import load_finetune_config
+from contrastseg.train.pretrain import run_pretrain
+
+DUBAI = Path(__file__).resolve().parents[3] / "shared" / "data" / "dubai-aerial"
+SMALL_MODEL = [
+    "model.arch=resnet18",
+    "model.aspp_channels=32",
+    "model.decoder_channels=32",
+    "model.low_level_channels=8",
+]
+# 4 demo scenes of 64 px: 2 train (8 patches of 32 px), 1 val, 1 test
+TINY = [
+    "run.progress=false",
+    "run.log_every=1",
+    "data.demo.n_scenes=4",
+    "data.demo.size=64",
+    "data.patch_size=32",
+    "data.label_fraction=1.0",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.max_steps=2",
+    "eval.window=32",
+    "eval.stride=24",
+    "eval.overlays=1",
+    "optim.lr=0.01",
+    *SMALL_MODEL,
+]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain")
+    config = load_pretrain_config(
+        None,
+        [
+            f"run.root={root}", "run.name=tiny", "run.progress=false", "run.image_every=0",
+            "train.max_steps=2", "train.batch_size=4", "train.num_workers=0",
+            "data.demo.n_scenes=4", "data.demo.size=64", "data.patch_size=48",
+            "views.size=32", "method.region_size=8", *SMALL_MODEL,
+        ],
+    )  # fmt: skip
+    return run_pretrain(config).checkpoint
+
+
+def finetune_config(tmp_path, *extra):
+    return load_finetune_config(None, [*TINY, f"run.root={tmp_path}", "run.name=ft", *extra])
+
+
+def test_linear_mode_changes_no_encoder_or_decoder_tensor(tmp_path, pretrained):
+    config = finetune_config(
+        tmp_path, "mode=linear", f"pretrained.path={pretrained}", "pretrained.parts=all"
+    )
+    result = run_finetune(config)
+    source = torch.load(pretrained, weights_only=True)["model"]
+    (last,) = list_checkpoints(result.run_dir / "checkpoints")
+    trained = torch.load(last, weights_only=True)
+    assert result.load_report is not None and result.load_report.complete
+    # every parameter and every BN statistic (running mean / var / batch count) is untouched
+    for key, value in source.items():
+        torch.testing.assert_close(trained["model"][key], value, rtol=0, atol=0, msg=key)
+    assert {k.split(".")[0] for k in trained["model"]} - {k.split(".")[0] for k in source} == {
+        "classifier"
+    }
+    # only the 1x1 classifier (weight and bias) was optimised, and it moved
+    groups = trained["optimizer"]["param_groups"]
+    assert sum(len(g["params"]) for g in groups) == 2
+    assert len(trained["optimizer"]["state"]) == 2
+    assert trained["step"] == 2
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    same = ["optim.schedule=constant", "data.label_fraction=0.25"]
+    whole = run_finetune(finetune_config(tmp_path, *same, "train.max_steps=4", "run.name=a"))
+    run_finetune(finetune_config(tmp_path, *same, "train.max_steps=2", "run.name=b"))
+    resumed = run_finetune(
+        finetune_config(tmp_path, *same, "train.max_steps=4", "run.name=b", "run.resume=auto")
+    )
+    assert resumed.step == whole.step == 4
+    a = torch.load(list_checkpoints(whole.run_dir / "checkpoints")[-1], weights_only=True)
+    b = torch.load(list_checkpoints(resumed.run_dir / "checkpoints")[-1], weights_only=True)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def numpy_metrics(truth: np.ndarray, pred: np.ndarray, k: int, ignore: int) -> dict:
+    """OA, mIoU (classes present in target or prediction) and Cohen's kappa, from scratch."""
+    keep = truth != ignore
+    m = np.zeros((k, k))
+    np.add.at(m, (truth[keep], pred[keep]), 1)
+    n = m.sum()
+    tp, rows, cols = np.diag(m), m.sum(1), m.sum(0)
+    present = (rows + cols) > 0
+    iou = tp[present] / (rows + cols - tp)[present]
+    oa = tp.sum() / n
+    pe = (rows * cols).sum() / n**2
+    return {"overall_accuracy": oa, "miou": iou.mean(), "kappa": (oa - pe) / (1 - pe)}
+
+
+def test_finetune_evaluate_predict_agree_with_a_numpy_oracle(tmp_path, pretrained):
+    data = write_demo_dataset(tmp_path / "demo", n_scenes=4, size=64, bands=4)
+    config = finetune_config(
+        tmp_path, f"data.root={data}", f"pretrained.path={pretrained}",
+        "pretrained_lr_scale=0.1", "loss=0.5*dice+ce",
+    )  # fmt: skip
+    result = run_finetune(config)
+    test_json = json.loads((result.run_dir / "test" / "metrics.json").read_text())
+    assert test_json["miou"] == result.test_metrics["miou"]
+    for name in ("confusion_matrix.png", "metrics.txt", "overlays/test_003.png"):
+        assert (result.run_dir / "test" / name).is_file()
+    # the pretrained parts train at 0.1 x lr, the fresh decoder and classifier at lr
+    (last,) = list_checkpoints(result.run_dir / "checkpoints")
+    lrs = {
+        g["initial_lr"] for g in torch.load(last, weights_only=True)["optimizer"]["param_groups"]
+    }
+    assert sorted(lrs) == pytest.approx([0.001, 0.01])
+
+    metrics = run_evaluate(result.best_checkpoint, tmp_path / "eval")
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["miou"] == metrics["miou"] == result.test_metrics["miou"]
+
+    # predict (streamed, from files) + an independent numpy confusion matrix
+    image = data / "images" / "test_003.tif"
+    (labels_path,) = run_predict(result.best_checkpoint, [image], tmp_path / "pred", fmt="png")
+    prediction = np.asarray(Image.open(labels_path)).astype(np.int64)
+    truth = np.asarray(Image.open(data / "masks" / "test_003.png")).astype(np.int64)
+    oracle = numpy_metrics(truth, prediction, len(written["class_names"]), written["ignore_index"])
+    for key, value in oracle.items():
+        assert written[key] == pytest.approx(value, abs=1e-9), key
+    assert np.asarray(written["confusion_matrix"]).sum() == (truth != 255).sum()
+    assert (tmp_path / "pred" / "test_003_preview.png").is_file()
+
+
+def test_evaluate_refuses_a_pretraining_checkpoint(pretrained, tmp_path):
+    with pytest.raises(ValueError, match="Fine-tune it first"):
+        run_evaluate(pretrained, tmp_path)
+
+
+def test_augmentation_moves_image_and_mask_together():
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.randint(0, 5, (8, 16, 16))
+    images = torch.stack([masks.float(), -masks.float()], 1)
+    out_images, out_masks = augment_batch(images, masks, generator)
+    torch.testing.assert_close(out_images[:, 0], out_masks.float())
+    torch.testing.assert_close(out_images[:, 1], -out_masks.float())
+    assert not torch.equal(out_masks, masks)  # something was flipped or rotated
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        finetune_config(tmp_path, "mode=probe")
+    with pytest.raises(ValueError, match="unknown segmentation loss"):
+        finetune_config(tmp_path, "loss=dice+cee")
+    with pytest.raises(ValueError, match="not in loss"):
+        finetune_config(tmp_path, "loss=ce", "loss_args=['focal.gamma=2']")
+    with pytest.raises(ValueError, match="pretrained_lr_scale"):
+        finetune_config(tmp_path, "pretrained_lr_scale=2")
+    with pytest.raises(ValueError, match="validation split"):
+        run_finetune(finetune_config(tmp_path, "data.val=['nothing*']"))
+
+
+@pytest.mark.skipif(not DUBAI.is_dir(), reason="Dubai aerial data not present")
+def test_tiny_finetune_on_dubai(tmp_path):
+    config = load_finetune_config(
+        "finetune_dubai.yaml",
+        [
+            f"data.root={DUBAI}", f"run.root={tmp_path}", "run.progress=false",
+            "data.train=['Tile 2/image_part_001']", "data.val=['Tile 2/image_part_002']",
+            "data.test=['Tile 2/image_part_003']", "data.patch_size=64",
+            "data.label_fraction=0.05", "train.max_steps=2", "train.batch_size=2",
+            "train.num_workers=0", "eval.window=256", "eval.stride=256", "eval.overlays=1",
+            *SMALL_MODEL,
+        ],
+    )  # fmt: skip
+    result = run_finetune(config)
+    metrics = json.loads((result.run_dir / "test" / "metrics.json").read_text())
+    assert metrics["class_names"] == ["building", "land", "road", "vegetation", "water"]
+    assert metrics["num_pixels"] > 0.9 * 544 * 509  # ignored colours are rare in this set
+    assert 0.0 <= metrics["overall_accuracy"] <= 1.0
