@@ -115,18 +115,30 @@ def augment_batch(
 ) -> tuple[Tensor, Tensor]:
     """Random horizontal flip, vertical flip and 90-degree rotation per sample (image and mask alike).
 
-    Shapes: ``images (B, C, P, P)``, ``masks (B, P, P)``; square patches keep their shape.
+    Batched on the device (no loop over samples, no host round trip): each transform is
+    computed for the whole batch and selected per sample. Rotations need square patches;
+    non-square batches are only flipped.
+
+    Shapes: ``images (B, C, H, W)``, ``masks (B, H, W)``.
     """
     draws = torch.randint(0, 4, (images.shape[0], 3), generator=generator, device=generator.device)
-    draws = draws.cpu().tolist()
-    out_i, out_m = [], []
-    for image, mask, (h, v, k) in zip(images, masks, draws, strict=True):
-        dims = [d for d, flag in ((-1, h % 2), (-2, v % 2)) if flag]
-        if dims:
-            image, mask = image.flip(dims), mask.flip(dims)
-        out_i.append(torch.rot90(image, k, (-2, -1)))
-        out_m.append(torch.rot90(mask, k, (-2, -1)))
-    return torch.stack(out_i), torch.stack(out_m)
+    draws = draws.to(images.device)
+
+    def pick(flag: Tensor, transformed: tuple[Tensor, Tensor], current: tuple[Tensor, Tensor]):
+        return (
+            torch.where(flag[:, None, None, None], transformed[0], current[0]),
+            torch.where(flag[:, None, None], transformed[1], current[1]),
+        )
+
+    out = (images, masks)
+    out = pick(draws[:, 0] % 2 == 1, (out[0].flip(-1), out[1].flip(-1)), out)
+    out = pick(draws[:, 1] % 2 == 1, (out[0].flip(-2), out[1].flip(-2)), out)
+    if images.shape[-1] == images.shape[-2]:
+        base = out
+        for k in (1, 2, 3):
+            rotated = (torch.rot90(base[0], k, (-2, -1)), torch.rot90(base[1], k, (-2, -1)))
+            out = pick(draws[:, 2] == k, rotated, out)
+    return out
 
 
 def _normalization(

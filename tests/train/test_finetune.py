@@ -191,3 +191,22 @@ def test_tiny_finetune_on_dubai(tmp_path):
     assert metrics["class_names"] == ["building", "land", "road", "vegetation", "water"]
     assert metrics["num_pixels"] > 0.9 * 544 * 509  # ignored colours are rare in this set
     assert 0.0 <= metrics["overall_accuracy"] <= 1.0
+
+
+def test_batched_augmentation_equals_per_sample_flips_and_rotations():
+    """The batched dihedral augmentation against a per-sample loop over the same draws."""
+    from contrastseg.train.finetune import augment_batch
+
+    images = torch.arange(8 * 2 * 5 * 5, dtype=torch.float32).reshape(8, 2, 5, 5)
+    masks = images[:, 0].long()
+    out_images, out_masks = augment_batch(images, masks, torch.Generator().manual_seed(3))
+    draws = torch.randint(0, 4, (8, 3), generator=torch.Generator().manual_seed(3))
+    for i, (h, v, k) in enumerate(draws.tolist()):
+        expected = images[i]
+        if h % 2:
+            expected = expected.flip(-1)
+        if v % 2:
+            expected = expected.flip(-2)
+        expected = torch.rot90(expected, k, (-2, -1))
+        assert torch.equal(out_images[i], expected)
+        assert torch.equal(out_masks[i], expected[0].long())
