@@ -108,9 +108,11 @@ def _cmd_views(args: argparse.Namespace) -> int:
                 args.images, config.data.patterns, args.count, config.data.patch_size
             )
         else:
+            from contrastseg.data.loader import to_float
+
             data = UnlabeledDataset(config.data)
             images = [
-                torch.from_numpy(data.read(i).copy()).float() / 255.0
+                to_float(torch.from_numpy(data.read(i).copy()), config.data.scale)
                 for i in range(min(args.count, len(data)))
             ]
         method = config.method
