@@ -31,3 +31,51 @@ def test_console_script_help():
         check=True,
     )
     assert "usage: contrastseg" in result.stdout and "info" in result.stdout
+
+
+TINY_PRETRAIN = [
+    "run.progress=false", "run.image_every=0", "data.demo.n_scenes=2", "data.demo.size=64",
+    "data.patch_size=48", "data.coverage=2.0", "views.size=32", "method.region_size=8",
+    "train.batch_size=4", "train.max_steps=1",
+]  # fmt: skip
+
+
+def _set(overrides):
+    return [arg for text in overrides for arg in ("--set", text)]
+
+
+def test_views_stats_and_config_commands(tmp_path, capsys):
+    png = tmp_path / "views.png"
+    assert main(["views", "--count", "2", "--out", str(png), *_set(["data.demo.n_scenes=2"])]) == 0
+    from PIL import Image
+
+    with Image.open(png) as img:
+        assert img.height > img.width / 3  # two rows of original / view 1 / view 2
+    stats = tmp_path / "stats.yaml"
+    assert main(["stats", "--max-samples", "4", "--out", str(stats)]) == 0
+    import yaml
+
+    assert len(yaml.safe_load(stats.read_text())["mean"]) == 4  # the demo scenes' 4 bands
+    capsys.readouterr()
+    assert main(["config", "--reference"]) == 0
+    assert "| `method.lam` | float | `0.5` |" in capsys.readouterr().out
+    assert main(["config", "--set", "method.lam=2"]) == 2
+    assert "method.lam must lie in [0, 1], got 2.0" in capsys.readouterr().err
+
+
+def test_export_of_a_pretraining_run_loads_into_torchvision(tmp_path, capsys):
+    import torchvision
+
+    assert main(["pretrain", *_set([*TINY_PRETRAIN, f"run.root={tmp_path}"]), "--name", "r"]) == 0
+    out = tmp_path / "r18.pth"
+    assert main(["export", str(tmp_path / "r"), "--out", str(out)]) == 0  # a run folder works
+    state = torch.load(out, weights_only=True)
+    model = torchvision.models.resnet18()
+    model.conv1 = torch.nn.Conv2d(4, 64, 7, 2, 3, bias=False)  # the demo scenes have 4 bands
+    result = model.load_state_dict(state, strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    # a pretraining checkpoint has no classifier: evaluate says to fine-tune first
+    capsys.readouterr()
+    ckpt = next((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
+    assert main(["evaluate", "--checkpoint", str(ckpt)]) == 2
+    assert "finetune" in capsys.readouterr().err.lower()
