@@ -49,14 +49,21 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
+def _literal(value: str) -> str:
+    """A flag value as a YAML string literal (a name like 2024 or a path with ' #' stays text)."""
+    import json
+
+    return json.dumps(str(value))
+
+
 def _load_config(args: argparse.Namespace):
     from contrastseg.config import load_pretrain_config
 
     overrides = list(args.set or [])
     if getattr(args, "name", None):
-        overrides.append(f"run.name={args.name}")
+        overrides.append(f"run.name={_literal(args.name)}")
     if getattr(args, "resume", None):
-        overrides.append(f"run.resume={args.resume}")
+        overrides.append(f"run.resume={_literal(args.resume)}")
     return load_pretrain_config(args.config, overrides)
 
 
@@ -171,7 +178,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     try:
         if args.pretrained:
-            overrides.append(f"pretrained.path={_newest_checkpoint(args.pretrained)}")
+            overrides.append(f"pretrained.path={_literal(_newest_checkpoint(args.pretrained))}")
         for key, value in (
             ("pretrained.parts", args.parts),
             ("mode", args.mode),
@@ -179,7 +186,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             ("run.resume", args.resume),
         ):
             if value:
-                overrides.append(f"{key}={value}")
+                overrides.append(f"{key}={_literal(value)}")
         result = run_finetune(load_finetune_config(args.config, overrides))
     except TrainingDiverged as err:
         return _error(str(err), 1)
@@ -194,7 +201,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 def _eval_overrides(args: argparse.Namespace) -> list[str]:
     overrides = list(args.set or [])
     if getattr(args, "data_root", None):
-        overrides.append(f"data.root={args.data_root}")
+        overrides.append(f"data.root={_literal(args.data_root)}")
     for key in ("window", "stride"):
         if getattr(args, key, None):
             overrides.append(f"eval.{key}={getattr(args, key)}")

@@ -67,6 +67,7 @@ from contrastseg.train.runtime import (
 )
 from contrastseg.utils.configtools import ConfigError, to_dict
 from contrastseg.utils.device import resolve_device
+from contrastseg.utils.state import state_dict_mismatches
 
 
 @dataclass
@@ -322,10 +323,22 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}}
     if resume is not None:
         state = load_finetune_checkpoint(resume)
+        missing = [k for k in ("optimizer", "scheduler", "rng", "history") if k not in state]
+        if missing:
+            raise ValueError(
+                f"{resume} is not a resumable checkpoint (it lacks {', '.join(missing)}; best.pt "
+                "holds weights only): resume from a step_*.pt in the run's checkpoints folder"
+            )
+        problems = state_dict_mismatches(model.state_dict(), state["model"])
+        if problems:
+            raise ValueError(
+                f"{resume} does not fit the model this config builds: " + " | ".join(problems)
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"], generator)
         step, start_epoch, history, best = (
             state["step"],

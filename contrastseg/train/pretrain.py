@@ -120,8 +120,26 @@ def _resume_source(config: PretrainConfig, ckpt_dir: Path) -> Path | None:
             )
         return None
     if setting == "auto":
+        if not config.run.name:
+            raise ConfigError(
+                "run.resume=auto needs a run.name: without one every run gets a new "
+                "timestamped folder and there is nothing to resume"
+            )
         return existing[-1] if existing else None
-    return Path(setting)
+    path = Path(setting)
+    newer = [p for p in existing if _step_of(p) > _step_of(path)]
+    if newer:
+        raise ConfigError(
+            f"{ckpt_dir} holds checkpoints newer than {path.name} ({', '.join(p.name for p in newer)}); "
+            "resuming from an older one would mix two runs and prune the new checkpoints: "
+            "move the newer ones away first, or resume from the newest"
+        )
+    return path
+
+
+def _step_of(path: Path) -> int:
+    digits = "".join(c for c in path.stem if c.isdigit())
+    return int(digits) if digits else -1
 
 
 def _check_architecture(model: PretrainModel, payload: dict, path: Path) -> None:
@@ -223,8 +241,17 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         )
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
-        scaler.load_state_dict(payload["scaler"])
-        restore_rng(payload["rng"], generator)
+        if payload["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(payload["scaler"])
+        rng = payload["rng"]
+        if isinstance(rng, list):  # one state per rank
+            if ctx.rank < len(rng):
+                restore_rng(rng[ctx.rank], generator)
+            elif main:
+                print(f"{resume_from} holds random states of {len(rng)} process(es): "
+                      f"processes {len(rng)}.. start fresh views streams")  # fmt: skip
+        else:
+            restore_rng(rng, generator)
         step, checkpoint = int(payload["step"]), resume_from
     if step >= total_steps and main:
         print(f"{run_dir}: already at step {step} of {total_steps}; nothing to do")
@@ -250,7 +277,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             + (f"; resumed from {resume_from} at step {step}" if resume_from else "")
         )
 
-    def save(at_step: int, epoch: int) -> Path:
+    def save(at_step: int, epoch: int, rng: list) -> Path:
         payload = {
             "format": CHECKPOINT_FORMAT,
             "version": __version__,
@@ -263,7 +290,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
-            "rng": capture_rng(generator),
+            "rng": rng,
         }
         path = save_atomic(payload, checkpoint_path(ckpt_dir, at_step))
         prune_checkpoints(ckpt_dir, config.run.keep_last)
@@ -386,8 +413,13 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                     window_start = time.perf_counter()
 
                 if step % config.run.checkpoint_every == 0 or step == total_steps:
+                    # every rank's views generator, so a resumed DDP run keeps its streams
+                    rng = [capture_rng(generator)]
+                    if ctx.world_size > 1:
+                        rng = [None] * ctx.world_size
+                        dist.all_gather_object(rng, capture_rng(generator))
                     if main:
-                        checkpoint = save(step, epoch)
+                        checkpoint = save(step, epoch, rng)
                     if ctx.world_size > 1:
                         dist.barrier()
                 if step >= total_steps:

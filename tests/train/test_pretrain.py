@@ -256,3 +256,31 @@ def test_two_process_run_matches_one_process_on_the_combined_batch(tmp_path):
         z2s.append(z[4:])
     expected = nt_xent(torch.cat(z1s), torch.cat(z2s), config.method.temperature).item()
     assert losses[0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_resume_guards(tmp_path):
+    run_pretrain(tiny(tmp_path, "train.max_steps=4", "run.checkpoint_every=2", "run.keep_last=5"))
+    older = tmp_path / "tiny" / "checkpoints" / "step_00000002.pt"
+    with pytest.raises(
+        ValueError, match=r"holds checkpoints newer than step_00000002\.pt \(step_00000004\.pt\)"
+    ):
+        run_pretrain(tiny(tmp_path, "train.max_steps=6", f"run.resume={older}"))
+    assert older.is_file()  # nothing was pruned
+    with pytest.raises(ValueError, match=r"run\.resume=auto needs a run\.name"):
+        run_pretrain(tiny(tmp_path, "run.name=", "run.resume=auto"))
+
+
+def test_cli_flag_values_stay_text(tmp_path):
+    """A run named 2024 is a name, not the integer 2024."""
+    assert (
+        main(
+            [
+                "pretrain",
+                *set_args([*TINY, f"run.root={tmp_path}", "train.max_steps=1"]),
+                "--name",
+                "2024",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "2024" / "config.yaml").is_file()
