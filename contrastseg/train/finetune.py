@@ -384,10 +384,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
                     elapsed = time.perf_counter() - window["t"]
                     values = {"loss/train": window["loss"] / window["n"], "lr": optimizer.param_groups[0]["lr"],
                               "throughput/images_per_s": window["n"] * batch_size / elapsed, "epoch": epoch + 1}  # fmt: skip
-                    monitor.scalars(step, values)
-                    history.append({"step": step, **values})
-                    with open(run_dir / "scalars.jsonl", "a", encoding="utf-8") as handle:
-                        handle.write(json.dumps({"step": step, **values}) + "\n")
+                    history.append(monitor.scalars(step, values))
                     monitor.advance(window["n"], {"loss": f"{values['loss/train']:.4f}"})
                     window = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
                 if step >= total_steps:
@@ -401,8 +398,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
                     f"val/{k}": metrics[k] or 0.0
                     for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
                 }
-                monitor.scalars(step, values)
-                history.append({"step": step, **values})
+                history.append(monitor.scalars(step, values))
                 improved = miou > best["miou"]
                 monitor.info(f"epoch {epoch + 1}/{epochs} step {step}: val mIoU {100 * miou:.2f}"
                              + (" (best so far)" if improved else f" (best {100 * best['miou']:.2f} at epoch {best['epoch']})"))  # fmt: skip

@@ -1,10 +1,11 @@
-"""What a run shows and keeps: TensorBoard scalars and images, a plain log file, a progress bar.
+"""What a run shows and keeps: TensorBoard scalars and images, scalars.jsonl, a log file, a bar.
 
 Only the main process (rank 0) writes; on other ranks every method is a no-op.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -71,11 +72,16 @@ class RunMonitor:
         else:
             print(message, flush=True)
 
-    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    def scalars(self, step: int, values: Mapping[str, float]) -> dict[str, float]:
+        """Log ``values`` at ``step`` to TensorBoard and ``scalars.jsonl``; returns the record."""
+        record = {"step": step, **values}
         if self.writer is None:
-            return
+            return record
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
+        with open(self.run_dir / "scalars.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        return record
 
     def image(self, step: int, tag: str, png_path: str | os.PathLike[str]) -> None:
         """Log a PNG written on disk (e.g. by :func:`contrastseg.augment.draw_view_grid`)."""

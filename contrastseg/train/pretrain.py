@@ -15,7 +15,6 @@ optimizer and schedule. Only rank 0 writes the run folder:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,11 +391,8 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                             torch.cuda.max_memory_allocated(device) / 2**30
                         )
                     values["epoch"] = epoch + 1
-                    monitor.scalars(step, values)
-                    history.append({"step": step, **values})
+                    history.append(monitor.scalars(step, values))
                     if main:
-                        with open(run_dir / "scalars.jsonl", "a", encoding="utf-8") as handle:
-                            handle.write(json.dumps({"step": step, **values}) + "\n")
                         monitor.advance(
                             window_steps,
                             {
