@@ -29,12 +29,18 @@ def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
     return Path(directory) / f"step_{step:08d}.pt"
 
 
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    """The step in a ``step_00001234.pt`` name, or None for any other name."""
+    match = _NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
     """Step checkpoints in ``directory``, oldest first (temporary files are ignored)."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    found = [(step, p) for p in directory.iterdir() if (step := checkpoint_step(p)) is not None]
     return [p for _, p in sorted(found)]
 
 

@@ -34,6 +34,7 @@ from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
     checkpoint_path,
+    checkpoint_step,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -126,7 +127,8 @@ def _resume_source(config: PretrainConfig, ckpt_dir: Path) -> Path | None:
             )
         return existing[-1] if existing else None
     path = Path(setting)
-    newer = [p for p in existing if _step_of(p) > _step_of(path)]
+    resumed = checkpoint_step(path)
+    newer = [p for p in existing if resumed is not None and checkpoint_step(p) > resumed]
     if newer:
         raise ConfigError(
             f"{ckpt_dir} holds checkpoints newer than {path.name} ({', '.join(p.name for p in newer)}); "
@@ -134,11 +136,6 @@ def _resume_source(config: PretrainConfig, ckpt_dir: Path) -> Path | None:
             "move the newer ones away first, or resume from the newest"
         )
     return path
-
-
-def _step_of(path: Path) -> int:
-    digits = "".join(c for c in path.stem if c.isdigit())
-    return int(digits) if digits else -1
 
 
 def _check_architecture(model: PretrainModel, payload: dict, path: Path) -> None:
