@@ -2,12 +2,16 @@
 
 GLCNet's local branch (Li et al., TGRS 2022) contrasts, per image, a few fixed-size
 windows of view 1 with the windows of view 2 centred on the same ground location. The
-official code searches Python sets per sample; here the whole batch is matched at once:
-the view-2 positions are scattered into a source-indexed table (one row per image), each
-view-1 candidate looks its source pixel up in that table, and the centres are drawn by
-top-k over random keys. No ``argwhere``, no host synchronisation when
-``num_source_pixels`` is given. The two tables take ``2 * 4 * B * (H_src * W_src + 1)``
-bytes (about 134 MB for 256 sources of 256 x 256).
+official code searches Python sets per sample; here the whole batch is matched at once
+with two scatters and one gather: the view-1 positions go into a source-indexed table (one
+row per image, ``amin`` keeps the first position of each source pixel), every view-2
+position looks its source pixel up there, and scatters back into a table over the view-1
+positions, which then holds, for the first view-1 position of each shared source pixel,
+its first view-2 position. The centres are ranks drawn without replacement (Floyd's
+algorithm, a few ``(B,)`` operations) and found by a cumulative count per row. No
+``argwhere``, no sort, no host synchronisation when ``num_source_pixels`` is given. The
+source table takes ``4 * B * (H_src * W_src + 2)`` bytes (67 MB for 256 sources of
+256 x 256).
 
 Box convention: ``x1, y1, x2, y2`` in view pixel-edge coordinates (pixel ``j`` spans
 ``[j, j + 1)``), integers, ``x2 - x1 == y2 - y1 == size``. The pixel *at the centre* of a
@@ -55,18 +59,55 @@ def _fit_region(height: int, width: int, size: int) -> tuple[int, int, int, int]
     return half, max(height - size + half + 1, half), half, max(width - size + half + 1, half)
 
 
-def _first_positions(slots: Tensor, valid: Tensor, table_len: int) -> Tensor:
-    """``(table_len,)`` smallest flat position (per image row of ``slots``) of each source slot.
+def _first_positions(slots: Tensor, positions: Tensor, table_width: int) -> Tensor:
+    """``(B, table_width)``: per image, the smallest position of each slot in ``slots``.
 
-    Slots that no valid position names keep the sentinel ``L`` (positions per image);
-    ``amin`` is deterministic, unlike a plain scatter with repeated targets.
+    ``slots`` is ``(B, L)`` int64 and ``positions`` at least ``(B, L)``, with rows
+    ``0 .. L - 1`` (materialised: a stride-0 ``expand`` halves the speed of the CPU scatter
+    kernel). Slots that no position names keep the sentinel ``L``. ``amin`` makes the
+    result independent of the order of the writes (deterministic on every device), unlike
+    a plain scatter with repeated targets.
     """
-    length = slots.shape[1]
-    # int32 positions halve the memory traffic of the table (positions per image < 2**31).
-    pos = torch.arange(length, device=slots.device, dtype=torch.int32).expand_as(slots)
-    value = torch.where(valid, pos, length)
-    table = torch.full((table_len,), length, dtype=torch.int32, device=slots.device)
-    return table.scatter_reduce_(0, slots.reshape(-1), value.reshape(-1), reduce="amin")
+    b, length = slots.shape
+    table = torch.full((b, table_width), length, dtype=positions.dtype, device=slots.device)
+    return table.scatter_reduce_(1, slots, positions[:, :length], reduce="amin")
+
+
+def _draw_distinct(count: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
+    """``(B, n)`` int64 ranks drawn uniformly without replacement from ``[0, count_b)``.
+
+    Robert Floyd's algorithm, one step per draw, vectorised over the batch: step ``j``
+    (``count - n <= j < count``) draws ``t`` uniformly in ``[0, j]`` and keeps ``t``, or
+    ``j`` itself when ``t`` was already drawn; every ``n``-subset is equally likely
+    (Bentley & Floyd, CACM 1987). Images with ``count_b < n`` get all their ranks, and
+    ``-1`` in the trailing slots they cannot fill.
+    """
+    u = torch.rand(count.shape[0], n, generator=generator, device=count.device, dtype=torch.float64)
+    drawn = torch.full((count.shape[0], n), -1, dtype=torch.long, device=count.device)
+    for step in range(n):
+        j = count - n + step
+        t = torch.minimum((u[:, step] * (j + 1)).long(), j)  # uniform in [0, j]
+        t = torch.where((drawn == t[:, None]).any(1), j, t)
+        drawn[:, step] = torch.where(j >= 0, t, -1)
+    return drawn.flip(1)  # steps with j < 0 came first: put their -1 last
+
+
+def _nth_candidates(candidate: Tensor, per_row: Tensor, ranks: Tensor) -> Tensor:
+    """Flat positions of the ``ranks``-th nonzero of each image of ``candidate`` ``(B, h, w)``.
+
+    Two levels, so that no cumulative sum runs over the whole map: with the counts per row
+    (``per_row``, ``(B, h)``), find the row of each rank on the row totals, then the column
+    on the cumulative sum of that row alone. ``ranks`` is ``(B, n)``; a negative rank, or
+    one beyond the count, gives some in-range position.
+    """
+    b, h, w = candidate.shape
+    ends = per_row.cumsum(1)
+    rank = ranks.clamp(min=0)
+    row = torch.searchsorted(ends, rank + 1).clamp_(max=h - 1)  # first row reaching rank + 1
+    before = torch.gather(ends - per_row, 1, row)
+    rows = candidate[torch.arange(b, device=candidate.device)[:, None], row]  # (B, n, w)
+    col = torch.searchsorted(rows.cumsum(2), (rank - before + 1)[..., None]).squeeze(-1)
+    return row * w + col.clamp_(max=w - 1)
 
 
 def _boxes(pos: Tensor, width: int, r0: int, c0: int, size: int) -> Tensor:
@@ -132,7 +173,9 @@ def match_regions(
         )
     if num_source_pixels is None:
         num_source_pixels = int(max(int(index1.max()), int(index2.max()), 1)) if b > 0 else 1
-    table_size = num_source_pixels + 1  # slot 0 collects "outside" and unfit positions
+    # Per image, a table over the source pixels: slot v holds source pixel v - 1, slot 0
+    # collects "outside" (and negative) values, the last slot the values beyond the source.
+    beyond = num_source_pixels + 1
 
     # Built on the device (a torch.tensor(list, device=cuda) would wait for a copy).
     fallback = torch.zeros(4, device=device)
@@ -145,28 +188,35 @@ def match_regions(
             boxes, boxes.clone(), torch.zeros(b, num_regions, dtype=torch.bool, device=device)
         )
     # Only the positions where a window fits can be centres: work on those sub-grids.
-    sub1 = index1[:, a0:a1, e0:e1].reshape(b, -1)
-    sub2 = index2[:, f0:f1, g0:g1].reshape(b, -1)
-    table_len = b * table_size
-    offsets = torch.arange(b, device=device)[:, None] * table_size
-    # Slot 0 of each image collects "outside" pixels (and out-of-range values, clamped).
-    slots1 = sub1.long().clamp(0, table_size - 1).add_(offsets)
-    slots2 = sub2.long().clamp(0, table_size - 1).add_(offsets)
-    inside1 = (sub1 > 0) & (sub1 <= num_source_pixels)
-    first1 = _first_positions(slots1, inside1, table_len)
-    first2 = _first_positions(slots2, (sub2 > 0) & (sub2 <= num_source_pixels), table_len)
-    partner = torch.take(first2, slots1)  # (B, L1) view-2 sub-grid position, or L2 if none
-    pos1 = torch.arange(sub1.shape[1], device=device, dtype=torch.int32)
-    # One candidate per source pixel: its first view-1 position.
-    candidate = inside1 & (torch.take(first1, slots1) == pos1) & (partner < sub2.shape[1])
+    rows1, cols1 = a1 - a0, e1 - e0
+    len1, len2 = rows1 * cols1, (f1 - f0) * (g1 - g0)
+    positions = torch.arange(max(len1, len2), device=device, dtype=torch.int32).repeat(b, 1)
+    # first1[v]: the first view-1 position showing source slot v (len1: none).
+    slots = index1[:, a0:a1, e0:e1].clamp(0, beyond).reshape(b, -1).long()
+    first1 = _first_positions(slots, positions, beyond + 1)
+    first1[:, 0] = len1  # outside pixels, and values beyond the source, never match
+    first1[:, beyond] = len1
+    # For every view-2 position, the first view-1 position of its source pixel; then, for
+    # every view-1 position, the first view-2 position that names it back. first1 is
+    # one-to-one on the pixels view 1 shows, so partner[p] is the first view-2 position of
+    # the source pixel first seen at p, and len2 where p is a repeat or view 2 lacks it.
+    slots = index2[:, f0:f1, g0:g1].clamp(0, beyond).reshape(b, -1).long()
+    seen = first1.gather(1, slots).long()
+    del slots, first1  # let the allocator reuse the memory
+    partner = _first_positions(seen, positions, len1 + 1)
+    del seen, positions
+    # int32 0/1 rather than bool: the bool comparison kernels are slower on the CPU.
+    candidate = torch.empty(b, len1, dtype=torch.int32, device=device)
+    torch.lt(partner[:, :len1], len2, out=candidate)
+    candidate = candidate.view(b, rows1, cols1)
 
-    keys = torch.rand(sub1.shape, generator=generator, device=device)
-    keys.masked_fill_(~candidate, -1.0)
-    k = min(num_regions, sub1.shape[1])
-    top, chosen = torch.topk(keys, k, dim=1)
-    valid = top >= 0
-    boxes1 = _boxes(chosen, e1 - e0, a0, e0, size)
-    boxes2 = _boxes(torch.gather(partner, 1, chosen).long(), g1 - g0, f0, g0, size)
+    k = min(num_regions, len1)
+    per_row = candidate.sum(2)  # (B, rows1) int64
+    ranks = _draw_distinct(per_row.sum(1), k, generator)
+    valid = ranks >= 0
+    chosen = _nth_candidates(candidate, per_row, ranks)
+    boxes1 = _boxes(chosen, cols1, a0, e0, size)
+    boxes2 = _boxes(partner.gather(1, chosen), g1 - g0, f0, g0, size)
     boxes1 = torch.where(valid[..., None], boxes1, fallback)
     boxes2 = torch.where(valid[..., None], boxes2, fallback)
     if k < num_regions:

@@ -172,3 +172,32 @@ def test_values_beyond_num_source_pixels_count_as_outside():
     assert regions.valid.tolist() == [[True, False]]
     assert regions.boxes1[0, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
     assert regions.boxes2[0, 0].tolist() == [3.0, 3.0, 4.0, 4.0]
+
+
+def test_draws_are_uniform_over_source_pixels_not_positions():
+    # Five shared source pixels; pixel 1 fills four view-1 positions, the others one each.
+    # Every unordered pair of distinct source pixels must be equally likely (1/10), so the
+    # repeated pixel is no likelier than the rest (a draw over positions would favour it).
+    row = torch.tensor([1, 1, 1, 1, 2, 3, 4, 5])
+    index1 = row.view(1, 1, 8).expand(3000, 1, 8).contiguous()
+    index2 = torch.tensor([5, 4, 3, 2, 1]).view(1, 1, 5).expand(3000, 1, 5).contiguous()
+    regions = match_regions(index1, index2, 2, 1, torch.Generator().manual_seed(0))
+    assert regions.valid.all()
+    v1 = value_at(index1, *centres(regions.boxes1))
+    v2 = value_at(index2, *centres(regions.boxes2))
+    assert torch.equal(v1, v2) and (v1[:, 0] != v1[:, 1]).all()
+    pairs = (v1.min(1).values * 10 + v1.max(1).values).tolist()
+    counts = torch.tensor([pairs.count(a * 10 + b) for a in range(1, 6) for b in range(a + 1, 6)])
+    expected = 3000 / 10
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 40.0, counts.tolist()  # 9 degrees of freedom: p < 1e-5 beyond 40
+    # The first view-1 position of the repeated pixel is the one used.
+    cols1 = centres(regions.boxes1)[1][v1 == 1]
+    assert (cols1 == 0).all()
+
+
+def test_valid_pairs_come_first_when_candidates_are_few():
+    index = torch.tensor([[0, 7, 0, 9]]).view(1, 1, 4)
+    regions = match_regions(index, index, 4, 1, torch.Generator().manual_seed(3))
+    assert regions.valid.tolist() == [[True, True, False, False]]
+    assert sorted(value_at(index, *centres(regions.boxes1))[0, :2].tolist()) == [7, 9]

@@ -83,12 +83,13 @@ def test_quickstart_cli_runs_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("method", ["glcnet", "simclr"])
 def test_loss_decreases_on_demo_scenes(tmp_path, method):
     config = tiny(
-        tmp_path, f"method.name={method}", "train.max_steps=40", "run.log_every=4",
+        tmp_path, f"method.name={method}", "train.max_steps=60", "run.log_every=4",
         "optim.lr=0.002", "data.demo.n_scenes=8", "train.batch_size=8",
     )  # fmt: skip
     history = run_pretrain(config).history
     losses = [h["loss/total"] for h in history]
-    assert len(losses) == 10
+    assert len(losses) == 15
+    # 60 steps: at 40, one seed of four rose before it fell (window means of 4 steps).
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
 
 
