@@ -10,19 +10,30 @@ per chosen centre). Both paths run in this process, side by side, with the same 
 of torch threads (``--threads``; a worker normally runs with one), and report images/s
 and the ratio, for matching alone and for views + matching.
 
+The batched path allocates a few large temporaries per call (index tables of several MB).
+With glibc's default malloc such blocks are returned to the kernel when freed and
+page-faulted in again on the next call, which on some machines (virtual machines above
+all) costs more than the kernels; the table reports the page faults per image of each
+path. ``--keep-freed-memory`` reruns the benchmark with glibc told to keep freed memory
+(``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, what jemalloc or tcmalloc do by
+default), for both paths alike.
+
 With ``--device cuda`` the batched path also reports its share of an approximate ResNet-50
 GLCNet training step (DeepLabV3+ forward of both views, encoder + decoder, backward, Adam
 step; heads and losses omitted, they are negligible).
 
 Usage::
 
-    python benchmarks/augment.py [--quick] [--device cpu|cuda] [--out benchmarks/results/augment.json]
+    python benchmarks/augment.py [--quick] [--device cpu|cuda] [--keep-freed-memory]
+                                 [--out benchmarks/results/augment.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import resource
 import statistics
 import sys
 from pathlib import Path
@@ -40,6 +51,12 @@ from contrastseg.augment import PairedViews, ViewsConfig, match_regions
 
 NUM_REGIONS = 4
 REGION_SIZE = 48
+#: glibc: serve every block from the heap and never trim it (both values in bytes).
+KEEP_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31)}
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 class PerSampleWorker:
@@ -125,7 +142,15 @@ def main() -> None:
     )
     parser.add_argument("--source", type=int, default=256, help="side of the source images")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both paths")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="rerun with glibc keeping freed memory (no page faults from reallocation)",
+    )
     args = parser.parse_args()
+    if args.keep_freed_memory and any(os.environ.get(k) != v for k, v in KEEP_MEMORY_ENV.items()):
+        # glibc reads these once, at start-up: run this script again with them set.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_MEMORY_ENV})
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -178,24 +203,33 @@ def main() -> None:
 
     # Alternate the two paths call by call, so that load from other processes on a shared
     # machine hits both alike; report medians.
-    timed = {}
+    timed, faults = {}, {}
     for name, fb, fs in (
         ("matching", batched_match, sample_match),
         ("views", batched_views, sample_views),
         ("views+matching", batched_both, sample_both),
     ):
         fb(), fs()  # warm-up
-        tb, ts = [], []
+        tb, ts, fault_b, fault_s = [], [], [], []
         for _ in range(repeats):
+            start = _minor_faults()
             tb += time_it(fb, device, repeats=1, warmup=0)
+            middle = _minor_faults()
             ts += time_it(fs, cpu, repeats=1, warmup=0)
+            fault_b.append(middle - start)
+            fault_s.append(_minor_faults() - middle)
         timed[name] = (statistics.median(tb), statistics.median(ts))
+        faults[name] = (
+            statistics.median(fault_b) / batch,
+            statistics.median(fault_s) / per_sample_n,
+        )
     t_both = timed["views+matching"][0]
 
     rows = []
     results = {}
     for name, (tb, ts) in timed.items():
         ips_b, ips_s = batch / tb, per_sample_n / ts
+        pf_b, pf_s = faults[name]
         rows.append(
             [
                 name,
@@ -203,12 +237,15 @@ def main() -> None:
                 f"{ips_s:.1f}",
                 f"{ips_b / ips_s:.1f}x",
                 f"{1e3 * tb / batch:.3f}",
+                f"{pf_b:.0f} / {pf_s:.0f}",
             ]
         )
         results[name] = {
             "batched_images_per_s": ips_b,
             "per_sample_images_per_s": ips_s,
             "ratio": ips_b / ips_s,
+            "batched_page_faults_per_image": pf_b,
+            "per_sample_page_faults_per_image": pf_s,
         }
 
     step = None
@@ -217,12 +254,23 @@ def main() -> None:
         results["train_step_s"] = step
         results["views_matching_share_of_step"] = t_both / step
 
+    allocator = "glibc keeping freed memory" if args.keep_freed_memory else "default malloc"
     print(
         f"batched on {device} (batch {batch}), per-sample on cpu ({per_sample_n} images), "
         f"source {args.source}^2 -> views {config.size}^2, {NUM_REGIONS} regions of {REGION_SIZE}, "
-        f"{args.threads} torch thread(s)"
+        f"{args.threads} torch thread(s), {allocator}"
     )
-    print_table(["stage", "batched img/s", "per-sample img/s", "ratio", "batched ms/img"], rows)
+    print_table(
+        [
+            "stage",
+            "batched img/s",
+            "per-sample img/s",
+            "ratio",
+            "batched ms/img",
+            "page faults/img (batched / per-sample)",
+        ],
+        rows,
+    )
     if step is not None:
         print(
             f"ResNet-50 GLCNet step (approx.) {step * 1e3:.1f} ms; views+matching = {100 * t_both / step:.1f} %"
@@ -241,6 +289,7 @@ def main() -> None:
                 "num_regions": NUM_REGIONS,
                 "region_size": REGION_SIZE,
                 "threads": args.threads,
+                "keep_freed_memory": args.keep_freed_memory,
                 "repeats": repeats,
                 "quick": args.quick,
             },

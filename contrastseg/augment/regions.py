@@ -74,46 +74,53 @@ def _first_positions(slots: Tensor, positions: Tensor, table_width: int) -> Tens
 
 
 def _draw_distinct(count: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
-    """``(B, n)`` int64 ranks drawn uniformly without replacement from ``[0, count_b)``.
+    """``(B, n)`` int32 ranks drawn uniformly without replacement from ``[0, count_b)``.
 
     Robert Floyd's algorithm, one step per draw, vectorised over the batch: step ``j``
     (``count - n <= j < count``) draws ``t`` uniformly in ``[0, j]`` and keeps ``t``, or
     ``j`` itself when ``t`` was already drawn; every ``n``-subset is equally likely
     (Bentley & Floyd, CACM 1987). Images with ``count_b < n`` get all their ranks, and
-    ``-1`` in the trailing slots they cannot fill.
+    ``-1`` in the trailing slots they cannot fill. ``count`` is ``(B,)`` int32.
     """
-    u = torch.rand(count.shape[0], n, generator=generator, device=count.device, dtype=torch.float64)
-    drawn = torch.full((count.shape[0], n), -1, dtype=torch.long, device=count.device)
-    for step in range(n):
-        j = count - n + step
-        t = torch.minimum((u[:, step] * (j + 1)).long(), j)  # uniform in [0, j]
-        t = torch.where((drawn == t[:, None]).any(1), j, t)
-        drawn[:, step] = torch.where(j >= 0, t, -1)
-    return drawn.flip(1)  # steps with j < 0 came first: put their -1 last
+    b, device = count.shape[0], count.device
+    u = torch.rand(b, n, generator=generator, device=device, dtype=torch.float64)
+    j = count[:, None] - n + torch.arange(n, device=device, dtype=torch.int32)  # (B, n)
+    # Draws for every step at once (float64: exact enough for any count below 2**31).
+    t = torch.minimum((u * (j + 1)).int(), j)
+    for step in range(1, n):  # step 0 never collides
+        taken = (t[:, :step] == t[:, step : step + 1]).any(1)
+        t[:, step] = torch.where(taken, j[:, step], t[:, step])
+    # Steps with j < 0 (fewer candidates than n) come first: mark them and put them last.
+    return t.masked_fill_(j < 0, -1).flip(1)
 
 
 def _nth_candidates(candidate: Tensor, per_row: Tensor, ranks: Tensor) -> Tensor:
     """Flat positions of the ``ranks``-th nonzero of each image of ``candidate`` ``(B, h, w)``.
 
-    Two levels, so that no cumulative sum runs over the whole map: with the counts per row
-    (``per_row``, ``(B, h)``), find the row of each rank on the row totals, then the column
-    on the cumulative sum of that row alone. ``ranks`` is ``(B, n)``; a negative rank, or
-    one beyond the count, gives some in-range position.
+    Two levels, so that no cumulative sum runs over the whole map: with the int32 counts
+    per row (``per_row``, ``(B, h)``), find the row of each rank on the row totals, then
+    the column on the cumulative sum of that row alone. ``ranks`` is ``(B, n)`` int32; a
+    negative rank, or one beyond the count, gives some in-range position.
     """
     b, h, w = candidate.shape
-    ends = per_row.cumsum(1)
-    rank = ranks.clamp(min=0)
-    row = torch.searchsorted(ends, rank + 1).clamp_(max=h - 1)  # first row reaching rank + 1
+    ends = per_row.cumsum(1, dtype=torch.int32)
+    target = ranks.clamp(min=0) + 1
+    row = torch.searchsorted(ends, target).clamp_(max=h - 1)  # first row reaching the target
     before = torch.gather(ends - per_row, 1, row)
     rows = candidate[torch.arange(b, device=candidate.device)[:, None], row]  # (B, n, w)
-    col = torch.searchsorted(rows.cumsum(2), (rank - before + 1)[..., None]).squeeze(-1)
-    return row * w + col.clamp_(max=w - 1)
+    col = torch.searchsorted(rows.cumsum(2, dtype=torch.int32), (target - before)[..., None])
+    return row * w + col.squeeze(-1).clamp_(max=w - 1)
 
 
-def _boxes(pos: Tensor, width: int, r0: int, c0: int, size: int) -> Tensor:
-    """Boxes of windows centred on positions ``pos`` of the fit region (``width`` columns)."""
-    x1 = (pos % width) + c0 - size // 2
-    y1 = torch.div(pos, width, rounding_mode="floor") + r0 - size // 2
+def _boxes(pos: Tensor, width: int, size: int) -> Tensor:
+    """Boxes of windows centred on positions ``pos`` of a fit region ``width`` columns wide.
+
+    The fit region starts at row and column ``size // 2`` (:func:`_fit_region`), so its
+    position ``(r, c)`` centres the box ``(c, r, c + size, r + size)``; position 0 gives
+    ``(0, 0, size, size)``, the box of invalid pairs.
+    """
+    x1 = pos % width
+    y1 = torch.div(pos, width, rounding_mode="floor")
     return torch.stack([x1, y1, x1 + size, y1 + size], dim=-1).float()
 
 
@@ -177,13 +184,10 @@ def match_regions(
     # collects "outside" (and negative) values, the last slot the values beyond the source.
     beyond = num_source_pixels + 1
 
-    # Built on the device (a torch.tensor(list, device=cuda) would wait for a copy).
-    fallback = torch.zeros(4, device=device)
-    fallback[2:] = float(size)
     a0, a1, e0, e1 = _fit_region(h1, w1, size)
     f0, f1, g0, g1 = _fit_region(h2, w2, size)
     if a1 <= a0 or e1 <= e0 or f1 <= f0 or g1 <= g0 or b == 0:  # the window fits nowhere
-        boxes = fallback.expand(b, num_regions, 4).clone()
+        boxes = _boxes(torch.zeros(b, num_regions, dtype=torch.long, device=device), 1, size)
         return MatchedRegions(
             boxes, boxes.clone(), torch.zeros(b, num_regions, dtype=torch.bool, device=device)
         )
@@ -211,17 +215,15 @@ def match_regions(
     candidate = candidate.view(b, rows1, cols1)
 
     k = min(num_regions, len1)
-    per_row = candidate.sum(2)  # (B, rows1) int64
-    ranks = _draw_distinct(per_row.sum(1), k, generator)
+    per_row = candidate.sum(2, dtype=torch.int32)  # (B, rows1)
+    ranks = _draw_distinct(per_row.sum(1, dtype=torch.int32), k, generator)
     valid = ranks >= 0
-    chosen = _nth_candidates(candidate, per_row, ranks)
-    boxes1 = _boxes(chosen, cols1, a0, e0, size)
-    boxes2 = _boxes(partner.gather(1, chosen), g1 - g0, f0, g0, size)
-    boxes1 = torch.where(valid[..., None], boxes1, fallback)
-    boxes2 = torch.where(valid[..., None], boxes2, fallback)
+    chosen = _nth_candidates(candidate, per_row, ranks).masked_fill_(~valid, 0)
+    boxes1 = _boxes(chosen, cols1, size)
+    boxes2 = _boxes(partner.gather(1, chosen).masked_fill_(~valid, 0), g1 - g0, size)
     if k < num_regions:
-        pad = num_regions - k
-        boxes1 = torch.cat([boxes1, fallback.expand(b, pad, 4)], dim=1)
-        boxes2 = torch.cat([boxes2, fallback.expand(b, pad, 4)], dim=1)
-        valid = torch.cat([valid, valid.new_zeros(b, pad)], dim=1)
+        pad = torch.zeros(b, num_regions - k, dtype=torch.long, device=device)
+        boxes1 = torch.cat([boxes1, _boxes(pad, 1, size)], dim=1)
+        boxes2 = torch.cat([boxes2, _boxes(pad, 1, size)], dim=1)
+        valid = torch.cat([valid, pad.bool()], dim=1)
     return MatchedRegions(boxes1, boxes2, valid)
