@@ -138,7 +138,8 @@ def match_regions(
     ``size x size`` window fits inside both views; each image draws distinct candidates
     uniformly at random (over source pixels, whatever their duplication in the views).
     When a source pixel appears at several fitting positions of a view (upsampled crops),
-    the first of them in raster order is used.
+    the first of them in raster order is used. Windows may overlap (the official code
+    instead drops the source pixels under each chosen view-1 window from the later draws).
 
     Args:
         index1, index2: ``(B, H1, W1)`` and ``(B, H2, W2)`` integer index maps
@@ -154,7 +155,8 @@ def match_regions(
         :class:`MatchedRegions` with ``(B, n, 4)`` boxes and a ``(B, n)`` validity mask; for
         every valid pair ``index1`` at the centre of ``boxes1`` equals ``index2`` at the
         centre of ``boxes2`` (see the module docstring for the box convention). Images with
-        fewer than ``n`` candidates get invalid pairs, never an exception.
+        fewer than ``n`` candidates get invalid pairs, never an exception; valid pairs come
+        first. The draw takes ``B * n`` numbers from ``generator``.
 
     Raises:
         ValueError: bad shapes or dtypes, non-positive ``num_regions`` / ``size``, or a
