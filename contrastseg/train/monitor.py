@@ -21,6 +21,27 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
+def _truncate_records(path: Path, last_step: int) -> None:
+    """Keep the records of ``path`` (JSON lines) whose step is at most ``last_step``.
+
+    A line that does not parse is the torn last write of a killed run and is dropped too.
+    The file is replaced atomically, so a crash here loses nothing.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class RunMonitor:
     """TensorBoard writer + log file + tqdm bar for one run.
 
@@ -28,7 +49,10 @@ class RunMonitor:
         run_dir: the run folder (event files, ``train.log``).
         enabled: False on ranks other than 0.
         total_steps: length of the progress bar.
-        initial_step: where the bar starts (resume).
+        initial_step: the step the run starts from (its checkpoint's, on resume). What an
+            earlier, interrupted run logged after it is dropped: TensorBoard hides those
+            events (``purge_step``) and ``scalars.jsonl`` keeps only the records up to it,
+            so a resumed run logs every step once.
         progress: show the tqdm bar.
     """
 
@@ -49,7 +73,8 @@ class RunMonitor:
             return
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=initial_step + 1)
+        _truncate_records(self.run_dir / "scalars.jsonl", initial_step)
         logger = get_logger()
         logger.setLevel(logging.INFO)
         self._handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")

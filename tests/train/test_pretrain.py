@@ -131,6 +131,14 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for key, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], b["optimizer"]["state"][key]["exp_avg"])
+    # the killed run logged step 5 after its step-4 checkpoint: the resumed run replaces it,
+    # so scalars.jsonl holds every step once, with the uninterrupted run's losses
+    records = {}
+    for name in ("a", "b"):
+        lines = (tmp_path / name / "tiny" / "scalars.jsonl").read_text().splitlines()
+        records[name] = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records["b"]] == list(range(1, 8))
+    assert [r["loss/total"] for r in records["b"]] == [r["loss/total"] for r in records["a"]]
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -285,3 +293,16 @@ def test_cli_flag_values_stay_text(tmp_path):
         == 0
     )
     assert (tmp_path / "2024" / "config.yaml").is_file()
+
+
+def test_monitor_keeps_the_records_up_to_the_resumed_step(tmp_path):
+    from contrastseg.train.monitor import RunMonitor
+
+    path = tmp_path / "scalars.jsonl"
+    lines = [json.dumps({"step": s, "loss/total": 1.0 / s}) for s in range(1, 9)]
+    path.write_text("\n".join(lines) + '\n{"step": 9, "loss/to')  # torn last write
+    monitor = RunMonitor(tmp_path, True, total_steps=12, initial_step=6, progress=False)
+    monitor.scalars(7, {"loss/total": 0.5})
+    monitor.close()
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7]
