@@ -411,10 +411,24 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                     if ctx.world_size > 1:
                         rng = [None] * ctx.world_size
                         dist.all_gather_object(rng, capture_rng(generator))
+                    failure: Exception | None = None
                     if main:
-                        checkpoint = save(step, epoch, rng)
+                        try:
+                            checkpoint = save(step, epoch, rng)
+                        except Exception as err:  # e.g. a full disk
+                            failure = err
                     if ctx.world_size > 1:
-                        dist.barrier()
+                        # Every rank learns whether the save worked, instead of waiting at a
+                        # barrier for a rank 0 that has died until the backend times out.
+                        saved = torch.ones(1, device=device) * (failure is None)
+                        dist.all_reduce(saved, op=dist.ReduceOp.MIN)
+                        if not main and not bool(saved):
+                            raise RuntimeError(
+                                f"rank 0 could not write the step-{step} checkpoint (its error "
+                                f"is in rank 0's output); stopping rank {ctx.rank} too"
+                            )
+                    if failure is not None:
+                        raise failure
                 if step >= total_steps:
                     break
                 wait_start = time.perf_counter()

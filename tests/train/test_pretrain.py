@@ -189,15 +189,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, root, queue):
+def _ddp_process(rank, world, port, root):
+    """torchrun's environment for this spawned process, and the 2-process test config."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
         RANK=str(rank), LOCAL_RANK=str(rank),
     )  # fmt: skip
     torch.set_num_threads(1)
-    config = load_pretrain_config(None, [*TINY, *DDP_SETTINGS, f"run.root={root}", "run.name=ddp"])
+    return load_pretrain_config(None, [*TINY, *DDP_SETTINGS, f"run.root={root}", "run.name=ddp"])
+
+
+def _ddp_worker(rank, world, port, root, queue):
+    config = _ddp_process(rank, world, port, root)
     result = run_pretrain(config)
     queue.put((rank, result.history[0]["loss/total"]))
+
+
+def _ddp_failing_save_worker(rank, world, port, root, queue):
+    import contrastseg.train.pretrain as engine
+
+    def disk_full(payload, path):
+        raise OSError(28, "No space left on device", str(path))
+
+    if rank == 0:
+        engine.save_atomic = disk_full
+    config = _ddp_process(rank, world, port, root)
+    try:
+        run_pretrain(config)
+    except Exception as err:
+        queue.put((rank, type(err).__name__, str(err)))
+        raise SystemExit(1) from None
+    queue.put((rank, None, ""))
 
 
 DDP_SETTINGS = [
@@ -306,3 +328,24 @@ def test_monitor_keeps_the_records_up_to_the_resumed_step(tmp_path):
     monitor.close()
     steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_failed_save_on_rank_0_stops_every_rank(tmp_path):
+    """Rank 0 cannot write its checkpoint: both ranks stop with an error at once, rather than
+    rank 1 waiting at a barrier until the backend times out."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_ddp_failing_save_worker, args=(r, 2, port, str(tmp_path), queue))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert not any(p.is_alive() for p in procs)
+    assert [p.exitcode for p in procs] == [1, 1]
+    errors = {rank: (kind, message) for rank, kind, message in (queue.get() for _ in range(2))}
+    assert errors[0][0] == "OSError" and "No space left" in errors[0][1]
+    assert errors[1][0] == "RuntimeError" and "rank 0 could not write the step-1" in errors[1][1]
