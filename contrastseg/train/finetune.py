@@ -346,6 +346,14 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             state["history"],
             state["best"],
         )
+        # best.pt is written at every improvement, step checkpoints only every few steps: the
+        # interrupted run may have validated a better model after this checkpoint. Those
+        # weights are on disk and were scored on val, so they stay the best so far (the
+        # record and best.pt then agree whatever the repeated epochs score).
+        if (run_dir / "best.pt").is_file():
+            written = load_finetune_checkpoint(run_dir / "best.pt").get("best") or {}
+            if written.get("miou", -1.0) > best["miou"]:
+                best = written
 
     monitor = RunMonitor(run_dir, True, total_steps, step, config.run.progress)
     monitor.info(

@@ -97,6 +97,26 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
 
 
+def test_resume_keeps_a_best_pt_written_after_its_checkpoint(tmp_path):
+    run_finetune(finetune_config(tmp_path, "train.max_steps=2", "run.name=b"))
+    best_path = tmp_path / "b" / "best.pt"
+    crafted = torch.load(best_path, weights_only=True)
+    # as if the interrupted run had validated a better model at epoch 2, after its last
+    # step checkpoint (epoch 1), and written it to best.pt before dying
+    crafted.update(epoch=2, best={"epoch": 2, "miou": 0.99, "metrics": {}})
+    key = next(k for k in crafted["model"] if k.startswith("classifier") and "weight" in k)
+    crafted["model"][key] = crafted["model"][key] + 1.0
+    torch.save(crafted, best_path)
+    resumed = run_finetune(
+        finetune_config(tmp_path, "train.max_steps=4", "run.name=b", "run.resume=auto")
+    )
+    # the repeated epoch 2 scores below 0.99: best.pt and the reported selection still agree
+    assert resumed.best_epoch == 2
+    assert torch.equal(
+        torch.load(best_path, weights_only=True)["model"][key], crafted["model"][key]
+    )
+
+
 def numpy_metrics(truth: np.ndarray, pred: np.ndarray, k: int, ignore: int) -> dict:
     """OA, mIoU (classes present in target or prediction) and Cohen's kappa, from scratch."""
     keep = truth != ignore
