@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import random
 import resource
 import statistics
@@ -148,9 +149,13 @@ def main() -> None:
         help="rerun with glibc keeping freed memory (no page faults from reallocation)",
     )
     args = parser.parse_args()
-    if args.keep_freed_memory and any(os.environ.get(k) != v for k, v in KEEP_MEMORY_ENV.items()):
-        # glibc reads these once, at start-up: run this script again with them set.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_MEMORY_ENV})
+    if args.keep_freed_memory:
+        if platform.libc_ver()[0] != "glibc":
+            parser.error("--keep-freed-memory sets glibc's malloc; this Python does not use glibc")
+        if any(os.environ.get(k) != v for k, v in KEEP_MEMORY_ENV.items()):
+            # glibc reads these once, at start-up: run this script again with them set.
+            env = {**os.environ, **KEEP_MEMORY_ENV}
+            os.execve(sys.executable, sys.orig_argv, env)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -268,7 +273,7 @@ def main() -> None:
             "stage",
             "batched img/s",
             "per-sample img/s",
-            "ratio",
+            "ratio (median of call pairs)",
             "batched ms/img",
             "page faults/img (batched / per-sample)",
         ],

@@ -74,24 +74,28 @@ def _first_positions(slots: Tensor, positions: Tensor, table_width: int) -> Tens
 
 
 def _draw_distinct(count: Tensor, n: int, generator: torch.Generator | None) -> Tensor:
-    """``(B, n)`` int32 ranks drawn uniformly without replacement from ``[0, count_b)``.
+    """``(B, n)`` int64 ranks drawn uniformly without replacement from ``[0, count_b)``.
 
     Robert Floyd's algorithm, one step per draw, vectorised over the batch: step ``j``
     (``count - n <= j < count``) draws ``t`` uniformly in ``[0, j]`` and keeps ``t``, or
     ``j`` itself when ``t`` was already drawn; every ``n``-subset is equally likely
-    (Bentley & Floyd, CACM 1987). Images with ``count_b < n`` get all their ranks, and
-    ``-1`` in the trailing slots they cannot fill. ``count`` is ``(B,)`` int32.
+    (Bentley & Floyd, CACM 1987). The subset is then put in random order (Floyd's steps
+    are not: the last one favours the largest rank). Images with ``count_b < n`` get all
+    their ranks, and ``-1`` in the trailing slots they cannot fill. ``count`` is ``(B,)``.
+    Integer draws (no float64, which some devices lack); the modulo bias is below
+    ``count / 2**62``.
     """
     b, device = count.shape[0], count.device
-    u = torch.rand(b, n, generator=generator, device=device, dtype=torch.float64)
-    j = count[:, None] - n + torch.arange(n, device=device, dtype=torch.int32)  # (B, n)
-    # Draws for every step at once (float64: exact enough for any count below 2**31).
-    t = torch.minimum((u * (j + 1)).int(), j)
+    j = count[:, None].long() - n + torch.arange(n, device=device)  # (B, n)
+    draws = torch.randint(0, 2**62, (2, b, n), generator=generator, device=device)
+    t = draws[0] % (j + 1).clamp_(min=1)  # uniform in [0, j]
+    t.masked_fill_(j < 0, -1)  # no draw where j < 0: never equal to a real rank
     for step in range(1, n):  # step 0 never collides
         taken = (t[:, :step] == t[:, step : step + 1]).any(1)
         t[:, step] = torch.where(taken, j[:, step], t[:, step])
-    # Steps with j < 0 (fewer candidates than n) come first: mark them and put them last.
-    return t.masked_fill_(j < 0, -1).flip(1)
+    # Random order, unfilled slots last: sort on random keys, pushed past the real ones.
+    keys = draws[1].masked_fill_(t < 0, 2**62)
+    return torch.gather(t, 1, keys.argsort(dim=1))
 
 
 def _nth_candidates(candidate: Tensor, per_row: Tensor, ranks: Tensor) -> Tensor:
@@ -99,12 +103,12 @@ def _nth_candidates(candidate: Tensor, per_row: Tensor, ranks: Tensor) -> Tensor
 
     Two levels, so that no cumulative sum runs over the whole map: with the int32 counts
     per row (``per_row``, ``(B, h)``), find the row of each rank on the row totals, then
-    the column on the cumulative sum of that row alone. ``ranks`` is ``(B, n)`` int32; a
+    the column on the cumulative sum of that row alone. ``ranks`` is ``(B, n)``; a
     negative rank, or one beyond the count, gives some in-range position.
     """
     b, h, w = candidate.shape
     ends = per_row.cumsum(1, dtype=torch.int32)
-    target = ranks.clamp(min=0) + 1
+    target = ranks.clamp(min=0).int() + 1
     row = torch.searchsorted(ends, target).clamp_(max=h - 1)  # first row reaching the target
     before = torch.gather(ends - per_row, 1, row)
     rows = candidate[torch.arange(b, device=candidate.device)[:, None], row]  # (B, n, w)
@@ -156,7 +160,7 @@ def match_regions(
         every valid pair ``index1`` at the centre of ``boxes1`` equals ``index2`` at the
         centre of ``boxes2`` (see the module docstring for the box convention). Images with
         fewer than ``n`` candidates get invalid pairs, never an exception; valid pairs come
-        first. The draw takes ``B * n`` numbers from ``generator``.
+        first, in random order.
 
     Raises:
         ValueError: bad shapes or dtypes, non-positive ``num_regions`` / ``size``, or a
@@ -181,7 +185,8 @@ def match_regions(
             f"{device}; make it with torch.Generator(device=index1.device)"
         )
     if num_source_pixels is None:
-        num_source_pixels = int(max(int(index1.max()), int(index2.max()), 1)) if b > 0 else 1
+        largest = [int(i.max()) for i in (index1, index2) if i.numel() > 0]
+        num_source_pixels = max([*largest, 1])
     # Per image, a table over the source pixels: slot v holds source pixel v - 1, slot 0
     # collects "outside" (and negative) values, the last slot the values beyond the source.
     beyond = num_source_pixels + 1

@@ -44,6 +44,50 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
+    """The checkpoint a run continues from, or ``None`` for a fresh run.
+
+    Args:
+        setting: ``run.resume``: ``never``, ``auto`` (the newest checkpoint of the run, if
+            any) or the path of a checkpoint.
+        named: whether ``run.name`` was given (``auto`` needs it: an unnamed run gets a new
+            timestamped folder, so there is nothing to resume).
+        ckpt_dir: the run's checkpoint folder.
+
+    Raises:
+        ConfigError: a fresh run into a folder that holds checkpoints; ``auto`` without a
+            name; an explicit checkpoint older than others in the folder (resuming it would
+            mix two runs and prune the newer checkpoints).
+    """
+    from contrastseg.utils.configtools import ConfigError
+
+    existing = list_checkpoints(ckpt_dir)
+    if setting == "never":
+        if existing:
+            raise ConfigError(
+                f"{ckpt_dir.parent} already holds checkpoints (newest {existing[-1].name}); "
+                "pass --resume (run.resume=auto) to continue that run, or choose another run.name"
+            )
+        return None
+    if setting == "auto":
+        if not named:
+            raise ConfigError(
+                "run.resume=auto needs a run.name: without one every run gets a new "
+                "timestamped folder and there is nothing to resume"
+            )
+        return existing[-1] if existing else None
+    path = Path(setting)
+    resumed = checkpoint_step(path)
+    newer = [p for p in existing if resumed is not None and checkpoint_step(p) > resumed]
+    if newer:
+        raise ConfigError(
+            f"{ckpt_dir} holds checkpoints newer than {path.name} ({', '.join(p.name for p in newer)}); "
+            "resuming from an older one would mix two runs and prune the new checkpoints: "
+            "move the newer ones away first, or resume from the newest"
+        )
+    return path
+
+
 def save_atomic(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``payload`` with ``torch.save`` to a temporary file, fsync it, then rename.
 

@@ -41,9 +41,9 @@ from contrastseg.models.pretrained import LoadReport, load_pretrained, read_stat
 from contrastseg.train.checkpoint import (
     capture_rng,
     checkpoint_path,
-    list_checkpoints,
     prune_checkpoints,
     restore_rng,
+    resume_source,
     save_atomic,
 )
 from contrastseg.train.evaluate import (
@@ -280,14 +280,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     name = config.run.name or f"finetune-{config.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(config.run.root) / name
     ckpt_dir = run_dir / "checkpoints"
-    resume = None if config.run.resume == "never" else config.run.resume
-    existing = list_checkpoints(ckpt_dir)
-    if resume is None and existing:
-        raise ConfigError(
-            f"{run_dir} already holds checkpoints; set run.resume=auto or another run.name"
-        )
-    if resume == "auto":
-        resume = str(existing[-1]) if existing else None
+    resume = resume_source(config.run.resume, bool(config.run.name), ckpt_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     segmenter = Segmenter(
@@ -355,7 +348,9 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             if written.get("miou", -1.0) > best["miou"]:
                 best = written
 
-    monitor = RunMonitor(run_dir, True, total_steps, step, config.run.progress)
+    monitor = RunMonitor(
+        run_dir, True, total_steps, step, config.run.progress, rerun_prefixes=("test/",)
+    )
     monitor.info(
         f"contrastseg {__version__} finetune ({config.mode}): {model_config['arch']}, {bands} band(s), "
         f"{len(dataset)} labeled patch(es), {len(val_set)} val / {len(test_set) if test_set else 0} test "

@@ -21,11 +21,13 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
-def _truncate_records(path: Path, last_step: int) -> None:
+def _truncate_records(path: Path, last_step: int, rerun_prefixes: tuple[str, ...]) -> None:
     """Keep the records of ``path`` (JSON lines) whose step is at most ``last_step``.
 
-    A line that does not parse is the torn last write of a killed run and is dropped too.
-    The file is replaced atomically, so a crash here loses nothing.
+    Records with a key starting with one of ``rerun_prefixes`` are dropped whatever their
+    step (the run logs them again at its end). A line that does not parse is the torn last
+    write of a killed run and is dropped too. The file is replaced atomically, so a crash
+    here loses nothing.
     """
     if not path.is_file():
         return
@@ -35,7 +37,9 @@ def _truncate_records(path: Path, last_step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= last_step:
+        if not isinstance(record, dict) or record.get("step", 0) > last_step:
+            continue
+        if not any(key.startswith(rerun_prefixes) for key in record):
             kept.append(line + "\n")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(kept), encoding="utf-8")
@@ -54,6 +58,8 @@ class RunMonitor:
             events (``purge_step``) and ``scalars.jsonl`` keeps only the records up to it,
             so a resumed run logs every step once.
         progress: show the tqdm bar.
+        rerun_prefixes: tags of records logged once at the end of a run (fine-tuning's
+            ``test/``): a restarted run logs them again, so their old records are dropped.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class RunMonitor:
         total_steps: int,
         initial_step: int = 0,
         progress: bool = True,
+        rerun_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.enabled = enabled
         self.run_dir = Path(run_dir)
@@ -74,7 +81,7 @@ class RunMonitor:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=initial_step + 1)
-        _truncate_records(self.run_dir / "scalars.jsonl", initial_step)
+        _truncate_records(self.run_dir / "scalars.jsonl", initial_step, rerun_prefixes)
         logger = get_logger()
         logger.setLevel(logging.INFO)
         self._handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")

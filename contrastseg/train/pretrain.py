@@ -34,11 +34,10 @@ from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
     checkpoint_path,
-    checkpoint_step,
-    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     restore_rng,
+    resume_source,
     save_atomic,
 )
 from contrastseg.train.distributed import ProcessContext, setup_process, teardown_process
@@ -107,35 +106,6 @@ def _run_dir(config: PretrainConfig) -> Path:
         or f"{config.method.name}-{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     return Path(config.run.root) / name
-
-
-def _resume_source(config: PretrainConfig, ckpt_dir: Path) -> Path | None:
-    setting = config.run.resume
-    existing = list_checkpoints(ckpt_dir)
-    if setting == "never":
-        if existing:
-            raise ConfigError(
-                f"{ckpt_dir.parent} already holds checkpoints (newest {existing[-1].name}); "
-                "pass --resume (run.resume=auto) to continue that run, or choose another run.name"
-            )
-        return None
-    if setting == "auto":
-        if not config.run.name:
-            raise ConfigError(
-                "run.resume=auto needs a run.name: without one every run gets a new "
-                "timestamped folder and there is nothing to resume"
-            )
-        return existing[-1] if existing else None
-    path = Path(setting)
-    resumed = checkpoint_step(path)
-    newer = [p for p in existing if resumed is not None and checkpoint_step(p) > resumed]
-    if newer:
-        raise ConfigError(
-            f"{ckpt_dir} holds checkpoints newer than {path.name} ({', '.join(p.name for p in newer)}); "
-            "resuming from an older one would mix two runs and prune the new checkpoints: "
-            "move the newer ones away first, or resume from the newest"
-        )
-    return path
 
 
 def _check_architecture(model: PretrainModel, payload: dict, path: Path) -> None:
@@ -207,7 +177,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
 
     run_dir = _run_dir(config)
     ckpt_dir = run_dir / "checkpoints"
-    resume_from = _resume_source(config, ckpt_dir)
+    resume_from = resume_source(config.run.resume, bool(config.run.name), ckpt_dir)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

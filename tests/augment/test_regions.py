@@ -201,3 +201,22 @@ def test_valid_pairs_come_first_when_candidates_are_few():
     regions = match_regions(index, index, 4, 1, torch.Generator().manual_seed(3))
     assert regions.valid.tolist() == [[True, True, False, False]]
     assert sorted(value_at(index, *centres(regions.boxes1))[0, :2].tolist()) == [7, 9]
+
+
+def test_every_slot_is_uniform_over_the_candidates():
+    # Ten shared source pixels in one row, four regions: each slot on its own must be
+    # uniform over the ten (a user keeping boxes[:, :1] gets no bias toward the bottom-right).
+    index = torch.arange(1, 11).view(1, 1, 10).expand(5000, 1, 10).contiguous()
+    regions = match_regions(index, index, 4, 1, torch.Generator().manual_seed(0))
+    assert regions.valid.all()
+    values = value_at(index, *centres(regions.boxes1))
+    for slot in range(4):
+        counts = torch.bincount(values[:, slot], minlength=11)[1:].float()
+        chi2 = float(((counts - 500.0) ** 2 / 500.0).sum())
+        assert chi2 < 37.0, (slot, counts.tolist())  # 9 degrees of freedom: p < 1e-4 beyond 37
+
+
+def test_empty_maps_need_no_source_size():
+    empty = torch.zeros(2, 0, 5, dtype=torch.long)
+    regions = match_regions(empty, empty, 3, 1)
+    assert not regions.valid.any() and regions.boxes1.shape == (2, 3, 4)

@@ -117,6 +117,17 @@ def test_resume_keeps_a_best_pt_written_after_its_checkpoint(tmp_path):
     )
 
 
+def test_resume_from_an_older_checkpoint_is_refused(tmp_path):
+    run_finetune(
+        finetune_config(tmp_path, "train.max_steps=4", "run.name=b", "run.checkpoint_every=2")
+    )
+    older = tmp_path / "b" / "checkpoints" / "step_00000002.pt"
+    with pytest.raises(ValueError, match=r"newer than step_00000002\.pt \(step_00000004\.pt\)"):
+        run_finetune(
+            finetune_config(tmp_path, "train.max_steps=6", "run.name=b", f"run.resume={older}")
+        )
+
+
 def numpy_metrics(truth: np.ndarray, pred: np.ndarray, k: int, ignore: int) -> dict:
     """OA, mIoU (classes present in target or prediction) and Cohen's kappa, from scratch."""
     keep = truth != ignore

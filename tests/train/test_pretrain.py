@@ -317,19 +317,6 @@ def test_cli_flag_values_stay_text(tmp_path):
     assert (tmp_path / "2024" / "config.yaml").is_file()
 
 
-def test_monitor_keeps_the_records_up_to_the_resumed_step(tmp_path):
-    from contrastseg.train.monitor import RunMonitor
-
-    path = tmp_path / "scalars.jsonl"
-    lines = [json.dumps({"step": s, "loss/total": 1.0 / s}) for s in range(1, 9)]
-    path.write_text("\n".join(lines) + '\n{"step": 9, "loss/to')  # torn last write
-    monitor = RunMonitor(tmp_path, True, total_steps=12, initial_step=6, progress=False)
-    monitor.scalars(7, {"loss/total": 0.5})
-    monitor.close()
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6, 7]
-
-
 def test_a_failed_save_on_rank_0_stops_every_rank(tmp_path):
     """Rank 0 cannot write its checkpoint: both ranks stop with an error at once, rather than
     rank 1 waiting at a barrier until the backend times out."""
