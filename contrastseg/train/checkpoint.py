@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from contrastseg.utils.configtools import ConfigError
+
 CHECKPOINT_FORMAT = "contrastseg.pretrain"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -59,8 +61,6 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
             name; an explicit checkpoint older than others in the folder (resuming it would
             mix two runs and prune the newer checkpoints).
     """
-    from contrastseg.utils.configtools import ConfigError
-
     existing = list_checkpoints(ckpt_dir)
     if setting == "never":
         if existing:
