@@ -207,7 +207,7 @@ def main() -> None:
             worker.match(a.numpy(), b.numpy())
 
     # Alternate the two paths call by call, so that load from other processes on a shared
-    # machine hits both alike; report medians (the ratio: of the ratios of adjacent calls).
+    # machine hits both alike; report medians.
     timed, faults = {}, {}
     for name, fb, fs in (
         ("matching", batched_match, sample_match),
