@@ -182,6 +182,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         for key, value in (
             ("pretrained.parts", args.parts),
             ("mode", args.mode),
+            ("linear.features", args.features),
             ("run.name", args.name),
             ("run.resume", args.resume),
         ):
@@ -360,13 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument(
         "--parts",
-        choices=["backbone", "backbone+aspp", "all"],
-        help="what to load from --pretrained (default backbone+aspp)",
+        choices=["auto", "backbone", "backbone+aspp", "all"],
+        help="what to load from --pretrained (default auto: backbone+aspp; in linear mode "
+        "every part in front of the probed features)",
     )
     finetune.add_argument(
         "--mode",
         choices=["linear", "decoder", "finetune"],
         help="linear probe (1x1 head on frozen features), frozen backbone, or everything",
+    )
+    finetune.add_argument(
+        "--features",
+        choices=["auto", "decoder", "encoder", "backbone"],
+        help="linear mode: the frozen features the head reads (default auto: the deepest part "
+        "the checkpoint's method trained)",
     )
     finetune.add_argument("--name", help="run name (folder under run.root)")
     finetune.add_argument(

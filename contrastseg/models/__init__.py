@@ -8,6 +8,8 @@ from contrastseg.models.backbone import (
 )
 from contrastseg.models.deeplab import (
     ASPP,
+    CLASSIFIER_FEATURES,
+    DECODER_STRIDE,
     Decoder,
     DeepLabFeatures,
     DeepLabOutput,
@@ -19,6 +21,8 @@ from contrastseg.models.heads import GlobalProjectionHead, LocalProjectionHead, 
 __all__ = [
     "ARCHITECTURES",
     "ASPP",
+    "CLASSIFIER_FEATURES",
+    "DECODER_STRIDE",
     "OUTPUT_STRIDES",
     "Decoder",
     "DeepLabFeatures",

@@ -9,13 +9,18 @@ exposed without computing anything that is not asked for.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastseg.models.backbone import ResNetBackbone
+
+#: Output stride of the decoder features (the ``layer1`` skip).
+DECODER_STRIDE = 4
+#: Features a classifier (or a linear probe) can read, shallowest last.
+CLASSIFIER_FEATURES = ("decoder", "encoder", "backbone")
 
 
 def _conv_bn_relu(
@@ -169,6 +174,10 @@ class DeepLabV3Plus(nn.Module):
         low_level_channels: channels the stride-4 skip is reduced to (48 in the paper).
         separable: depthwise-separable 3x3 convolutions in ASPP and decoder.
         aspp_dropout: dropout after the ASPP fusion.
+        classifier_features: what the 1x1 classifier reads: ``decoder`` (the segmenter),
+            ``encoder`` (ASPP output) or ``backbone`` (the ResNet's last stage). The last two
+            are for linear probes of encoders that were pretrained without a decoder; the
+            parts behind the chosen features are not run.
 
     ``model(x)`` returns logits ``(B, num_classes, H, W)`` at input resolution;
     ``model(x, return_features=True)`` returns :class:`DeepLabOutput`;
@@ -188,10 +197,16 @@ class DeepLabV3Plus(nn.Module):
         low_level_channels: int = 48,
         separable: bool = False,
         aspp_dropout: float = 0.5,
+        classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     ) -> None:
         super().__init__()
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
+        if classifier_features not in CLASSIFIER_FEATURES:
+            raise ValueError(
+                f"classifier_features must be one of {', '.join(CLASSIFIER_FEATURES)}, "
+                f"got {classifier_features!r}"
+            )
         self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
         self.aspp = ASPP(
             self.backbone.out_channels,
@@ -207,11 +222,28 @@ class DeepLabV3Plus(nn.Module):
             channels=decoder_channels,
             separable=separable,
         )
-        self.classifier = nn.Conv2d(decoder_channels, num_classes, 1) if num_classes else None
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.encoder_channels = aspp_channels
         self.decoder_channels = decoder_channels
+        self.classifier_features = classifier_features
+        self.classifier = (
+            nn.Conv2d(self.feature_channels(classifier_features), num_classes, 1)
+            if num_classes
+            else None
+        )
+
+    def feature_channels(self, features: str) -> int:
+        """Channels of ``backbone`` (last stage), ``encoder`` (ASPP) or ``decoder`` features."""
+        return {
+            "backbone": self.backbone.out_channels,
+            "encoder": self.encoder_channels,
+            "decoder": self.decoder_channels,
+        }[features]
+
+    def feature_stride(self, features: str) -> int:
+        """Output stride of ``backbone`` / ``encoder`` features (the backbone's) or ``decoder`` (4)."""
+        return DECODER_STRIDE if features == "decoder" else self.backbone.output_stride
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.ndim != 4:
@@ -238,17 +270,35 @@ class DeepLabV3Plus(nn.Module):
         dec = self.decoder(encoder, low_level) if decoder else None
         return DeepLabFeatures(encoder, dec)
 
+    def classifier_input(self, x: Tensor) -> Tensor:
+        """The features the classifier reads (see ``classifier_features``), nothing more."""
+        self._check_input(x)
+        if self.classifier_features == "backbone":
+            return self.backbone(x)[1]
+        encoder, dec = self.forward_features(x, decoder=self.classifier_features == "decoder")
+        return encoder if dec is None else dec
+
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | DeepLabOutput:
         if self.classifier is None:
             raise RuntimeError(
                 "this DeepLabV3Plus was built with num_classes=None (a pretraining encoder); "
                 "use forward_features(), or build it with num_classes to get logits"
             )
-        encoder, dec = self.forward_features(x, decoder=True)
-        assert dec is not None
-        logits = F.interpolate(
-            self.classifier(dec), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
         if return_features:
-            return DeepLabOutput(logits, encoder, dec)
-        return logits
+            if self.classifier_features != "decoder":
+                raise RuntimeError(
+                    "return_features=True needs classifier_features='decoder', got "
+                    f"{self.classifier_features!r}"
+                )
+            encoder, dec = self.forward_features(x, decoder=True)
+            assert dec is not None
+            return DeepLabOutput(self._upsampled_logits(dec, x), encoder, dec)
+        return self._upsampled_logits(self.classifier_input(x), x)
+
+    def _upsampled_logits(self, features: Tensor, x: Tensor) -> Tensor:
+        # a 1x1 conv commutes with bilinear upsampling (its weights sum to 1), so classifying
+        # at feature resolution and upsampling the logits equals classifying upsampled features
+        assert self.classifier is not None
+        return F.interpolate(
+            self.classifier(features), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )

@@ -40,7 +40,7 @@ FINETUNE_FORMAT = "contrastseg.finetune"
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 _MODEL_KEYS = (
     "arch", "output_stride", "aspp_channels", "decoder_channels", "low_level_channels",
-    "separable", "aspp_dropout",
+    "separable", "aspp_dropout", "classifier_features",
 )  # fmt: skip
 
 

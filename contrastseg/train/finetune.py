@@ -5,13 +5,17 @@ labeled data's classes; the chosen parts (``backbone``, ``backbone+aspp`` or ``a
 loaded from the checkpoint (:func:`~contrastseg.models.pretrained.load_pretrained`). Modes
 (GLCNet, Li et al. 2022, Sec. IV; linear evaluation as in SimCLR, Chen et al. 2020):
 
-- ``linear``: backbone, ASPP and decoder frozen *and* their BatchNorm layers kept in eval
-  mode (running statistics untouched); only the classifier on the decoder features trains;
+- ``linear``: the linear probe (:mod:`contrastseg.train.probe`): backbone, ASPP and decoder
+  frozen *and* their BatchNorm layers kept in eval mode; only a 1x1 classifier on the features
+  the checkpoint trained (``linear.features``) trains, at ``linear.lr``, until the validation
+  mIoU stops improving (``linear.patience``);
 - ``decoder``: the backbone is frozen (BN in eval mode); ASPP, decoder and classifier train;
 - ``finetune``: everything trains; pretrained parts at ``pretrained_lr_scale`` x lr.
 
-The model is selected on the validation split (mIoU, sliding-window over whole images);
-the test split is scored once, at the end, with the selected weights. Run folder:
+Frozen parts that no weights file filled (a random start) get BatchNorm statistics estimated
+on the labeled training patches before training. The model is selected on the validation
+split (mIoU, sliding-window over whole images; ``train.patience`` stops early); the test split
+is scored once, at the end, with the selected weights. Run folder:
 
     runs/<name>/config.yaml, train.log, scalars.jsonl, events.out.*  (TensorBoard)
     runs/<name>/checkpoints/step_*.pt   resumable (optimizer, schedule, RNG)
@@ -21,6 +25,7 @@ the test split is scored once, at the end, with the selected weights. Run folder
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -37,7 +42,7 @@ from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import build_loader, set_loader_epoch, to_float
 from contrastseg.data.stats import load_stats_yaml
 from contrastseg.losses.segmentation import build_loss, count_labels
-from contrastseg.models.pretrained import LoadReport, load_pretrained, read_state_dict
+from contrastseg.models.pretrained import PARTS, LoadReport, load_pretrained, read_state_dict
 from contrastseg.train.checkpoint import (
     capture_rng,
     checkpoint_path,
@@ -57,6 +62,15 @@ from contrastseg.train.finetune_config import FinetuneConfig, loss_spec
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.optim import build_optimizer, build_scheduler
 from contrastseg.train.pretrain import TrainingDiverged
+from contrastseg.train.probe import (
+    LOAD_PARTS,
+    Patience,
+    check_trained,
+    default_features,
+    estimate_batchnorm,
+    required_parts,
+    trained_parts,
+)
 from contrastseg.train.report import write_report
 from contrastseg.train.runtime import (
     autocast_context,
@@ -93,6 +107,10 @@ class FinetuneResult:
     step: int
     history: list[dict[str, float]] = field(default_factory=list)
     load_report: LoadReport | None = None
+
+
+#: At most this many batches estimate the BatchNorm statistics of frozen, untrained parts.
+BN_ESTIMATION_BATCHES = 200
 
 
 def frozen_modules(model: nn.Module, mode: str) -> list[nn.Module]:
@@ -181,10 +199,16 @@ def _split(config: FinetuneConfig, split: str, required: bool) -> LabeledDataset
 
 
 def _build_model(config: FinetuneConfig, num_classes: int, bands: int):
+    """The segmenter (or linear probe) with its start weights, the model config and what loaded.
+
+    Returns:
+        ``(model, model_config, payload, report, loaded_parts)``; ``loaded_parts`` names the
+        parts some weights file filled (the others start random).
+    """
     path = config.pretrained.path
-    model_config, payload = to_dict(config.model), {}
+    model_config, payload, state = to_dict(config.model), {}, {}
     if path:
-        _, payload = read_state_dict(path)
+        state, payload = read_state_dict(path)
         if payload:
             model_config = payload["config"]["model"]
             if payload.get("in_channels") not in (None, bands):
@@ -192,17 +216,43 @@ def _build_model(config: FinetuneConfig, num_classes: int, bands: int):
                     f"{path} was trained on {payload['in_channels']} band(s) but the labeled data has "
                     f"{bands}; select matching bands with data.bands"
                 )
+    parts, features = config.pretrained.parts, "decoder"
+    if config.mode == "linear":
+        trained = trained_parts(state, payload) if path else None
+        features = config.linear.features
+        if features == "auto":
+            features = default_features(trained)
+        if parts == "auto":
+            parts = LOAD_PARTS[features]
+        required_parts(features, parts)
+        if path:
+            method = (payload.get("config") or {}).get("method", {}).get("name")
+            check_trained(features, trained or (), str(path), method)
+    elif parts == "auto":
+        parts = "backbone+aspp"
+    model_config = {**model_config, "classifier_features": features}
     model = build_segmenter(model_config, num_classes, bands)
-    report = None
+    report, loaded_parts = None, set()
     if path:
-        report = load_pretrained(model, path, config.pretrained.parts)
+        report = load_pretrained(model, path, parts)
+        if config.mode == "linear" and report.missing:
+            raise ConfigError(
+                f"{path} lacks {len(report.missing)} tensor(s) of the frozen parts of a linear "
+                f"probe of {features} features (e.g. {', '.join(report.missing[:4])}); they "
+                "would stay randomly initialised"
+            )
+        loaded_parts = {p.rstrip(".") for p in PARTS[parts]}
     elif config.model.backbone_weights:
         model.backbone.load_weights(config.model.backbone_weights)
-    return model, model_config, payload, report
+        loaded_parts = {"backbone"}
+    return model, model_config, payload, report, loaded_parts
 
 
 def _optimizer(model: nn.Module, config: FinetuneConfig, report: LoadReport | None):
-    optimizer = build_optimizer(model, config.optim)
+    settings = config.optim
+    if config.mode == "linear":  # the head's own learning rate
+        settings = dataclasses.replace(settings, lr=config.linear.lr)
+    optimizer = build_optimizer(model, settings)
     scale = config.pretrained_lr_scale
     if report is not None and config.mode == "finetune" and scale != 1.0:
         names = {id(p): n for n, p in model.named_parameters()}
@@ -251,11 +301,12 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     total_steps = train.max_steps or train.epochs * len(loader)
     epochs = -(-total_steps // len(loader))
 
-    model, model_config, pretrain, report = _build_model(config, dataset.num_classes, bands)
+    model, model_config, pretrain, report, loaded = _build_model(config, dataset.num_classes, bands)
     mean, std = _normalization(config, pretrain, bands)
     frozen = frozen_modules(model, config.mode)
     for module in frozen:
         module.requires_grad_(False)
+    features = model.classifier_features
     memory_format = (
         torch.channels_last
         if train.channels_last and device.type == "cuda"
@@ -313,7 +364,8 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         return out
 
     step, start_epoch, history = 0, 0, []
-    best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}}
+    best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}, "stale": 0}
+    patience = config.linear.patience if config.mode == "linear" else train.patience
     if resume is not None:
         state = load_finetune_checkpoint(resume)
         missing = [k for k in ("optimizer", "scheduler", "rng", "history") if k not in state]
@@ -358,6 +410,32 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         + (f"; {report.summary()}" if report else "; random initialisation")
         + (f"; resumed from {resume} at step {step}" if resume else "")
     )
+    if config.mode == "linear":
+        monitor.info(
+            f"linear probe on frozen {features} features: {model.feature_channels(features)} "
+            f"channels at stride {model.feature_stride(features)}; head lr {config.linear.lr:g}, "
+            f"patience {patience} validation(s)"
+        )
+    unloaded = [m for name, m in model.named_children() if m in frozen and name not in loaded]
+    if unloaded and resume is None:
+        estimate_loader = build_loader(
+            dataset, batch_size, train.num_workers, shuffle=False, drop_last=True, seed=train.seed
+        )
+        batches = (
+            to_float(images.to(device), config.data.scale, mean, std).contiguous(
+                memory_format=memory_format
+            )
+            for images, _ in estimate_loader
+        )
+        with autocast_context(device, amp_dtype):
+            used = estimate_batchnorm(
+                model, unloaded, batches, model.classifier_input, BN_ESTIMATION_BATCHES
+            )
+        names = "+".join(n for n, m in model.named_children() if m in unloaded)
+        monitor.info(
+            f"BatchNorm statistics of the frozen, not pretrained {names} estimated on "
+            f"{used} batch(es) of the labeled training patches"
+        )
     best_confusion = None
     last_saved, window = step, {"loss": 0.0, "n": 0, "t": time.perf_counter()}
     try:
@@ -402,18 +480,27 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
                     for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
                 }
                 history.append(monitor.scalars(step, values))
-                improved = miou > best["miou"]
+                rule = Patience(patience, best["miou"], best.get("stale", 0))
+                improved = rule.update(miou)
                 monitor.info(f"epoch {epoch + 1}/{epochs} step {step}: val mIoU {100 * miou:.2f}"
                              + (" (best so far)" if improved else f" (best {100 * best['miou']:.2f} at epoch {best['epoch']})"))  # fmt: skip
                 if improved:
-                    best = {"epoch": epoch + 1, "miou": miou, "metrics": metrics}
+                    best = {"epoch": epoch + 1, "miou": miou, "metrics": metrics, "stale": 0}
                     best_confusion = confusion
                     save_atomic(payload(step, epoch + 1, False), run_dir / "best.pt")
+                else:
+                    best["stale"] = rule.stale
+                if rule.exhausted:
+                    monitor.info(
+                        f"val mIoU has not improved for {rule.stale} validation(s) "
+                        f"(patience {patience}): stopping at step {step}"
+                    )
+                    last = True
             if last or step - last_saved >= config.run.checkpoint_every:
                 save_atomic(payload(step, epoch + 1, True), checkpoint_path(ckpt_dir, step))
                 prune_checkpoints(ckpt_dir, config.run.keep_last)
                 last_saved = step
-            if step >= total_steps:
+            if last:
                 break
 
         best_path = run_dir / "best.pt"

@@ -39,6 +39,7 @@ __all__ = [
     "FinetuneOptimConfig",
     "FinetuneRunConfig",
     "FinetuneTrainConfig",
+    "LinearProbeConfig",
     "PretrainedConfig",
     "load_finetune_config",
     "loss_spec",
@@ -51,8 +52,31 @@ class PretrainedConfig:
 
     #: pretraining checkpoint or exported weights; None = random initialisation
     path: str | None = None
-    #: parts loaded: backbone, backbone+aspp (GLCNet default) or all (adds the decoder)
-    parts: Literal["backbone", "backbone+aspp", "all"] = "backbone+aspp"
+    #: parts loaded: backbone, backbone+aspp (GLCNet default) or all (adds the decoder);
+    #: auto = backbone+aspp, and in linear mode every part in front of the probed features
+    parts: Literal["auto", "backbone", "backbone+aspp", "all"] = "auto"
+
+
+@dataclass
+class LinearProbeConfig:
+    """The linear probe (``mode: linear``): which frozen features, and how its head trains."""
+
+    #: features the 1x1 head reads: decoder (stride 4), encoder (ASPP output) or backbone
+    #: (last ResNet stage); auto = the deepest part the checkpoint's method trained
+    #: (simclr, global_style: encoder; local, glcnet, dense: decoder; an exported backbone:
+    #: backbone; a random start: decoder)
+    features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
+    #: learning rate of the head (a linear classifier on normalised features takes a larger
+    #: step than a network); replaces optim.lr in linear mode
+    lr: float = 1e-2
+    #: stop after this many validations without a better val mIoU (0 = train to the step cap)
+    patience: int = 5
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"linear.lr must be > 0, got {self.lr}")
+        if self.patience < 0:
+            raise ValueError(f"linear.patience must be >= 0, got {self.patience}")
 
 
 @dataclass
@@ -79,6 +103,14 @@ class FinetuneTrainConfig(TrainConfig):
     num_workers: int = 2
     #: random flips and 90-degree rotations of the training patches (image and mask alike)
     augment: bool = True
+    #: stop after this many validations without a better val mIoU (0 = train to the step cap;
+    #: linear mode uses linear.patience)
+    patience: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.patience < 0:
+            raise ValueError(f"train.patience must be >= 0, got {self.patience}")
 
 
 @dataclass
@@ -144,6 +176,8 @@ class FinetuneConfig:
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
     #: linear (only the 1x1 classifier trains, BN frozen), decoder (backbone frozen) or finetune (all)
     mode: Literal["linear", "decoder", "finetune"] = "finetune"
+    #: the linear probe: features, head learning rate, patience (mode: linear only)
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     #: learning-rate factor of the pretrained parts in finetune mode (1 = same lr)
     pretrained_lr_scale: float = 1.0
     #: segmentation loss in compact syntax, e.g. ce, dice+ce, 0.5*dice+focal

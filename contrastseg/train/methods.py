@@ -22,8 +22,7 @@ from contrastseg.config import MethodConfig, ModelConfig
 from contrastseg.losses.glcnet import GLCNetLoss, GlobalStyleLoss, LocalMatchingLoss
 from contrastseg.losses.ntxent import NTXentLoss
 from contrastseg.models import DeepLabV3Plus, ProjectionHead
-
-DECODER_STRIDE = 4
+from contrastseg.models.deeplab import DECODER_STRIDE
 
 
 class StepLosses(NamedTuple):

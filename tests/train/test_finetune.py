@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import SMALL_MODEL, TINY_FINETUNE
 
 from contrastseg.config import load_pretrain_config
 from contrastseg.data import write_demo_dataset
@@ -17,29 +18,7 @@ from contrastseg.train.finetune_config import load_finetune_config
 from contrastseg.train.pretrain import run_pretrain
 
 DUBAI = Path(__file__).resolve().parents[3] / "shared" / "data" / "dubai-aerial"
-SMALL_MODEL = [
-    "model.arch=resnet18",
-    "model.aspp_channels=32",
-    "model.decoder_channels=32",
-    "model.low_level_channels=8",
-]
-# 4 demo scenes of 64 px: 2 train (8 patches of 32 px), 1 val, 1 test
-TINY = [
-    "run.progress=false",
-    "run.log_every=1",
-    "data.demo.n_scenes=4",
-    "data.demo.size=64",
-    "data.patch_size=32",
-    "data.label_fraction=1.0",
-    "train.batch_size=4",
-    "train.num_workers=0",
-    "train.max_steps=2",
-    "eval.window=32",
-    "eval.stride=24",
-    "eval.overlays=1",
-    "optim.lr=0.01",
-    *SMALL_MODEL,
-]
+TINY = TINY_FINETUNE
 
 
 @pytest.fixture(scope="module")
