@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,9 +81,19 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+#: The committed results; a ``--quick`` run writes into its ``quick/`` folder instead (ignored by git).
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
 def write_json(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON, creating parent folders; returns the path."""
+    """Write ``payload`` as indented JSON, creating parent folders; returns the path.
+
+    A ``--quick`` run never replaces a committed result: a path in ``benchmarks/results/`` goes
+    to ``benchmarks/results/quick/`` instead.
+    """
     path = Path(path)
+    if "--quick" in sys.argv and path.resolve().parent == RESULTS_DIR:
+        path = RESULTS_DIR / "quick" / path.name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path

@@ -11,6 +11,12 @@ mean ± standard deviation over seeds, and the mIoU ratio to random init.
     python benchmarks/downstream.py --data dubai --root ../shared/data/dubai-aerial \
         --pretrain-steps 300 --finetune-steps 150 --seeds 0 1 2    # tens of CPU minutes
     python benchmarks/downstream.py --data dubai --root ... --checkpoint glcnet=runs/x/step.pt
+    python benchmarks/downstream.py --data dubai --root ... --mode linear --eval-every 5 \
+        --patience 5 --methods glcnet simclr random random:encoder   # the linear probe
+
+In ``--mode linear`` each start is probed on the features its checkpoint trained (GLCNet:
+decoder, SimCLR: encoder); ``random:encoder`` probes a random start on encoder features so
+that each pretrained start has a random baseline on the same features.
 """
 
 from __future__ import annotations
@@ -83,47 +89,77 @@ def pretrain(method: str, args: argparse.Namespace, work: Path) -> tuple[Path, f
     return result.checkpoint, time.perf_counter() - start
 
 
+def split_start(spec: str) -> tuple[str, str]:
+    """``"random:encoder"`` -> ``("random", "encoder")``; no ``:FEATURES`` means ``auto``."""
+    method, _, features = spec.partition(":")
+    return method, features or "auto"
+
+
 def finetune(
-    method: str, checkpoint: Path | None, fraction: float, seed: int, args, work: Path
+    spec: str, checkpoint: Path | None, fraction: float, seed: int, args, work: Path
 ) -> dict:
+    method, features = split_start(spec)
     _, fine_data = data_settings(args)
     config_file = "finetune_dubai.yaml" if args.data == "dubai" else "finetune_demo.yaml"
     overrides = [
-        f"run.root={work}", f"run.name=ft-{method}-{fraction}-{seed}", "run.progress=false",
+        f"run.root={work}", f"run.name=ft-{method}-{features}-{fraction}-{seed}", "run.progress=false",
         "run.log_every=50", *fine_data, f"data.label_fraction={fraction}", f"data.seed={seed}",
         f"train.seed={seed}", f"train.max_steps={args.finetune_steps}",
         f"train.batch_size={args.batch}", f"train.num_workers={args.workers}",
         f"train.device={args.device}", f"optim.lr={args.lr}", f"mode={args.mode}",
-        f"eval.window={args.window}", f"eval.stride={args.window}", "eval.every=1000000",
-        "eval.overlays=0", *model_overrides(args),
+        f"eval.window={args.window}", f"eval.stride={args.window}", "eval.overlays=0",
+        f"eval.every={args.eval_every or 1000000}", *model_overrides(args),
     ]  # fmt: skip
+    if args.mode == "linear":  # the linear probe: its own lr, patience and features
+        overrides += [f"linear.features={features}", f"linear.patience={args.patience}"]
+        if args.linear_lr is not None:
+            overrides.append(f"linear.lr={args.linear_lr}")
+    else:
+        overrides.append(f"train.patience={args.patience}")
     if checkpoint is not None:
         overrides.append(f"pretrained.path={checkpoint}")
     start = time.perf_counter()
     result = run_finetune(load_finetune_config(config_file, overrides))
+    selected = torch.load(result.best_checkpoint, weights_only=True)
     return {
-        "method": method, "fraction": fraction, "seed": seed, "seconds": time.perf_counter() - start,
+        "method": spec, "fraction": fraction, "seed": seed, "seconds": time.perf_counter() - start,
         **{k: result.test_metrics[k] for k in METRICS}, "best_epoch": result.best_epoch,
+        "steps": result.step, "val_miou": result.val_metrics["miou"],
+        "features": selected["model_config"]["classifier_features"],
     }  # fmt: skip
 
 
+def _mean_spread(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+
+
 def summarise(runs: list[dict], methods: list[str], fractions: list[float]) -> list[list]:
+    """One row per fraction and start: mean ± std over seeds, and the paired kappa gain.
+
+    The gain is the per-seed difference to the random start probed on the same features (same
+    labeled patches, same seed), as mean ± std over seeds.
+    """
     rows = []
     for fraction in fractions:
-        base = [r["miou"] for r in runs if r["method"] == "random" and r["fraction"] == fraction]
         for method in methods:
             chosen = [r for r in runs if r["method"] == method and r["fraction"] == fraction]
-            cells = []
-            for key in METRICS:
-                values = [100 * (r[key] or 0.0) for r in chosen]
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.2f} ± {spread:.2f}")
-            ratio = (
-                statistics.mean(r["miou"] for r in chosen) / statistics.mean(base)
-                if base and statistics.mean(base) > 0
-                else float("nan")
-            )
-            rows.append([f"{100 * fraction:g} %", method, *cells, f"{ratio:.2f}x", len(chosen)])
+            if not chosen:
+                continue
+            cells = [_mean_spread([100 * (r[key] or 0.0) for r in chosen]) for key in METRICS]
+            baseline = {
+                (r["seed"], r["features"]): r
+                for r in runs
+                if split_start(r["method"])[0] == "random" and r["fraction"] == fraction
+            }
+            gains = [
+                100 * ((r["kappa"] or 0.0) - (baseline[key]["kappa"] or 0.0))
+                for r in chosen
+                if (key := (r["seed"], r["features"])) in baseline
+            ]
+            paired = "-" if split_start(method)[0] == "random" or not gains else _mean_spread(gains)
+            features = "/".join(sorted({r["features"] for r in chosen}))
+            rows.append([f"{100 * fraction:g} %", method, features, *cells, paired, len(chosen)])
     return rows
 
 
@@ -143,7 +179,20 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--mode", choices=["linear", "decoder", "finetune"], default="finetune")
+    parser.add_argument(
+        "--mode",
+        choices=["linear", "decoder", "finetune"],
+        default="finetune",
+        help="linear: the linear probe (frozen network; a start 'NAME:FEATURES' in --methods "
+        "picks decoder, encoder or backbone features, default: what the checkpoint trained)",
+    )
+    parser.add_argument("--linear-lr", type=float, default=None, help="default: linear.lr")
+    parser.add_argument(
+        "--eval-every", type=int, default=0, help="validate every N epochs (0: at the end only)"
+    )
+    parser.add_argument(
+        "--patience", type=int, default=0, help="stop after N validations without a better val mIoU"
+    )
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--width", type=int, default=64, help="ASPP and decoder channels")
     parser.add_argument("--patch", type=int, default=128)
@@ -166,14 +215,17 @@ def main() -> None:
         work = Path(args.work_dir or tmp)
         starts: dict[str, Path | None] = {}
         pretrain_seconds: dict[str, float] = {}
-        for method in args.methods:
+        for spec in args.methods:
+            method, _ = split_start(spec)
             if method == "random":
-                starts[method] = None
+                starts[spec] = None
             elif method in given:
-                starts[method] = Path(given[method])
+                starts[spec] = Path(given[method])
+            elif method in pretrain_seconds:  # the same method probed on other features
+                starts[spec] = next(starts[s] for s in starts if split_start(s)[0] == method)
             else:
                 print(f"pretraining {method} for {args.pretrain_steps} steps ...", flush=True)
-                starts[method], pretrain_seconds[method] = pretrain(method, args, work)
+                starts[spec], pretrain_seconds[method] = pretrain(method, args, work)
         runs = []
         for fraction in args.fractions:
             for seed in args.seeds:
@@ -190,11 +242,12 @@ def main() -> None:
     headers = [
         "labels",
         "start",
+        "features",
         "kappa %",
         "mIoU %",
         "OA %",
         "mean F1 %",
-        "mIoU / random",
+        "kappa - random (paired)",
         "seeds",
     ]
     rows = summarise(runs, args.methods, args.fractions)
@@ -203,7 +256,7 @@ def main() -> None:
     settings["checkpoints"] = {k: (str(v) if v else None) for k, v in starts.items()}
     if not pretrain_seconds:  # every start point was given: nothing was pretrained here
         settings["pretrain_steps"] = settings["pretrain_batch"] = None
-    write_json(
+    path = write_json(
         args.out,
         {
             "benchmark": "downstream",
@@ -214,7 +267,7 @@ def main() -> None:
             "runs": runs,
         },
     )
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":
