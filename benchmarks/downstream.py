@@ -1,6 +1,6 @@
-"""What pretraining is worth downstream: fine-tune from SimCLR, GLCNet and random init on few labels.
+"""What pretraining is worth downstream: fine-tune from SimCLR, GLCNet, dense and random init on few labels.
 
-For one labeled dataset and a compute budget: pretrain with ``simclr`` and ``glcnet`` (or take
+For one labeled dataset and a compute budget: pretrain with each method (or take
 given checkpoints), then fine-tune each start point and a random initialisation at label
 fractions 1 % and 10 % — the same labeled patches (the draw depends only on fraction and
 seed) and the same seeds for every method — and score the test split once with the weights
@@ -79,11 +79,13 @@ def pretrain(method: str, args: argparse.Namespace, work: Path) -> tuple[Path, f
     overrides = [
         f"run.root={work}", f"run.name=pretrain-{method}", "run.progress=false",
         "run.image_every=0", "run.log_every=50", f"method.name={method}",
-        f"views.size={views}", f"method.region_size={max(8, views // 4)}",
+        f"views.size={views}",
         f"train.max_steps={args.pretrain_steps}", f"train.batch_size={args.pretrain_batch}",
         f"train.num_workers={args.workers}", f"train.device={args.device}",
         "optim.warmup_steps=0", *pre_data, *model_overrides(args),
     ]  # fmt: skip
+    if method in ("local", "glcnet"):
+        overrides.append(f"method.region_size={max(8, views // 4)}")
     start = time.perf_counter()
     result = run_pretrain(load_pretrain_config(None, overrides))
     return result.checkpoint, time.perf_counter() - start
@@ -171,7 +173,12 @@ def main() -> None:
     parser.add_argument("--data", choices=["demo", "dubai"], default="demo")
     parser.add_argument("--root", default="../shared/data/dubai-aerial")
     parser.add_argument("--checkpoint", action="append", default=[], help="METHOD=PATH")
-    parser.add_argument("--methods", nargs="+", default=["simclr", "glcnet", "random"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["simclr", "glcnet", "dense", "random"],
+        help="start points: any registered method, random; NAME:FEATURES in --mode linear",
+    )
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--pretrain-steps", type=int, default=300)

@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import machine_info, print_table, synchronize, time_it, write_json
 
-from contrastseg.augment import PairedViews, match_regions
+from contrastseg.augment import PairedViews
 from contrastseg.config import PretrainConfig, load_pretrain_config
 from contrastseg.data import (
     UnlabeledDataset,
@@ -75,7 +75,7 @@ from contrastseg.data import (
     write_demo_dataset,
 )
 from contrastseg.data.config import DEFAULT_PATTERNS
-from contrastseg.train.methods import PretrainModel
+from contrastseg.train.model import PretrainModel
 from contrastseg.train.optim import build_optimizer, build_scheduler
 from contrastseg.train.pretrain import views_generator
 from contrastseg.train.runtime import (
@@ -190,29 +190,25 @@ def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     views = PairedViews(config.views).to(device)
     generator = views_generator(config.train.seed, 0, device)
     net = torch.compile(model) if config.train.compile else model
-    method = config.method
 
-    def prepare(batch: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    def prepare(batch: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
         images = to_float(batch, config.data.scale)
         with torch.no_grad():
             pair = views(images, generator)
-            regions = ()
-            if model.uses_decoder:
-                size = (method.num_regions, method.region_size)
-                pixels = images.shape[-2] * images.shape[-1]
-                regions = tuple(match_regions(pair.index1, pair.index2, *size, generator, pixels))
+            inputs = model.prepare(pair, generator, images.shape[-2] * images.shape[-1])
             v1 = to_float(pair.view1, 1.0, mean, std).contiguous(memory_format=fmt)
             v2 = to_float(pair.view2, 1.0, mean, std).contiguous(memory_format=fmt)
-        return v1, v2, regions
+        return v1, v2, inputs
 
     def step(batch: Tensor, module: torch.nn.Module = net) -> None:
-        v1, v2, regions = prepare(batch)
+        v1, v2, inputs = prepare(batch)
         with autocast_context(device, amp_dtype):
-            out = module(v1, v2, *regions)
-        if not bool(torch.isfinite(out.total.detach())):  # the engine's per-step check (a sync)
-            raise RuntimeError(f"non-finite loss {float(out.total)}")
+            out = module(v1, v2, **inputs)
+        total = out["total"]
+        if not bool(torch.isfinite(total.detach())):  # the engine's per-step check (a sync)
+            raise RuntimeError(f"non-finite loss {float(total)}")
         optimizer_step(
-            out.total, optimizer, scheduler, scaler, model.parameters(), config.optim.grad_clip
+            total, optimizer, scheduler, scaler, model.parameters(), config.optim.grad_clip
         )
 
     batches = iter(loader)

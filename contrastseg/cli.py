@@ -122,13 +122,14 @@ def _cmd_views(args: argparse.Namespace) -> int:
                 to_float(torch.from_numpy(data.read(i).copy()), config.data.scale)
                 for i in range(min(args.count, len(data)))
             ]
+        # a method without regions still shows where regions would be matched
         method = config.method
         path = preview_views(
             images,
             args.out,
             config=config.views,
-            num_regions=method.num_regions,
-            region_size=method.region_size,
+            num_regions=getattr(method, "num_regions", 4),
+            region_size=getattr(method, "region_size", min(48, config.views.size)),
             seed=args.seed,
         )
     except (ValueError, FileNotFoundError) as err:

@@ -20,6 +20,7 @@ from typing import Literal, TypeVar
 
 from contrastseg.augment.config import ViewsConfig
 from contrastseg.data.config import UnlabeledDataConfig
+from contrastseg.methods.base import MethodConfig, method_config
 from contrastseg.utils.configtools import (
     ConfigError,
     apply_overrides,
@@ -96,56 +97,6 @@ class ModelConfig:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.aspp_dropout < 1.0:
             raise ValueError(f"model.aspp_dropout must lie in [0, 1), got {self.aspp_dropout}")
-
-
-@dataclass
-class MethodConfig:
-    """The self-supervised objective."""
-
-    #: simclr (mean-pooled encoder features), global_style, local, or glcnet (both)
-    name: Literal["simclr", "global_style", "local", "glcnet"] = "glcnet"
-    #: NT-Xent temperature
-    temperature: float = 0.5
-    #: leave the positive out of the NT-Xent denominator (the official GLCNet code)
-    decoupled: bool = False
-    #: weight of the global loss in glcnet: lam * global + (1 - lam) * local
-    lam: float = 0.5
-    #: matched region pairs per image (local branch)
-    num_regions: int = 4
-    #: side of the matched regions in view pixels (local branch)
-    region_size: int = 48
-    #: hidden and output widths of the global head (its input is 2 x aspp_channels, or aspp_channels for simclr)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
-    #: hidden and output widths of the local head (its input is decoder_channels)
-    local_head: list[int] = field(default_factory=lambda: [64, 64, 64])
-    #: BatchNorm in the projection heads
-    head_batch_norm: bool = True
-    #: gather embeddings from every process, so negatives come from the global batch
-    gather: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"method.lam must lie in [0, 1], got {self.lam}")
-        if self.num_regions < 1:
-            raise ValueError(f"method.num_regions must be >= 1, got {self.num_regions}")
-        if self.region_size < 1:
-            raise ValueError(f"method.region_size must be >= 1, got {self.region_size}")
-        for name in ("global_head", "local_head"):
-            widths = getattr(self, name)
-            if not widths or any(w < 1 for w in widths):
-                raise ValueError(
-                    f"method.{name} must be a non-empty list of positive widths, got {widths}"
-                )
-
-    @property
-    def uses_global(self) -> bool:
-        return self.name != "local"
-
-    @property
-    def uses_local(self) -> bool:
-        return self.name in ("local", "glcnet")
 
 
 @dataclass
@@ -270,8 +221,8 @@ class PretrainConfig:
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     #: the DeepLabV3+ that is pretrained
     model: ModelConfig = field(default_factory=ModelConfig)
-    #: the self-supervised objective
-    method: MethodConfig = field(default_factory=MethodConfig)
+    #: the self-supervised method (method.name picks it and its keys)
+    method: MethodConfig = field(default_factory=method_config)
     #: optimizer and schedule
     optim: OptimConfig = field(default_factory=OptimConfig)
     #: length, batch, device, precision
@@ -285,11 +236,7 @@ class PretrainConfig:
                 f"views.size ({self.views.size}) is larger than data.patch_size "
                 f"({self.data.patch_size}): a view is cut from a patch"
             )
-        if self.method.uses_local and self.method.region_size > self.views.size:
-            raise ValueError(
-                f"method.region_size ({self.method.region_size}) is larger than views.size "
-                f"({self.views.size}): a region must fit inside a view"
-            )
+        self.method.check_views(self.views.size)
         bands = self.data.bands
         if (
             self.model.in_channels is not None

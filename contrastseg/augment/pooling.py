@@ -61,3 +61,28 @@ def pool_regions(features: Tensor, boxes: Tensor, stride: int) -> Tensor:
     # (B, C, h, w) x (B, n, w) -> (B, n, C, h), then x (B, n, h) -> (B, n, C).
     rows = torch.einsum("bchw,bnw->bnch", features, wx.to(dtype))
     return torch.einsum("bnch,bnh->bnc", rows, wy.to(dtype))
+
+
+def sample_cells(features: Tensor, points: Tensor, stride: int) -> Tensor:
+    """The feature cell under each point, in the convention of :func:`pool_regions`.
+
+    Args:
+        features: ``(B, C, h, w)``; cell ``(i, j)`` stands for view pixels
+            ``[j * stride, (j + 1) * stride) x [i * stride, (i + 1) * stride)``.
+        points: ``(B, K, 2)`` ``x, y`` in view pixel-edge coordinates (points outside the map
+            take its nearest border cell).
+        stride: view pixels per feature cell.
+
+    Returns:
+        ``(B, K, C)`` gathered features (differentiable with respect to ``features``).
+    """
+    if features.ndim != 4 or points.ndim != 3 or points.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"sample_cells: expected features (B, C, h, w) and points (B, K, 2), got "
+            f"{tuple(features.shape)} and {tuple(points.shape)}"
+        )
+    batch, channels, h, w = features.shape
+    col = torch.div(points[..., 0], stride, rounding_mode="floor").long().clamp(0, w - 1)
+    row = torch.div(points[..., 1], stride, rounding_mode="floor").long().clamp(0, h - 1)
+    flat = (row * w + col)[:, None, :].expand(-1, channels, -1)  # (B, C, K)
+    return torch.gather(features.reshape(batch, channels, h * w), 2, flat).transpose(1, 2)

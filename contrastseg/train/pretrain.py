@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from contrastseg import __version__
-from contrastseg.augment import MatchedRegions, PairedViews, ViewPair, draw_view_grid, match_regions
+from contrastseg.augment import MatchedRegions, PairedViews, ViewPair, draw_view_grid
 from contrastseg.config import PretrainConfig
 from contrastseg.data import UnlabeledDataset, build_loader, load_stats_yaml, set_loader_epoch
 from contrastseg.data.loader import to_float
@@ -41,7 +41,7 @@ from contrastseg.train.checkpoint import (
     save_atomic,
 )
 from contrastseg.train.distributed import ProcessContext, setup_process, teardown_process
-from contrastseg.train.methods import PretrainModel, StepLosses
+from contrastseg.train.model import PretrainModel, upgrade_heads
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.optim import build_optimizer, build_scheduler
 from contrastseg.train.runtime import (
@@ -111,7 +111,8 @@ def _run_dir(config: PretrainConfig) -> Path:
 def _check_architecture(model: PretrainModel, payload: dict, path: Path) -> None:
     problems = state_dict_mismatches(model.net.state_dict(), payload["model"])
     problems += [
-        f"heads: {p}" for p in state_dict_mismatches(model.heads_state_dict(), payload["heads"])
+        f"heads: {p}"
+        for p in state_dict_mismatches(model.heads_state_dict(), upgrade_heads(payload["heads"]))
     ]
     if problems:
         raise ValueError(
@@ -202,9 +203,8 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
     if resume_from is not None:
         payload = load_checkpoint(resume_from)
         _check_architecture(model, payload, resume_from)
-        model.load_state_dict(
-            {**{f"net.{k}": v for k, v in payload["model"].items()}, **payload["heads"]}
-        )
+        model.net.load_state_dict(payload["model"])
+        model.load_heads(payload["heads"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         if payload["scaler"] and scaler.is_enabled():
@@ -276,18 +276,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                 images = to_float(batch.to(device, non_blocking=True), config.data.scale)
                 with torch.no_grad():
                     pair = views(images, generator)
-                    regions = (
-                        match_regions(
-                            pair.index1,
-                            pair.index2,
-                            method.num_regions,
-                            method.region_size,
-                            generator=generator,
-                            num_source_pixels=images.shape[-2] * images.shape[-1],
-                        )
-                        if model.uses_decoder
-                        else None
-                    )
+                    inputs = model.prepare(pair, generator, images.shape[-2] * images.shape[-1])
                     v1 = to_float(pair.view1, 1.0, mean, std).contiguous(
                         memory_format=memory_format
                     )
@@ -295,15 +284,12 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                         memory_format=memory_format
                     )
                 with autocast_context(device, amp_dtype):
-                    out: StepLosses = net(v1, v2, *(regions if regions is not None else ()))
-                finite = torch.isfinite(out.total.detach()).float()
+                    out: dict[str, Tensor] = net(v1, v2, **inputs)
+                finite = torch.isfinite(out["total"].detach()).float()
                 if ctx.world_size > 1:
                     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
                 if not bool(finite):
-                    parts = {
-                        k: (None if v is None else float(v.detach()))
-                        for k, v in out._asdict().items()
-                    }
+                    parts = {k: float(v.detach()) for k, v in out.items()}
                     raise TrainingDiverged(
                         f"step {step + 1}: the loss is not finite ({parts}); stopping before the "
                         f"update, so the weights are untouched"
@@ -315,7 +301,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                         + ". Lower optim.lr, set optim.grad_clip, or try train.amp=off."
                     )
                 optimizer_step(
-                    out.total,
+                    out["total"],
                     optimizer,
                     scheduler,
                     scaler,
@@ -324,14 +310,9 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                 )
                 step += 1
                 window_steps += 1
-                for key, value in (
-                    ("loss/total", out.total),
-                    ("loss/global", out.global_loss),
-                    ("loss/local", out.local_loss),
-                    ("regions/valid_fraction", out.valid_fraction),
-                ):
-                    if value is not None:
-                        sums[key] = sums.get(key, 0) + value.detach().float()
+                for key, value in out.items():  # whatever the method returns
+                    key = key if "/" in key else f"loss/{key}"
+                    sums[key] = sums.get(key, 0) + value.detach().float()
 
                 if (
                     main
@@ -339,7 +320,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
                     and (step == 1 or step % config.run.image_every == 0)
                 ):
                     png = draw_view_grid(
-                        *_slice_for_preview(images, pair, regions, 4),
+                        *_slice_for_preview(images, pair, inputs.get("regions"), 4),
                         run_dir / "views" / f"step_{step:08d}.png",
                         rgb_bands=config.views.rgb_bands,
                     )

@@ -30,16 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from contrastseg.methods import available_methods, get_method
 from contrastseg.utils.configtools import ConfigError
 
-#: The DeepLabV3+ parts each pretraining method trains (the others keep their initial values).
-METHOD_TRAINED_PARTS: dict[str, tuple[str, ...]] = {
-    "simclr": ("backbone", "aspp"),
-    "global_style": ("backbone", "aspp"),
-    "local": ("backbone", "aspp", "decoder"),
-    "glcnet": ("backbone", "aspp", "decoder"),
-    "dense": ("backbone", "aspp", "decoder"),
-}
 #: The parts the input passes through to reach each kind of features.
 FEATURE_PARTS: dict[str, tuple[str, ...]] = {
     "backbone": ("backbone",),
@@ -65,8 +58,8 @@ def trained_parts(state: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple
     """
     present = parts_in_state(state)
     method = (payload.get("config") or {}).get("method", {}).get("name")
-    if payload.get("format") == "contrastseg.pretrain" and method in METHOD_TRAINED_PARTS:
-        return tuple(p for p in METHOD_TRAINED_PARTS[method] if p in present)
+    if payload.get("format") == "contrastseg.pretrain" and method in available_methods():
+        return tuple(p for p in get_method(method).trained_parts if p in present)
     return tuple(p for p in ("backbone", "aspp", "decoder") if p in present)
 
 

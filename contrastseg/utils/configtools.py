@@ -58,10 +58,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
+        if value is not None and not isinstance(value, Mapping):
+            raise bad
+        variant = getattr(tp, "config_variant", None)
+        if variant is not None:  # a section whose class depends on its content (method.name)
+            tp, value = variant(value, key, source)
         if value is None:
             return tp()
-        if not isinstance(value, Mapping):
-            raise bad
         return from_dict(tp, value, source=source, prefix=key)
     if origin is Literal:
         # YAML 1.1 reads a bare on/off/yes/no as a bool: give back the word the choice means
@@ -212,6 +215,9 @@ def apply_overrides(data: dict[str, Any], cls: type, overrides: Sequence[str]) -
         node, node_cls = data, cls
         for depth, part in enumerate(path):
             fields = {f.name: f for f in dataclasses.fields(node_cls)}
+            keys = getattr(node_cls, "config_keys", None)
+            if keys is not None:  # a section with variants takes the keys of all of them
+                fields = {**dict.fromkeys(sorted(keys())), **fields}
             if part not in fields:
                 where = ".".join(path[:depth]) or "the top level"
                 raise ConfigError(
@@ -221,7 +227,7 @@ def apply_overrides(data: dict[str, Any], cls: type, overrides: Sequence[str]) -
             if depth == len(path) - 1:
                 node[part] = value
                 break
-            sub_cls = _hints(node_cls)[part]
+            sub_cls = _hints(node_cls).get(part)
             if not dataclasses.is_dataclass(sub_cls):
                 raise ConfigError(
                     f"--set {text!r}: {'.'.join(path[: depth + 1])!r} is a value, not a section"
@@ -358,10 +364,19 @@ def config_reference_markdown(cls: type) -> str:
         section = getattr(instance, f.name)
         if not dataclasses.is_dataclass(section):
             continue
+        variants = getattr(type(section), "config_variants", None)
+        tables = (
+            [(f"{f.name}.name: {n}", v()) for n, v in variants().items()]
+            if variants is not None
+            else [(None, section)]
+        )
         out.append(f"#### `{f.name}`: {docs.get(f.name, '')}\n")
-        out.append("| key | type | default | meaning |")
-        out.append("|---|---|---|---|")
-        for key, type_name, default, meaning in config_reference(section, f"{f.name}."):
-            out.append(f"| `{key}` | {cell(type_name)} | `{cell(default)}` | {cell(meaning)} |")
-        out.append("")
+        for title, instance_ in tables:
+            if title:
+                out.append(f"`{title}`\n")
+            out.append("| key | type | default | meaning |")
+            out.append("|---|---|---|---|")
+            for key, type_name, default, meaning in config_reference(instance_, f"{f.name}."):
+                out.append(f"| `{key}` | {cell(type_name)} | `{cell(default)}` | {cell(meaning)} |")
+            out.append("")
     return "\n".join(out).rstrip() + "\n"

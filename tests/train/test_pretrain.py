@@ -12,7 +12,7 @@ import yaml
 from contrastseg.cli import main
 from contrastseg.config import load_pretrain_config
 from contrastseg.train.checkpoint import list_checkpoints
-from contrastseg.train.methods import PretrainModel, StepLosses
+from contrastseg.train.model import PretrainModel
 from contrastseg.train.pretrain import TrainingDiverged, run_pretrain
 
 # 4 scenes of 64 px, 48 px patches, 32 px views: 16 patches = 4 steps of 4 images per epoch
@@ -158,14 +158,14 @@ def test_nan_loss_stops_with_step_and_parts_and_keeps_checkpoints(tmp_path, monk
         out = original(self, *args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:
-            nan = out.total * float("nan")
-            return StepLosses(nan, out.global_loss, nan, out.valid_fraction)
+            nan = out["total"] * float("nan")
+            return {**out, "total": nan, "local": nan}
         return out
 
     monkeypatch.setattr(PretrainModel, "forward", nan_on_third)
     with pytest.raises(
         TrainingDiverged,
-        match=r"step 3: the loss is not finite.*'local_loss': nan.*step_00000002\.pt is intact",
+        match=r"step 3: the loss is not finite.*'local': nan.*step_00000002\.pt is intact",
     ):
         run_pretrain(tiny(tmp_path, "train.max_steps=5", "run.checkpoint_every=2"))
     (ckpt,) = list_checkpoints(tmp_path / "tiny" / "checkpoints")
@@ -282,7 +282,7 @@ def test_two_process_run_matches_one_process_on_the_combined_batch(tmp_path):
         e2 = model.net.forward_features(
             pair.view2.contiguous(memory_format=torch.channels_last), decoder=False
         ).encoder
-        z = model.global_loss.head(torch.cat([style_vector(e1), style_vector(e2)]))
+        z = model.method.global_loss.head(torch.cat([style_vector(e1), style_vector(e2)]))
         z1s.append(z[:4])
         z2s.append(z[4:])
     expected = nt_xent(torch.cat(z1s), torch.cat(z2s), config.method.temperature).item()

@@ -1,0 +1,219 @@
+"""What every self-supervised method is made of, and the registry that finds one by name.
+
+A method is one file in :mod:`contrastseg.methods`: a config dataclass (a subclass of
+:class:`MethodConfig` with the method's own keys), and a :class:`Method` module that owns the
+method's projection heads and turns the network's features of the two views into named
+losses. The training engine knows nothing else about it:
+
+1. :meth:`Method.prepare` (no gradient) computes what the method needs from the view pair
+   besides the images, e.g. matched regions from the index maps;
+2. the engine runs the network on both views (the decoder only if :attr:`Method.uses_decoder`);
+3. :meth:`Method.forward` returns a dict with the scalar ``"total"`` to back-propagate, one
+   entry per loss part (logged as ``loss/<name>``) and detached diagnostics whose names hold
+   a ``/`` (logged as they are, e.g. ``regions/valid_fraction``).
+
+``@register_method`` adds a method to the registry; ``method.name`` in a config picks it (and
+its config class, see :meth:`MethodConfig.config_variant`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from contrastseg.augment.views import ViewPair
+from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+from contrastseg.utils.configtools import ConfigError
+
+_REGISTRY: dict[str, type[Method]] = {}
+DEFAULT_METHOD = "glcnet"
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method has: its name and the NT-Xent settings of its branches."""
+
+    #: the method: simclr, global_style, local, glcnet or dense (each has its own keys below)
+    name: str = DEFAULT_METHOD
+    #: NT-Xent temperature
+    temperature: float = 0.5
+    #: leave the positive out of the NT-Xent denominator (the official GLCNet code)
+    decoupled: bool = False
+    #: gather embeddings from every process, so negatives come from the global batch
+    gather: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
+
+    def check_views(self, views_size: int) -> None:
+        """Refuse settings that cannot work with views of this size (none here)."""
+
+    @classmethod
+    def config_variant(
+        cls, data: Mapping[str, Any] | None, key: str = "method", source: str | None = None
+    ) -> tuple[type, dict[str, Any]]:
+        """The config class that ``data["name"]`` selects, and ``data`` without foreign keys.
+
+        Keys of *another* registered method (e.g. ``region_size`` after switching to
+        ``simclr`` with ``--set``) are dropped with a warning, so that one base config serves
+        every method; a key that no method has is left in, and the strict loader refuses it.
+
+        Raises:
+            ConfigError: an unknown method name (with the close matches).
+        """
+        data = dict(data or {})
+        name = data.get("name", DEFAULT_METHOD)
+        method = get_method(name, f"{key}.name", source)
+        own = {f.name for f in dataclasses.fields(method.config_class)}
+        foreign = sorted(k for k in data if k not in own and k in all_method_keys())
+        if foreign:
+            warnings.warn(
+                f"{', '.join(f'{key}.{k}' for k in foreign)}"
+                f"{' in ' + source if source else ''}: not a setting of method {name!r}; ignored",
+                UserWarning,
+                stacklevel=2,
+            )
+        return method.config_class, {k: v for k, v in data.items() if k not in foreign}
+
+    @classmethod
+    def config_keys(cls) -> set[str]:
+        """Every key some registered method accepts (what ``--set method.KEY`` may name)."""
+        return all_method_keys()
+
+    @classmethod
+    def config_variants(cls) -> dict[str, type]:
+        """The config class of every registered method, by name (for the reference)."""
+        names = sorted(_REGISTRY, key=lambda n: (n != DEFAULT_METHOD, n))  # the default first
+        return {name: _REGISTRY[name].config_class for name in names}
+
+
+@dataclass
+class RegionsConfig(MethodConfig):
+    """Settings of methods that contrast matched regions (:func:`~contrastseg.augment.match_regions`)."""
+
+    #: matched region pairs per image (local branch)
+    num_regions: int = 4
+    #: side of the matched regions in view pixels (local branch)
+    region_size: int = 48
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_regions < 1:
+            raise ValueError(f"method.num_regions must be >= 1, got {self.num_regions}")
+        if self.region_size < 1:
+            raise ValueError(f"method.region_size must be >= 1, got {self.region_size}")
+
+    def check_views(self, views_size: int) -> None:
+        if self.region_size > views_size:
+            raise ValueError(
+                f"method.region_size ({self.region_size}) is larger than views.size "
+                f"({views_size}): a region must fit inside a view"
+            )
+
+
+def check_widths(name: str, widths: list[int]) -> None:
+    """A head's hidden and output widths: a non-empty list of positive integers."""
+    if not widths or any(w < 1 for w in widths):
+        raise ValueError(f"method.{name} must be a non-empty list of positive widths, got {widths}")
+
+
+class Method(nn.Module):
+    """Base of the self-supervised methods: heads and losses on the network's features.
+
+    Subclasses set the class attributes and implement :meth:`forward` (and
+    :meth:`prepare` when they need more than the views).
+
+    Attributes:
+        name: the registry name (``method.name``).
+        config_class: the method's config dataclass.
+        uses_decoder: the network runs its decoder for this method.
+        trained_parts: the network parts the method's losses train (what a linear probe of
+            its checkpoints may read, see :mod:`contrastseg.train.probe`).
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    uses_decoder: ClassVar[bool] = False
+    trained_parts: ClassVar[tuple[str, ...]] = ("backbone", "aspp")
+
+    def __init__(self, config: MethodConfig, net: DeepLabV3Plus) -> None:
+        super().__init__()
+        self.config = config
+
+    def prepare(self, pair: ViewPair, generator: Any, num_source_pixels: int) -> dict[str, Any]:
+        """What :meth:`forward` needs from the view pair besides the features (no gradient).
+
+        Args:
+            pair: the views and their index maps.
+            generator: the views' random generator (for random sampling).
+            num_source_pixels: ``H * W`` of the images the views were made from.
+        """
+        return {}
+
+    def forward(
+        self, feats1: DeepLabFeatures, feats2: DeepLabFeatures, **inputs: Any
+    ) -> dict[str, Tensor]:
+        """Named losses (``"total"`` first) and detached diagnostics of one step."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make ``cls`` available as ``method.name: <cls.name>``."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__name__} needs a class attribute 'name'")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"a method named {cls.name!r} is registered already")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str, key: str = "method.name", source: str | None = None) -> type[Method]:
+    """The method class registered as ``name``.
+
+    Raises:
+        ConfigError: no such method (the message lists the close matches and every name).
+    """
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ConfigError(
+            f"{key!r}{' in ' + source if source else ''}: unknown method {name!r}{hint}; "
+            f"available: {', '.join(available_methods())}"
+        )
+    return _REGISTRY[name]
+
+
+def method_config(name: str = DEFAULT_METHOD, **settings: Any) -> MethodConfig:
+    """The config of method ``name`` with its defaults, updated by ``settings``."""
+    return get_method(name).config_class(name=name, **settings)
+
+
+def build_method(config: MethodConfig, net: DeepLabV3Plus) -> Method:
+    """The :class:`Method` module that ``config.name`` selects, for this network."""
+    method = get_method(config.name)
+    if not isinstance(config, method.config_class):
+        raise TypeError(
+            f"method {config.name!r} takes a {method.config_class.__name__}, "
+            f"got a {type(config).__name__}"
+        )
+    return method(config, net)
+
+
+def all_method_keys() -> set[str]:
+    """Every config key of every registered method."""
+    return {f.name for m in _REGISTRY.values() for f in dataclasses.fields(m.config_class)}

@@ -1,0 +1,116 @@
+"""Dense contrast on exact correspondences: every decoder cell against its own ground in the other view.
+
+View-1 decoder cells whose centre pixel's source pixel appears in view 2 are matched to the
+view-2 cell under that source pixel's footprint (:func:`~contrastseg.augment.match_points`),
+straight from the index maps: no feature-similarity matching as in DenseCL (Wang et al.,
+CVPR 2021), no window sampling as in GLCNet. Each matched pair is a positive; the negatives
+are all other sampled cells of the global batch (other images, and other places of the same
+image). ``cells_per_image`` cells are sampled per image, uniformly among the matched ones, so
+the NT-Xent logits take ``(2 * cells_per_image * global_batch)^2`` floats whatever the view
+size. With ``lam > 0`` GLCNet's global style branch is added: ``lam * global + (1 - lam) * dense``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from contrastseg.augment.correspondence import MatchedPoints, match_points
+from contrastseg.augment.pooling import sample_cells
+from contrastseg.augment.views import ViewPair
+from contrastseg.losses.glcnet import LocalMatchingLoss
+from contrastseg.methods.base import (
+    Method,
+    MethodConfig,
+    check_widths,
+    register_method,
+)
+from contrastseg.methods.global_style import global_style_loss
+from contrastseg.models.deeplab import DECODER_STRIDE, DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.heads import ProjectionHead
+
+
+@dataclass
+class DenseConfig(MethodConfig):
+    """Dense cell-to-cell contrast on the decoder features, optionally with the global branch."""
+
+    name: str = "dense"
+    #: matched decoder cells per image taking part in the loss (bounds its memory)
+    cells_per_image: int = 64
+    #: hidden and output widths of the dense head (its input is decoder_channels)
+    dense_head: list[int] = field(default_factory=lambda: [64, 64, 64])
+    #: weight of GLCNet's global style branch: lam * global + (1 - lam) * dense (0 = none)
+    lam: float = 0.5
+    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
+    global_head: list[int] = field(default_factory=lambda: [256, 64])
+    #: BatchNorm in the projection heads
+    head_batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cells_per_image < 1:
+            raise ValueError(f"method.cells_per_image must be >= 1, got {self.cells_per_image}")
+        if not 0.0 <= self.lam < 1.0:
+            raise ValueError(f"method.lam must lie in [0, 1) for dense, got {self.lam}")
+        check_widths("dense_head", self.dense_head)
+        check_widths("global_head", self.global_head)
+
+
+@register_method
+class Dense(Method):
+    """Exact cell correspondences -> head per cell -> NT-Xent over all cells of the global batch.
+
+    Losses: ``total``, ``dense`` (and ``global`` when ``lam > 0``); diagnostics:
+    ``dense/valid_fraction`` (sampled cells that found their match).
+    """
+
+    name = "dense"
+    config_class = DenseConfig
+    uses_decoder = True
+    trained_parts = ("backbone", "aspp", "decoder")
+
+    def __init__(self, config: DenseConfig, net: DeepLabV3Plus) -> None:
+        super().__init__(config, net)
+        head = ProjectionHead([net.decoder_channels, *config.dense_head], config.head_batch_norm)
+        self.dense_loss = LocalMatchingLoss(
+            head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled
+        )
+        self.global_loss = global_style_loss(config, net) if config.lam > 0 else None
+
+    def prepare(self, pair: ViewPair, generator: Any, num_source_pixels: int) -> dict[str, Any]:
+        points = match_points(
+            pair.index1,
+            pair.index2,
+            self.config.cells_per_image,
+            DECODER_STRIDE,
+            generator=generator,
+            num_source_pixels=num_source_pixels,
+        )
+        return {"points": points}
+
+    def forward(
+        self,
+        feats1: DeepLabFeatures,
+        feats2: DeepLabFeatures,
+        points: MatchedPoints | None = None,
+        **inputs: Any,
+    ) -> dict[str, Tensor]:
+        if points is None or feats1.decoder is None or feats2.decoder is None:
+            raise ValueError("the dense method needs decoder features and matched points")
+        cells1 = sample_cells(feats1.decoder, points.points1, DECODER_STRIDE)
+        cells2 = sample_cells(feats2.decoder, points.points2, DECODER_STRIDE)
+        dense = self.dense_loss.compute(cells1, cells2, points.valid)
+        out = {
+            "total": dense.loss,
+            "dense": dense.loss,
+            "dense/valid_fraction": dense.valid_fraction,
+        }
+        if self.global_loss is not None:
+            lam = self.config.lam
+            global_part = self.global_loss(feats1.encoder, feats2.encoder)
+            out.update(
+                total=lam * global_part + (1.0 - lam) * dense.loss, **{"global": global_part}
+            )
+        return out

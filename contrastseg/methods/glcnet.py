@@ -1,0 +1,66 @@
+"""GLCNet (Li et al., IEEE TGRS 2022, arXiv 2106.10605): ``lam * global_style + (1 - lam) * local``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from contrastseg.augment.regions import MatchedRegions
+from contrastseg.methods.base import check_widths, register_method
+from contrastseg.methods.global_style import global_style_loss
+from contrastseg.methods.local import Local, LocalConfig
+from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+
+
+@dataclass
+class GLCNetConfig(LocalConfig):
+    """Global style and local matching contrast together (eq. 6 of the paper)."""
+
+    name: str = "glcnet"
+    #: weight of the global loss: lam * global + (1 - lam) * local
+    lam: float = 0.5
+    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
+    global_head: list[int] = field(default_factory=lambda: [256, 64])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"method.lam must lie in [0, 1], got {self.lam}")
+        check_widths("global_head", self.global_head)
+
+
+@register_method
+class GLCNet(Local):
+    """Both GLCNet branches on one forward pass of each view.
+
+    Both parts are computed also at ``lam`` 0 or 1, so under DDP every head parameter takes
+    part in every step. Losses: ``total``, ``global``, ``local``; diagnostics:
+    ``regions/valid_fraction``.
+    """
+
+    name = "glcnet"
+    config_class = GLCNetConfig
+
+    def __init__(self, config: GLCNetConfig, net: DeepLabV3Plus) -> None:
+        super().__init__(config, net)
+        # global before local: checkpoints keep optimizer state in parameter order, and
+        # every GLCNet checkpoint so far was written in this order
+        local = self.local_loss
+        del self.local_loss
+        self.global_loss = global_style_loss(config, net)
+        self.local_loss = local
+
+    def forward(
+        self,
+        feats1: DeepLabFeatures,
+        feats2: DeepLabFeatures,
+        regions: MatchedRegions | None = None,
+        **inputs: Any,
+    ) -> dict[str, Tensor]:
+        out = super().forward(feats1, feats2, regions)
+        lam = self.config.lam
+        global_part = self.global_loss(feats1.encoder, feats2.encoder)
+        total = lam * global_part + (1.0 - lam) * out["local"]
+        return {**out, "total": total, "global": global_part}

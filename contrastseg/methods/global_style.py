@@ -1,0 +1,62 @@
+"""GLCNet's global branch alone: style vector (channel mean, variance) of the encoder -> NT-Xent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from contrastseg.losses.glcnet import GlobalStyleLoss
+from contrastseg.methods.base import (
+    Method,
+    MethodConfig,
+    check_widths,
+    register_method,
+)
+from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.heads import ProjectionHead
+
+
+@dataclass
+class GlobalStyleConfig(MethodConfig):
+    """The global style contrast of GLCNet (Li et al. 2022, Sec. III-B)."""
+
+    name: str = "global_style"
+    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
+    global_head: list[int] = field(default_factory=lambda: [256, 64])
+    #: BatchNorm in the projection heads
+    head_batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths("global_head", self.global_head)
+
+
+def global_style_loss(config: GlobalStyleConfig, net: DeepLabV3Plus) -> GlobalStyleLoss:
+    """The global style loss with its head, as ``config`` describes it."""
+    head = ProjectionHead([2 * net.encoder_channels, *config.global_head], config.head_batch_norm)
+    return GlobalStyleLoss(
+        head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled
+    )
+
+
+@register_method
+class GlobalStyle(Method):
+    """Style vector of each view's encoder features -> head -> NT-Xent.
+
+    Losses: ``total`` (= ``global``).
+    """
+
+    name = "global_style"
+    config_class = GlobalStyleConfig
+
+    def __init__(self, config: GlobalStyleConfig, net: DeepLabV3Plus) -> None:
+        super().__init__(config, net)
+        self.global_loss = global_style_loss(config, net)
+
+    def forward(
+        self, feats1: DeepLabFeatures, feats2: DeepLabFeatures, **inputs: Any
+    ) -> dict[str, Tensor]:
+        loss = self.global_loss(feats1.encoder, feats2.encoder)
+        return {"total": loss, "global": loss}

@@ -1,0 +1,101 @@
+"""GLCNet's local branch alone: decoder features pooled over matched regions -> NT-Xent over regions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from contrastseg.augment.pooling import pool_regions
+from contrastseg.augment.regions import MatchedRegions, match_regions
+from contrastseg.augment.views import ViewPair
+from contrastseg.losses.glcnet import LocalMatchingLoss
+from contrastseg.methods.base import (
+    Method,
+    RegionsConfig,
+    check_widths,
+    register_method,
+)
+from contrastseg.models.deeplab import DECODER_STRIDE, DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.heads import ProjectionHead
+
+
+@dataclass
+class LocalConfig(RegionsConfig):
+    """The local matching contrast of GLCNet (Li et al. 2022, Sec. III-C)."""
+
+    name: str = "local"
+    #: hidden and output widths of the local head (its input is decoder_channels)
+    local_head: list[int] = field(default_factory=lambda: [64, 64, 64])
+    #: BatchNorm in the projection heads
+    head_batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths("local_head", self.local_head)
+
+
+def local_matching_loss(config: LocalConfig, net: DeepLabV3Plus) -> LocalMatchingLoss:
+    """The local matching loss with its head, as ``config`` describes it."""
+    head = ProjectionHead([net.decoder_channels, *config.local_head], config.head_batch_norm)
+    return LocalMatchingLoss(
+        head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled
+    )
+
+
+def prepare_regions(
+    config: RegionsConfig, pair: ViewPair, generator: Any, num_source_pixels: int
+) -> dict[str, Any]:
+    """``{"regions": MatchedRegions}``: ``config.num_regions`` region pairs per image."""
+    regions = match_regions(
+        pair.index1,
+        pair.index2,
+        config.num_regions,
+        config.region_size,
+        generator=generator,
+        num_source_pixels=num_source_pixels,
+    )
+    return {"regions": regions}
+
+
+def pooled_regions(
+    feats1: DeepLabFeatures, feats2: DeepLabFeatures, regions: MatchedRegions
+) -> tuple[Tensor, Tensor]:
+    """Decoder features averaged over each view's boxes: two ``(B, n, C)`` tensors."""
+    if regions is None or feats1.decoder is None or feats2.decoder is None:
+        raise ValueError("the local branch needs decoder features and matched regions")
+    return (
+        pool_regions(feats1.decoder, regions.boxes1, DECODER_STRIDE),
+        pool_regions(feats2.decoder, regions.boxes2, DECODER_STRIDE),
+    )
+
+
+@register_method
+class Local(Method):
+    """Matched regions of the two views -> pooled decoder features -> head -> NT-Xent over regions.
+
+    Losses: ``total`` (= ``local``); diagnostics: ``regions/valid_fraction``.
+    """
+
+    name = "local"
+    config_class = LocalConfig
+    uses_decoder = True
+    trained_parts = ("backbone", "aspp", "decoder")
+
+    def __init__(self, config: LocalConfig, net: DeepLabV3Plus) -> None:
+        super().__init__(config, net)
+        self.local_loss = local_matching_loss(config, net)
+
+    def prepare(self, pair: ViewPair, generator: Any, num_source_pixels: int) -> dict[str, Any]:
+        return prepare_regions(self.config, pair, generator, num_source_pixels)
+
+    def forward(
+        self,
+        feats1: DeepLabFeatures,
+        feats2: DeepLabFeatures,
+        regions: MatchedRegions | None = None,
+        **inputs: Any,
+    ) -> dict[str, Tensor]:
+        out = self.local_loss.compute(*pooled_regions(feats1, feats2, regions), regions.valid)
+        return {"total": out.loss, "local": out.loss, "regions/valid_fraction": out.valid_fraction}

@@ -1,0 +1,59 @@
+"""SimCLR (Chen et al., ICML 2020) on the encoder: spatial mean of the ASPP output -> head -> NT-Xent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from contrastseg.losses.ntxent import nt_xent
+from contrastseg.methods.base import (
+    Method,
+    MethodConfig,
+    check_widths,
+    register_method,
+)
+from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.heads import ProjectionHead
+
+
+@dataclass
+class SimCLRConfig(MethodConfig):
+    """SimCLR: one embedding per image."""
+
+    name: str = "simclr"
+    #: hidden and output widths of the head (its input is aspp_channels)
+    global_head: list[int] = field(default_factory=lambda: [256, 64])
+    #: BatchNorm in the projection head
+    head_batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths("global_head", self.global_head)
+
+
+@register_method
+class SimCLR(Method):
+    """Mean-pooled encoder features of each view -> MLP head -> NT-Xent over the global batch.
+
+    Losses: ``total`` (= ``global``).
+    """
+
+    name = "simclr"
+    config_class = SimCLRConfig
+
+    def __init__(self, config: SimCLRConfig, net: DeepLabV3Plus) -> None:
+        super().__init__(config, net)
+        self.global_head = ProjectionHead(
+            [net.encoder_channels, *config.global_head], config.head_batch_norm
+        )
+
+    def forward(
+        self, feats1: DeepLabFeatures, feats2: DeepLabFeatures, **inputs: Any
+    ) -> dict[str, Tensor]:
+        c = self.config
+        z = self.global_head(torch.cat([feats1.encoder.mean((2, 3)), feats2.encoder.mean((2, 3))]))
+        loss = nt_xent(*z.chunk(2), c.temperature, gather=c.gather, decoupled=c.decoupled)
+        return {"total": loss, "global": loss}
