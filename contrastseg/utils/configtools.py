@@ -42,6 +42,11 @@ def _type_name(tp: Any) -> str:
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             return f"tuple[{_type_name(args[0])}, ...]"
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if origin is dict or tp is dict:
+        args = get_args(tp) or (Any, Any)
+        return f"mapping[{', '.join(_type_name(a) for a in args)}]"
+    if tp is Any:
+        return "Any"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -110,6 +115,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             _coerce(v, a, f"{key}[{i}]", source)
             for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
+    if origin is dict or tp is dict:
+        # A free-form mapping (e.g. the arguments of an op named by one of its keys): keys and
+        # values are checked against the annotation; a plain ``dict`` accepts any.
+        if not isinstance(value, Mapping):
+            raise bad
+        key_type, value_type = get_args(tp) or (Any, Any)
+        return {
+            _coerce(k, key_type, f"{key} (a key)", source): _coerce(
+                v, value_type, f"{key}.{k}", source
+            )
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
