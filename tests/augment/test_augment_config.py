@@ -10,6 +10,7 @@ from contrastseg.augment.config import (
     CropConfig,
     FlipConfig,
     NoiseConfig,
+    PipelineConfig,
     RotationConfig,
     ViewsConfig,
 )
@@ -96,3 +97,37 @@ def test_validation_names_the_field(build, field):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="preset"):
         ViewsConfig.preset("moco")
+
+
+def test_extra_ops_and_engine_from_yaml():
+    from contrastseg.utils.configtools import ConfigError, from_dict
+
+    data = {
+        "engine": "kornia",
+        "t2": {
+            "grayscale": {"p": 0.2, "mode": "random_band"},
+            "extra": [
+                {"name": "RandomMotionBlur", "kernel_size": 5, "angle": 30.0, "direction": 0.5}
+            ],
+        },
+    }
+    cfg = from_dict(ViewsConfig, data, prefix="views")
+    assert cfg.t2.extra[0]["name"] == "RandomMotionBlur" and cfg.t1.extra == []
+    bad = {"engine": "kornia", "t2": {"extra": [{"name": "RandomMotionBlr"}]}}
+    with pytest.raises(
+        ConfigError, match=r"extra\[0\].*did you mean RandomMotionBlur.*'views\.t2'"
+    ):
+        from_dict(ViewsConfig, bad, prefix="views")
+    with pytest.raises(ConfigError, match=r"views\.t2\.extra needs views\.engine: kornia"):
+        from_dict(ViewsConfig, {"t2": data["t2"] | {"grayscale": {}}}, prefix="views")
+    with pytest.raises(ConfigError, match=r"grayscale\.mode 'random_band' needs views\.engine"):
+        from_dict(ViewsConfig, {"t2": {"grayscale": {"mode": "random_band"}}}, prefix="views")
+    with pytest.raises(ConfigError, match=r"'views\.engine': 'torch' is not one of"):
+        from_dict(ViewsConfig, {"engine": "torch"}, prefix="views")
+
+
+def test_presets_take_the_engine_and_extra_ops():
+    cfg = ViewsConfig.preset(
+        "simclr", engine="kornia", t2=PipelineConfig(extra=[{"name": "RandomErasing", "p": 0.3}])
+    )
+    assert cfg.engine == "kornia" and cfg.t2.extra[0]["name"] == "RandomErasing"
