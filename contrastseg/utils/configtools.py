@@ -180,8 +180,14 @@ def from_dict(
             f"{'section ' + repr(prefix) if prefix else 'the top level'} accepts: {', '.join(fields)}"
         )
     kwargs = {}
+    defaults = None
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+            # A sub-section given in part keeps the enclosing default for the rest (e.g.
+            # ViewsConfig.t2's recipe), not the defaults of the sub-section's class.
+            defaults = cls() if defaults is None else defaults
+            value = _merge_defaults(to_dict(getattr(defaults, name)), value)
         kwargs[name] = _coerce(value, hints[name], key, source)
     try:
         return cls(**kwargs)
@@ -194,6 +200,17 @@ def from_dict(
             else (f" (in {source})" if source else "")
         )
         raise ConfigError(f"{err}{where}") from err
+
+
+def _merge_defaults(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, mapping by mapping (lists and scalars are replaced whole)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge_defaults(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def to_dict(obj: Any) -> Any:

@@ -131,3 +131,11 @@ def test_presets_take_the_engine_and_extra_ops():
         "simclr", engine="kornia", t2=PipelineConfig(extra=[{"name": "RandomErasing", "p": 0.3}])
     )
     assert cfg.engine == "kornia" and cfg.t2.extra[0]["name"] == "RandomErasing"
+
+
+def test_setting_one_t2_key_keeps_the_rest_of_the_glcnet_t2():
+    from contrastseg.utils.configtools import from_dict
+
+    cfg = from_dict(ViewsConfig, {"t2": {"rot90": {"p": 0.5}}}, prefix="views")
+    assert cfg.t2.rot90.p == 0.5
+    assert cfg.t2.flip == ViewsConfig().t2.flip and cfg.t2.color.p == 0.8

@@ -55,3 +55,20 @@ def test_set_override_of_a_list_of_mappings_and_reference_row():
     assert from_dict(Top, data).section.ops == [{"name": "A", "p": 0.5}]
     rows = {key: (tp, default) for key, tp, default, _ in config_reference(Top())}
     assert rows["section.ops"] == ("list[mapping[str, Any]]", "[]")
+
+
+@dataclasses.dataclass
+class Inner:
+    a: float = 0.0  #: a
+    b: float = 0.0  #: b
+
+
+@dataclasses.dataclass
+class Outer:
+    inner: Inner = dataclasses.field(default_factory=lambda: Inner(a=1.0, b=2.0))
+
+
+def test_a_partly_given_section_keeps_the_enclosing_default():
+    # Outer's default for `inner` is Inner(1, 2), not Inner(): setting b keeps a = 1.
+    assert from_dict(Outer, {"inner": {"b": 5.0}}).inner == Inner(a=1.0, b=5.0)
+    assert from_dict(Outer, apply_overrides({}, Outer, ["inner.a=3"])).inner == Inner(3.0, 2.0)
