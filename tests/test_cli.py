@@ -51,6 +51,13 @@ def test_views_stats_and_config_commands(tmp_path, capsys):
 
     with Image.open(png) as img:
         assert img.height > img.width / 3  # two rows of original / view 1 / view 2
+    capsys.readouterr()
+    kornia = ["views.engine=kornia", "views.t2.extra=[{name: RandomErasing, p: 0.5}]"]
+    assert main(["views", "--count", "1", "--out", str(png), *_set(kornia)]) == 0
+    assert (
+        "t2: crop, hflip, vflip, rot90, color, grayscale, blur, noise + RandomErasing(p=0.5)"
+        in (capsys.readouterr().out)
+    )
     stats = tmp_path / "stats.yaml"
     assert main(["stats", "--max-samples", "4", "--out", str(stats)]) == 0
     import yaml

@@ -138,6 +138,9 @@ class KorniaView(nn.Module):
         Returns:
             ``view`` ``(B, C, S, S)`` in the input dtype and ``index`` ``(B, S, S)`` int64
             (``row * W + col + 1`` of the nearest source pixel, 0 outside the source).
+
+        Raises:
+            ValueError: an op failed on these images; the message names its config key.
         """
         b, _, height, width = images.shape
         exact = torch.float32 if images.device.type == "mps" else torch.float64
@@ -151,8 +154,8 @@ class KorniaView(nn.Module):
                 coverage = x.new_ones(b, 1, *x.shape[-2:])
             try:
                 x = op(x)
-            except Exception as err:
-                raise RuntimeError(
+            except Exception as err:  # an op that does not fit the data (bands, size): say which
+                raise ValueError(
                     f"{label} failed on {tuple(x.shape)} {x.dtype} views: {err}"
                 ) from err
             if not geometric:

@@ -236,5 +236,5 @@ def test_multiband_inputs_with_extra_ops(bands, rgb):
 def test_an_extra_op_that_fails_on_the_bands_is_named():
     t2 = PipelineConfig(extra=[{"name": "RandomPlanckianJitter", "p": 1.0}])
     views = kornia_views(t2)
-    with pytest.raises(RuntimeError, match=r"views\.t2\.extra\[0\] RandomPlanckianJitter"):
+    with pytest.raises(ValueError, match=r"views\.t2\.extra\[0\] RandomPlanckianJitter"):
         views(torch.rand(2, 5, H, W))
