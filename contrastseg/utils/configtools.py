@@ -187,7 +187,7 @@ def from_dict(
             # A sub-section given in part keeps the enclosing default for the rest (e.g.
             # ViewsConfig.t2's recipe), not the defaults of the sub-section's class.
             defaults = cls() if defaults is None else defaults
-            value = _merge_defaults(to_dict(getattr(defaults, name)), value)
+            value = merge_mappings(to_dict(getattr(defaults, name)), value)
         kwargs[name] = _coerce(value, hints[name], key, source)
     try:
         return cls(**kwargs)
@@ -202,12 +202,12 @@ def from_dict(
         raise ConfigError(f"{err}{where}") from err
 
 
-def _merge_defaults(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """``update`` over ``base``, mapping by mapping (lists and scalars are replaced whole)."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge_defaults(out[key], value)
+            out[key] = merge_mappings(out[key], value)
         else:
             out[key] = value
     return out
