@@ -29,7 +29,7 @@ import torch
 from kornia.augmentation import random_generator as rg
 from torch import Tensor, nn
 
-from contrastseg.augment import intensity
+from contrastseg.augment import geometry, intensity
 
 #: Geometric Kornia ops whose image follows their ``transform_matrix`` (bilinear resampling,
 #: pixel centres at integers) and keep the view's size: the index map can follow them.
@@ -74,7 +74,8 @@ class _ComputeSelectedOnly:
                 k: pick(v) if isinstance(v, Tensor) and v.ndim and v.shape[0] == batch else v
                 for k, v in params.items()
             }
-            return self.apply_transform(x, chosen, flags, None)  # type: ignore[attr-defined]
+            chosen_transform = None if transform is None else pick(transform)
+            return self.apply_transform(x, chosen, flags, chosen_transform)  # type: ignore[attr-defined]
 
         return intensity.apply_to_selected(params["batch_prob"] > 0.5, op, input, subset=True)
 
@@ -319,6 +320,42 @@ class RandomQuarterTurn(_ComputeSelectedOnly, K.GeometricAugmentationBase2D):
 
 class GaussianBlur(_ComputeSelectedOnly, K.RandomGaussianBlur):
     """Kornia's ``RandomGaussianBlur``, computing only the chosen samples on the CPU."""
+
+
+class ResizedCrop(K.RandomResizedCrop):
+    """Kornia's ``RandomResizedCrop`` (resample mode), sampled in one ``grid_sample``.
+
+    Parameters and ``transform_matrix`` are Kornia's; the image is sampled bilinearly at the
+    positions the inverse matrix gives, as Kornia's ``warp_affine`` does, without its
+    normalisation round trip and its two extra passes for one-pixel boxes (those fall back
+    to Kornia's own path). Only for ``resample="bilinear"`` with ``align_corners=True``.
+    """
+
+    def apply_transform(
+        self,
+        input: Tensor,
+        params: dict[str, Tensor],
+        flags: dict[str, Any],
+        transform: Tensor | None = None,
+    ) -> Tensor:
+        """Crop and resize ``(B, C, H, W)`` to ``flags["size"]`` through ``transform``."""
+        src = params["src"]
+        one_pixel = ((src[:, 2] - src[:, 0]) == 0).any()
+        fits = flags["cropping_mode"] == "resample" and flags["align_corners"]
+        size = flags["size"]
+        if not fits or transform is None or bool(one_pixel) or size[0] != size[1]:
+            return super().apply_transform(input, params, flags, transform)
+        exact = torch.float32 if input.device.type == "mps" else torch.float64
+        to_source = torch.linalg.inv(transform.to(exact))[:, :2].float()
+        return geometry.resample(input, to_source, size[0]).to(input.dtype)
+
+
+class HorizontalFlip(_ComputeSelectedOnly, K.RandomHorizontalFlip):
+    """Kornia's ``RandomHorizontalFlip``, flipping only the chosen samples on the CPU."""
+
+
+class VerticalFlip(_ComputeSelectedOnly, K.RandomVerticalFlip):
+    """Kornia's ``RandomVerticalFlip``, flipping only the chosen samples on the CPU."""
 
 
 #: Our classes, available to ``extra:`` by name like Kornia's.

@@ -35,10 +35,13 @@ from contrastseg.augment.config import PipelineConfig, ViewsConfig
 from contrastseg.augment.geometry import pixel_index
 from contrastseg.augment.kornia_ops import (
     GaussianBlur,
+    HorizontalFlip,
     RandomBandColorJitter,
     RandomBandGaussianNoise,
     RandomBandGrayscale,
     RandomQuarterTurn,
+    ResizedCrop,
+    VerticalFlip,
     make_op,
     op_label,
 )
@@ -72,7 +75,7 @@ def build_ops(
             # "resample" mode warps the box onto the view through its transform_matrix; "slice"
             # mode resizes on a half-pixel grid that does not follow the matrix when
             # align_corners is False, so only resample is exact in every setting.
-            K.RandomResizedCrop(
+            ResizedCrop(
                 (size, size),
                 scale=pipe.crop.scale,
                 ratio=pipe.crop.ratio,
@@ -83,9 +86,9 @@ def build_ops(
         )
     ]
     if pipe.flip.horizontal_p > 0:
-        ops.append((K.RandomHorizontalFlip(p=pipe.flip.horizontal_p), "flip.horizontal"))
+        ops.append((HorizontalFlip(p=pipe.flip.horizontal_p), "flip.horizontal"))
     if pipe.flip.vertical_p > 0:
-        ops.append((K.RandomVerticalFlip(p=pipe.flip.vertical_p), "flip.vertical"))
+        ops.append((VerticalFlip(p=pipe.flip.vertical_p), "flip.vertical"))
     if pipe.rot90.p > 0:
         ops.append((RandomQuarterTurn(p=pipe.rot90.p), "rot90"))
     if pipe.rotation.p > 0:
