@@ -65,6 +65,13 @@ REGION_SIZE = 48
 KEEP_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31)}
 
 
+def default_out(quick: bool) -> str:
+    """The committed results file, or with ``quick`` one in the temporary folder."""
+    if quick:
+        return str(Path(tempfile.gettempdir()) / "contrastseg-benchmarks" / "augment.json")
+    return "benchmarks/results/augment.json"
+
+
 def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
@@ -171,11 +178,7 @@ def main() -> None:
             env = {**os.environ, **KEEP_MEMORY_ENV}
             os.execve(sys.executable, sys.orig_argv, env)
 
-    if args.out is None:
-        quick_dir = Path(tempfile.gettempdir()) / "contrastseg-benchmarks"
-        args.out = (
-            str(quick_dir / "augment.json") if args.quick else "benchmarks/results/augment.json"
-        )
+    args.out = args.out or default_out(args.quick)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch = args.batch or (16 if args.quick else 64)

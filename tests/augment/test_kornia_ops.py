@@ -13,6 +13,7 @@ from contrastseg.augment.kornia_ops import (
     RandomBandGaussianNoise,
     RandomBandGrayscale,
     RandomQuarterTurn,
+    ResizedCrop,
     make_op,
 )
 
@@ -167,3 +168,13 @@ def test_make_op_builds_kornia_and_own_ops_from_yaml_values():
     assert isinstance(
         make_op({"name": "RandomBandGrayscale", "mode": "random_band"}), RandomBandGrayscale
     )
+
+
+def test_resized_crop_equals_kornias_resample_crop():
+    images = torch.rand(4, 3, 30, 40)
+    kornia_crop = K.RandomResizedCrop((16, 16), scale=(0.1, 1.0), cropping_mode="resample")
+    expected = kornia_crop(images)
+    ours = ResizedCrop((16, 16), scale=(0.1, 1.0), cropping_mode="resample")
+    out = ours(images, params=kornia_crop._params)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.transform_matrix, kornia_crop.transform_matrix)
