@@ -423,9 +423,9 @@ def make_op(spec: Mapping[str, Any], where: str = "extra") -> nn.Module:
         )
     if not issubclass(cls, K.IntensityAugmentationBase2D | K.GeometricAugmentationBase2D):
         raise ValueError(
-            f"{where}: {name} is refused in a view: it is neither a per-image 2D intensity op nor "
-            "a geometric op the index map can follow (mixing samples, 3D ops and containers "
-            "are not per-view ops)"
+            f"{where}: {name} is refused in a view: it is not an intensity op, nor a geometric op "
+            "with a transform matrix the index map can follow (it warps without a matrix, mixes "
+            "samples, or is not a per-image 2D op)"
         )
     kwargs = {k: _tuples(v) for k, v in spec.items() if k != "name"}
     parameters = inspect.signature(cls.__init__).parameters

@@ -148,6 +148,7 @@ def test_quarter_turn_is_rot90_and_its_matrix_is_kornias():
         ({"name": "RandomElasticTransform"}, "RandomElasticTransform is refused"),
         ({"name": "RandomThinPlateSpline"}, "RandomThinPlateSpline is refused"),
         ({"name": "RandomCrop", "size": [8, 8]}, "RandomCrop is refused"),
+        ({"name": "RandomFisheye", "center_x": [-0.3, 0.3]}, "RandomFisheye is refused"),
         ({"name": "RandomMixUpV2"}, "RandomMixUpV2 is refused"),
         ({"name": "RandomAffine", "degrees": 10.0, "resample": "nearest"}, "bilinear"),
         ({"kernel_size": 3}, "name"),
