@@ -47,11 +47,17 @@ class ViewPair(NamedTuple):
 class PairedViews(nn.Module):
     """Make ``view1 = t1(x)`` and ``view2 = t2(x)`` with index maps, batched on the device.
 
-    Geometry (crop, flips, rot90, rotation) is one affine map per view; the image is
-    sampled bilinearly and the index map takes the nearest source pixel of the same
-    sampling position (see :mod:`contrastseg.augment.geometry`). Intensity ops follow in the
-    order colour (brightness, contrast, saturation, hue), grayscale, blur, noise, each on
-    the samples its probability picks.
+    Two engines (``config.engine``) with the same contract and the same op order (geometry,
+    then colour (brightness, contrast, saturation, hue), grayscale, blur, noise, each on the
+    samples its probability picks):
+
+    - ``native``: geometry (crop, flips, rot90, rotation) is one affine map per view; the
+      image is sampled bilinearly once and the index map takes the nearest source pixel of
+      the same sampling position (see :mod:`contrastseg.augment.geometry`).
+    - ``kornia``: each view is a sequence of ``kornia.augmentation`` modules, the built-in
+      ops then ``extra``; the index map follows the product of the geometric ops'
+      transform matrices (see :mod:`contrastseg.augment.kornia_views`). Kornia draws from
+      the global generators, which are seeded from ``generator`` and restored afterwards.
 
     Args:
         config: the two pipelines; ``None`` for the GLCNet defaults.

@@ -139,3 +139,16 @@ def test_setting_one_t2_key_keeps_the_rest_of_the_glcnet_t2():
     cfg = from_dict(ViewsConfig, {"t2": {"rot90": {"p": 0.5}}}, prefix="views")
     assert cfg.t2.rot90.p == 0.5
     assert cfg.t2.flip == ViewsConfig().t2.flip and cfg.t2.color.p == 0.8
+
+
+def test_a_preset_file_with_the_kornia_engine_and_extra_ops(tmp_path):
+    from contrastseg.config import load_pretrain_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "views:\n  preset: simclr\n  engine: kornia\n  t2:\n"
+        "    extra: [{name: RandomMotionBlur, kernel_size: 5, angle: 30.0, direction: 0.5}]\n"
+    )
+    views = load_pretrain_config(str(path)).views
+    assert views.engine == "kornia" and views.t2.extra[0]["name"] == "RandomMotionBlur"
+    assert views.t2.color.brightness == 0.8 and views.t1.extra == []  # the rest is simclr's
