@@ -417,9 +417,10 @@ def make_op(spec: Mapping[str, Any], where: str = "extra") -> nn.Module:
     cls = classes[name]
     if issubclass(cls, K.GeometricAugmentationBase2D) and name not in TRACKED_GEOMETRIC:
         raise ValueError(
-            f"{where}: {name} is refused in a view: its pixel mapping is not a transform matrix "
-            f"of the view onto itself, so the index map cannot follow it; the geometric ops "
-            f"allowed are {', '.join(TRACKED_GEOMETRIC)}"
+            f"{where}: {name} is refused in a view: the index map follows only geometric ops "
+            "that map the view onto itself through their transform_matrix "
+            f"({', '.join(TRACKED_GEOMETRIC)}); non-rigid warps have no such matrix, and crops, "
+            "resizes and pads change the view size (set views.size and the views' crop instead)"
         )
     if not issubclass(cls, K.IntensityAugmentationBase2D | K.GeometricAugmentationBase2D):
         raise ValueError(
