@@ -346,7 +346,7 @@ class ResizedCrop(K.RandomResizedCrop):
         if not fits or transform is None or bool(one_pixel) or size[0] != size[1]:
             return super().apply_transform(input, params, flags, transform)
         exact = torch.float32 if input.device.type == "mps" else torch.float64
-        to_source = torch.linalg.inv(transform.to(exact))[:, :2].float()
+        to_source = torch.linalg.inv_ex(transform.to(exact)).inverse[:, :2].float()
         return geometry.resample(input, to_source, size[0]).to(input.dtype)
 
 

@@ -176,7 +176,8 @@ class KorniaView(nn.Module):
     def _index(
         self, to_view: Tensor, size: int, height: int, width: int, coverage: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        to_source = torch.linalg.inv(to_view).float()
+        # inv_ex: no error check, which would synchronise with a GPU (the matrices are invertible).
+        to_source = torch.linalg.inv_ex(to_view).inverse.float()
         r = torch.arange(size, device=to_view.device, dtype=torch.float32)
 
         def plane(row: int) -> Tensor:

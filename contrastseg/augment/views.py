@@ -9,6 +9,7 @@ parameters drawn from one generator and no Python loop over samples.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -224,8 +225,12 @@ def _seeded_global_rng(generator: torch.Generator | None, device: torch.device) 
     if generator is None:
         yield
         return
-    # One draw from the caller's generator (a device synchronisation on a GPU, once per step).
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    # The seed is a hash of the generator's state, which lives on the host even for a CUDA
+    # generator (reading a drawn number back would synchronise with the device every step);
+    # then one draw advances the generator, so the next call gets another seed.
+    state = generator.get_state().numpy().tobytes()
+    seed = int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little") >> 1
+    torch.empty(1, device=generator.device).uniform_(generator=generator)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.default_generator.manual_seed(seed)

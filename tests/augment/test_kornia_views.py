@@ -187,6 +187,9 @@ def test_same_seed_same_views_different_seed_differs_and_global_rng_is_untouched
     for x, y in zip(a, b, strict=True):
         assert torch.equal(x, y)
     assert not torch.equal(a.index2, c.index2)
+    g = torch.Generator().manual_seed(11)
+    first, second = views(images, g), views(images, g)  # the generator moves on between calls
+    assert torch.equal(first.index2, a.index2) and not torch.equal(second.index2, a.index2)
     torch.manual_seed(7)
     d = views(images)
     torch.manual_seed(7)
