@@ -8,6 +8,7 @@ import torch
 
 from contrastseg.augment.config import (
     ColorConfig,
+    CropConfig,
     FlipConfig,
     GrayscaleConfig,
     PipelineConfig,
@@ -241,3 +242,24 @@ def test_an_extra_op_that_fails_on_the_bands_is_named():
     views = kornia_views(t2)
     with pytest.raises(ValueError, match=r"views\.t2\.extra\[0\] RandomPlanckianJitter"):
         views(torch.rand(2, 5, H, W))
+
+
+def test_large_source_positions_stay_exact_through_chained_ops():
+    # 3000 px wide: a float16 position, or padding mixed in with weight 1e-3, would move a
+    # ramp value by more than half a pixel.
+    height, width = 64, 3000
+    crop = CropConfig(scale=(0.0005, 0.002), ratio=(0.5, 2.0))
+    affine = {"name": "RandomAffine", "degrees": 10.0, "translate": [0.05, 0.05]}
+    t2 = PipelineConfig(
+        crop=crop,
+        flip=FlipConfig(horizontal_p=0.5, vertical_p=0.5),
+        rotation=RotationConfig(p=0.7, degrees=(-20.0, 20.0)),
+        extra=[affine, affine],
+    )
+    pair = kornia_views(t2, t1=PipelineConfig(crop=crop))(
+        ramps.ramp(8, height, width), torch.Generator().manual_seed(0)
+    )
+    ramps.check_half_pixel_rule(pair.view1, pair.index1, height, width)
+    ramps.check_half_pixel_rule(pair.view2, pair.index2, height, width)
+    columns = (pair.index1[pair.index1 > 0] - 1) % width
+    assert columns.float().std() > 500  # crops all over the strip
