@@ -70,8 +70,14 @@ class _ComputeSelectedOnly:
         batch = input.shape[0]
 
         def op(x: Tensor, pick: Any) -> Tensor:
+            # forward_input_shape is (B, C, H, W) itself, not one row per sample.
             chosen = {
-                k: pick(v) if isinstance(v, Tensor) and v.ndim and v.shape[0] == batch else v
+                k: pick(v)
+                if isinstance(v, Tensor)
+                and v.ndim
+                and v.shape[0] == batch
+                and k != "forward_input_shape"
+                else v
                 for k, v in params.items()
             }
             chosen_transform = None if transform is None else pick(transform)

@@ -98,6 +98,13 @@ def test_selected_samples_only_equals_kornias_blend():
     torch.testing.assert_close(out, blended)
     chosen = params["batch_prob"] > 0.5
     assert 0 < chosen.sum() < 12 and torch.equal(out[~chosen], images[~chosen])
+    # A batch of 4 (the length of Kornia's forward_input_shape) works alike.
+    four = images[:4]
+    torch.manual_seed(0)
+    out = op(four)
+    torch.testing.assert_close(
+        out, K.IntensityAugmentationBase2D.transform_inputs(op, four, op._params, op.flags)
+    )
 
 
 def test_noise_std_range_and_clamp():
