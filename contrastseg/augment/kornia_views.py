@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from contrastseg.augment import intensity
 from contrastseg.augment.config import PipelineConfig, ViewsConfig
-from contrastseg.augment.geometry import pixel_index
+from contrastseg.augment.geometry import pixel_index, source_positions
 from contrastseg.augment.kornia_ops import (
     GaussianBlur,
     HorizontalFlip,
@@ -180,18 +180,9 @@ class KorniaView(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         # inv_ex: no error check, which would synchronise with a GPU (the matrices are invertible).
         to_source = torch.linalg.inv_ex(to_view).inverse.float()
-        r = torch.arange(size, device=to_view.device, dtype=torch.float32)
-
-        def plane(row: int) -> Tensor:
-            a = to_source[:, row]
-            return (
-                a[:, 0, None, None] * r[None, None, :]
-                + (a[:, 1, None] * r + a[:, 2, None])[:, :, None]
-            )
-
-        x, y = plane(0), plane(1)
+        x, y = source_positions(to_source, size)
         if self.projective:
-            w = plane(2)
+            _, w = source_positions(to_source[:, 1:], size)  # the third row, homogeneous w
             x, y = x / w, y / w
         col, row = x.add_(0.5).floor_(), y.add_(0.5).floor_()  # nearest pixel: floor(p + 0.5)
         if coverage is None:  # crops and permutations keep every view pixel inside the source
