@@ -86,6 +86,16 @@ class _ComputeSelectedOnly:
         return intensity.apply_to_selected(params["batch_prob"] > 0.5, op, input, subset=True)
 
 
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """Parameters (drawn on the CPU by Kornia) to the images' device without a synchronisation.
+
+    A blocking copy from pageable host memory waits for the GPU's queue; a non-blocking one
+    stages the source before it returns, so the source may be reused at once (as Kornia does).
+    """
+    non_blocking = device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned()
+    return tensor.to(device, non_blocking=non_blocking)
+
+
 def _uniform_range(low: float, high: float) -> Tensor:
     return torch.tensor([float(low), float(high)])
 
@@ -162,7 +172,7 @@ class RandomBandColorJitter(_ComputeSelectedOnly, K.IntensityAugmentationBase2D)
             )
 
         def factor(name: str) -> Tensor:
-            return params[name].to(input.device)
+            return _to_device(params[name], input.device)
 
         return intensity.color_jitter(
             input,
@@ -209,7 +219,7 @@ class RandomBandGrayscale(_ComputeSelectedOnly, K.IntensityAugmentationBase2D):
         """Replace every band of ``(B, C, H, W)`` images by the mean or ``params["band"]``."""
         if flags["mode"] == "mean":
             return intensity.to_band_mean(input)
-        return intensity.to_one_band(input, params["band"].to(input.device))
+        return intensity.to_one_band(input, _to_device(params["band"], input.device))
 
 
 class RandomBandGaussianNoise(_ComputeSelectedOnly, K.IntensityAugmentationBase2D):
@@ -249,7 +259,7 @@ class RandomBandGaussianNoise(_ComputeSelectedOnly, K.IntensityAugmentationBase2
         transform: Tensor | None = None,
     ) -> Tensor:
         """``(B, C, H, W)`` images plus noise of std ``params["std"]`` (``(B,)``)."""
-        noisy = intensity.gaussian_noise(input, params["std"].to(input.device), None)
+        noisy = intensity.gaussian_noise(input, _to_device(params["std"], input.device), None)
         return _clamp(noisy, flags["value_range"])
 
 
@@ -280,7 +290,7 @@ class RandomQuarterTurn(_ComputeSelectedOnly, K.GeometricAugmentationBase2D):
         self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any]
     ) -> Tensor:
         """``(B, 3, 3)`` maps input pixel ``(x, y)`` to output pixel ``(u, v)``."""
-        k = params["k"].to(input.device)
+        k = _to_device(params["k"], input.device)
         # cos, sin of k * 90 degrees exactly, in {-1, 0, 1}.
         sign = 1 - 2 * torch.div(k, 2, rounding_mode="floor")
         cos = ((1 - k % 2) * sign).to(input.dtype)
@@ -304,7 +314,7 @@ class RandomQuarterTurn(_ComputeSelectedOnly, K.GeometricAugmentationBase2D):
         transform: Tensor | None = None,
     ) -> Tensor:
         """Turn each ``(C, S, S)`` sample of the batch by its ``k``."""
-        k = params["k"].to(input.device)
+        k = _to_device(params["k"], input.device)
         out = input
         for turns in (1, 2, 3):
             # The rows of each k are disjoint, so ``out`` still holds the input on them.
