@@ -263,3 +263,14 @@ def test_large_source_positions_stay_exact_through_chained_ops():
     ramps.check_half_pixel_rule(pair.view2, pair.index2, height, width)
     columns = (pair.index1[pair.index1 > 0] - 1) % width
     assert columns.float().std() > 500  # crops all over the strip
+
+
+@pytest.mark.parametrize("preset", ["glcnet", "simclr"])
+def test_presets_run_as_kornia_pipelines(preset):
+    cfg = ViewsConfig.preset(preset, size=S, engine="kornia")
+    views = PairedViews(cfg)
+    names = [type(op).__name__ for op in views.kornia[1].ops]
+    assert names[0] == "ResizedCrop" and "RandomBandColorJitter" in names
+    pair = views(torch.rand(4, 3, H, W), torch.Generator().manual_seed(0))
+    assert pair.view2.shape == (4, 3, S, S) and (pair.index2 > 0).all()
+    assert pair.view2.min() >= 0 and pair.view2.max() <= 1  # value_range clamp
