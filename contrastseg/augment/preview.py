@@ -9,6 +9,7 @@ colour changes of view 2 stay visible.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def draw_view_grid(
         percentiles: per-image low / high percentiles mapped to black / white.
         cell: side in pixels of each grid cell (images are resized to fit, keeping aspect).
         margin: gap between cells in pixels.
-        title: lines written above the grid (e.g. :func:`describe_views`); none by default.
+        title: lines written above the grid, wrapped to its width (e.g.
+            :func:`describe_views`); none by default.
 
     Returns:
         The written path.
@@ -106,14 +108,13 @@ def draw_view_grid(
             f"draw_view_grid: percentiles must satisfy 0 <= low < high <= 100, got {percentiles}"
         )
     batch = images.shape[0]
-    header = 14 * len(title)  # the default bitmap font is about 11 pixels high
-    grid = Image.new(
-        "RGB",
-        (3 * cell + 4 * margin, header + batch * cell + (batch + 1) * margin),
-        (255, 255, 255),
-    )
+    width = 3 * cell + 4 * margin
+    # The default bitmap font is about 6 x 11 pixels a character: wrap to the grid's width.
+    lines = [part for line in title for part in textwrap.wrap(line, max(20, width // 6 - 1))]
+    header = 14 * len(lines)
+    grid = Image.new("RGB", (width, header + batch * cell + (batch + 1) * margin), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    for i, line in enumerate(title):
+    for i, line in enumerate(lines):
         draw.text((margin, margin + 14 * i), line, fill=(0, 0, 0))
     for row in range(batch):
         original = _display_bands(images[row].detach().float().cpu(), rgb_bands)

@@ -101,7 +101,10 @@ def test_preview_lists_the_extra_ops_above_the_grid(tmp_path):
         "t2: crop, hflip, vflip, rot90, color, grayscale, blur, noise"
     )
     images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
-    path = preview_views(images, tmp_path / "v.png", cfg, num_regions=2, region_size=8, cell=32)
+    path = preview_views(images, tmp_path / "v.png", cfg, num_regions=2, region_size=8, cell=64)
     picture = np.asarray(Image.open(path).convert("RGB"))
-    assert picture.shape == (2 * 14 + 2 * 32 + 3 * 4, 3 * 32 + 4 * 4, 3)  # two title lines
+    assert picture.shape == (2 * 14 + 2 * 64 + 3 * 4, 3 * 64 + 4 * 4, 3)  # two title lines
     assert (picture[: 2 * 14] != 255).any()  # text drawn
+    # A grid too narrow for a line wraps it: 112 px hold 20 characters, so t2's line takes two.
+    path = preview_views(images, tmp_path / "n.png", cfg, num_regions=2, region_size=8, cell=32)
+    assert np.asarray(Image.open(path)).shape[0] == 3 * 14 + 2 * 32 + 3 * 4
