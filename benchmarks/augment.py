@@ -18,6 +18,11 @@ path. ``--keep-freed-memory`` reruns the benchmark with glibc told to keep freed
 (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, what jemalloc or tcmalloc do by
 default), for both paths alike.
 
+Engines: the same GLCNet views made by ``views.engine: native`` (this package's ops, one
+resampling per view) and ``views.engine: kornia`` (a sequence of ``kornia.augmentation``
+modules per view), both batched on ``--device``, timed call by call alternately; the ratio
+is Kornia's time over the native one (median over adjacent pairs of calls).
+
 With ``--device cuda`` the batched path also reports its share of an approximate ResNet-50
 GLCNet training step (DeepLabV3+ forward of both views, encoder + decoder, backward, Adam
 step; heads and losses omitted, they are negligible).
@@ -25,7 +30,10 @@ step; heads and losses omitted, they are negligible).
 Usage::
 
     python benchmarks/augment.py [--quick] [--device cpu|cuda] [--keep-freed-memory]
-                                 [--out benchmarks/results/augment.json]
+                                 [--threads 1] [--out benchmarks/results/augment.json]
+
+``--quick`` writes to the temporary folder unless ``--out`` is given, so a smoke run never
+replaces the committed results.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import random
 import resource
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +63,13 @@ NUM_REGIONS = 4
 REGION_SIZE = 48
 #: glibc: serve every block from the heap and never trim it (both values in bytes).
 KEEP_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**31)}
+
+
+def default_out(quick: bool) -> str:
+    """The committed results file, or with ``quick`` one in the temporary folder."""
+    if quick:
+        return str(Path(tempfile.gettempdir()) / "contrastseg-benchmarks" / "augment.json")
+    return "benchmarks/results/augment.json"
 
 
 def _minor_faults() -> int:
@@ -137,7 +153,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller batch, fewer repeats")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", default="benchmarks/results/augment.json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON to write (default benchmarks/results/augment.json; with --quick, a file in "
+        "the temporary folder, so the committed results stay)",
+    )
     parser.add_argument(
         "--batch", type=int, default=None, help="images per batch (default 16 quick, 64 full)"
     )
@@ -157,6 +178,7 @@ def main() -> None:
             env = {**os.environ, **KEEP_MEMORY_ENV}
             os.execve(sys.executable, sys.orig_argv, env)
 
+    args.out = args.out or default_out(args.quick)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch = args.batch or (16 if args.quick else 64)
@@ -171,6 +193,7 @@ def main() -> None:
     dev_images = images.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     views = PairedViews(config)
+    kornia_views = PairedViews(ViewsConfig(engine="kornia"))
     pair = views(dev_images, gen)
     n_src = args.source * args.source
 
@@ -181,6 +204,9 @@ def main() -> None:
         match_regions(
             pair.index1, pair.index2, NUM_REGIONS, REGION_SIZE, gen, num_source_pixels=n_src
         )
+
+    def kornia_engine_views() -> None:
+        kornia_views(dev_images, gen)
 
     def batched_both() -> None:
         p = views(dev_images, gen)
@@ -214,15 +240,7 @@ def main() -> None:
         ("views", batched_views, sample_views),
         ("views+matching", batched_both, sample_both),
     ):
-        fb(), fs()  # warm-up
-        tb, ts, fault_b, fault_s = [], [], [], []
-        for _ in range(repeats):
-            start = _minor_faults()
-            tb += time_it(fb, device, repeats=1, warmup=0)
-            middle = _minor_faults()
-            ts += time_it(fs, cpu, repeats=1, warmup=0)
-            fault_b.append(middle - start)
-            fault_s.append(_minor_faults() - middle)
+        tb, ts, fault_b, fault_s = _alternate(fb, device, fs, cpu, repeats)
         # The ratio is the median over pairs of adjacent calls, so that a change in the load
         # of a shared machine during the run cancels out of it.
         pair_ratios = [(s / per_sample_n) / (b / batch) for b, s in zip(tb, ts, strict=True)]
@@ -232,6 +250,16 @@ def main() -> None:
             statistics.median(fault_s) / per_sample_n,
         )
     t_both = timed["views+matching"][0]
+    # Engines: both batched on the device, same batch.
+    t_native, t_kornia, _, _ = _alternate(
+        batched_views, device, kornia_engine_views, device, repeats
+    )
+    engine_ratio = statistics.median(k / n for n, k in zip(t_native, t_kornia, strict=True))
+    engines = {
+        "native_ms_per_image": 1e3 * statistics.median(t_native) / batch,
+        "kornia_ms_per_image": 1e3 * statistics.median(t_kornia) / batch,
+        "kornia_over_native": engine_ratio,
+    }
 
     rows = []
     results = {}
@@ -256,6 +284,8 @@ def main() -> None:
             "per_sample_page_faults_per_image": pf_s,
         }
 
+    results["engines"] = engines
+
     step = None
     if device.type == "cuda":
         step = train_step_seconds(batch, config.size, device, repeats)
@@ -278,6 +308,10 @@ def main() -> None:
             "page faults/img (batched / per-sample)",
         ],
         rows,
+    )
+    print(
+        f"views engines (batched, {device}): native {engines['native_ms_per_image']:.3f} ms/img, "
+        f"kornia {engines['kornia_ms_per_image']:.3f} ms/img, kornia / native = {engine_ratio:.2f}x"
     )
     if step is not None:
         print(
@@ -305,6 +339,25 @@ def main() -> None:
         },
     )
     print(f"wrote {path}")
+
+
+def _alternate(
+    first, first_device: torch.device, second, second_device: torch.device, repeats: int
+) -> tuple[list[float], list[float], list[int], list[int]]:
+    """Time two callables call by call alternately (load from other processes hits both alike).
+
+    Returns the seconds of each call of ``first`` and ``second`` and the minor page faults of each.
+    """
+    first(), second()  # warm-up
+    t1, t2, faults1, faults2 = [], [], [], []
+    for _ in range(repeats):
+        start = _minor_faults()
+        t1 += time_it(first, first_device, repeats=1, warmup=0)
+        middle = _minor_faults()
+        t2 += time_it(second, second_device, repeats=1, warmup=0)
+        faults1.append(middle - start)
+        faults2.append(_minor_faults() - middle)
+    return t1, t2, faults1, faults2
 
 
 def train_step_seconds(batch: int, size: int, device: torch.device, repeats: int) -> float:

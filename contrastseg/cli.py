@@ -105,7 +105,7 @@ def _read_preview_images(paths: Sequence[str], patterns: Sequence[str], count: i
 def _cmd_views(args: argparse.Namespace) -> int:
     import torch
 
-    from contrastseg.augment.preview import preview_views
+    from contrastseg.augment.preview import describe_views, preview_views
     from contrastseg.data import UnlabeledDataset
 
     try:
@@ -134,6 +134,7 @@ def _cmd_views(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
+    print(f"views ({config.views.engine} engine): " + "; ".join(describe_views(config.views)))
     print(f"wrote {path}")
     return 0
 

@@ -26,6 +26,7 @@ from contrastseg.utils.configtools import (
     apply_overrides,
     from_dict,
     load_yaml,
+    merge_mappings,
     to_dict,
 )
 
@@ -283,18 +284,8 @@ def _expand_views_preset(data: dict, overrides: Sequence[str], source: str) -> l
             base = to_dict(ViewsConfig.preset(name))
         except ValueError as err:
             raise ConfigError(f"'views.preset' in {source}: {err}") from err
-        data["views"] = _merge(base, views)
+        data["views"] = merge_mappings(base, views)
     return rest
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def load_config(

@@ -102,3 +102,9 @@ def test_pretrain_step_quick_runs(pretrain_step, tmp_path):
     assert case["flops_per_step"] > 0 and 0 <= case["data_wait_fraction"] <= 1
     assert "fraction_of_peak" not in case  # a CPU has no entry in the peak table
     assert report["cases"][0]["flops_per_step"] == case["flops_per_step"]
+
+
+def test_augment_quick_run_leaves_the_committed_results_alone():
+    augment = _load("augment")
+    assert augment.default_out(False) == "benchmarks/results/augment.json"
+    assert "benchmarks" not in Path(augment.default_out(True)).parts

@@ -51,6 +51,13 @@ def test_views_stats_and_config_commands(tmp_path, capsys):
 
     with Image.open(png) as img:
         assert img.height > img.width / 3  # two rows of original / view 1 / view 2
+    capsys.readouterr()
+    kornia = ["views.engine=kornia", "views.t2.extra=[{name: RandomErasing, p: 0.5}]"]
+    assert main(["views", "--count", "1", "--out", str(png), *_set(kornia)]) == 0
+    assert (
+        "t2: crop, hflip, vflip, rot90, color, grayscale, blur, noise + RandomErasing(p=0.5)"
+        in (capsys.readouterr().out)
+    )
     stats = tmp_path / "stats.yaml"
     assert main(["stats", "--max-samples", "4", "--out", str(stats)]) == 0
     import yaml
@@ -79,3 +86,20 @@ def test_export_of_a_pretraining_run_loads_into_torchvision(tmp_path, capsys):
     ckpt = next((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
     assert main(["evaluate", "--checkpoint", str(ckpt)]) == 2
     assert "finetune" in capsys.readouterr().err.lower()
+
+
+def test_pretrain_with_kornia_views_and_extra_ops(tmp_path, capsys):
+    # End to end with the 4-band demo scenes: Kornia pipelines, a random-band grayscale, an
+    # extra intensity op and an extra geometric op in view 2.
+    kornia = [
+        "views.engine=kornia",
+        "views.t2.grayscale.mode=random_band",
+        "views.t2.extra=[{name: RandomMotionBlur, kernel_size: 5, angle: 30.0, direction: 0.5},"
+        " {name: RandomAffine, degrees: 20.0, p: 0.5}]",
+    ]
+    args = _set([*TINY_PRETRAIN, *kornia, f"run.root={tmp_path}"])
+    assert main(["pretrain", *args, "--name", "k"]) == 0
+    assert next((tmp_path / "k" / "checkpoints").glob("step_*.pt"))
+    capsys.readouterr()
+    assert main(["config", "--set", "views.t2.extra=[{name: RandomElasticTransform}]"]) == 2
+    assert "RandomElasticTransform is refused" in capsys.readouterr().err

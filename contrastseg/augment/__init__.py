@@ -1,8 +1,9 @@
 """Paired views with index tracking, matched local regions and region pooling (GLCNet).
 
 ``PairedViews`` makes two augmented views of a batch on its device and, for every view
-pixel, the source pixel it came from; ``match_regions`` draws window pairs centred on the
-same source pixel in both views; ``pool_regions`` averages a feature map over those
+pixel, the source pixel it came from (with this package's ops, or as ``kornia.augmentation``
+pipelines with ``views.engine: kornia``; our multi-band ops are the ``RandomBand*`` Kornia
+classes); ``match_regions`` draws window pairs centred on the same source pixel in both views; ``pool_regions`` averages a feature map over those
 windows; ``draw_view_grid`` (and ``preview_views``, which runs it all) writes a PNG to
 check it by eye.
 """
@@ -19,6 +20,12 @@ from contrastseg.augment.config import (
     RotationConfig,
     ViewsConfig,
 )
+from contrastseg.augment.kornia_ops import (
+    RandomBandColorJitter,
+    RandomBandGaussianNoise,
+    RandomBandGrayscale,
+    RandomQuarterTurn,
+)
 from contrastseg.augment.pooling import pool_regions
 from contrastseg.augment.preview import draw_view_grid, preview_views
 from contrastseg.augment.regions import MatchedRegions, match_regions
@@ -34,6 +41,10 @@ __all__ = [
     "NoiseConfig",
     "PairedViews",
     "PipelineConfig",
+    "RandomBandColorJitter",
+    "RandomBandGaussianNoise",
+    "RandomBandGrayscale",
+    "RandomQuarterTurn",
     "Rot90Config",
     "RotationConfig",
     "ViewPair",

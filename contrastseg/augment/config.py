@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 def _check_probability(owner: str, name: str, value: float) -> None:
@@ -130,16 +130,22 @@ class ColorConfig:
 
 @dataclass
 class GrayscaleConfig:
-    """ "Grayscale": every band replaced by the mean over bands (works for any band count).
+    """ "Grayscale" for any band count: every band replaced by the band mean (or one random band).
 
     Attributes:
         p: probability of the replacement.
+        mode: ``mean`` (the mean over bands) or ``random_band`` (one band drawn per sample;
+            Kornia engine only).
     """
 
     p: float = 0.0  #: probability of replacing every band by the band mean
+    #: ``mean`` = mean over bands; ``random_band`` = one band drawn per sample (engine kornia)
+    mode: Literal["mean", "random_band"] = "mean"
 
     def __post_init__(self) -> None:
         _check_probability("grayscale", "p", self.p)
+        if self.mode not in ("mean", "random_band"):
+            raise ValueError(f"grayscale.mode must be 'mean' or 'random_band', got {self.mode!r}")
 
 
 @dataclass
@@ -184,8 +190,9 @@ class NoiseConfig:
 class PipelineConfig:
     """The ops of one view, applied in the order of the fields (geometry first, then intensity).
 
-    All geometric ops (crop, flips, rot90, rotation) are composed into one affine map and the
-    image is resampled once.
+    With ``views.engine: native`` all geometric ops (crop, flips, rot90, rotation) are composed
+    into one affine map and the image is resampled once. With ``views.engine: kornia`` each op is
+    a ``kornia.augmentation`` module applied in turn, followed by the ``extra`` ops.
     """
 
     crop: CropConfig = field(default_factory=CropConfig)  #: random resized crop
@@ -196,6 +203,17 @@ class PipelineConfig:
     grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)  #: band mean
     blur: BlurConfig = field(default_factory=BlurConfig)  #: Gaussian blur
     noise: NoiseConfig = field(default_factory=NoiseConfig)  #: Gaussian noise
+    #: kornia.augmentation ops appended after the built-in ones (engine kornia), each
+    #: ``{name: <class>, <argument>: <value>, ...}``
+    extra: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.extra = list(self.extra)
+        if self.extra:
+            from contrastseg.augment.kornia_ops import make_op
+
+            for i, spec in enumerate(self.extra):
+                make_op(spec, where=f"extra[{i}]")  # bad names and arguments fail here, not mid-run
 
 
 def _glcnet_t2() -> PipelineConfig:
@@ -229,6 +247,9 @@ class ViewsConfig:
             hue act; ``None`` when the data has no RGB triple (those two ops are skipped).
         value_range: ``(low, high)`` the intensity ops clamp to, as torchvision does for
             images in ``[0, 1]``; ``None`` for no clamping (e.g. standardised bands).
+        engine: ``native`` (this package's ops: one resampling per view, fastest) or
+            ``kornia`` (a sequence of ``kornia.augmentation`` modules per view, which takes
+            the ``extra`` ops).
         t1: pipeline of view 1 (GLCNet: the crop only).
         t2: pipeline of view 2 (GLCNet: crop, flips, rot90, colour, grayscale, blur, noise).
     """
@@ -241,6 +262,8 @@ class ViewsConfig:
         0.0,
         1.0,
     )  #: clamp range of intensity ops, None = no clamp
+    #: ``native`` = own ops, one resampling; ``kornia`` = kornia.augmentation modules, takes ``extra``
+    engine: Literal["native", "kornia"] = "native"
     t1: PipelineConfig = field(default_factory=PipelineConfig)  #: pipeline of view 1
     t2: PipelineConfig = field(default_factory=_glcnet_t2)  #: pipeline of view 2
 
@@ -261,6 +284,20 @@ class ViewsConfig:
                 raise ValueError(
                     f"views.value_range must be (low, high) with low < high or None, got {self.value_range}"
                 )
+        if self.engine not in ("native", "kornia"):
+            raise ValueError(f"views.engine must be 'native' or 'kornia', got {self.engine!r}")
+        if self.engine == "native":
+            for name, pipe in (("t1", self.t1), ("t2", self.t2)):
+                if pipe.extra:
+                    raise ValueError(
+                        f"views.{name}.extra needs views.engine: kornia (the native engine has "
+                        f"only the built-in ops), got {len(pipe.extra)} extra op(s)"
+                    )
+                if pipe.grayscale.mode != "mean":
+                    raise ValueError(
+                        f"views.{name}.grayscale.mode {pipe.grayscale.mode!r} needs "
+                        "views.engine: kornia (the native engine has only 'mean')"
+                    )
 
     @classmethod
     def preset(cls, name: Literal["glcnet", "simclr"], **overrides: object) -> ViewsConfig:

@@ -157,6 +157,52 @@ def source_positions(affine: Tensor, size: int) -> tuple[Tensor, Tensor]:
     return ux + vx, uy + vy
 
 
+def pixel_index(col: Tensor, row: Tensor, height: int, width: int, inside: Tensor | None) -> Tensor:
+    """Index map ``row * width + col + 1`` of whole-pixel positions, 0 where not ``inside``.
+
+    Args:
+        col, row: ``(B, S, S)`` float whole-pixel positions (modified in place when
+            ``inside`` is ``None``: clamped into the source).
+        height, width: source size.
+        inside: ``(B, S, S)`` bool, or ``None`` when every position is known to be in the
+            source up to rounding.
+
+    Returns:
+        ``(B, S, S)`` int64.
+    """
+    if inside is None:
+        col.clamp_(0, width - 1)
+        row.clamp_(0, height - 1)
+    # int32 arithmetic where it cannot overflow: half the memory traffic of int64.
+    flat = row.to(torch.int64 if height * width >= 2**31 - 1 else torch.int32) * width
+    flat = flat.add_(col.to(flat.dtype)).add_(1)
+    return (flat if inside is None else torch.where(inside, flat, 0)).long()
+
+
+def resample(images: Tensor, affine: Tensor, size: int) -> Tensor:
+    """Bilinear samples of ``images`` at the source positions of ``affine`` (border padding).
+
+    Args:
+        images: ``(B, C, H, W)`` float.
+        affine: ``(B, 2, 3)`` view pixel -> source pixel map (pixel centres at integers).
+        size: side of the square output.
+
+    Returns:
+        ``(B, C, size, size)`` in float32 (float64 stays float64).
+    """
+    _, _, height, width = images.shape
+    # align_corners=True maps -1 / +1 to the centres of the first / last pixel, the pixel-centre
+    # convention of the positions; the grid is the position plane, scaled.
+    sx, sy = 2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)
+    ux, vx = _plane_parts(affine, 0, size, sx, -1.0)
+    uy, vy = _plane_parts(affine, 1, size, sy, -1.0)
+    grid = torch.stack([ux, uy], dim=-1) + torch.stack([vx, vy], dim=-1)  # (B, S, S, 2)
+    work = images if images.dtype in (torch.float32, torch.float64) else images.float()
+    return F.grid_sample(
+        work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=True
+    )
+
+
 def warp_with_index(
     images: Tensor, affine: Tensor, size: int, may_leave_source: bool = True
 ) -> tuple[Tensor, Tensor]:
@@ -184,22 +230,8 @@ def warp_with_index(
     inside = None
     if may_leave_source:
         inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    else:
-        col.clamp_(0, width - 1)
-        row.clamp_(0, height - 1)
-    flat = row.to(torch.int64 if height * width >= 2**31 - 1 else torch.int32) * width
-    flat = flat.add_(col.to(flat.dtype)).add_(1)
-    index = (flat if inside is None else torch.where(inside, flat, 0)).long()
-    # align_corners=True maps -1 / +1 to the centres of the first / last pixel, the pixel-centre
-    # convention of the positions above; the grid is the same plane, scaled.
-    sx, sy = 2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)
-    ux, vx = _plane_parts(affine, 0, size, sx, -1.0)
-    uy, vy = _plane_parts(affine, 1, size, sy, -1.0)
-    grid = torch.stack([ux, uy], dim=-1) + torch.stack([vx, vy], dim=-1)  # (B, S, S, 2)
-    work = images if images.dtype in (torch.float32, torch.float64) else images.float()
-    view = F.grid_sample(
-        work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=True
-    )
+    index = pixel_index(col, row, height, width, inside)
+    view = resample(images, affine, size)
     if inside is not None:
         view = view * inside[:, None].to(view.dtype)
     return view.to(images.dtype), index

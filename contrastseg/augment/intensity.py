@@ -9,6 +9,9 @@ taken around each band's own mean because a multi-band image has no luminance.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -69,6 +72,61 @@ def to_band_mean(images: Tensor) -> Tensor:
     return images.mean(dim=1, keepdim=True).expand_as(images)
 
 
+def to_one_band(images: Tensor, band: Tensor) -> Tensor:
+    """ "Grayscale" from one band: every band of sample ``i`` replaced by its band ``band[i]``.
+
+    Args:
+        images: ``(B, C, H, W)``.
+        band: ``(B,)`` int64 band indices in ``[0, C)``.
+    """
+    index = band.view(-1, 1, 1, 1).expand(-1, 1, *images.shape[-2:])
+    return torch.gather(images, 1, index).expand_as(images)
+
+
+def color_jitter(
+    images: Tensor,
+    brightness: Tensor,
+    contrast: Tensor,
+    saturation: Tensor | None,
+    hue: Tensor | None,
+    rgb_bands: Sequence[int] | None,
+    clamp: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """torchvision's ``ColorJitter`` in the fixed order brightness, contrast, saturation, hue.
+
+    Brightness and contrast act on every band (contrast around each band's mean), saturation
+    and hue on ``rgb_bands`` only; ``clamp`` follows brightness, contrast and saturation.
+
+    Args:
+        images: ``(B, C, H, W)``.
+        brightness, contrast: ``(B,)`` factors.
+        saturation: ``(B,)`` factors, or ``None`` to skip.
+        hue: ``(B,)`` shifts in turns, or ``None`` to skip.
+        rgb_bands: the R, G, B band indices, or ``None`` (saturation and hue skipped).
+        clamp: the value-range clamp (identity for none).
+    """
+    out = clamp(adjust_brightness(images, brightness))
+    out = clamp(adjust_contrast(out, contrast))
+    if rgb_bands is None or (saturation is None and hue is None):
+        return out
+    # Band by band (three slices) rather than an index tensor, which would need a
+    # host-to-device copy on every call.
+    rgb = torch.stack([out[:, band] for band in rgb_bands], dim=1)
+    if saturation is not None:
+        rgb = clamp(adjust_saturation(rgb, saturation))
+    if hue is not None:
+        rgb = adjust_hue(rgb, hue)
+    out = out.clone()
+    for i, band in enumerate(rgb_bands):
+        out[:, band] = rgb[:, i]
+    return out
+
+
+def gaussian_kernel_size(sigma_max: float) -> int:
+    """Odd kernel side covering three sigmas either side of the centre."""
+    return 2 * math.ceil(3 * sigma_max) + 1
+
+
 def gaussian_blur(images: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Separable Gaussian blur with a per-sample ``sigma`` (in pixels), reflect padding.
 
@@ -94,3 +152,29 @@ def gaussian_noise(images: Tensor, std: Tensor, generator: torch.Generator | Non
     """Add ``N(0, std^2)`` noise, ``std`` per sample, drawn from ``generator``."""
     noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
     return images + noise * _per_sample(std).to(images.dtype)
+
+
+def apply_to_selected(
+    mask: Tensor,
+    op: Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor],
+    images: Tensor,
+    subset: bool | None = None,
+) -> Tensor:
+    """Apply a per-sample ``op(images, pick)`` to the samples ``mask`` selects.
+
+    ``pick`` restricts a ``(B, ...)`` parameter tensor to the samples ``op`` receives. With
+    ``subset`` (the default on the CPU) only the selected samples are computed; otherwise
+    (the default elsewhere) every sample is computed and ``torch.where`` chooses, which
+    avoids a device-to-host synchronisation. The ops are per sample, so both give the same
+    result (the noise op draws fewer numbers in subset mode).
+    """
+    if subset is None:
+        subset = images.device.type == "cpu"
+    if not subset:
+        chosen = op(images, lambda t: t)
+        return torch.where(mask.view(-1, *([1] * (images.ndim - 1))), chosen, images)
+    rows = mask.nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return images
+    picked = op(images.index_select(0, rows), lambda t: t.index_select(0, rows))
+    return images.index_copy(0, rows, picked)

@@ -9,6 +9,7 @@ colour changes of view 2 stay visible.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,26 @@ PALETTE = (
 )
 
 
+def describe_views(config: ViewsConfig) -> list[str]:
+    """One line per view naming its ops in order, e.g. ``t2: crop, flip, ... + RandomErasing(p=0.3)``.
+
+    Built-in ops with probability 0 are left out; ``extra`` ops are listed with their arguments.
+    """
+    from contrastseg.augment.kornia_ops import op_label
+
+    lines = []
+    for name, pipe in (("t1", config.t1), ("t2", config.t2)):
+        ops = ["crop"]
+        ops += ["hflip"] if pipe.flip.horizontal_p > 0 else []
+        ops += ["vflip"] if pipe.flip.vertical_p > 0 else []
+        for op in ("rot90", "rotation", "color", "grayscale", "blur", "noise"):
+            if getattr(pipe, op).p > 0:
+                ops.append(op)
+        extra = " + " + ", ".join(op_label(spec) for spec in pipe.extra) if pipe.extra else ""
+        lines.append(f"{name}: {', '.join(ops)}{extra}")
+    return lines
+
+
 def _display_bands(image: Tensor, rgb_bands: Sequence[int] | None) -> Tensor:
     if rgb_bands is not None and max(rgb_bands) < image.shape[0]:
         return image[list(rgb_bands)]
@@ -54,6 +75,7 @@ def draw_view_grid(
     percentiles: tuple[float, float] = (2.0, 98.0),
     cell: int = 256,
     margin: int = 4,
+    title: Sequence[str] = (),
 ) -> Path:
     """Write one PNG grid of originals, views and matched regions.
 
@@ -67,6 +89,8 @@ def draw_view_grid(
         percentiles: per-image low / high percentiles mapped to black / white.
         cell: side in pixels of each grid cell (images are resized to fit, keeping aspect).
         margin: gap between cells in pixels.
+        title: lines written above the grid, wrapped to its width (e.g.
+            :func:`describe_views`); none by default.
 
     Returns:
         The written path.
@@ -84,16 +108,20 @@ def draw_view_grid(
             f"draw_view_grid: percentiles must satisfy 0 <= low < high <= 100, got {percentiles}"
         )
     batch = images.shape[0]
-    grid = Image.new(
-        "RGB", (3 * cell + 4 * margin, batch * cell + (batch + 1) * margin), (255, 255, 255)
-    )
+    width = 3 * cell + 4 * margin
+    # The default bitmap font is about 6 x 11 pixels a character: wrap to the grid's width.
+    lines = [part for line in title for part in textwrap.wrap(line, max(20, width // 6 - 1))]
+    header = 14 * len(lines)
+    grid = Image.new("RGB", (width, header + batch * cell + (batch + 1) * margin), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
+    for i, line in enumerate(lines):
+        draw.text((margin, margin + 14 * i), line, fill=(0, 0, 0))
     for row in range(batch):
         original = _display_bands(images[row].detach().float().cpu(), rgb_bands)
         q = torch.tensor(percentiles, dtype=torch.float32) / 100
         low, high = torch.quantile(original.reshape(3, -1), q, dim=1)  # (3,) each
         low, high = low.view(3, 1, 1), high.view(3, 1, 1)
-        top = margin + row * (cell + margin)
+        top = header + margin + row * (cell + margin)
         for col, tensor in enumerate((images[row], pair.view1[row], pair.view2[row])):
             shown = _display_bands(tensor.detach().float().cpu(), rgb_bands)
             picture = Image.fromarray(_to_uint8(shown, low, high))
@@ -187,4 +215,8 @@ def preview_views(
         generator,
         num_source_pixels=batch.shape[-2] * batch.shape[-1],
     )
-    return draw_view_grid(batch, pair, regions, path, rgb_bands=config.rgb_bands, cell=cell)
+    # The recipe goes above the grid when it has ops beyond the built-in ones.
+    title = describe_views(config) if config.t1.extra or config.t2.extra else ()
+    return draw_view_grid(
+        batch, pair, regions, path, rgb_bands=config.rgb_bands, cell=cell, title=title
+    )

@@ -8,8 +8,9 @@ parameters drawn from one generator and no Python loop over samples.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from contrastseg.augment import intensity
 from contrastseg.augment.config import PipelineConfig, ViewsConfig
 from contrastseg.augment.geometry import compose_view_affine, sample_crop_boxes, warp_with_index
+from contrastseg.augment.intensity import apply_to_selected as _apply
 
 #: Columns of the per-sample uniform draws of one pipeline (one draw each, always taken, so
 #: the geometry of both views never depends on which intensity ops fire).
@@ -46,11 +48,17 @@ class ViewPair(NamedTuple):
 class PairedViews(nn.Module):
     """Make ``view1 = t1(x)`` and ``view2 = t2(x)`` with index maps, batched on the device.
 
-    Geometry (crop, flips, rot90, rotation) is one affine map per view; the image is
-    sampled bilinearly and the index map takes the nearest source pixel of the same
-    sampling position (see :mod:`contrastseg.augment.geometry`). Intensity ops follow in the
-    order colour (brightness, contrast, saturation, hue), grayscale, blur, noise, each on
-    the samples its probability picks.
+    Two engines (``config.engine``) with the same contract and the same op order (geometry,
+    then colour (brightness, contrast, saturation, hue), grayscale, blur, noise, each on the
+    samples its probability picks):
+
+    - ``native``: geometry (crop, flips, rot90, rotation) is one affine map per view; the
+      image is sampled bilinearly once and the index map takes the nearest source pixel of
+      the same sampling position (see :mod:`contrastseg.augment.geometry`).
+    - ``kornia``: each view is a sequence of ``kornia.augmentation`` modules, the built-in
+      ops then ``extra``; the index map follows the product of the geometric ops'
+      transform matrices (see :mod:`contrastseg.augment.kornia_views`). Kornia draws from
+      the global generators, which are seeded from ``generator`` and restored afterwards.
 
     Args:
         config: the two pipelines; ``None`` for the GLCNet defaults.
@@ -65,6 +73,14 @@ class PairedViews(nn.Module):
     def __init__(self, config: ViewsConfig | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else ViewsConfig()
+        self.kornia: nn.ModuleList | None = None
+        if self.config.engine == "kornia":
+            from contrastseg.augment.kornia_views import KorniaView, build_ops
+
+            self.kornia = nn.ModuleList(
+                KorniaView(*build_ops(pipe, self.config, name))
+                for name, pipe in (("t1", self.config.t1), ("t2", self.config.t2))
+            )
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> ViewPair:
         """Two views of ``images``.
@@ -86,9 +102,18 @@ class PairedViews(nn.Module):
         """
         self._check(images, generator)
         with torch.autocast(device_type=images.device.type, enabled=False):
+            if self.kornia is not None:
+                return self._kornia_views(images, generator)
             view1, index1 = self._view(images, self.config.t1, generator)
             view2, index2 = self._view(images, self.config.t2, generator)
         return ViewPair(view1, view2, index1, index2)
+
+    def _kornia_views(self, images: Tensor, generator: torch.Generator | None) -> ViewPair:
+        assert self.kornia is not None
+        work = images if images.dtype in (torch.float32, torch.float64) else images.float()
+        with _seeded_global_rng(generator, images.device):
+            (view1, index1), (view2, index2) = (view(work) for view in self.kornia)
+        return ViewPair(view1.to(images.dtype), view2.to(images.dtype), index1, index2)
 
     def _check(self, images: Tensor, generator: torch.Generator | None) -> None:
         if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
@@ -151,7 +176,7 @@ class PairedViews(nn.Module):
             )
         if pipe.blur.p > 0:
             sigma = uniform(_SIGMA, *pipe.blur.sigma)
-            kernel = 2 * math.ceil(3 * pipe.blur.sigma[1]) + 1
+            kernel = intensity.gaussian_kernel_size(pipe.blur.sigma[1])
             view = _apply(
                 fires(_BLUR_P, pipe.blur.p),
                 lambda x, pick: intensity.gaussian_blur(x, pick(sigma), kernel),
@@ -175,48 +200,41 @@ class PairedViews(nn.Module):
         def factor(column: int, spread: float) -> Tensor:
             return (1 - spread + 2 * spread * u[:, column]).clamp_min(0)
 
-        out = self._clamp(intensity.adjust_brightness(view, factor(_BRIGHT, cfg.brightness)))
-        out = self._clamp(intensity.adjust_contrast(out, factor(_CONTRAST, cfg.contrast)))
-        rgb_bands = self.config.rgb_bands
-        if rgb_bands is not None and (cfg.saturation > 0 or cfg.hue > 0):
-            # Band by band (three slices) rather than an index tensor, which would need a
-            # host-to-device copy on every call.
-            rgb = torch.stack([out[:, band] for band in rgb_bands], dim=1)
-            if cfg.saturation > 0:
-                rgb = self._clamp(intensity.adjust_saturation(rgb, factor(_SAT, cfg.saturation)))
-            if cfg.hue > 0:
-                rgb = intensity.adjust_hue(rgb, cfg.hue * (2 * u[:, _HUE] - 1))
-            out = out.clone()
-            for i, band in enumerate(rgb_bands):
-                out[:, band] = rgb[:, i]
-        return out
+        return intensity.color_jitter(
+            view,
+            factor(_BRIGHT, cfg.brightness),
+            factor(_CONTRAST, cfg.contrast),
+            factor(_SAT, cfg.saturation) if cfg.saturation > 0 else None,
+            cfg.hue * (2 * u[:, _HUE] - 1) if cfg.hue > 0 else None,
+            self.config.rgb_bands,
+            self._clamp,
+        )
 
     def _clamp(self, images: Tensor) -> Tensor:
         value_range = self.config.value_range
         return images if value_range is None else images.clamp(value_range[0], value_range[1])
 
 
-def _apply(
-    mask: Tensor,
-    op: Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor],
-    images: Tensor,
-    subset: bool | None = None,
-) -> Tensor:
-    """Apply a per-sample ``op(images, pick)`` to the samples ``mask`` selects.
+@contextlib.contextmanager
+def _seeded_global_rng(generator: torch.Generator | None, device: torch.device) -> Iterator[None]:
+    """Kornia draws from the global generators: seed them from ``generator``, then restore them.
 
-    ``pick`` restricts a ``(B, ...)`` parameter tensor to the samples ``op`` receives. With
-    ``subset`` (the default on the CPU) only the selected samples are computed; otherwise
-    (the default elsewhere) every sample is computed and ``torch.where`` chooses, which
-    avoids a device-to-host synchronisation. The ops are per sample, so both give the same
-    result (the noise op draws fewer numbers in subset mode).
+    Kornia samples its parameters on the CPU; noise is drawn on the images' device. With
+    ``generator=None`` the global generators are used (and advanced) as they are.
     """
-    if subset is None:
-        subset = images.device.type == "cpu"
-    if not subset:
-        chosen = op(images, lambda t: t)
-        return torch.where(mask.view(-1, *([1] * (images.ndim - 1))), chosen, images)
-    rows = mask.nonzero().squeeze(1)
-    if rows.numel() == 0:
-        return images
-    picked = op(images.index_select(0, rows), lambda t: t.index_select(0, rows))
-    return images.index_copy(0, rows, picked)
+    if generator is None:
+        yield
+        return
+    # The seed is a hash of the generator's state, which lives on the host even for a CUDA
+    # generator (reading a drawn number back would synchronise with the device every step);
+    # then one draw advances the generator, so the next call gets another seed.
+    state = generator.get_state().numpy().tobytes()
+    seed = int.from_bytes(hashlib.blake2b(state, digest_size=8).digest(), "little") >> 1
+    torch.empty(1, device=generator.device).uniform_(generator=generator)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield

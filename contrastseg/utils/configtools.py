@@ -42,6 +42,11 @@ def _type_name(tp: Any) -> str:
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             return f"tuple[{_type_name(args[0])}, ...]"
         return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    if origin is dict or tp is dict:
+        args = get_args(tp) or (Any, Any)
+        return f"mapping[{', '.join(_type_name(a) for a in args)}]"
+    if tp is Any:
+        return "Any"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -113,6 +118,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             _coerce(v, a, f"{key}[{i}]", source)
             for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
+    if origin is dict or tp is dict:
+        # A free-form mapping (e.g. the arguments of an op named by one of its keys): keys and
+        # values are checked against the annotation; a plain ``dict`` accepts any.
+        if not isinstance(value, Mapping):
+            raise bad
+        key_type, value_type = get_args(tp) or (Any, Any)
+        return {
+            _coerce(k, key_type, f"{key} (a key)", source): _coerce(
+                v, value_type, f"{key}.{k}", source
+            )
+            for k, v in value.items()
+        }
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -166,8 +183,14 @@ def from_dict(
             f"{'section ' + repr(prefix) if prefix else 'the top level'} accepts: {', '.join(fields)}"
         )
     kwargs = {}
+    defaults = None
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+            # A sub-section given in part keeps the enclosing default for the rest (e.g.
+            # ViewsConfig.t2's recipe), not the defaults of the sub-section's class.
+            defaults = cls() if defaults is None else defaults
+            value = merge_mappings(to_dict(getattr(defaults, name)), value)
         kwargs[name] = _coerce(value, hints[name], key, source)
     try:
         return cls(**kwargs)
@@ -180,6 +203,17 @@ def from_dict(
             else (f" (in {source})" if source else "")
         )
         raise ConfigError(f"{err}{where}") from err
+
+
+def merge_mappings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, mapping by mapping (lists and scalars are replaced whole)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_mappings(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def to_dict(obj: Any) -> Any:

@@ -88,3 +88,23 @@ def test_preview_views_crops_a_list_to_a_common_size(tmp_path):
     assert np.array_equal(picture, np.asarray(Image.open(again).convert("RGB")))
     with pytest.raises(ValueError, match="band count"):
         preview_views([torch.rand(3, 8, 8), torch.rand(4, 8, 8)], tmp_path / "bad.png")
+
+
+def test_preview_lists_the_extra_ops_above_the_grid(tmp_path):
+    from contrastseg.augment import PipelineConfig, ViewsConfig, preview_views
+    from contrastseg.augment.preview import describe_views
+
+    extra = [{"name": "RandomErasing", "p": 0.5}]
+    cfg = ViewsConfig(size=32, engine="kornia", t2=PipelineConfig(extra=extra))
+    assert describe_views(cfg) == ["t1: crop", "t2: crop + RandomErasing(p=0.5)"]
+    assert describe_views(ViewsConfig())[1] == (
+        "t2: crop, hflip, vflip, rot90, color, grayscale, blur, noise"
+    )
+    images = torch.rand(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    path = preview_views(images, tmp_path / "v.png", cfg, num_regions=2, region_size=8, cell=64)
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape == (2 * 14 + 2 * 64 + 3 * 4, 3 * 64 + 4 * 4, 3)  # two title lines
+    assert (picture[: 2 * 14] != 255).any()  # text drawn
+    # A grid too narrow for a line wraps it: 112 px hold 20 characters, so t2's line takes two.
+    path = preview_views(images, tmp_path / "n.png", cfg, num_regions=2, region_size=8, cell=32)
+    assert np.asarray(Image.open(path)).shape[0] == 3 * 14 + 2 * 32 + 3 * 4

@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import ramps
 import torch
 
 from contrastseg.augment.config import (
@@ -21,10 +22,7 @@ H, W, S = 40, 48, 32
 
 
 def ramp(b, height=H, width=W, bands=2):
-    cols = torch.arange(width, dtype=torch.float32).expand(height, width)
-    rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
-    planes = [cols, rows] + [torch.full((height, width), 0.5)] * (bands - 2)
-    return torch.stack(planes).expand(b, bands, height, width).contiguous()
+    return ramps.ramp(b, height, width, bands)
 
 
 def geometry_only(pipe: PipelineConfig) -> PipelineConfig:
@@ -38,13 +36,7 @@ def geometry_only(pipe: PipelineConfig) -> PipelineConfig:
 
 
 def check_half_pixel_rule(view, index, height=H, width=W):
-    valid = index > 0
-    assert valid.any()
-    assert index.dtype == torch.int64 and index.min() >= 0 and index.max() <= height * width
-    v = index[valid] - 1
-    col, row = (v % width).float(), torch.div(v, width, rounding_mode="floor").float()
-    assert (view[:, 0][valid] - col).abs().max() <= 0.5 + 1e-3
-    assert (view[:, 1][valid] - row).abs().max() <= 0.5 + 1e-3
+    ramps.check_half_pixel_rule(view, index, height, width)
 
 
 TRANSFORMS = {

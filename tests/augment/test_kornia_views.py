@@ -1,0 +1,276 @@
+"""Tests of contrastseg/augment/kornia_views.py: PairedViews with views.engine = kornia."""
+
+import dataclasses
+
+import pytest
+import ramps
+import torch
+
+from contrastseg.augment.config import (
+    ColorConfig,
+    CropConfig,
+    FlipConfig,
+    GrayscaleConfig,
+    PipelineConfig,
+    Rot90Config,
+    RotationConfig,
+    ViewsConfig,
+)
+from contrastseg.augment.geometry import compose_view_affine, warp_with_index
+from contrastseg.augment.kornia_ops import TRACKED_GEOMETRIC
+from contrastseg.augment.views import PairedViews
+
+H, W, S = 40, 48, 32
+
+
+def ramp(b, bands=2):
+    return ramps.ramp(b, H, W, bands)
+
+
+def check_half_pixel_rule(view, index):
+    ramps.check_half_pixel_rule(view, index, H, W)
+    # Pixels outside the source (index 0) are 0, as in the native engine.
+    assert (view.permute(0, 2, 3, 1)[index == 0] == 0).all()
+
+
+def kornia_views(t2=None, t1=None, **kwargs):
+    kwargs = {"size": S, "value_range": None, "engine": "kornia", **kwargs}
+    return PairedViews(ViewsConfig(t1=t1 or PipelineConfig(), t2=t2 or PipelineConfig(), **kwargs))
+
+
+BUILT_IN = {
+    "crop": PipelineConfig(),
+    "flip": PipelineConfig(flip=FlipConfig(horizontal_p=0.5, vertical_p=0.5)),
+    "rot90": PipelineConfig(rot90=Rot90Config(p=0.7)),
+    "rotation": PipelineConfig(rotation=RotationConfig(p=0.8, degrees=(-45.0, 45.0))),
+    "all": PipelineConfig(
+        flip=FlipConfig(horizontal_p=0.5, vertical_p=0.5),
+        rot90=Rot90Config(p=0.8),
+        rotation=RotationConfig(p=0.5, degrees=(-180.0, 180.0)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILT_IN))
+def test_each_built_in_op_obeys_the_half_pixel_rule(name):
+    pair = kornia_views(BUILT_IN[name])(ramp(12), torch.Generator().manual_seed(3))
+    assert pair.view1.shape == (12, 2, S, S) and pair.index2.shape == (12, S, S)
+    check_half_pixel_rule(pair.view1, pair.index1)
+    check_half_pixel_rule(pair.view2, pair.index2)
+    assert (pair.index1 > 0).all()  # a crop never leaves the source
+    if name == "rotation":
+        assert (pair.index2 == 0).any()
+
+
+#: Each trackable Kornia op with strong settings (p < 1 checks the untouched samples too).
+EXTRA = {
+    "RandomAffine": {"degrees": 30.0, "translate": [0.1, 0.1], "scale": [0.8, 1.2], "shear": 10.0},
+    "RandomHorizontalFlip": {},
+    "RandomPerspective": {"distortion_scale": 0.5},
+    "RandomQuarterTurn": {},
+    "RandomRotation": {"degrees": 40.0},
+    "RandomRotation90": {"times": [-3, 3]},
+    "RandomShear": {"shear": 20.0},
+    "RandomTranslate": {"translate_x": [-0.2, 0.2], "translate_y": [-0.2, 0.2]},
+    "RandomVerticalFlip": {},
+}
+
+
+def test_the_extra_op_table_covers_every_trackable_op():
+    assert sorted(EXTRA) == sorted(TRACKED_GEOMETRIC)
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA))
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_each_trackable_kornia_op_obeys_the_half_pixel_rule(name, align_corners):
+    spec = {"name": name, "p": 0.75, **EXTRA[name]}
+    if name not in ("RandomHorizontalFlip", "RandomVerticalFlip", "RandomQuarterTurn"):
+        spec["align_corners"] = align_corners
+    elif not align_corners:
+        pytest.skip("no align_corners")
+    t2 = PipelineConfig(extra=[spec])
+    pair = kornia_views(t2)(ramp(8), torch.Generator().manual_seed(1))
+    check_half_pixel_rule(pair.view2, pair.index2)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+def test_chained_ops_and_padding_modes_stay_exact(padding):
+    # Two ops that move content out of the frame, with every padding mode: the coverage image
+    # marks the view pixels that mixed in padding at any stage.
+    t2 = dataclasses.replace(
+        BUILT_IN["all"],
+        extra=[
+            {
+                "name": "RandomAffine",
+                "degrees": 25.0,
+                "translate": [0.1, 0.1],
+                "padding_mode": padding,
+            },
+            {"name": "RandomPerspective", "distortion_scale": 0.4, "p": 0.7},
+            {
+                "name": "RandomMotionBlur",
+                "kernel_size": 3,
+                "angle": 30.0,
+                "direction": 0.0,
+                "p": 0.0,
+            },
+        ],
+    )
+    pair = kornia_views(t2)(ramp(10), torch.Generator().manual_seed(2))
+    check_half_pixel_rule(pair.view2, pair.index2)
+    assert 0.2 < (pair.index2 > 0).float().mean() < 1.0
+
+
+def test_crop_flips_and_quarter_turns_equal_the_native_warp_on_the_same_parameters():
+    # Kornia's resample crop maps the corner pixel centres of its integer box (x0, x1) onto
+    # the view's; the native box [e0, e0 + w) samples pixel j at e0 + (j + 0.5) w / S - 0.5.
+    # Same positions when w = S (x1 - x0) / (S - 1) and e0 = x0 + 0.5 - (x1 - x0) / (2 (S - 1)).
+    images = torch.rand(6, 3, H, W)
+    t2 = PipelineConfig(flip=FlipConfig(horizontal_p=0.5, vertical_p=0.5), rot90=Rot90Config(p=0.8))
+    views = kornia_views(t2)
+    pair = views(images, torch.Generator().manual_seed(4))
+    crop, hflip, vflip, turn = views.kornia[1].ops
+    src = crop._params["src"]  # (B, 4, 2) corners x, y
+    x0, y0 = src[:, 0, 0], src[:, 0, 1]
+    sx, sy = (src[:, 2, 0] - x0) / (S - 1), (src[:, 2, 1] - y0) / (S - 1)
+    boxes = torch.stack([x0 + 0.5 - sx / 2, y0 + 0.5 - sy / 2, S * sx, S * sy], dim=1)
+    k = torch.where(turn._params["batch_prob"] > 0.5, turn._params["k"], 0)
+    affine = compose_view_affine(
+        boxes,
+        S,
+        hflip._params["batch_prob"] > 0.5,
+        vflip._params["batch_prob"] > 0.5,
+        k,
+        torch.zeros(6),
+    )
+    view, index = warp_with_index(images, affine, S, may_leave_source=False)
+    torch.testing.assert_close(pair.view2, view, atol=1e-4, rtol=0)
+    # Equal indices except where a position lies within rounding of a pixel edge.
+    assert (pair.index2 == index).float().mean() > 0.99
+    assert (k > 0).any() and (hflip._params["batch_prob"] > 0.5).any()
+
+
+def test_intensity_ops_equal_the_native_ones_on_the_same_parameters():
+    # The colour op shares the native engine's formula; with the same factors the two agree.
+    from contrastseg.augment import intensity
+
+    images = torch.rand(4, 5, H, W)
+    t2 = PipelineConfig(
+        color=ColorConfig(p=1.0, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1),
+        grayscale=GrayscaleConfig(p=0.0),
+    )
+    views = kornia_views(t2, rgb_bands=[2, 1, 0], value_range=(0.0, 1.0))
+    pair = views(images, torch.Generator().manual_seed(0))
+    geometry_only = kornia_views(PipelineConfig(), rgb_bands=[2, 1, 0])
+    plain = geometry_only(images, torch.Generator().manual_seed(0)).view2
+    jitter = views.kornia[1].ops[1]
+    p = {k: v for k, v in jitter._params.items()}
+    expected = intensity.color_jitter(
+        plain,
+        p["brightness"],
+        p["contrast"],
+        p["saturation"],
+        p["hue"],
+        [2, 1, 0],
+        lambda x: x.clamp(0, 1),
+    )
+    torch.testing.assert_close(pair.view2, expected)
+
+
+def test_same_seed_same_views_different_seed_differs_and_global_rng_is_untouched():
+    images = torch.rand(4, 3, H, W)
+    views = PairedViews(ViewsConfig(size=S, engine="kornia"))
+    state = torch.get_rng_state()
+    a = views(images, torch.Generator().manual_seed(11))
+    assert torch.equal(torch.get_rng_state(), state)
+    b = views(images, torch.Generator().manual_seed(11))
+    c = views(images, torch.Generator().manual_seed(12))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    assert not torch.equal(a.index2, c.index2)
+    g = torch.Generator().manual_seed(11)
+    first, second = views(images, g), views(images, g)  # the generator moves on between calls
+    assert torch.equal(first.index2, a.index2) and not torch.equal(second.index2, a.index2)
+    torch.manual_seed(7)
+    d = views(images)
+    torch.manual_seed(7)
+    e = views(images)
+    assert torch.equal(d.view2, e.view2) and torch.equal(d.index2, e.index2)
+
+
+def test_views_float_and_indices_integer_under_autocast_and_bfloat16():
+    images = torch.rand(2, 3, 300, 310)  # large enough that bfloat16 positions would be wrong
+    t2 = dataclasses.replace(ViewsConfig().t2, rotation=RotationConfig(p=0.5))
+    views = PairedViews(ViewsConfig(size=S, engine="kornia", t2=t2))
+    reference = views(images, torch.Generator().manual_seed(9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pair = views(images, torch.Generator().manual_seed(9))
+    assert pair.index1.dtype == torch.int64 and pair.view1.dtype == torch.float32
+    assert torch.equal(pair.index1, reference.index1) and torch.equal(pair.index2, reference.index2)
+    torch.testing.assert_close(pair.view2, reference.view2)
+    half = views(images.to(torch.bfloat16), torch.Generator().manual_seed(9))
+    assert half.view2.dtype == torch.bfloat16 and torch.equal(half.index2, reference.index2)
+
+
+@pytest.mark.parametrize(("bands", "rgb"), [(4, [0, 1, 2]), (13, [3, 2, 1]), (13, None)])
+def test_multiband_inputs_with_extra_ops(bands, rgb):
+    t2 = dataclasses.replace(
+        ViewsConfig().t2,
+        grayscale=GrayscaleConfig(p=0.5, mode="random_band"),
+        extra=[
+            {
+                "name": "RandomMotionBlur",
+                "kernel_size": 5,
+                "angle": 30.0,
+                "direction": 0.5,
+                "p": 0.5,
+            },
+            {"name": "RandomErasing", "p": 0.5},
+            {"name": "RandomChannelDropout", "p": 0.5},
+            {"name": "RandomAffine", "degrees": 15.0, "p": 0.5},
+        ],
+    )
+    pair = PairedViews(ViewsConfig(size=S, rgb_bands=rgb, engine="kornia", t2=t2))(
+        torch.rand(3, bands, H, W), torch.Generator().manual_seed(1)
+    )
+    assert pair.view1.shape == (3, bands, S, S) and pair.view2.shape == (3, bands, S, S)
+    assert torch.isfinite(pair.view2).all()
+
+
+def test_an_extra_op_that_fails_on_the_bands_is_named():
+    t2 = PipelineConfig(extra=[{"name": "RandomPlanckianJitter", "p": 1.0}])
+    views = kornia_views(t2)
+    with pytest.raises(ValueError, match=r"views\.t2\.extra\[0\] RandomPlanckianJitter"):
+        views(torch.rand(2, 5, H, W))
+
+
+def test_large_source_positions_stay_exact_through_chained_ops():
+    # 3000 px wide: a float16 position, or padding mixed in with weight 1e-3, would move a
+    # ramp value by more than half a pixel.
+    height, width = 64, 3000
+    crop = CropConfig(scale=(0.0005, 0.002), ratio=(0.5, 2.0))
+    affine = {"name": "RandomAffine", "degrees": 10.0, "translate": [0.05, 0.05]}
+    t2 = PipelineConfig(
+        crop=crop,
+        flip=FlipConfig(horizontal_p=0.5, vertical_p=0.5),
+        rotation=RotationConfig(p=0.7, degrees=(-20.0, 20.0)),
+        extra=[affine, affine],
+    )
+    pair = kornia_views(t2, t1=PipelineConfig(crop=crop))(
+        ramps.ramp(8, height, width), torch.Generator().manual_seed(0)
+    )
+    ramps.check_half_pixel_rule(pair.view1, pair.index1, height, width)
+    ramps.check_half_pixel_rule(pair.view2, pair.index2, height, width)
+    columns = (pair.index1[pair.index1 > 0] - 1) % width
+    assert columns.float().std() > 500  # crops all over the strip
+
+
+@pytest.mark.parametrize("preset", ["glcnet", "simclr"])
+def test_presets_run_as_kornia_pipelines(preset):
+    cfg = ViewsConfig.preset(preset, size=S, engine="kornia")
+    views = PairedViews(cfg)
+    names = [type(op).__name__ for op in views.kornia[1].ops]
+    assert names[0] == "ResizedCrop" and "RandomBandColorJitter" in names
+    pair = views(torch.rand(4, 3, H, W), torch.Generator().manual_seed(0))
+    assert pair.view2.shape == (4, 3, S, S) and (pair.index2 > 0).all()
+    assert pair.view2.min() >= 0 and pair.view2.max() <= 1  # value_range clamp
