@@ -186,7 +186,11 @@ def from_dict(
     defaults = None
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
-        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping):
+        if (
+            dataclasses.is_dataclass(hints[name])
+            and isinstance(value, Mapping)
+            and not hasattr(hints[name], "config_variant")  # its content picks its defaults
+        ):
             # A sub-section given in part keeps the enclosing default for the rest (e.g.
             # ViewsConfig.t2's recipe), not the defaults of the sub-section's class.
             defaults = cls() if defaults is None else defaults
