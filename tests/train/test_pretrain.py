@@ -172,6 +172,30 @@ def test_nan_loss_stops_with_step_and_parts_and_keeps_checkpoints(tmp_path, monk
     assert torch.load(ckpt, weights_only=True)["step"] == 2
 
 
+def test_an_overflowing_batchnorm_buffer_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
+    # what a huge learning rate does: the loss is still finite, a BN running variance not
+    original = PretrainModel.forward
+    calls = {"n": 0}
+
+    def inf_variance_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.net.backbone.layer3[1].bn2.running_var[0] = float("inf")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PretrainModel, "forward", inf_variance_on_third)
+    with pytest.raises(
+        ValueError,
+        match=r"step_00000003\.pt: not written: model\.backbone\.layer3\.1\.bn2\.running_var holds 1 "
+        r"non-finite.*lower optim\.lr.*newest checkpoint .*step_00000002\.pt is intact",
+    ):
+        run_pretrain(tiny(tmp_path, "train.max_steps=4", "run.checkpoint_every=1"))
+    names = sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir())
+    assert names == [
+        "step_00000001.pt", "step_00000001.pt.sha256", "step_00000002.pt", "step_00000002.pt.sha256"
+    ]  # fmt: skip
+
+
 def test_band_count_and_stats_errors(tmp_path):
     with pytest.raises(ValueError, match=r"model\.in_channels is 3 but the data has 4 band"):
         run_pretrain(tiny(tmp_path, "model.in_channels=3"))
