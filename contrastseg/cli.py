@@ -150,6 +150,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             args.scale,
             args.seed,
             args.exclude or (),
+            args.nodata,
         )
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
@@ -460,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--scale", type=float, help="value mapped to 1.0 (default: dtype range)")
     stats.add_argument("--seed", type=int, default=0, help="seed of the window sample")
     stats.add_argument("--exclude", nargs="+", metavar="PATTERN", help="paths to leave out")
+    stats.add_argument(
+        "--nodata", type=float, help="value of missing pixels (default: each GeoTIFF's tag)"
+    )
     stats.set_defaults(handler=_cmd_stats)
     return parser
 

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.data.demo import demo_scenes
 from contrastseg.data.files import pair_files
+from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.palettes import Palette, check_index_mask
 from contrastseg.data.presets import apply_preset
 from contrastseg.data.readers import Window, image_size, read_image
@@ -44,7 +45,10 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     form a grid of ``patch_size`` over every image (no overlap, last patch flush with the
     edge; images smaller than a patch give one patch padded with 0 / ``ignore_index``),
     restricted to the label fraction. Whole images (the default for ``val`` and ``test``)
-    have their own sizes: use batch size 1 or sliding-window inference.
+    have their own sizes: use batch size 1 or sliding-window inference. Nodata and
+    non-finite image pixels (:mod:`contrastseg.data.nodata`) get ``ignore_index`` in the mask;
+    in float images they are NaN, which :func:`~contrastseg.data.loader.to_float` turns into
+    the band mean.
 
     Args:
         config: the data configuration (a preset fills fields left at their defaults).
@@ -87,6 +91,7 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             Palette(cfg.palette, cfg.ignore_colors, cfg.ignore_index) if cfg.palette else None
         )
         self._arrays: dict[str, np.ndarray] = {}
+        self._nodata_values: dict[str, float | None] = {}
         self.skipped_bad: list[str] = []
         all_items = self._find_items()
         keys = assign_split([it.key for it in all_items], split, cfg.train, cfg.val, cfg.test)
@@ -226,10 +231,20 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             return self._palette.encode(mask, source)
         return check_index_mask(mask, self.num_classes, cfg.ignore_values, cfg.ignore_index, source)
 
+    def _nodata(self, name: str) -> float | None:
+        if name not in self._nodata_values:
+            self._nodata_values[name] = file_nodata(name, self.config.nodata)
+        return self._nodata_values[name]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i, win = self.windows[index]
         item = self.items[i]
-        image = self._read(item.image, win, self.config.bands)
+        image, missing = mark_invalid(
+            self._read(item.image, win, self.config.bands),
+            self._nodata(item.image),
+            item.image,
+            win,
+        )
         if item.mask in self._arrays:
             labels = self._read(item.mask, win, None).astype(np.int64)
         else:
@@ -239,6 +254,8 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 self.config.mask_format == "auto" and self._palette is not None
             )
             labels = self.labels(self._read(item.mask, win, None, expand), where)
+        if missing.any():  # no label where the image holds no measurement
+            labels = np.where(missing, self.ignore_index, labels)
         p = self.config.patch_size
         if not self.whole_images and (win.height < p or win.width < p):
             # Small image: pad to a full patch; padded pixels are ignored by the loss.

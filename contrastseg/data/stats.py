@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 from contrastseg.data.config import UnlabeledDataConfig
+from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.readers import Window
 from contrastseg.data.unlabeled import Source, UnlabeledDataset, list_sources, read_source
 
@@ -70,8 +71,12 @@ def compute_band_stats(
     Returns:
         :class:`BandStats` in scaled units.
 
+    Nodata and non-finite pixels (:mod:`contrastseg.data.nodata`) are left out; ``count``
+    is the number of valid pixels that went in.
+
     Raises:
-        ValueError: no images, or ``window_size`` < 1.
+        ValueError: no images or no valid pixel, ``window_size`` < 1, or NaN pixels in a
+            file that declares no nodata value (the message names it).
     """
     if window_size < 1:
         raise ValueError(f"window_size must be >= 1, got {window_size}")
@@ -96,14 +101,23 @@ def compute_band_stats(
     scale = scale if scale is not None else config.scale
     n_total = 0
     mean = m2 = None
+    nodata: dict[str, float | None] = {}
     for i, window in windows:
-        patch = read_source(sources[i].name, window, config.bands, arrays)
+        name = sources[i].name
+        if name not in nodata:
+            nodata[name] = file_nodata(name, config.nodata)
+        patch, invalid = mark_invalid(
+            read_source(name, window, config.bands, arrays), nodata[name], name, window
+        )
         if scale is None:
             scale = (
                 1.0 if np.issubdtype(patch.dtype, np.floating) else float(np.iinfo(patch.dtype).max)
             )
-        x = patch.reshape(patch.shape[0], -1).astype(np.float64)
+        # nodata and non-finite pixels carry no measurement: they stay out of the statistics
+        x = patch.reshape(patch.shape[0], -1)[:, ~invalid.ravel()].astype(np.float64)
         n = x.shape[1]
+        if n == 0:
+            continue
         p_mean = x.mean(axis=1)
         p_m2 = ((x - p_mean[:, None]) ** 2).sum(axis=1)
         if mean is None:
@@ -115,7 +129,9 @@ def compute_band_stats(
         m2 = m2 + p_m2 + delta**2 * (n_total * n / total)
         n_total = total
     if mean is None or m2 is None or scale is None:
-        raise ValueError("no images to compute band statistics from")
+        raise ValueError(
+            "no valid pixels to compute band statistics from (no images, or only nodata)"
+        )
     std = np.sqrt(m2 / n_total)
     return BandStats(
         mean=[float(v) / scale for v in mean],
@@ -179,6 +195,7 @@ def run_stats_command(
     scale: float | None = None,
     seed: int = 0,
     exclude: Sequence[str] = (),
+    nodata: float | None = None,
 ) -> int:
     """``contrastseg stats DATA...``: print per-band mean/std and write them as YAML.
 
@@ -191,15 +208,25 @@ def run_stats_command(
         scale: value mapped to 1.0; None = the dtype's range.
         seed: seed of the window sample.
         exclude: fnmatch patterns of paths (relative to their root) to leave out.
+        nodata: value of missing pixels in every file; None = each GeoTIFF's tag.
 
     Returns:
         Exit status 0.
+
+    Raises:
+        ValueError: ``max_samples`` or ``window_size`` below 1, NaN pixels without a nodata
+            value, or unreadable data.
     """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(
+            f"--max-samples must be >= 1 (or omitted for every window), got {max_samples}"
+        )
     config = UnlabeledDataConfig(
         roots=list(paths),
         exclude=list(exclude),
         bands=None if bands is None else list(bands),
         scale=scale,
+        nodata=nodata,
         seed=seed,
     )
     sources, _, _ = list_sources(config)

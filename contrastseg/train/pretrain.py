@@ -27,9 +27,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contrastseg import __version__
 from contrastseg.augment import MatchedRegions, PairedViews, ViewPair, draw_view_grid, match_regions
+from contrastseg.augment.regions import drop_invalid_sources
 from contrastseg.config import PretrainConfig
 from contrastseg.data import UnlabeledDataset, build_loader, load_stats_yaml, set_loader_epoch
 from contrastseg.data.loader import to_float
+from contrastseg.data.nodata import fill_invalid, valid_pixels
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
@@ -273,13 +275,16 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             wait_start = time.perf_counter()
             for batch in batches:
                 window_wait += time.perf_counter() - wait_start
-                images = to_float(batch.to(device, non_blocking=True), config.data.scale)
+                batch = batch.to(device, non_blocking=True)
+                valid = valid_pixels(batch, dataset.nodata)  # None: no nodata pixel
+                # nodata pixels enter the views as the band mean (0 once normalised)
+                images = fill_invalid(to_float(batch, config.data.scale), valid, mean)
                 with torch.no_grad():
                     pair = views(images, generator)
                     regions = (
                         match_regions(
-                            pair.index1,
-                            pair.index2,
+                            drop_invalid_sources(pair.index1, valid),
+                            drop_invalid_sources(pair.index2, valid),
                             method.num_regions,
                             method.region_size,
                             generator=generator,

@@ -67,3 +67,35 @@ def test_yaml_round_trip_and_command(tmp_path, images: list[np.ndarray], capsys)
         load_stats_yaml(tmp_path / "bad.yaml")
     with pytest.raises(FileNotFoundError, match="none"):
         load_stats_yaml(tmp_path / "none.yaml")
+
+
+def test_nodata_and_nan_pixels_stay_out_of_the_statistics(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(1)
+    array = rng.normal(100, 7, (40, 50, 2)).astype(np.float32)
+    array[:, :10] = -9999.0  # a scene edge
+    array[5, 20, 1] = np.nan
+    tagged = tmp_path / "tagged.tif"
+    tifffile.imwrite(
+        tagged, array, photometric="minisblack", planarconfig="contig",
+        extratags=[(42113, "s", 0, "-9999", False)],
+    )  # fmt: skip
+    stats = compute_band_stats(UnlabeledDataConfig(roots=[str(tagged)]), None, window_size=16)
+    valid = np.isfinite(array).all(-1) & ~(array == -9999.0).all(-1)
+    expected = array[valid].astype(np.float64)  # oracle: numpy over the valid pixels
+    np.testing.assert_allclose(stats.mean, expected.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(stats.std, expected.std(0), rtol=1e-7)
+    assert stats.count == valid.sum() == 40 * 40 - 1
+    # NaN in a file without a nodata value: an error naming the file and the pixels
+    untagged = tmp_path / "untagged.tif"
+    tifffile.imwrite(
+        untagged, np.where(valid[..., None], array, np.nan).astype(np.float32),
+        photometric="minisblack", planarconfig="contig",
+    )  # fmt: skip
+    assert run_stats_command([str(untagged)], nodata=-1.0) == 0
+    capsys.readouterr()
+    from contrastseg.cli import main
+
+    assert main(["stats", str(untagged), "--window-size", "1000"]) == 2
+    assert "untagged.tif' has 401 NaN pixel(s)" in capsys.readouterr().err
+    assert main(["stats", str(untagged), "--max-samples", "-3"]) == 2
+    assert "--max-samples must be >= 1" in capsys.readouterr().err

@@ -207,3 +207,26 @@ def test_index_masks_and_png_images(tmp_path: Path) -> None:
         ValueError, match=r"val_001\.png.*values outside classes 0..5.*9 \(4096 px\)"
     ):
         LabeledDataset(LabeledDataConfig(preset="demo", root=str(tmp_path)), split="val")[0]
+
+
+def test_nodata_image_pixels_get_ignore_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    image = rng.random((3, 32, 32), dtype=np.float32)
+    image[:, :, :8] = -1.0  # nodata edge
+    image[1, 20, 20] = np.nan  # a NaN pixel, missing as well
+    mask = rng.integers(0, 3, (32, 32), dtype=np.uint8)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", image, photometric="minisblack",
+                     planarconfig="separate", extratags=[(42113, "s", 0, "-1", False)])  # fmt: skip
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    config = LabeledDataConfig(root=str(tmp_path), classes=["a", "b", "c"], mask_format="index",
+                               train=["*"], patch_size=32)  # fmt: skip
+    x, y = LabeledDataset(config, "train")[0]
+    missing = (image == -1.0).all(0) | ~np.isfinite(image).all(0)  # oracle
+    expected = np.where(missing, 255, mask).astype(np.int64)
+    np.testing.assert_array_equal(y.numpy(), expected)
+    assert torch.isnan(x).all(0).numpy().tolist() == missing.tolist()
+    from contrastseg.data.loader import to_float
+
+    assert torch.isfinite(to_float(x[None], None, [0.5] * 3, [0.2] * 3)).all()

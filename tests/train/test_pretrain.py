@@ -1,7 +1,9 @@
 """End-to-end tests of ``contrastseg pretrain`` on the built-in demo scenes (CPU, seconds)."""
 
 import json
+import math
 import os
+import re
 import socket
 
 import pytest
@@ -360,3 +362,41 @@ def test_a_failed_save_on_rank_0_stops_every_rank(tmp_path):
     errors = {rank: (kind, message) for rank, kind, message in (queue.get() for _ in range(2))}
     assert errors[0][0] == "OSError" and "No space left" in errors[0][1]
     assert errors[1][0] == "RuntimeError" and "rank 0 could not write the step-1" in errors[1][1]
+
+
+def _float_scenes(folder, tag: bool) -> None:
+    """Two float32 4-band scenes whose left quarter is nodata (-9999) and with one NaN pixel."""
+    import numpy as np
+    import tifffile
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        array = rng.random((64, 64, 4), dtype=np.float32)
+        array[:, :16] = -9999.0
+        array[30, 40, 2] = np.nan
+        extratags = [(42113, "s", 0, "-9999", False)] if tag else []
+        tifffile.imwrite(folder / f"s{i}.tif", array, photometric="minisblack",
+                         planarconfig="contig", extratags=extratags)  # fmt: skip
+
+
+def test_nodata_geotiffs_pretrain_with_finite_losses(tmp_path, capsys):
+    _float_scenes(tmp_path / "tagged", tag=True)
+    result = run_pretrain(
+        tiny(
+            tmp_path,
+            f"data.roots=['{tmp_path / 'tagged'}']",
+            "train.max_steps=3",
+            "data.coverage=4.0",
+            "run.image_every=1",
+        )
+    )
+    assert result.step == 3
+    assert all(math.isfinite(h["loss/total"]) for h in result.history)
+    # NaN pixels without a nodata value stop the run before step 1, naming file and count
+    _float_scenes(tmp_path / "untagged", tag=False)
+    code = main(["pretrain", *set_args(TINY), "--set", f"run.root={tmp_path}", "--name", "nan",
+                 "--set", f"data.roots=['{tmp_path / 'untagged'}']"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"untagged/s[01]\.tif' has 1 NaN pixel\(s\) in window", err), err
