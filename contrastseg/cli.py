@@ -204,8 +204,11 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     if getattr(args, "data_root", None):
         overrides.append(f"data.root={_literal(args.data_root)}")
     for key in ("window", "stride"):
-        if getattr(args, key, None):
-            overrides.append(f"eval.{key}={getattr(args, key)}")
+        value = getattr(args, key, None)
+        if value is not None:
+            if value < 1:  # 0 would otherwise read as "not given" and use the stored value
+                raise ValueError(f"--{key} must be a positive number of pixels, got {value}")
+            overrides.append(f"eval.{key}={value}")
     if args.flip:
         overrides.append("eval.flip=true")
     return overrides

@@ -79,3 +79,12 @@ def test_export_of_a_pretraining_run_loads_into_torchvision(tmp_path, capsys):
     ckpt = next((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
     assert main(["evaluate", "--checkpoint", str(ckpt)]) == 2
     assert "finetune" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.parametrize("flag", ["--window", "--stride"])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_zero_window_or_stride_is_refused(tmp_path, capsys, flag, command):
+    extra = [str(tmp_path / "x.tif"), "--out", str(tmp_path)] if command == "predict" else []
+    code = main([command, "--checkpoint", str(tmp_path / "best.pt"), flag, "0", *extra])
+    assert code == 2
+    assert f"{flag} must be a positive number of pixels, got 0" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from contrastseg.data.config import UnlabeledDataConfig
 from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.readers import Window
 from contrastseg.data.unlabeled import Source, UnlabeledDataset, list_sources, read_source
+from contrastseg.utils.configtools import coerce, safe_load_unique
 
 
 @dataclass
@@ -161,28 +162,38 @@ def write_stats_yaml(stats: BandStats, path: str | os.PathLike[str]) -> Path:
 
 
 def load_stats_yaml(path: str | os.PathLike[str]) -> BandStats:
-    """Read a file written by :func:`write_stats_yaml`.
+    """Read a file written by :func:`write_stats_yaml`, validated like a config.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: it lacks ``mean``/``std`` or they differ in length.
+        ValueError: not YAML, a duplicate key, ``mean``/``std`` missing, not lists of finite
+            numbers (the message names the file and the key, e.g. ``std[2]``), of different
+            lengths, or a std that is not positive.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"band statistics file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        with open(path, encoding="utf-8") as handle:  # a file: messages name it
+            data = safe_load_unique(handle) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
     if not isinstance(data, dict) or "mean" not in data or "std" not in data:
         raise ValueError(f"{str(path)!r} is not a band statistics file (needs mean and std lists)")
-    if len(data["mean"]) != len(data["std"]):
-        raise ValueError(
-            f"{str(path)!r}: mean has {len(data['mean'])} values but std has {len(data['std'])}"
-        )
+    source = repr(str(path))
+    mean = coerce(data["mean"], list[float], "mean", source)
+    std = coerce(data["std"], list[float], "std", source)
+    if len(mean) != len(std) or not mean:
+        raise ValueError(f"{source}: mean has {len(mean)} values but std has {len(std)}")
+    bad = [i for i, v in enumerate(std) if v <= 0]
+    if bad:
+        raise ValueError(f"{source}: 'std[{bad[0]}]' must be positive, got {std[bad[0]]}")
     return BandStats(
-        mean=[float(v) for v in data["mean"]],
-        std=[float(v) for v in data["std"]],
-        count=int(data.get("count", 0)),
-        scale=float(data.get("scale", 1.0)),
-        bands=data.get("bands"),
+        mean=mean,
+        std=std,
+        count=coerce(data.get("count", 0), int, "count", source),
+        scale=coerce(data.get("scale", 1.0), float, "scale", source),
+        bands=coerce(data.get("bands"), list[int] | None, "bands", source),
     )
 
 

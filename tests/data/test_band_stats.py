@@ -99,3 +99,27 @@ def test_nodata_and_nan_pixels_stay_out_of_the_statistics(tmp_path, capsys) -> N
     assert "untagged.tif' has 401 NaN pixel(s)" in capsys.readouterr().err
     assert main(["stats", str(untagged), "--max-samples", "-3"]) == 2
     assert "--max-samples must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("mean: 0.5\nstd: [1.0]\n", r"'mean' in '.*s\.yaml': expected list\[float\], got 0\.5"),
+        (
+            "mean: [0.5, oops]\nstd: [1, 1]\n",
+            r"'mean\[1\]' in '.*s\.yaml': expected float, got 'oops'",
+        ),
+        ("mean: [.nan]\nstd: [1]\n", r"'mean\[0\]' in '.*s\.yaml': expected a finite number"),
+        ("mean: [1]\nstd: [0]\n", r"s\.yaml': 'std\[0\]' must be positive"),
+        ("mean: [1]\nmean: [2]\nstd: [1]\n", r"s\.yaml: key 'mean' is given twice"),
+    ],
+)
+def test_stats_files_are_validated_like_configs(tmp_path, text, message) -> None:
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_stats_yaml(tmp_path / "s.yaml")
+
+
+def test_stats_files_accept_exponent_numbers(tmp_path) -> None:
+    (tmp_path / "s.yaml").write_text("mean: [1e-4, 0.5]\nstd: [2E-1, 1]\n")
+    assert load_stats_yaml(tmp_path / "s.yaml").mean == [1e-4, 0.5]
