@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +36,10 @@ class LabeledItem(NamedTuple):
 def patch_id(key: str, window: Window) -> str:
     """The id of a training patch: ``<key>:<row>:<col>`` (written to label-fraction lists)."""
     return f"{key}:{window.row}:{window.col}"
+
+
+#: Masks whose values were all checked: (path, size, mtime, label settings), per process.
+_CHECKED_MASKS: set[tuple[Any, ...]] = set()
 
 
 class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -68,7 +73,8 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     Raises:
         FileNotFoundError: the root or its image/mask folders do not exist.
         ValueError: unpaired files, an image and mask of different sizes, an empty split, a
-            label list naming unknown patches, a mask colour outside the palette (when read).
+            label list naming unknown patches, a mask colour outside the palette or a mask
+            value outside the classes (every mask of the split is checked on construction).
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             )
         #: Bands of the returned images.
         self.num_bands = len(cfg.bands) if cfg.bands is not None else counts[0]
+        self._check_masks()
         self.windows = self._plan_windows()
         self.patch_ids = [
             it.key if self.whole_images else patch_id(it.key, w)
@@ -168,6 +175,37 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 LabeledItem(pair.key, pair.image, pair.mask, isize.height, isize.width, isize.bands)
             )
         return items
+
+    def _expand_palette(self) -> bool:
+        # Palette PNGs hold colours (as in the Dubai set) unless masks are index maps.
+        return self.config.mask_format == "rgb" or (
+            self.config.mask_format == "auto" and self._palette is not None
+        )
+
+    def _check_masks(self) -> None:
+        """Read every mask of the split once, so a colour outside the palette (or a value
+        outside the classes) stops the run now, not when its patch is first drawn.
+
+        A mask that passed is remembered by path, size and mtime (and the label settings),
+        so the other splits and later datasets of this process do not read it again.
+        """
+        cfg = self.config
+        settings = (
+            cfg.mask_format, tuple(cfg.palette), tuple(cfg.ignore_colors),
+            tuple(cfg.ignore_values), cfg.ignore_index, self.num_classes,
+        )  # fmt: skip
+        for item in self.items:
+            if item.mask in self._arrays:
+                continue  # demo scenes: labels made in memory
+            stat = os.stat(item.mask)
+            key = (os.path.abspath(item.mask), stat.st_size, stat.st_mtime_ns, settings)
+            if key in _CHECKED_MASKS:
+                continue
+            whole = Window(0, 0, item.height, item.width)
+            self.labels(
+                self._read(item.mask, whole, None, self._expand_palette()), f"mask {item.mask!r}"
+            )
+            _CHECKED_MASKS.add(key)
 
     def _plan_windows(self) -> list[tuple[int, Window]]:
         windows = []
@@ -249,11 +287,7 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             labels = self._read(item.mask, win, None).astype(np.int64)
         else:
             where = f"mask {item.mask!r} window (row={win.row}, col={win.col}, {win.height} x {win.width})"
-            # Palette PNGs hold colours (as in the Dubai set) unless masks are index maps.
-            expand = self.config.mask_format == "rgb" or (
-                self.config.mask_format == "auto" and self._palette is not None
-            )
-            labels = self.labels(self._read(item.mask, win, None, expand), where)
+            labels = self.labels(self._read(item.mask, win, None, self._expand_palette()), where)
         if missing.any():  # no label where the image holds no measurement
             labels = np.where(missing, self.ignore_index, labels)
         p = self.config.patch_size

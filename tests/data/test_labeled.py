@@ -128,11 +128,11 @@ def test_unknown_colour_names_file_colour_and_count(tmp_path: Path) -> None:
     mask[:2, :3] = (1, 2, 3)
     Image.fromarray(mask).save(tmp_path / "masks" / "t.png")
     config = LabeledDataConfig(root=str(tmp_path), palette=["#000000", "#FFFFFF"], test=["*"])
-    ds = LabeledDataset(config, split="test")
+    # found when the dataset is built, before any patch is drawn
     with pytest.raises(
         ValueError, match=r"t\.png.*6 pixel\(s\) have colours outside the palette: #010203 \(6 px\)"
     ):
-        ds[0]
+        LabeledDataset(config, split="test")
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "masks" / "t.png")
     image, mask = LabeledDataset(config, split="test")[0]
     assert image.dtype == torch.uint16 and image.shape == (4, 16, 16) and (mask == 0).all()
@@ -230,3 +230,32 @@ def test_nodata_image_pixels_get_ignore_index(tmp_path: Path) -> None:
     from contrastseg.data.loader import to_float
 
     assert torch.isfinite(to_float(x[None], None, [0.5] * 3, [0.2] * 3)).all()
+
+
+def test_masks_are_checked_once_at_construction_and_the_check_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        tifffile.imwrite(tmp_path / "images" / f"t{i}.tif", np.zeros((64, 64), dtype=np.uint8))
+        mask = np.zeros((64, 64, 3), dtype=np.uint8)
+        mask[40:, 40:] = 255
+        Image.fromarray(mask).save(tmp_path / "masks" / f"t{i}.png")
+    bad = np.zeros((64, 64, 3), dtype=np.uint8)
+    bad[60, 63] = (9, 9, 9)  # one pixel in the last patch of the grid
+    Image.fromarray(bad).save(tmp_path / "masks" / "t2.png")
+    config = LabeledDataConfig(root=str(tmp_path), palette=["#000000", "#FFFFFF"], train=["*"],
+                               patch_size=16, label_fraction=0.1)  # fmt: skip
+    with pytest.raises(ValueError, match=r"mask '.*t2\.png'.*1 pixel\(s\).*#090909"):
+        LabeledDataset(config, split="train")
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "masks" / "t2.png")
+    calls = []
+    original = LabeledDataset.labels
+    monkeypatch.setattr(
+        LabeledDataset, "labels", lambda self, m, s: calls.append(s) or original(self, m, s)
+    )
+    LabeledDataset(config, split="train")
+    assert [Path(c.split("'")[1]).name for c in calls] == ["t2.png"]  # t0, t1 passed before
+    LabeledDataset(config, split="train")
+    assert len(calls) == 1  # nothing changed: nothing read again
