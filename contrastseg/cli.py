@@ -214,14 +214,29 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def _best_checkpoint(path: str) -> str:
+    """A fine-tuning run folder stands for its ``best.pt``; a file is itself."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.is_dir():
+        if not (folder / "best.pt").is_file():
+            raise FileNotFoundError(
+                f"{path} is a folder without best.pt (a fine-tuning run folder has one)"
+            )
+        return str(folder / "best.pt")
+    return path
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from contrastseg.train.evaluate import run_evaluate
 
     try:
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
-        run_evaluate(args.checkpoint, out, _eval_overrides(args), args.split, args.device)
+        checkpoint = _best_checkpoint(args.checkpoint)
+        out = Path(args.out) if args.out else Path(checkpoint).parent / f"eval-{args.split}"
+        run_evaluate(checkpoint, out, _eval_overrides(args), args.split, args.device)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     print((out / "metrics.txt").read_text(), end="")
@@ -234,7 +249,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         written = run_predict(
-            args.checkpoint,
+            _best_checkpoint(args.checkpoint),
             args.inputs,
             args.out,
             args.format,
@@ -277,11 +292,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(
+    parser: argparse.ArgumentParser, default: str = "configs/quickstart.yaml"
+) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML config (default: configs/quickstart.yaml, the built-in demo scenes)",
+        help=f"YAML config (default: {default}, the built-in demo scenes)",
     )
     parser.add_argument(
         "--set",
@@ -356,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
             "scored once on the test split. Without --config: configs/finetune_demo.yaml."
         ),
     )
-    _add_config_arguments(finetune)
+    _add_config_arguments(finetune, "configs/finetune_demo.yaml")
     finetune.add_argument(
         "--pretrained",
         metavar="CKPT",
@@ -379,7 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.set_defaults(handler=_cmd_finetune)
 
     def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--checkpoint", required=True, help="fine-tuning checkpoint (best.pt)")
+        parser.add_argument(
+            "--checkpoint",
+            required=True,
+            help="fine-tuning checkpoint (best.pt), or a fine-tuning run folder (its best.pt)",
+        )
         parser.add_argument("--window", type=int, help="sliding-window side in pixels")
         parser.add_argument("--stride", type=int, help="sliding-window step in pixels")
         parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")

@@ -88,3 +88,10 @@ def test_a_zero_window_or_stride_is_refused(tmp_path, capsys, flag, command):
     code = main([command, "--checkpoint", str(tmp_path / "best.pt"), flag, "0", *extra])
     assert code == 2
     assert f"{flag} must be a positive number of pixels, got 0" in capsys.readouterr().err
+
+
+def test_finetune_help_names_its_own_default_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default: configs/finetune_demo.yaml" in out and "quickstart" not in out

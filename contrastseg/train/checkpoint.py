@@ -304,6 +304,42 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
     return path
 
 
+#: Settings whose change between a checkpoint and the resumed run deserves a warning.
+RESUME_SENSITIVE = ("train.batch_size", "data.patch_size")
+
+
+def resume_note(setting: str, source: Path | None, step: int) -> str:
+    """What the start line of a run says about resuming (empty for a plain fresh run)."""
+    if source is not None:
+        return f"; resumed from {source} at step {step}"
+    if setting == "auto":
+        return "; --resume found no intact checkpoint in the run folder: starting fresh"
+    return ""
+
+
+def changed_settings(
+    stored: Mapping[str, Any], current: Mapping[str, Any], keys: tuple[str, ...] = RESUME_SENSITIVE
+) -> list[str]:
+    """Warnings for the dotted ``keys`` whose value differs between two config dicts.
+
+    A resumed run with another batch size (or patch size) continues the step count and
+    schedule of the checkpoint, but its epochs and data order are no longer those of the
+    run it continues.
+    """
+
+    def get(config: Mapping[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            config = config.get(part, {}) if isinstance(config, Mapping) else {}
+        return config if config != {} else None
+
+    return [
+        f"warning: {key} is {get(current, key)!r} but the checkpoint was written with "
+        f"{get(stored, key)!r}; the resumed run is not the run it continues"
+        for key in keys
+        if get(stored, key) is not None and get(stored, key) != get(current, key)
+    ]
+
+
 def save_atomic(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``payload`` with ``torch.save`` to a temporary file, fsync it, rename, add a checksum.
 

@@ -35,10 +35,12 @@ from contrastseg.data.nodata import fill_invalid, valid_pixels
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
+    changed_settings,
     checkpoint_path,
     load_checkpoint,
     prune_checkpoints,
     restore_rng,
+    resume_note,
     resume_source,
     save_atomic,
 )
@@ -200,9 +202,10 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
     views = PairedViews(config.views).to(device)
     generator = views_generator(train.seed, ctx.rank, device)
 
-    step, checkpoint = 0, None
+    step, checkpoint, notes = 0, None, []
     if resume_from is not None:
         payload = load_checkpoint(resume_from)
+        notes = changed_settings(payload["config"], to_dict(config))
         _check_architecture(model, payload, resume_from)
         model.load_state_dict(
             {**{f"net.{k}": v for k, v in payload["model"].items()}, **payload["heads"]}
@@ -242,8 +245,10 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             f"{dataset.summary()}; {steps_per_epoch} steps/epoch, {total_steps} steps, "
             f"batch {train.batch_size} x {ctx.world_size} process(es) on {device}"
             + (f", amp {amp_dtype}" if amp_dtype else "")
-            + (f"; resumed from {resume_from} at step {step}" if resume_from else "")
+            + resume_note(config.run.resume, resume_from, step)
         )
+        for note in notes:
+            monitor.info(note)
 
     def save(at_step: int, epoch: int, rng: list) -> Path:
         payload = {

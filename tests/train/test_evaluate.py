@@ -74,3 +74,12 @@ def test_a_failed_prediction_leaves_no_file_and_names_the_input(finetuned, tmp_p
     with pytest.raises(ValueError, match=r"three\.tif"):
         run_predict(finetuned / "best.pt", [tmp_path / "three.tif"], pred)
     assert (pred / "three_labels.tif").read_bytes() == b"old result"
+
+
+def test_evaluate_and_predict_take_a_run_folder(finetuned, tmp_path, capsys):
+    from contrastseg.cli import main
+
+    assert main(["evaluate", "--checkpoint", str(finetuned), "--out", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "ev")]) == 2
+    assert "ev is a folder without best.pt" in capsys.readouterr().err

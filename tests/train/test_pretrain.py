@@ -400,3 +400,12 @@ def test_nodata_geotiffs_pretrain_with_finite_losses(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert re.search(r"untagged/s[01]\.tif' has 1 NaN pixel\(s\) in window", err), err
+
+
+def test_resume_says_when_it_starts_fresh_or_the_batch_size_changed(tmp_path):
+    run_pretrain(tiny(tmp_path, "train.max_steps=1", "run.resume=auto"))
+    log = (tmp_path / "tiny" / "train.log").read_text()
+    assert "--resume found no intact checkpoint in the run folder: starting fresh" in log
+    run_pretrain(tiny(tmp_path, "train.max_steps=2", "run.resume=auto", "train.batch_size=2"))
+    log = (tmp_path / "tiny" / "train.log").read_text()
+    assert "warning: train.batch_size is 2 but the checkpoint was written with 4" in log
