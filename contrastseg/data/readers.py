@@ -103,7 +103,8 @@ class _TiffReader:
         # Normalised shape: (separate samples, depth, length, width, contiguous samples).
         self.shaped = tuple(int(s) for s in page.shaped)
         self.dtype = np.dtype(self.tif.byteorder + page.dtype.char)
-        self.nodata = _parse_nodata(path, page.tags.get(GDAL_NODATA_TAG))
+        # parsed when asked for: a malformed tag does not make the pixels unreadable
+        self.nodata_tag = page.tags.get(GDAL_NODATA_TAG)
         self.lock = threading.Lock()
         self._memmap: np.ndarray | None = None
         if page.is_memmappable and page.dataoffsets:
@@ -254,7 +255,7 @@ def image_nodata(path: str | os.PathLike[str]) -> float | None:
     """
     if not _is_tiff(path):
         return None
-    return _tiff_reader(path).nodata
+    return _parse_nodata(os.fspath(path), _tiff_reader(path).nodata_tag)
 
 
 def tiff_layout(path: str | os.PathLike[str]) -> str:

@@ -275,6 +275,8 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
             name; an explicit checkpoint older than others in the folder (resuming it would
             mix two runs and prune the newer checkpoints).
     """
+    remove_stale_tmp(ckpt_dir)
+    remove_stale_tmp(ckpt_dir.parent)
     existing = list_checkpoints(ckpt_dir)
     if setting == "never":
         if existing:
@@ -283,8 +285,6 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
                 "pass --resume (run.resume=auto) to continue that run, or choose another run.name"
             )
         return None
-    remove_stale_tmp(ckpt_dir)
-    remove_stale_tmp(ckpt_dir.parent)
     if setting == "auto":
         if not named:
             raise ConfigError(

@@ -208,3 +208,4 @@ def test_the_gdal_nodata_tag_is_read_as_a_number(tmp_path) -> None:
     tifffile.imwrite(bad, array, extratags=[(42113, "s", 0, "none", False)])
     with pytest.raises(ValueError, match=r"bad\.tif.*GDAL_NODATA tag 42113 holds 'none'"):
         image_nodata(bad)
+    assert read_image(bad).shape == (1, 8, 8)  # the pixels stay readable
