@@ -109,13 +109,22 @@ def valid_pixels(batch: Tensor, nodata: float | None) -> Tensor | None:
 
 
 def fill_invalid(images: Tensor, valid: Tensor | None, mean: Sequence[float] | None) -> Tensor:
-    """Replace invalid pixels of ``(B, C, H, W)`` float images by ``mean`` (0 when None).
+    """Replace invalid pixels of ``(B, C, H, W)`` float images by the band mean.
 
     The band mean is 0 after normalisation, the most neutral input a network can get.
+
+    Args:
+        images: the batch (invalid pixels may hold NaN or any value).
+        valid: ``(B, H, W)`` bool from :func:`valid_pixels`; None = nothing to fill.
+        mean: per-band mean in the images' units; None = the mean of the batch's valid
+            pixels (0 when there are none).
     """
     if valid is None:
         return images
-    fill = torch.zeros(images.shape[1], device=images.device, dtype=images.dtype)
     if mean is not None:
         fill = torch.as_tensor(mean, device=images.device, dtype=images.dtype)
+    else:
+        weights = valid[:, None].to(images.dtype)
+        total = torch.where(valid[:, None], images, 0).sum(dim=(0, 2, 3))
+        fill = total / weights.sum().clamp(min=1)
     return torch.where(valid[:, None], images, fill.view(1, -1, 1, 1))

@@ -72,4 +72,8 @@ def test_valid_pixels_and_fill_on_batches():
     filled = fill_invalid(images, valid, [0.25, 0.75])
     assert filled[0, :, 0, 0].tolist() == [0.25, 0.75]
     assert torch.equal(filled[0, :, 1], images[0, :, 1])
-    assert fill_invalid(images, valid, None)[0, :, 0, 0].tolist() == [0.0, 0.0]
+    # without a configured mean: the mean of the valid pixels (oracle: explicit average)
+    expected = [
+        sum(float(images[0, c, r, k]) for r, k in ((0, 1), (1, 0), (1, 1))) / 3 for c in (0, 1)
+    ]
+    assert fill_invalid(images, valid, None)[0, :, 0, 0].tolist() == pytest.approx(expected)
