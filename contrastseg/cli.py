@@ -152,6 +152,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             args.scale,
             args.seed,
             args.exclude or (),
+            args.nodata,
         )
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
@@ -206,11 +207,28 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     if getattr(args, "data_root", None):
         overrides.append(f"data.root={_literal(args.data_root)}")
     for key in ("window", "stride"):
-        if getattr(args, key, None):
-            overrides.append(f"eval.{key}={getattr(args, key)}")
+        value = getattr(args, key, None)
+        if value is not None:
+            if value < 1:  # 0 would otherwise read as "not given" and use the stored value
+                raise ValueError(f"--{key} must be a positive number of pixels, got {value}")
+            overrides.append(f"eval.{key}={value}")
     if args.flip:
         overrides.append("eval.flip=true")
     return overrides
+
+
+def _best_checkpoint(path: str) -> str:
+    """A fine-tuning run folder stands for its ``best.pt``; a file is itself."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.is_dir():
+        if not (folder / "best.pt").is_file():
+            raise FileNotFoundError(
+                f"{path} is a folder without best.pt (a fine-tuning run folder has one)"
+            )
+        return str(folder / "best.pt")
+    return path
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -219,8 +237,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from contrastseg.train.evaluate import run_evaluate
 
     try:
-        out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
-        run_evaluate(args.checkpoint, out, _eval_overrides(args), args.split, args.device)
+        checkpoint = _best_checkpoint(args.checkpoint)
+        out = Path(args.out) if args.out else Path(checkpoint).parent / f"eval-{args.split}"
+        run_evaluate(checkpoint, out, _eval_overrides(args), args.split, args.device)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     print((out / "metrics.txt").read_text(), end="")
@@ -233,7 +252,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         written = run_predict(
-            args.checkpoint,
+            _best_checkpoint(args.checkpoint),
             args.inputs,
             args.out,
             args.format,
@@ -276,11 +295,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_config_arguments(
+    parser: argparse.ArgumentParser, default: str = "configs/quickstart.yaml"
+) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML config (default: configs/quickstart.yaml, the built-in demo scenes)",
+        help=f"YAML config (default: {default}, the built-in demo scenes)",
     )
     parser.add_argument(
         "--set",
@@ -355,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
             "scored once on the test split. Without --config: configs/finetune_demo.yaml."
         ),
     )
-    _add_config_arguments(finetune)
+    _add_config_arguments(finetune, "configs/finetune_demo.yaml")
     finetune.add_argument(
         "--pretrained",
         metavar="CKPT",
@@ -385,7 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.set_defaults(handler=_cmd_finetune)
 
     def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--checkpoint", required=True, help="fine-tuning checkpoint (best.pt)")
+        parser.add_argument(
+            "--checkpoint",
+            required=True,
+            help="fine-tuning checkpoint (best.pt), or a fine-tuning run folder (its best.pt)",
+        )
         parser.add_argument("--window", type=int, help="sliding-window side in pixels")
         parser.add_argument("--stride", type=int, help="sliding-window step in pixels")
         parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
@@ -470,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--scale", type=float, help="value mapped to 1.0 (default: dtype range)")
     stats.add_argument("--seed", type=int, default=0, help="seed of the window sample")
     stats.add_argument("--exclude", nargs="+", metavar="PATTERN", help="paths to leave out")
+    stats.add_argument(
+        "--nodata", type=float, help="value of missing pixels (default: each GeoTIFF's tag)"
+    )
     stats.set_defaults(handler=_cmd_stats)
     return parser
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contrastseg.data.nodata import mark_invalid
 from contrastseg.data.readers import Window, image_size, read_image
 
 #: ``(B, C, h, w)`` float images -> ``(B, K, h, w)`` logits.
@@ -189,6 +190,8 @@ def predict_file(
     bands: Sequence[int] | None = None,
     prepare: Callable[[np.ndarray], Tensor] | None = None,
     device: torch.device | str = "cpu",
+    nodata: float | None = None,
+    nodata_label: int | None = None,
 ) -> tuple[int, int]:
     """Label map of an image file, streamed strip by strip (images larger than memory).
 
@@ -207,6 +210,9 @@ def predict_file(
         prepare: ``(C, h, w)`` array -> float tensor ``(C, h, w)`` on ``device`` (scaling and
             normalisation); None = ``float32`` as read.
         device: where the strips go.
+        nodata: the file's nodata value (see :mod:`contrastseg.data.nodata`); NaN pixels
+            without one are an error.
+        nodata_label: label written at nodata / non-finite pixels; None = predict them.
 
     Returns:
         ``(height, width)`` of the image.
@@ -229,7 +235,11 @@ def predict_file(
     done = 0
     for i, r in enumerate(plan.rows):
         rows = min(wh, size.height - r)  # real (unpadded) rows of this strip
-        strip = prepare(read_image(path, Window(r, 0, rows, size.width), bands))[None]
+        strip_window = Window(r, 0, rows, size.width)
+        array, invalid = mark_invalid(
+            read_image(path, strip_window, bands), nodata, str(path), strip_window
+        )
+        strip = prepare(array)[None]
         logits = sliding_window_logits(
             predict, _pad_to(strip, wh, strip.shape[-1]), window, stride, batch_size, flip
         )[0]
@@ -243,17 +253,22 @@ def predict_file(
         if acc is None:
             acc = logits.new_zeros(logits.shape[0], wh, size.width)
             count = logits.new_zeros(1, wh, size.width)
+            missing = np.zeros((wh, size.width), dtype=bool)
         shift = r - top
         if shift:
             acc = torch.cat([acc[:, shift:], acc.new_zeros(acc.shape[0], shift, size.width)], 1)
             count = torch.cat([count[:, shift:], count.new_zeros(1, shift, size.width)], 1)
+            missing = np.concatenate([missing[shift:], np.zeros((shift, size.width), bool)])
             top = r
+        missing[:rows] |= invalid
         acc += logits * ncols
         count += ncols
         next_top = plan.rows[i + 1] if i + 1 < len(plan.rows) else size.height
         finish = min(next_top, size.height) - done  # done == top here
         if finish > 0:
-            labels = (acc[:, :finish] / count[:, :finish]).argmax(0)
-            write(done, labels.cpu().numpy().astype(np.int64))
+            labels = (acc[:, :finish] / count[:, :finish]).argmax(0).cpu().numpy().astype(np.int64)
+            if nodata_label is not None:
+                labels[missing[:finish]] = nodata_label
+            write(done, labels)
             done += finish
     return size.height, size.width

@@ -103,3 +103,19 @@ def test_pretrain_with_kornia_views_and_extra_ops(tmp_path, capsys):
     capsys.readouterr()
     assert main(["config", "--set", "views.t2.extra=[{name: RandomElasticTransform}]"]) == 2
     assert "RandomElasticTransform is refused" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--window", "--stride"])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_a_zero_window_or_stride_is_refused(tmp_path, capsys, flag, command):
+    extra = [str(tmp_path / "x.tif"), "--out", str(tmp_path)] if command == "predict" else []
+    code = main([command, "--checkpoint", str(tmp_path / "best.pt"), flag, "0", *extra])
+    assert code == 2
+    assert f"{flag} must be a positive number of pixels, got 0" in capsys.readouterr().err
+
+
+def test_finetune_help_names_its_own_default_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "default: configs/finetune_demo.yaml" in out and "quickstart" not in out

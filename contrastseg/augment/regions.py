@@ -128,6 +128,28 @@ def _boxes(pos: Tensor, width: int, size: int) -> Tensor:
     return torch.stack([x1, y1, x1 + size, y1 + size], dim=-1).float()
 
 
+def drop_invalid_sources(index: Tensor, valid: Tensor | None) -> Tensor:
+    """Mark view pixels whose source pixel is invalid (nodata) as outside the source (0).
+
+    :func:`match_regions` then never centres a region on a nodata pixel: the exact rule,
+    whatever the view geometry, since it acts on the source pixel each view pixel shows.
+
+    Args:
+        index: ``(B, H, W)`` index map (``v - 1`` = source pixel, 0 = outside).
+        valid: ``(B, H_src, W_src)`` bool, False at nodata source pixels; None = all valid.
+
+    Returns:
+        The index map with those entries set to 0 (``index`` itself when ``valid`` is None).
+    """
+    if valid is None:
+        return index
+    flat = valid.flatten(1)
+    inside = index > 0
+    source = (index - 1).clamp(0, flat.shape[1] - 1).flatten(1)
+    keep = flat.gather(1, source).view_as(index) & inside
+    return torch.where(keep, index, torch.zeros_like(index))
+
+
 def match_regions(
     index1: Tensor,
     index2: Tensor,

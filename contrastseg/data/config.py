@@ -68,6 +68,10 @@ class UnlabeledDataConfig:
             raising an error naming the file.
         scale: value that maps to 1.0 when converting to float; None = the dtype's range
             (255 for uint8, 65535 for uint16, 1 for float files).
+        nodata: pixel value that marks missing data (all bands equal to it), for every file;
+            None = each GeoTIFF's GDAL_NODATA tag. NaN / inf pixels are always missing.
+        max_nodata_fraction: a patch with a larger fraction of nodata pixels is skipped (the
+            next one is taken), so scene edges and empty images do not fill batches.
         seed: seed of the random windows; epoch ``e`` draws from ``(seed, e)``.
         demo: the synthetic scenes used when ``roots`` is empty.
     """
@@ -83,6 +87,8 @@ class UnlabeledDataConfig:
     too_small: Literal["error", "skip"] = "error"  #: images smaller than the patch
     skip_bad_files: bool = False  #: skip unreadable files with a warning instead of failing
     scale: float | None = None  #: float scale; None = dtype range
+    nodata: float | None = None  #: value of missing pixels; None = the GeoTIFF tag
+    max_nodata_fraction: float = 0.5  #: patches with more nodata pixels are skipped
     seed: int = 0  #: seed of the random windows
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: built-in scenes
 
@@ -101,6 +107,10 @@ class UnlabeledDataConfig:
             raise ValueError(f"too_small must be 'error' or 'skip', got {self.too_small!r}")
         if not self.patterns:
             raise ValueError("patterns must list at least one file pattern, got []")
+        if not 0.0 <= self.max_nodata_fraction < 1.0:
+            raise ValueError(
+                f"max_nodata_fraction must be in [0, 1), got {self.max_nodata_fraction}"
+            )
         _check_bands("bands", self.bands)
         _check_scale("scale", self.scale)
 
@@ -149,6 +159,8 @@ class LabeledDataConfig:
         seed: seed of the label-fraction draw.
         skip_bad_files: skip unreadable pairs with a counted warning instead of failing.
         scale: value that maps to 1.0 when converting to float; None = dtype range.
+        nodata: image pixel value that marks missing data (all bands equal to it); None =
+            each GeoTIFF's GDAL_NODATA tag. Missing and NaN pixels get ``ignore_index``.
         demo: the synthetic scenes of the ``demo`` preset when ``root`` is empty.
     """
 
@@ -180,6 +192,7 @@ class LabeledDataConfig:
     seed: int = 0  #: seed of the label-fraction draw
     skip_bad_files: bool = False  #: skip unreadable pairs with a warning
     scale: float | None = None  #: float scale; None = dtype range
+    nodata: float | None = None  #: image value of missing pixels; None = the GeoTIFF tag
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: scenes of the demo preset
 
     def __post_init__(self) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from torch.utils.data import Dataset
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.data.demo import demo_scenes
 from contrastseg.data.files import pair_files
+from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.palettes import Palette, check_index_mask
 from contrastseg.data.presets import apply_preset
 from contrastseg.data.readers import Window, image_size, read_image
@@ -36,6 +38,10 @@ def patch_id(key: str, window: Window) -> str:
     return f"{key}:{window.row}:{window.col}"
 
 
+#: Masks whose values were all checked: (path, size, mtime, label settings), per process.
+_CHECKED_MASKS: set[tuple[Any, ...]] = set()
+
+
 class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Labeled images of one split, as training patches or as whole images.
 
@@ -44,7 +50,10 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     form a grid of ``patch_size`` over every image (no overlap, last patch flush with the
     edge; images smaller than a patch give one patch padded with 0 / ``ignore_index``),
     restricted to the label fraction. Whole images (the default for ``val`` and ``test``)
-    have their own sizes: use batch size 1 or sliding-window inference.
+    have their own sizes: use batch size 1 or sliding-window inference. Nodata and
+    non-finite image pixels (:mod:`contrastseg.data.nodata`) get ``ignore_index`` in the mask;
+    in float images they are NaN, which :func:`~contrastseg.data.loader.to_float` turns into
+    the band mean.
 
     Args:
         config: the data configuration (a preset fills fields left at their defaults).
@@ -64,7 +73,8 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     Raises:
         FileNotFoundError: the root or its image/mask folders do not exist.
         ValueError: unpaired files, an image and mask of different sizes, an empty split, a
-            label list naming unknown patches, a mask colour outside the palette (when read).
+            label list naming unknown patches, a mask colour outside the palette or a mask
+            value outside the classes (every mask of the split is checked on construction).
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             Palette(cfg.palette, cfg.ignore_colors, cfg.ignore_index) if cfg.palette else None
         )
         self._arrays: dict[str, np.ndarray] = {}
+        self._nodata_values: dict[str, float | None] = {}
         self.skipped_bad: list[str] = []
         all_items = self._find_items()
         keys = assign_split([it.key for it in all_items], split, cfg.train, cfg.val, cfg.test)
@@ -106,6 +117,7 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             )
         #: Bands of the returned images.
         self.num_bands = len(cfg.bands) if cfg.bands is not None else counts[0]
+        self._check_masks()
         self.windows = self._plan_windows()
         self.patch_ids = [
             it.key if self.whole_images else patch_id(it.key, w)
@@ -163,6 +175,37 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 LabeledItem(pair.key, pair.image, pair.mask, isize.height, isize.width, isize.bands)
             )
         return items
+
+    def _expand_palette(self) -> bool:
+        # Palette PNGs hold colours (as in the Dubai set) unless masks are index maps.
+        return self.config.mask_format == "rgb" or (
+            self.config.mask_format == "auto" and self._palette is not None
+        )
+
+    def _check_masks(self) -> None:
+        """Read every mask of the split once, so a colour outside the palette (or a value
+        outside the classes) stops the run now, not when its patch is first drawn.
+
+        A mask that passed is remembered by path, size and mtime (and the label settings),
+        so the other splits and later datasets of this process do not read it again.
+        """
+        cfg = self.config
+        settings = (
+            cfg.mask_format, tuple(cfg.palette), tuple(cfg.ignore_colors),
+            tuple(cfg.ignore_values), cfg.ignore_index, self.num_classes,
+        )  # fmt: skip
+        for item in self.items:
+            if item.mask in self._arrays:
+                continue  # demo scenes: labels made in memory
+            stat = os.stat(item.mask)
+            key = (os.path.abspath(item.mask), stat.st_size, stat.st_mtime_ns, settings)
+            if key in _CHECKED_MASKS:
+                continue
+            whole = Window(0, 0, item.height, item.width)
+            self.labels(
+                self._read(item.mask, whole, None, self._expand_palette()), f"mask {item.mask!r}"
+            )
+            _CHECKED_MASKS.add(key)
 
     def _plan_windows(self) -> list[tuple[int, Window]]:
         windows = []
@@ -226,19 +269,27 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             return self._palette.encode(mask, source)
         return check_index_mask(mask, self.num_classes, cfg.ignore_values, cfg.ignore_index, source)
 
+    def _nodata(self, name: str) -> float | None:
+        if name not in self._nodata_values:
+            self._nodata_values[name] = file_nodata(name, self.config.nodata)
+        return self._nodata_values[name]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         i, win = self.windows[index]
         item = self.items[i]
-        image = self._read(item.image, win, self.config.bands)
+        image, missing = mark_invalid(
+            self._read(item.image, win, self.config.bands),
+            self._nodata(item.image),
+            item.image,
+            win,
+        )
         if item.mask in self._arrays:
             labels = self._read(item.mask, win, None).astype(np.int64)
         else:
             where = f"mask {item.mask!r} window (row={win.row}, col={win.col}, {win.height} x {win.width})"
-            # Palette PNGs hold colours (as in the Dubai set) unless masks are index maps.
-            expand = self.config.mask_format == "rgb" or (
-                self.config.mask_format == "auto" and self._palette is not None
-            )
-            labels = self.labels(self._read(item.mask, win, None, expand), where)
+            labels = self.labels(self._read(item.mask, win, None, self._expand_palette()), where)
+        if missing.any():  # no label where the image holds no measurement
+            labels = np.where(missing, self.ignore_index, labels)
         p = self.config.patch_size
         if not self.whole_images and (win.height < p or win.width < p):
             # Small image: pad to a full patch; padded pixels are ignored by the loss.

@@ -44,7 +44,8 @@ def to_float(
         std: per-band std in scaled units; None = 1.
 
     Returns:
-        float32 tensor of the same shape, on the same device.
+        float32 tensor of the same shape, on the same device; non-finite values of a float
+        batch (nodata pixels) become 0, the band mean after normalisation.
 
     Raises:
         ValueError: ``mean``/``std`` length differs from the band count, or a std <= 0.
@@ -67,6 +68,10 @@ def to_float(
         if min(std) <= 0:
             raise ValueError(f"std values must be positive, got {list(std)}")
         out = out.div_(torch.as_tensor(std, dtype=torch.float32, device=out.device).view(shape))
+    if batch.is_floating_point():
+        # nodata pixels of float files arrive as NaN (contrastseg.data.nodata): they enter
+        # the network as 0, the band mean once normalised, instead of poisoning every output
+        out = torch.nan_to_num_(out, nan=0.0, posinf=0.0, neginf=0.0)
     return out
 
 

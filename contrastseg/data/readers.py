@@ -35,6 +35,9 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PIL_SUFFIXES
 
+#: TIFF tag in which GDAL stores a file's nodata value, as ASCII text.
+GDAL_NODATA_TAG = 42113
+
 #: Open TIFF readers kept per process; big enough for a few tiles read in turn.
 _CACHE_SIZE = 8
 
@@ -63,6 +66,19 @@ def _bad_file(path: str | os.PathLike[str], err: BaseException) -> ValueError:
     return ValueError(f"cannot read image file {str(path)!r}: {type(err).__name__}: {err}{hint}")
 
 
+def _parse_nodata(path: str, tag: tifffile.TiffTag | None) -> float | None:
+    """The GDAL_NODATA tag's value (an ASCII number such as ``-9999`` or ``nan``), or None."""
+    if tag is None:
+        return None
+    text = str(tag.value).strip().strip("\x00").strip()
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"{path!r}: GDAL_NODATA tag {GDAL_NODATA_TAG} holds {text!r}, expected a number"
+        ) from None
+
+
 def _is_tiff(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(TIFF_SUFFIXES)
 
@@ -87,6 +103,8 @@ class _TiffReader:
         # Normalised shape: (separate samples, depth, length, width, contiguous samples).
         self.shaped = tuple(int(s) for s in page.shaped)
         self.dtype = np.dtype(self.tif.byteorder + page.dtype.char)
+        # parsed when asked for: a malformed tag does not make the pixels unreadable
+        self.nodata_tag = page.tags.get(GDAL_NODATA_TAG)
         self.lock = threading.Lock()
         self._memmap: np.ndarray | None = None
         if page.is_memmappable and page.dataoffsets:
@@ -224,6 +242,20 @@ def image_size(path: str | os.PathLike[str]) -> ImageSize:
         return _pil_size(path)
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise _bad_file(path, err) from err
+
+
+def image_nodata(path: str | os.PathLike[str]) -> float | None:
+    """The nodata value a file declares (GeoTIFF ``GDAL_NODATA`` tag), or None.
+
+    Only TIFFs can declare one; PNG / JPEG files give None (set ``data.nodata`` instead).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: an unreadable file, or a tag that is not a number (the message names it).
+    """
+    if not _is_tiff(path):
+        return None
+    return _parse_nodata(os.fspath(path), _tiff_reader(path).nodata_tag)
 
 
 def tiff_layout(path: str | os.PathLike[str]) -> str:

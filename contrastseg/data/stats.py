@@ -12,8 +12,10 @@ import numpy as np
 import yaml
 
 from contrastseg.data.config import UnlabeledDataConfig
+from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.readers import Window
 from contrastseg.data.unlabeled import Source, UnlabeledDataset, list_sources, read_source
+from contrastseg.utils.configtools import coerce, safe_load_unique
 
 
 @dataclass
@@ -70,8 +72,12 @@ def compute_band_stats(
     Returns:
         :class:`BandStats` in scaled units.
 
+    Nodata and non-finite pixels (:mod:`contrastseg.data.nodata`) are left out; ``count``
+    is the number of valid pixels that went in.
+
     Raises:
-        ValueError: no images, or ``window_size`` < 1.
+        ValueError: no images or no valid pixel, ``window_size`` < 1, or NaN pixels in a
+            file that declares no nodata value (the message names it).
     """
     if window_size < 1:
         raise ValueError(f"window_size must be >= 1, got {window_size}")
@@ -96,14 +102,23 @@ def compute_band_stats(
     scale = scale if scale is not None else config.scale
     n_total = 0
     mean = m2 = None
+    nodata: dict[str, float | None] = {}
     for i, window in windows:
-        patch = read_source(sources[i].name, window, config.bands, arrays)
+        name = sources[i].name
+        if name not in nodata:
+            nodata[name] = file_nodata(name, config.nodata)
+        patch, invalid = mark_invalid(
+            read_source(name, window, config.bands, arrays), nodata[name], name, window
+        )
         if scale is None:
             scale = (
                 1.0 if np.issubdtype(patch.dtype, np.floating) else float(np.iinfo(patch.dtype).max)
             )
-        x = patch.reshape(patch.shape[0], -1).astype(np.float64)
+        # nodata and non-finite pixels carry no measurement: they stay out of the statistics
+        x = patch.reshape(patch.shape[0], -1)[:, ~invalid.ravel()].astype(np.float64)
         n = x.shape[1]
+        if n == 0:
+            continue
         p_mean = x.mean(axis=1)
         p_m2 = ((x - p_mean[:, None]) ** 2).sum(axis=1)
         if mean is None:
@@ -115,7 +130,9 @@ def compute_band_stats(
         m2 = m2 + p_m2 + delta**2 * (n_total * n / total)
         n_total = total
     if mean is None or m2 is None or scale is None:
-        raise ValueError("no images to compute band statistics from")
+        raise ValueError(
+            "no valid pixels to compute band statistics from (no images, or only nodata)"
+        )
     std = np.sqrt(m2 / n_total)
     return BandStats(
         mean=[float(v) / scale for v in mean],
@@ -145,28 +162,38 @@ def write_stats_yaml(stats: BandStats, path: str | os.PathLike[str]) -> Path:
 
 
 def load_stats_yaml(path: str | os.PathLike[str]) -> BandStats:
-    """Read a file written by :func:`write_stats_yaml`.
+    """Read a file written by :func:`write_stats_yaml`, validated like a config.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: it lacks ``mean``/``std`` or they differ in length.
+        ValueError: not YAML, a duplicate key, ``mean``/``std`` missing, not lists of finite
+            numbers (the message names the file and the key, e.g. ``std[2]``), of different
+            lengths, or a std that is not positive.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"band statistics file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        with open(path, encoding="utf-8") as handle:  # a file: messages name it
+            data = safe_load_unique(handle) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{str(path)!r} is not valid YAML: {err}") from err
     if not isinstance(data, dict) or "mean" not in data or "std" not in data:
         raise ValueError(f"{str(path)!r} is not a band statistics file (needs mean and std lists)")
-    if len(data["mean"]) != len(data["std"]):
-        raise ValueError(
-            f"{str(path)!r}: mean has {len(data['mean'])} values but std has {len(data['std'])}"
-        )
+    source = repr(str(path))
+    mean = coerce(data["mean"], list[float], "mean", source)
+    std = coerce(data["std"], list[float], "std", source)
+    if len(mean) != len(std) or not mean:
+        raise ValueError(f"{source}: mean has {len(mean)} values but std has {len(std)}")
+    bad = [i for i, v in enumerate(std) if v <= 0]
+    if bad:
+        raise ValueError(f"{source}: 'std[{bad[0]}]' must be positive, got {std[bad[0]]}")
     return BandStats(
-        mean=[float(v) for v in data["mean"]],
-        std=[float(v) for v in data["std"]],
-        count=int(data.get("count", 0)),
-        scale=float(data.get("scale", 1.0)),
-        bands=data.get("bands"),
+        mean=mean,
+        std=std,
+        count=coerce(data.get("count", 0), int, "count", source),
+        scale=coerce(data.get("scale", 1.0), float, "scale", source),
+        bands=coerce(data.get("bands"), list[int] | None, "bands", source),
     )
 
 
@@ -179,6 +206,7 @@ def run_stats_command(
     scale: float | None = None,
     seed: int = 0,
     exclude: Sequence[str] = (),
+    nodata: float | None = None,
 ) -> int:
     """``contrastseg stats DATA...``: print per-band mean/std and write them as YAML.
 
@@ -191,15 +219,25 @@ def run_stats_command(
         scale: value mapped to 1.0; None = the dtype's range.
         seed: seed of the window sample.
         exclude: fnmatch patterns of paths (relative to their root) to leave out.
+        nodata: value of missing pixels in every file; None = each GeoTIFF's tag.
 
     Returns:
         Exit status 0.
+
+    Raises:
+        ValueError: ``max_samples`` or ``window_size`` below 1, NaN pixels without a nodata
+            value, or unreadable data.
     """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(
+            f"--max-samples must be >= 1 (or omitted for every window), got {max_samples}"
+        )
     config = UnlabeledDataConfig(
         roots=list(paths),
         exclude=list(exclude),
         bands=None if bands is None else list(bands),
         scale=scale,
+        nodata=nodata,
         seed=seed,
     )
     sources, _, _ = list_sources(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import NamedTuple
 
@@ -12,6 +13,7 @@ from torch.utils.data import Dataset
 from contrastseg.data.config import UnlabeledDataConfig
 from contrastseg.data.demo import demo_scenes
 from contrastseg.data.files import find_images
+from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.readers import Window, image_size, read_image
 
 
@@ -131,6 +133,9 @@ class UnlabeledDataset(Dataset[torch.Tensor]):
         candidates, self._arrays, self.skipped_bad = list_sources(config)
         self.sources = self._keep_usable(candidates)
         self._check_bands()
+        self._nodata = {src.name: file_nodata(src.name, config.nodata) for src in self.sources}
+        self.nodata = self._common_nodata()
+        self.skipped_nodata = 0
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._build_index()
         if self.skipped_small or self.skipped_bad:
@@ -174,6 +179,17 @@ class UnlabeledDataset(Dataset[torch.Tensor]):
                 "select the same bands for all with the bands setting"
             )
         self.num_bands = counts.pop()
+
+    def _common_nodata(self) -> float | None:
+        """The one nodata value of integer items (float items mark nodata as NaN instead)."""
+        values = {v for v in self._nodata.values() if v is not None and not math.isnan(v)}
+        if len(values) > 1:
+            examples = {v: next(n for n, w in self._nodata.items() if w == v) for v in values}
+            raise ValueError(
+                f"images declare different nodata values {sorted(values)} (e.g. {examples}); "
+                "set data.nodata to the one value that marks missing pixels in all of them"
+            )
+        return values.pop() if values else None
 
     def _build_index(self) -> None:
         p, cfg = self.patch_size, self.config
@@ -227,18 +243,32 @@ class UnlabeledDataset(Dataset[torch.Tensor]):
         return i, Window(int(r), int(c), p, p)
 
     def read(self, index: int) -> np.ndarray:
-        """Item ``index`` as a numpy array ``(C, p, p)`` (no skipping of bad files)."""
+        """Item ``index`` as a numpy array ``(C, p, p)`` (no skipping of bad files or nodata).
+
+        Nodata pixels of float files are NaN in every band (see :mod:`contrastseg.data.nodata`).
+
+        Raises:
+            ValueError: an unreadable file, or NaN pixels in a file without a nodata value.
+        """
+        return self._read_marked(index)[0]
+
+    def _read_marked(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         i, win = self.window(index)
-        return read_source(self.sources[i].name, win, self.config.bands, self._arrays)
+        name = self.sources[i].name
+        array = read_source(name, win, self.config.bands, self._arrays)
+        return mark_invalid(array, self._nodata[name], name, win)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        if not self.config.skip_bad_files:
-            return to_tensor(self.read(index))
-        for attempt in range(min(len(self), 50)):
+        # Bad files (skip_bad_files) and mostly-nodata patches are passed over: the next
+        # items are tried in turn, so the choice stays a function of the index.
+        limit = self.config.max_nodata_fraction
+        for attempt in range(min(len(self), 200)):
             j = (index + attempt) % len(self)
             try:
-                return to_tensor(self.read(j))
+                array, invalid = self._read_marked(j)
             except (ValueError, OSError) as err:
+                if not self.config.skip_bad_files or "NaN pixel" in str(err):
+                    raise
                 name = self.sources[self.window(j)[0]].name
                 if name not in self.skipped_bad:
                     self.skipped_bad.append(name)
@@ -247,6 +277,13 @@ class UnlabeledDataset(Dataset[torch.Tensor]):
                         f"in this worker): {err}",
                         stacklevel=2,
                     )
+                continue
+            if invalid.mean() > limit:
+                self.skipped_nodata += 1
+                continue
+            return to_tensor(array)
         raise ValueError(
-            f"no readable patch found near index {index}; skipped files: {self.skipped_bad[:10]}"
+            f"no usable patch found near index {index} (tried {min(len(self), 200)}): skipped "
+            f"files {self.skipped_bad[:10]}, {self.skipped_nodata} patch(es) with more than "
+            f"data.max_nodata_fraction={limit} nodata pixels"
         )

@@ -9,7 +9,8 @@ its weights load back into ``torchvision.models.resnetXX()`` with only ``fc.*`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -97,6 +98,57 @@ def _dilate_stage(stage: nn.Sequential, previous_dilation: int, dilation: int) -
         for conv in others:
             _set_conv(conv, dilation=dilation)
         block.stride = 1
+
+
+#: ResNet depths by (blocks per stage, bottleneck blocks), as torchvision builds them.
+_DEPTHS: dict[tuple[tuple[int, ...], bool], str] = {
+    ((2, 2, 2, 2), False): "resnet18",
+    ((3, 4, 6, 3), False): "resnet34",
+    ((3, 4, 6, 3), True): "resnet50",
+    ((3, 4, 23, 3), True): "resnet101",
+    ((3, 8, 36, 3), True): "resnet152",
+}
+_BLOCK_KEY = re.compile(r"(?:^|\.)layer([1-4])\.(\d+)\.(conv\d)\.")
+
+
+def resnet_depth(keys: Iterable[str]) -> str | None:
+    """The ResNet a state dict's key names describe (``resnet18`` ... ``resnet152``).
+
+    Inferred from the blocks ``layerN.M.*`` per stage and whether they are bottlenecks
+    (``conv3``), so it works for torchvision names with or without a wrapper prefix
+    (``backbone.layer1.0.conv1.weight``).
+
+    Returns:
+        The name; a description such as ``a ResNet with (2, 3, 2, 2) basic blocks`` for
+        an unusual layout; None when the keys hold no ResNet stages.
+    """
+    blocks = [0, 0, 0, 0]
+    bottleneck = False
+    for key in keys:
+        match = _BLOCK_KEY.search(key)
+        if match:
+            stage = int(match.group(1)) - 1
+            blocks[stage] = max(blocks[stage], int(match.group(2)) + 1)
+            bottleneck |= match.group(3) == "conv3"
+    if not any(blocks):
+        return None
+    layout = (tuple(blocks), bottleneck)
+    kind = "bottleneck" if bottleneck else "basic"
+    return _DEPTHS.get(layout, f"a ResNet with {tuple(blocks)} {kind} blocks")
+
+
+def check_same_resnet(model_keys: Iterable[str], file_keys: Iterable[str], path: str) -> None:
+    """Refuse a weights file of another ResNet depth than the model's, naming both.
+
+    Raises:
+        ValueError: both key sets describe ResNets, and different ones.
+    """
+    model_arch, file_arch = resnet_depth(model_keys), resnet_depth(file_keys)
+    if model_arch and file_arch and model_arch != file_arch:
+        raise ValueError(
+            f"{path} holds {file_arch} weights but the model is a {model_arch}: "
+            f"choose model.arch={file_arch} or weights of a {model_arch}"
+        )
 
 
 def _strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -196,10 +248,12 @@ class ResNetBackbone(nn.Module):
             ValueError: the file holds no ResNet state dict, or keys / shapes do not match
                 this architecture (the message lists them).
         """
+        from contrastseg.models.pretrained import load_torch_file  # imports this module
+
         path = os.fspath(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"backbone weights file not found: {path}")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_torch_file(path)
         state = _unwrap_checkpoint(obj, path)
         if any(k.startswith("backbone.") for k in state):
             # a whole segmenter (e.g. a contrastseg pretraining checkpoint): keep its backbone
@@ -214,6 +268,7 @@ class ResNetBackbone(nn.Module):
                     f"{self.in_channels} and only 3-band weights can be adapted"
                 )
             state["conv1.weight"] = adapt_first_conv_weight(conv1, self.in_channels)
+        check_same_resnet(self.state_dict(), state, path)
         problems = state_dict_mismatches(self.state_dict(), state)
         if problems:
             raise ValueError(

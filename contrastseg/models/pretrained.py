@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
+
+from contrastseg.models.backbone import check_same_resnet
+from contrastseg.train.checkpoint import check_finite, read_torch_file, save_atomic
 
 #: Which parts of a DeepLabV3+ :func:`load_pretrained` fills, by key prefix.
 PARTS: dict[str, tuple[str, ...]] = {
@@ -74,17 +76,15 @@ class LoadReport:
 def load_torch_file(path: str | os.PathLike[str]) -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU, with errors that name the file.
 
+    The bytes are checked first against the file's ``.sha256`` sidecar (or its zip CRCs),
+    so a damaged file is refused instead of loading altered weights.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a readable ``torch.save`` file of tensors and plain values.
+        ValueError: damaged bytes, or not a readable ``torch.save`` file of tensors and plain
+            values (a text file, a pickle of arbitrary objects ...).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path} is not a readable weights file: {err}") from err
+    return read_torch_file(path, "weights file")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -145,8 +145,9 @@ def load_pretrained(
         A :class:`LoadReport`; keys the file lacks stay as they were in ``model``.
 
     Raises:
-        ValueError: an unknown ``parts``, a file key whose shape differs from the model's
-            (e.g. another architecture or band count; the message lists them), or no key
+        ValueError: an unknown ``parts``, a backbone of another ResNet depth (the message
+            names both), a file key whose shape differs from the model's
+            (e.g. another band count or width; the message lists them), or no key
             of the chosen parts at all in the file.
         FileNotFoundError: no such file.
     """
@@ -155,6 +156,12 @@ def load_pretrained(
     prefixes = PARTS[parts]
     state, _ = read_state_dict(path)
     target = model.state_dict()
+    # another depth shares most key names and shapes: refuse it before loading half of it
+    check_same_resnet(
+        [k for k in target if k.startswith("backbone.")],
+        [k for k in state if k.startswith("backbone.")],
+        str(path),
+    )
     wanted = {k for k in target if k.startswith(prefixes)}
     chosen = {k: v for k, v in state.items() if k.startswith(prefixes)}
     report = LoadReport(
@@ -203,7 +210,8 @@ def export_weights(
         ``out`` as a path.
 
     Raises:
-        ValueError: an unknown ``part`` or an unreadable checkpoint.
+        ValueError: an unknown ``part``, an unreadable checkpoint, or a NaN / infinite
+            tensor (``NonFiniteTensor``; nothing is written).
         FileNotFoundError: no such checkpoint.
     """
     if part not in EXPORT_PARTS:
@@ -221,12 +229,8 @@ def export_weights(
         weights = {k: v.clone() for k, v in state.items()}
     if not weights:
         raise ValueError(f"{checkpoint} holds no {part} weights")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:  # temp file + rename: a crash never leaves a truncated file under the final name
-        torch.save(weights, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    check_finite(
+        weights, f"{checkpoint}: ", f"the run had diverged by then; {out} not written: "
+        "export an earlier checkpoint"
+    )  # fmt: skip
+    return save_atomic(weights, out)  # temp file + rename + checksum sidecar

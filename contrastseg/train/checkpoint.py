@@ -7,23 +7,177 @@ A checkpoint is a plain dict of tensors and Python scalars / lists / dicts (DESI
     scaler, rng (torch, cuda, python, views generator states)
 
 so any later tool reads it without executing pickled code.
+
+Integrity: every file :func:`save_atomic` writes gets a ``<name>.sha256`` sidecar in
+``sha256sum`` format, written (atomically) after the data, and no file with a NaN or
+infinite float tensor is written at all. :func:`read_torch_file` checks the sidecar
+before loading (files without one, e.g. from older versions, get the CRC test of their zip
+container instead), so a damaged file is refused by name instead of loading silently.
+``run.resume=auto`` skips a damaged newest checkpoint (it is renamed ``*.corrupt``) and
+continues from the newest intact one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
-from collections.abc import Mapping
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from contrastseg.utils.configtools import ConfigError
 
 CHECKPOINT_FORMAT = "contrastseg.pretrain"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+#: Temporary names of :func:`save_atomic` (and ``export``): ``.<name>.<pid>.tmp``.
+_TMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint or weights file whose bytes are damaged (checksum or zip CRC mismatch)."""
+
+
+class NonFiniteTensor(ValueError):
+    """A tensor about to be written (or exported) holds NaN or infinite values."""
+
+
+def _float_tensors(obj: Any, name: str) -> Iterator[tuple[str, Tensor]]:
+    if isinstance(obj, Tensor):
+        if obj.is_floating_point() or obj.is_complex():
+            yield name, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _float_tensors(value, f"{name}.{key}" if name else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _float_tensors(value, f"{name}[{i}]")
+
+
+def first_non_finite(obj: Any) -> tuple[str, int, int] | None:
+    """The first float tensor in a (nested) dict / list holding NaN or Inf, or None.
+
+    Returns:
+        ``(name, bad, numel)``: the dotted key path (e.g. ``model.backbone.bn1.running_var``),
+        the count of non-finite values and the tensor's size.
+    """
+    for name, tensor in _float_tensors(obj, ""):
+        finite = torch.isfinite(tensor.detach())
+        if not bool(finite.all()):
+            return name, int((~finite).sum()), tensor.numel()
+    return None
+
+
+def check_finite(
+    obj: Any,
+    prefix: str,
+    hint: str = "the training diverged; lower optim.lr, set optim.grad_clip or try train.amp=off",
+) -> None:
+    """Raise :class:`NonFiniteTensor` naming the first NaN/Inf tensor of ``obj``.
+
+    Every parameter and buffer counts (a BatchNorm running variance overflows before the
+    loss does), as do optimizer states; integer tensors (RNG states, counters) cannot be
+    non-finite.
+
+    Args:
+        obj: a tensor or nested dicts / lists holding them.
+        prefix: the start of the message (which file, what happens to it).
+        hint: what to do, after the tensor's name and count.
+    """
+    bad = first_non_finite(obj)
+    if bad is not None:
+        name, count, numel = bad
+        raise NonFiniteTensor(
+            f"{prefix}{name} holds {count} non-finite value(s) of {numel} ({hint})"
+        )
+
+
+def checksum_path(path: str | os.PathLike[str]) -> Path:
+    """The sidecar of ``path``: ``step_00001234.pt.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def write_checksum(path: str | os.PathLike[str]) -> Path:
+    """Write ``path``'s SHA-256 sidecar atomically (``sha256sum -c`` reads it too)."""
+    path = Path(path)
+    sidecar = checksum_path(path)
+    tmp = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(f"{file_sha256(path)}  {path.name}\n")
+        os.replace(tmp, sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sidecar
+
+
+def verify_file(path: str | os.PathLike[str]) -> None:
+    """Check a ``torch.save`` file's bytes against its sidecar, or its zip CRCs without one.
+
+    Raises:
+        CorruptCheckpoint: a checksum or CRC mismatch, or a file that is no zip at all
+            (truncated); the message names the file.
+    """
+    path = Path(path)
+    sidecar = checksum_path(path)
+    if sidecar.is_file():
+        expected = (sidecar.read_text().split() or [""])[0]
+        actual = file_sha256(path)
+        if actual != expected:
+            raise CorruptCheckpoint(
+                f"{path} is damaged: its SHA-256 {actual[:12]}... differs from the "
+                f"{expected[:12] or 'empty'}... stored in {sidecar.name}"
+            )
+        return
+    try:  # files of older versions: zip CRCs catch overwritten bytes, the directory truncation
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CorruptCheckpoint(f"{path} is damaged or truncated: {err}") from err
+    if bad is not None:
+        raise CorruptCheckpoint(f"{path} is damaged: record {bad} fails its CRC check")
+
+
+def read_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU after :func:`verify_file`.
+
+    Args:
+        path: the file.
+        what: how messages call it (``checkpoint``, ``weights file``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptCheckpoint: damaged bytes (see :func:`verify_file`).
+        ValueError: not a ``torch.save`` file of tensors and plain values (a text file, a
+            pickle of arbitrary objects ...); the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    with open(path, "rb") as handle:
+        zipped = handle.read(4) == b"PK\x03\x04"  # torch.save's format since torch 1.6
+    if zipped or checksum_path(path).is_file():
+        verify_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path} is not a readable {what} (expected a torch.save file of tensors): {first}"
+        ) from err
 
 
 def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
@@ -46,12 +200,72 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_stale_tmp(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.<name>.<pid>.tmp`` files that writes killed midway left in ``directory``.
+
+    Files of a process that is still alive are kept (it may be writing them now).
+
+    Returns:
+        The deleted paths.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        match = _TMP_NAME.match(path.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes one file at a time and is not writing now
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except OSError:  # e.g. PermissionError: the pid exists under another user
+        return True
+    return True
+
+
+def newest_intact(existing: list[Path]) -> Path | None:
+    """The newest checkpoint of ``existing`` (oldest first) whose bytes verify.
+
+    Each damaged newer one is renamed ``<name>.corrupt`` (kept for inspection, out of the
+    way of pruning and resuming) with a warning that names it.
+    """
+    for path in reversed(existing):
+        try:
+            verify_file(path)
+        except CorruptCheckpoint as err:
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            if checksum_path(path).is_file():
+                os.replace(checksum_path(path), checksum_path(aside))
+            warnings.warn(
+                f"{err}; skipped it (renamed {aside.name}) and resuming from the newest intact "
+                "checkpoint before it",
+                stacklevel=3,
+            )
+            continue
+        return path
+    return None
+
+
 def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
     """The checkpoint a run continues from, or ``None`` for a fresh run.
 
+    Temporary files of killed writes are removed from the run folder and its checkpoints.
+
     Args:
-        setting: ``run.resume``: ``never``, ``auto`` (the newest checkpoint of the run, if
-            any) or the path of a checkpoint.
+        setting: ``run.resume``: ``never``, ``auto`` (the newest intact checkpoint of the
+            run, if any; damaged newer ones are set aside with a warning) or the path of a
+            checkpoint.
         named: whether ``run.name`` was given (``auto`` needs it: an unnamed run gets a new
             timestamped folder, so there is nothing to resume).
         ckpt_dir: the run's checkpoint folder.
@@ -61,6 +275,8 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
             name; an explicit checkpoint older than others in the folder (resuming it would
             mix two runs and prune the newer checkpoints).
     """
+    remove_stale_tmp(ckpt_dir)
+    remove_stale_tmp(ckpt_dir.parent)
     existing = list_checkpoints(ckpt_dir)
     if setting == "never":
         if existing:
@@ -75,7 +291,7 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
                 "run.resume=auto needs a run.name: without one every run gets a new "
                 "timestamped folder and there is nothing to resume"
             )
-        return existing[-1] if existing else None
+        return newest_intact(existing)
     path = Path(setting)
     resumed = checkpoint_step(path)
     newer = [p for p in existing if resumed is not None and checkpoint_step(p) > resumed]
@@ -88,13 +304,63 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
     return path
 
 
+#: Settings whose change between a checkpoint and the resumed run deserves a warning.
+RESUME_SENSITIVE = ("train.batch_size", "data.patch_size")
+
+
+def resume_note(setting: str, source: Path | None, step: int) -> str:
+    """What the start line of a run says about resuming (empty for a plain fresh run)."""
+    if source is not None:
+        return f"; resumed from {source} at step {step}"
+    if setting == "auto":
+        return "; --resume found no intact checkpoint in the run folder: starting fresh"
+    return ""
+
+
+def changed_settings(
+    stored: Mapping[str, Any], current: Mapping[str, Any], keys: tuple[str, ...] = RESUME_SENSITIVE
+) -> list[str]:
+    """Warnings for the dotted ``keys`` whose value differs between two config dicts.
+
+    A resumed run with another batch size (or patch size) continues the step count and
+    schedule of the checkpoint, but its epochs and data order are no longer those of the
+    run it continues.
+    """
+
+    def get(config: Mapping[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            config = config.get(part, {}) if isinstance(config, Mapping) else {}
+        return config if config != {} else None
+
+    return [
+        f"warning: {key} is {get(current, key)!r} but the checkpoint was written with "
+        f"{get(stored, key)!r}; the resumed run is not the run it continues"
+        for key in keys
+        if get(stored, key) is not None and get(stored, key) != get(current, key)
+    ]
+
+
 def save_atomic(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``payload`` with ``torch.save`` to a temporary file, fsync it, then rename.
+    """Write ``payload`` with ``torch.save`` to a temporary file, fsync it, rename, add a checksum.
 
     A crash (or a full disk) while writing leaves the previous file untouched and at most a
-    ``.tmp`` file behind, never a truncated checkpoint under the final name.
+    ``.tmp`` file behind, never a truncated checkpoint under the final name. The SHA-256
+    sidecar follows the data (a crash in between leaves a file without one, which loads
+    after the zip CRC check, as files of older versions do).
+
+    Raises:
+        NonFiniteTensor: a float tensor of ``payload`` (parameter, buffer, optimizer state)
+            holds NaN or Inf; nothing is written, and the message names the tensor and the
+            newest checkpoint already in the folder.
     """
     path = Path(path)
+    try:
+        check_finite(payload, f"{path}: not written: ")
+    except NonFiniteTensor as err:
+        older = list_checkpoints(path.parent)
+        if older:
+            raise NonFiniteTensor(f"{err}; the newest checkpoint {older[-1]} is intact") from None
+        raise
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -102,19 +368,26 @@ def save_atomic(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
             torch.save(dict(payload), handle)
             handle.flush()
             os.fsync(handle.fileno())
+        checksum_path(path).unlink(missing_ok=True)  # never a stale sidecar on new data
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    write_checksum(path)
     return path
 
 
 def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` step checkpoints; returns the deleted paths."""
+    """Delete all but the newest ``keep_last`` step checkpoints (and their checksums).
+
+    Returns:
+        The deleted checkpoint paths.
+    """
     existing = list_checkpoints(directory)
     doomed = existing[:-keep_last] if keep_last > 0 else existing
     for path in doomed:
         path.unlink(missing_ok=True)
+        checksum_path(path).unlink(missing_ok=True)
     return doomed
 
 
@@ -123,15 +396,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
+        CorruptCheckpoint: damaged bytes (checksum or CRC mismatch, truncation).
         ValueError: the file is not a readable contrastseg pretraining checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path} is not a readable checkpoint: {err}") from err
+    payload = read_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a contrastseg pretraining checkpoint (no format={CHECKPOINT_FORMAT!r})"

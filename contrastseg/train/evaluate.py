@@ -23,7 +23,8 @@ from torch import Tensor
 
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import to_float
-from contrastseg.data.readers import image_size
+from contrastseg.data.nodata import file_nodata
+from contrastseg.data.readers import GDAL_NODATA_TAG, image_size
 from contrastseg.inference import ArraySink, predict_file, sliding_window_logits
 from contrastseg.metrics import ConfusionMatrix
 from contrastseg.models.deeplab import DeepLabV3Plus
@@ -278,17 +279,21 @@ def run_predict(
 
     Returns:
         The label map paths, in input order.
+
+    Raises:
+        ValueError / FileNotFoundError: an unreadable input, a band count the model does not
+            take, NaN pixels without a nodata value ...; the message names the input, and no
+            output file of that input is left behind (nor is an older one replaced).
     """
     segmenter = load_segmenter(checkpoint, device, overrides)
-    settings = segmenter.config.eval
     palette = class_palette(segmenter.palette, len(segmenter.classes))
-    dtype = np.uint8 if len(segmenter.classes) <= 256 else np.uint16
+    # the largest value of the dtype is never a class id: it marks nodata pixels
+    dtype = np.uint8 if len(segmenter.classes) < 256 else np.uint16
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     used: set[str] = set()
     for source in inputs:
-        size = image_size(source)
         name = safe_name(Path(source).stem)
         while name in used:
             name += "_"
@@ -296,10 +301,58 @@ def run_predict(
         is_tiff = Path(source).suffix.lower() in (".tif", ".tiff")
         kind = ("tif" if is_tiff else "png") if fmt == "auto" else fmt
         target = out / f"{name}_labels.{kind}"
-        if kind == "tif":
+        preview_path = out / f"{name}_preview.png" if preview else None
+        try:
+            _predict_one(segmenter, source, target, dtype, palette, preview_path, preview_size)
+        except (ValueError, OSError) as err:  # OSError covers FileNotFoundError
+            if str(source) in str(err):
+                raise
+            raise ValueError(f"{source}: {err}") from err  # every error names the input
+        written.append(target)
+    return written
+
+
+def _predict_one(
+    segmenter: Segmenter,
+    source: str | os.PathLike[str],
+    target: Path,
+    dtype: type[np.integer],
+    palette: Any,
+    preview_path: Path | None,
+    preview_size: int,
+) -> None:
+    """Label map (and preview) of one image, under temporary names renamed on success.
+
+    A failure (wrong band count, unreadable strip, NaN pixels ...) therefore never leaves a
+    result-looking file behind, and an older result under the final name stays intact.
+    """
+    size = image_size(source)
+    expected = int(segmenter.payload.get("in_channels") or size.bands)
+    bands = segmenter.config.data.bands
+    given = size.bands if bands is None else len(bands)  # band indices: the reader checks them
+    if given != expected:
+        raise ValueError(
+            f"{source} has {size.bands} band(s)"
+            + ("" if bands is None else f" of which data.bands={bands} selects {given}")
+            + f" but the model takes {expected}; select them with --set data.bands=[...]"
+        )
+    settings = segmenter.config.eval
+    nodata = file_nodata(str(source), segmenter.config.data.nodata)
+    nodata_label = int(np.iinfo(dtype).max)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp_preview = (
+        None
+        if preview_path is None
+        else preview_path.with_name(f".{preview_path.name}.{os.getpid()}.tmp")
+    )
+    try:
+        if target.suffix == ".tif":
+            tags = geotiff_tags(source)
+            if nodata is not None:  # the label map keeps the input's nodata pixels as nodata
+                tags = [*tags, (GDAL_NODATA_TAG, "s", 0, str(nodata_label), False)]
             labels = tifffile.memmap(
-                target, shape=(size.height, size.width), dtype=dtype, photometric="minisblack",
-                extratags=geotiff_tags(source),
+                tmp, shape=(size.height, size.width), dtype=dtype, photometric="minisblack",
+                extratags=tags,
             )  # fmt: skip
         else:
             labels = np.zeros((size.height, size.width), dtype=dtype)
@@ -307,16 +360,22 @@ def run_predict(
             segmenter.predictor(segmenter.config.train.amp), source, ArraySink(labels),
             settings.window, settings.stride, settings.batch_size, settings.flip,
             segmenter.config.data.bands, segmenter.prepare, segmenter.device,
+            nodata, nodata_label,
         )  # fmt: skip
-        if kind == "tif":
+        if target.suffix == ".tif":
             labels.flush()
         else:
-            Image.fromarray(labels).save(target)
-        if preview:
+            Image.fromarray(labels).save(tmp, format="PNG")
+        if preview_path is not None and tmp_preview is not None:
             step = max(1, -(-max(size.height, size.width) // preview_size))
             Image.fromarray(colorize(np.asarray(labels[::step, ::step]), palette)).save(
-                out / f"{name}_preview.png"
+                tmp_preview, format="PNG"
             )
         del labels
-        written.append(target)
-    return written
+        os.replace(tmp, target)
+        if preview_path is not None and tmp_preview is not None:
+            os.replace(tmp_preview, preview_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if tmp_preview is not None:
+            tmp_preview.unlink(missing_ok=True)

@@ -45,9 +45,11 @@ from contrastseg.losses.segmentation import build_loss, count_labels
 from contrastseg.models.pretrained import PARTS, LoadReport, load_pretrained, read_state_dict
 from contrastseg.train.checkpoint import (
     capture_rng,
+    changed_settings,
     checkpoint_path,
     prune_checkpoints,
     restore_rng,
+    resume_note,
     resume_source,
     save_atomic,
 )
@@ -366,8 +368,10 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     step, start_epoch, history = 0, 0, []
     best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}, "stale": 0}
     patience = config.linear.patience if config.mode == "linear" else train.patience
+    notes: list[str] = []
     if resume is not None:
         state = load_finetune_checkpoint(resume)
+        notes = changed_settings(state.get("config", {}), to_dict(config))
         missing = [k for k in ("optimizer", "scheduler", "rng", "history") if k not in state]
         if missing:
             raise ValueError(
@@ -408,8 +412,10 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         f"{len(dataset)} labeled patch(es), {len(val_set)} val / {len(test_set) if test_set else 0} test "
         f"image(s); {len(loader)} steps/epoch, {total_steps} steps on {device}"
         + (f"; {report.summary()}" if report else "; random initialisation")
-        + (f"; resumed from {resume} at step {step}" if resume else "")
+        + resume_note(config.run.resume, resume, step)
     )
+    for note in notes:
+        monitor.info(note)
     if config.mode == "linear":
         monitor.info(
             f"linear probe on frozen {features} features: {model.feature_channels(features)} "

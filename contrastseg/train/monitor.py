@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,6 +47,31 @@ def _truncate_records(path: Path, last_step: int, rerun_prefixes: tuple[str, ...
     os.replace(tmp, path)
 
 
+#: Each ``train.log`` line carries the step it was logged at, so a resume can cut the log.
+_LOG_FORMAT = "%(asctime)s %(levelname)s [step %(step)s] %(message)s"
+_LOG_STEP = re.compile(r"^\S+ \S+ [A-Z]+ \[step (\d+)\] ")
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Drop the ``train.log`` lines logged after ``last_step`` (and their continuation lines).
+
+    Lines without a step (files of older versions, continuation lines of a multi-line
+    message before any stepped line) are kept. Replaced atomically, like the records.
+    """
+    if not path.is_file():
+        return
+    kept, keep = [], True
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        match = _LOG_STEP.match(line)
+        if match:
+            keep = int(match.group(1)) <= last_step
+        if keep:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class RunMonitor:
     """TensorBoard writer + log file + tqdm bar for one run.
 
@@ -55,8 +81,8 @@ class RunMonitor:
         total_steps: length of the progress bar.
         initial_step: the step the run starts from (its checkpoint's, on resume). What an
             earlier, interrupted run logged after it is dropped: TensorBoard hides those
-            events (``purge_step``) and ``scalars.jsonl`` keeps only the records up to it,
-            so a resumed run logs every step once.
+            events (``purge_step``), ``scalars.jsonl`` keeps only the records up to it and
+            ``train.log`` the lines logged up to it, so a resumed run logs every step once.
         progress: show the tqdm bar.
         rerun_prefixes: tags of records logged once at the end of a run (fine-tuning's
             ``test/``): a restarted run logs them again, so their old records are dropped.
@@ -72,6 +98,7 @@ class RunMonitor:
         rerun_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.enabled = enabled
+        self.step = initial_step  #: the newest step logged (stamped on train.log lines)
         self.run_dir = Path(run_dir)
         self.writer = None
         self.bar = None
@@ -82,10 +109,12 @@ class RunMonitor:
 
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=initial_step + 1)
         _truncate_records(self.run_dir / "scalars.jsonl", initial_step, rerun_prefixes)
+        _truncate_log(self.run_dir / "train.log", initial_step)
         logger = get_logger()
         logger.setLevel(logging.INFO)
         self._handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self._handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        self._handler.addFilter(self._stamp)
         logger.addHandler(self._handler)
         if progress:
             from tqdm.auto import tqdm
@@ -93,6 +122,11 @@ class RunMonitor:
             self.bar = tqdm(
                 total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True, leave=True
             )
+
+    def _stamp(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "step"):
+            record.step = self.step
+        return True
 
     def info(self, message: str) -> None:
         """A line in ``train.log`` and on the terminal (above the bar)."""
@@ -107,6 +141,7 @@ class RunMonitor:
     def scalars(self, step: int, values: Mapping[str, float]) -> dict[str, float]:
         """Log ``values`` at ``step`` to TensorBoard and ``scalars.jsonl``; returns the record."""
         record = {"step": step, **values}
+        self.step = max(self.step, step)
         if self.writer is None:
             return record
         for tag, value in values.items():

@@ -27,16 +27,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contrastseg import __version__
 from contrastseg.augment import MatchedRegions, PairedViews, ViewPair, draw_view_grid
+from contrastseg.augment.regions import drop_invalid_sources
 from contrastseg.config import PretrainConfig
 from contrastseg.data import UnlabeledDataset, build_loader, load_stats_yaml, set_loader_epoch
 from contrastseg.data.loader import to_float
+from contrastseg.data.nodata import fill_invalid, valid_pixels
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
+    changed_settings,
     checkpoint_path,
     load_checkpoint,
     prune_checkpoints,
     restore_rng,
+    resume_note,
     resume_source,
     save_atomic,
 )
@@ -199,9 +203,10 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
     views = PairedViews(config.views).to(device)
     generator = views_generator(train.seed, ctx.rank, device)
 
-    step, checkpoint = 0, None
+    step, checkpoint, notes = 0, None, []
     if resume_from is not None:
         payload = load_checkpoint(resume_from)
+        notes = changed_settings(payload["config"], to_dict(config))
         _check_architecture(model, payload, resume_from)
         model.net.load_state_dict(payload["model"])
         model.load_heads(payload["heads"])
@@ -240,8 +245,10 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             f"{dataset.summary()}; {steps_per_epoch} steps/epoch, {total_steps} steps, "
             f"batch {train.batch_size} x {ctx.world_size} process(es) on {device}"
             + (f", amp {amp_dtype}" if amp_dtype else "")
-            + (f"; resumed from {resume_from} at step {step}" if resume_from else "")
+            + resume_note(config.run.resume, resume_from, step)
         )
+        for note in notes:
+            monitor.info(note)
 
     def save(at_step: int, epoch: int, rng: list) -> Path:
         payload = {
@@ -273,9 +280,17 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             wait_start = time.perf_counter()
             for batch in batches:
                 window_wait += time.perf_counter() - wait_start
-                images = to_float(batch.to(device, non_blocking=True), config.data.scale)
+                batch = batch.to(device, non_blocking=True)
+                valid = valid_pixels(batch, dataset.nodata)  # None: no nodata pixel
+                # nodata pixels enter the views as the band mean (0 once normalised)
+                images = fill_invalid(to_float(batch, config.data.scale), valid, mean)
                 with torch.no_grad():
                     pair = views(images, generator)
+                    # no region or point is matched on a nodata source pixel
+                    pair = pair._replace(
+                        index1=drop_invalid_sources(pair.index1, valid),
+                        index2=drop_invalid_sources(pair.index2, valid),
+                    )
                     inputs = model.prepare(pair, generator, images.shape[-2] * images.shape[-1])
                     v1 = to_float(pair.view1, 1.0, mean, std).contiguous(
                         memory_format=memory_format

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 import types
 import typing
@@ -25,6 +26,41 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config value is unknown, of the wrong type or impossible; the message says where."""
+
+
+#: A number as Python writes it: 1e-4, 3E5, .5, 5., 1_000.5, +2 (not nan / inf).
+_NUMBER = re.compile(r"^[+-]?(\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)([eE][+-]?\d(_?\d)*)?$")
+_NAN_WORDS = ("nan", ".nan")
+#: Keys whose value may be NaN (a nodata value of NaN marks NaN pixels as missing).
+NAN_KEYS = ("nodata",)
+
+
+def _nan_allowed(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in NAN_KEYS
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                name = key_node.start_mark.name
+                raise ConfigError(
+                    ("" if name.startswith("<") else f"{name}: ")
+                    + f"key {key!r} is given twice (lines {seen[key]} and {line}); YAML would "
+                    "silently keep the second: remove one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(stream: Any) -> Any:
+    """``yaml.safe_load`` with duplicate keys refused (:class:`UniqueKeyLoader`)."""
+    return yaml.load(stream, Loader=UniqueKeyLoader)
 
 
 def _where(key: str, source: str | None) -> str:
@@ -139,8 +175,15 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             raise bad
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            # YAML 1.1 reads 1e-4 and 3E5 (no dot) as strings; Python reads them as numbers
+            value = float(value.strip())
+        elif isinstance(value, str) and value.strip().lower() in _NAN_WORDS and _nan_allowed(key):
+            value = math.nan
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
+        if not math.isfinite(value) and not (math.isnan(value) and _nan_allowed(key)):
+            raise ConfigError(f"{_where(key, source)}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -151,6 +194,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             raise bad
         return value
     return value  # pragma: no cover - annotations outside the supported set
+
+
+def coerce(value: Any, tp: Any, key: str, source: str | None = None) -> Any:
+    """Check one value against a type annotation as config values are checked.
+
+    For files that are not configs but hold config-like values (band statistics):
+    numbers written ``1e-4`` are accepted, non-finite floats are refused.
+
+    Raises:
+        ConfigError: the value does not fit ``tp``; the message names ``key`` and ``source``.
+    """
+    return _coerce(value, tp, key, source)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -240,7 +295,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_unique(raw) if raw.strip() else ""
+    except ConfigError as err:
+        raise ConfigError(f"--set {text!r}: {err}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from err
     return key.split("."), value
@@ -285,7 +342,7 @@ def load_yaml(path: str) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = safe_load_unique(handle)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except yaml.YAMLError as err:

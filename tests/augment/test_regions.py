@@ -220,3 +220,28 @@ def test_empty_maps_need_no_source_size():
     empty = torch.zeros(2, 0, 5, dtype=torch.long)
     regions = match_regions(empty, empty, 3, 1)
     assert not regions.valid.any() and regions.boxes1.shape == (2, 3, 4)
+
+
+def test_regions_are_never_centred_on_nodata_source_pixels():
+    from contrastseg.augment.regions import drop_invalid_sources
+
+    g = torch.Generator().manual_seed(0)
+    b, h, w = 2, 12, 12
+    valid = torch.rand(b, h, w, generator=g) > 0.5
+    index = torch.randint(0, h * w + 1, (b, 10, 10), generator=g)
+    dropped = drop_invalid_sources(index, valid)
+    for i in range(b):  # oracle: the rule entry by entry
+        for v_in, v_out in zip(
+            index[i].flatten().tolist(), dropped[i].flatten().tolist(), strict=True
+        ):
+            keep = v_in > 0 and bool(valid[i].flatten()[v_in - 1])
+            assert v_out == (v_in if keep else 0)
+    assert drop_invalid_sources(index, None) is index
+    regions = match_regions(dropped, dropped.flip(-1), 6, 3, generator=g, num_source_pixels=h * w)
+    assert regions.valid.any()
+    row, col = centres(regions.boxes1)
+    for i in range(b):
+        for k in range(6):
+            if regions.valid[i, k]:
+                source = int(index[i, row[i, k], col[i, k]]) - 1
+                assert source >= 0 and bool(valid[i].flatten()[source])

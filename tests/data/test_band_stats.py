@@ -67,3 +67,59 @@ def test_yaml_round_trip_and_command(tmp_path, images: list[np.ndarray], capsys)
         load_stats_yaml(tmp_path / "bad.yaml")
     with pytest.raises(FileNotFoundError, match="none"):
         load_stats_yaml(tmp_path / "none.yaml")
+
+
+def test_nodata_and_nan_pixels_stay_out_of_the_statistics(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(1)
+    array = rng.normal(100, 7, (40, 50, 2)).astype(np.float32)
+    array[:, :10] = -9999.0  # a scene edge
+    array[5, 20, 1] = np.nan
+    tagged = tmp_path / "tagged.tif"
+    tifffile.imwrite(
+        tagged, array, photometric="minisblack", planarconfig="contig",
+        extratags=[(42113, "s", 0, "-9999", False)],
+    )  # fmt: skip
+    stats = compute_band_stats(UnlabeledDataConfig(roots=[str(tagged)]), None, window_size=16)
+    valid = np.isfinite(array).all(-1) & ~(array == -9999.0).all(-1)
+    expected = array[valid].astype(np.float64)  # oracle: numpy over the valid pixels
+    np.testing.assert_allclose(stats.mean, expected.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(stats.std, expected.std(0), rtol=1e-7)
+    assert stats.count == valid.sum() == 40 * 40 - 1
+    # NaN in a file without a nodata value: an error naming the file and the pixels
+    untagged = tmp_path / "untagged.tif"
+    tifffile.imwrite(
+        untagged, np.where(valid[..., None], array, np.nan).astype(np.float32),
+        photometric="minisblack", planarconfig="contig",
+    )  # fmt: skip
+    assert run_stats_command([str(untagged)], nodata=-1.0) == 0
+    capsys.readouterr()
+    from contrastseg.cli import main
+
+    assert main(["stats", str(untagged), "--window-size", "1000"]) == 2
+    assert "untagged.tif' has 401 NaN pixel(s)" in capsys.readouterr().err
+    assert main(["stats", str(untagged), "--max-samples", "-3"]) == 2
+    assert "--max-samples must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("mean: 0.5\nstd: [1.0]\n", r"'mean' in '.*s\.yaml': expected list\[float\], got 0\.5"),
+        (
+            "mean: [0.5, oops]\nstd: [1, 1]\n",
+            r"'mean\[1\]' in '.*s\.yaml': expected float, got 'oops'",
+        ),
+        ("mean: [.nan]\nstd: [1]\n", r"'mean\[0\]' in '.*s\.yaml': expected a finite number"),
+        ("mean: [1]\nstd: [0]\n", r"s\.yaml': 'std\[0\]' must be positive"),
+        ("mean: [1]\nmean: [2]\nstd: [1]\n", r"s\.yaml: key 'mean' is given twice"),
+    ],
+)
+def test_stats_files_are_validated_like_configs(tmp_path, text, message) -> None:
+    (tmp_path / "s.yaml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_stats_yaml(tmp_path / "s.yaml")
+
+
+def test_stats_files_accept_exponent_numbers(tmp_path) -> None:
+    (tmp_path / "s.yaml").write_text("mean: [1e-4, 0.5]\nstd: [2E-1, 1]\n")
+    assert load_stats_yaml(tmp_path / "s.yaml").mean == [1e-4, 0.5]

@@ -128,11 +128,11 @@ def test_unknown_colour_names_file_colour_and_count(tmp_path: Path) -> None:
     mask[:2, :3] = (1, 2, 3)
     Image.fromarray(mask).save(tmp_path / "masks" / "t.png")
     config = LabeledDataConfig(root=str(tmp_path), palette=["#000000", "#FFFFFF"], test=["*"])
-    ds = LabeledDataset(config, split="test")
+    # found when the dataset is built, before any patch is drawn
     with pytest.raises(
         ValueError, match=r"t\.png.*6 pixel\(s\) have colours outside the palette: #010203 \(6 px\)"
     ):
-        ds[0]
+        LabeledDataset(config, split="test")
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "masks" / "t.png")
     image, mask = LabeledDataset(config, split="test")[0]
     assert image.dtype == torch.uint16 and image.shape == (4, 16, 16) and (mask == 0).all()
@@ -207,3 +207,55 @@ def test_index_masks_and_png_images(tmp_path: Path) -> None:
         ValueError, match=r"val_001\.png.*values outside classes 0..5.*9 \(4096 px\)"
     ):
         LabeledDataset(LabeledDataConfig(preset="demo", root=str(tmp_path)), split="val")[0]
+
+
+def test_nodata_image_pixels_get_ignore_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    image = rng.random((3, 32, 32), dtype=np.float32)
+    image[:, :, :8] = -1.0  # nodata edge
+    image[1, 20, 20] = np.nan  # a NaN pixel, missing as well
+    mask = rng.integers(0, 3, (32, 32), dtype=np.uint8)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", image, photometric="minisblack",
+                     planarconfig="separate", extratags=[(42113, "s", 0, "-1", False)])  # fmt: skip
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    config = LabeledDataConfig(root=str(tmp_path), classes=["a", "b", "c"], mask_format="index",
+                               train=["*"], patch_size=32)  # fmt: skip
+    x, y = LabeledDataset(config, "train")[0]
+    missing = (image == -1.0).all(0) | ~np.isfinite(image).all(0)  # oracle
+    expected = np.where(missing, 255, mask).astype(np.int64)
+    np.testing.assert_array_equal(y.numpy(), expected)
+    assert torch.isnan(x).all(0).numpy().tolist() == missing.tolist()
+    from contrastseg.data.loader import to_float
+
+    assert torch.isfinite(to_float(x[None], None, [0.5] * 3, [0.2] * 3)).all()
+
+
+def test_masks_are_checked_once_at_construction_and_the_check_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        tifffile.imwrite(tmp_path / "images" / f"t{i}.tif", np.zeros((64, 64), dtype=np.uint8))
+        mask = np.zeros((64, 64, 3), dtype=np.uint8)
+        mask[40:, 40:] = 255
+        Image.fromarray(mask).save(tmp_path / "masks" / f"t{i}.png")
+    bad = np.zeros((64, 64, 3), dtype=np.uint8)
+    bad[60, 63] = (9, 9, 9)  # one pixel in the last patch of the grid
+    Image.fromarray(bad).save(tmp_path / "masks" / "t2.png")
+    config = LabeledDataConfig(root=str(tmp_path), palette=["#000000", "#FFFFFF"], train=["*"],
+                               patch_size=16, label_fraction=0.1)  # fmt: skip
+    with pytest.raises(ValueError, match=r"mask '.*t2\.png'.*1 pixel\(s\).*#090909"):
+        LabeledDataset(config, split="train")
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "masks" / "t2.png")
+    calls = []
+    original = LabeledDataset.labels
+    monkeypatch.setattr(
+        LabeledDataset, "labels", lambda self, m, s: calls.append(s) or original(self, m, s)
+    )
+    LabeledDataset(config, split="train")
+    assert [Path(c.split("'")[1]).name for c in calls] == ["t2.png"]  # t0, t1 passed before
+    LabeledDataset(config, split="train")
+    assert len(calls) == 1  # nothing changed: nothing read again

@@ -186,3 +186,26 @@ def test_missing_codec_is_reported_with_the_file(tmp_path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"lzw\.tif.*imagecodecs"):
         read_image(path)
+
+
+def test_the_gdal_nodata_tag_is_read_as_a_number(tmp_path) -> None:
+    from contrastseg.data.readers import image_nodata
+
+    array = np.zeros((8, 8), dtype=np.float32)
+    tagged = tmp_path / "tagged.tif"
+    tifffile.imwrite(tagged, array, extratags=[(42113, "s", 0, "-9999", False)])
+    assert image_nodata(tagged) == -9999.0
+    nan_tagged = tmp_path / "nan.tif"
+    tifffile.imwrite(nan_tagged, array, extratags=[(42113, "s", 0, "nan", False)])
+    assert np.isnan(image_nodata(nan_tagged))
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, array)
+    assert image_nodata(plain) is None
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(png)
+    assert image_nodata(png) is None
+    bad = tmp_path / "bad.tif"
+    tifffile.imwrite(bad, array, extratags=[(42113, "s", 0, "none", False)])
+    with pytest.raises(ValueError, match=r"bad\.tif.*GDAL_NODATA tag 42113 holds 'none'"):
+        image_nodata(bad)
+    assert read_image(bad).shape == (1, 8, 8)  # the pixels stay readable

@@ -152,3 +152,39 @@ def test_config_validation() -> None:
         UnlabeledDataConfig(bands=[-1])
     with pytest.raises(ValueError, match=r"demo\.size"):
         UnlabeledDataConfig(demo={"size": 8})  # type: ignore[arg-type]
+
+
+def test_mostly_nodata_patches_are_skipped_and_nan_needs_a_nodata_value(tmp_path: Path) -> None:
+    array = np.full((2, 64, 64), 7, dtype=np.uint16)
+    array[:, :, :48] = 0  # three quarters of the scene are nodata (0 in every band)
+    array[0, 0, 50] = 0  # one band only: a real value
+    tifffile.imwrite(tmp_path / "edge.tif", array, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, "s", 0, "0", False)])  # fmt: skip
+    data = UnlabeledDataset(
+        UnlabeledDataConfig(roots=[str(tmp_path)], patch_size=16, sampling="grid")
+    )
+    assert data.nodata == 0.0 and len(data) == 16
+    items = [data[i] for i in range(len(data))]
+
+    def window(j):  # grid window j of 16 px, row-major over a 4 x 4 grid
+        row, col = (j // 4) * 16, (j % 4) * 16
+        return array[:, row : row + 16, col : col + 16]
+
+    # every returned patch is the first grid window at or after its index with >= half valid
+    for index, item in enumerate(items):
+        j = index
+        while (window(j) != 0).any(0).mean() < 0.5:
+            j = (j + 1) % 16
+        assert torch.equal(item, torch.from_numpy(window(j).copy()))
+    assert data.skipped_nodata > 0
+    floats = np.ones((1, 32, 32), dtype=np.float32)
+    floats[0, 3, 4:9] = np.nan
+    (tmp_path / "nan").mkdir()
+    tifffile.imwrite(tmp_path / "nan" / "f.tif", floats[0])
+    nan_data = UnlabeledDataset(UnlabeledDataConfig(roots=[str(tmp_path / "nan")], patch_size=32))
+    with pytest.raises(ValueError, match=r"f\.tif' has 5 NaN pixel\(s\) in window"):
+        nan_data[0]
+    declared = UnlabeledDataset(
+        UnlabeledDataConfig(roots=[str(tmp_path / "nan")], patch_size=32, nodata=float("nan"))
+    )
+    assert int(torch.isnan(declared[0]).sum()) == 5

@@ -1,10 +1,16 @@
 import math
+import os
 
 import pytest
 import torch
 import torchvision
 
-from contrastseg.models.backbone import ARCHITECTURES, ResNetBackbone, adapt_first_conv_weight
+from contrastseg.models.backbone import (
+    ARCHITECTURES,
+    ResNetBackbone,
+    adapt_first_conv_weight,
+    resnet_depth,
+)
 
 torch.set_grad_enabled(True)
 
@@ -125,12 +131,46 @@ def test_load_weights_errors(tmp_path):
         ResNetBackbone("resnet18", weights=tmp_path / "nope.pth")
     path = tmp_path / "r50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    with pytest.raises(ValueError, match=r"r50\.pth does not fit a resnet18.*shape mismatches"):
+    with pytest.raises(
+        ValueError, match=r"r50\.pth holds resnet50 weights but the model is a resnet18"
+    ):
         ResNetBackbone("resnet18", weights=path)
     junk = tmp_path / "junk.pth"
     torch.save({"step": 3}, junk)
     with pytest.raises(ValueError, match=r"junk\.pth: expected a ResNet state dict"):
         ResNetBackbone("resnet18", weights=junk)
+
+
+class _Payload:
+    """Pickled as a call of ``os.system``: what a malicious weights file contains."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_text_files_and_malicious_pickles_are_refused_by_name(tmp_path):
+    text = tmp_path / "weights.txt"
+    text.write_text("not weights\n")
+    with pytest.raises(ValueError, match=r"weights\.txt is not a readable weights file"):
+        ResNetBackbone("resnet18", weights=text)
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": _Payload()}, evil)
+    with pytest.raises(ValueError, match=r"evil\.pth is not a readable weights file"):
+        ResNetBackbone("resnet18", weights=evil)
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [("resnet18", "resnet18"), ("resnet34", "resnet34"), ("resnet50", "resnet50"),
+     ("resnet101", "resnet101")],
+)  # fmt: skip
+def test_resnet_depth_from_torchvision_keys(arch, expected):
+    # the oracle: torchvision's own constructors, by name
+    with torch.device("meta"):  # key names only: no memory, no initialisation
+        keys = getattr(torchvision.models, arch)(weights=None).state_dict().keys()
+    assert resnet_depth(keys) == expected
+    assert resnet_depth(f"backbone.{k}" for k in keys) == expected
+    assert resnet_depth(["conv1.weight", "fc.bias"]) is None
 
 
 def test_bad_arguments():

@@ -116,3 +116,46 @@ def test_bad_arguments_and_files(tmp_path):
     )
     with pytest.raises(ValueError, match="no weights for parts"):
         load_pretrained(model, tmp_path / "h.pt", parts="backbone")
+
+
+@pytest.mark.parametrize(
+    ("file_arch", "model_arch"), [("resnet34", "resnet18"), ("resnet18", "resnet34")]
+)
+def test_a_torchvision_file_of_another_depth_is_refused_naming_both(
+    tmp_path, file_arch, model_arch
+):
+    # today's failure: the shared keys have equal shapes, so half the tensors loaded (exit 0)
+    path = tmp_path / f"{file_arch}.pth"
+    torch.save(getattr(torchvision.models, file_arch)(weights=None).state_dict(), path)
+    model = small_deeplab(model_arch, num_classes=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        ValueError, match=rf"holds {file_arch} weights but the model is a {model_arch}"
+    ):
+        load_pretrained(model, path, parts="backbone")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_export_refuses_non_finite_weights_naming_the_tensor(tmp_path):
+    model = small_deeplab()
+    with torch.no_grad():
+        model.backbone.layer2[0].bn1.running_var[3] = float("inf")
+    ckpt = pretrain_checkpoint(tmp_path / "ckpt.pt", model)
+    with pytest.raises(
+        ValueError,
+        match=r"ckpt\.pt: layer2\.0\.bn1\.running_var holds 1 non-finite value\(s\) of 128",
+    ):
+        export_weights(ckpt, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_damaged_weights_file_is_refused(tmp_path):
+    out = export_weights(
+        pretrain_checkpoint(tmp_path / "ckpt.pt", small_deeplab()), tmp_path / "w.pt"
+    )
+    assert (tmp_path / "w.pt.sha256").read_text().split()[1] == "w.pt"
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = bytes(4096)  # 4 KB overwritten
+    out.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"w\.pt is damaged.*SHA-256"):
+        load_pretrained(small_deeplab(num_classes=2), out, parts="backbone")

@@ -11,7 +11,7 @@ from tiny_runs import SMALL_MODEL, TINY_FINETUNE
 
 from contrastseg.config import load_pretrain_config
 from contrastseg.data import write_demo_dataset
-from contrastseg.train.checkpoint import list_checkpoints
+from contrastseg.train.checkpoint import list_checkpoints, save_atomic
 from contrastseg.train.evaluate import run_evaluate, run_predict
 from contrastseg.train.finetune import augment_batch, run_finetune
 from contrastseg.train.finetune_config import load_finetune_config
@@ -85,7 +85,7 @@ def test_resume_keeps_a_best_pt_written_after_its_checkpoint(tmp_path):
     crafted.update(epoch=2, best={"epoch": 2, "miou": 0.99, "metrics": {}})
     key = next(k for k in crafted["model"] if k.startswith("classifier") and "weight" in k)
     crafted["model"][key] = crafted["model"][key] + 1.0
-    torch.save(crafted, best_path)
+    save_atomic(crafted, best_path)  # with its checksum, as the engine writes it
     resumed = run_finetune(
         finetune_config(tmp_path, "train.max_steps=4", "run.name=b", "run.resume=auto")
     )

@@ -1,7 +1,9 @@
 """End-to-end tests of ``contrastseg pretrain`` on the built-in demo scenes (CPU, seconds)."""
 
 import json
+import math
 import os
+import re
 import socket
 
 import pytest
@@ -172,6 +174,30 @@ def test_nan_loss_stops_with_step_and_parts_and_keeps_checkpoints(tmp_path, monk
     assert torch.load(ckpt, weights_only=True)["step"] == 2
 
 
+def test_an_overflowing_batchnorm_buffer_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
+    # what a huge learning rate does: the loss is still finite, a BN running variance not
+    original = PretrainModel.forward
+    calls = {"n": 0}
+
+    def inf_variance_on_third(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.net.backbone.layer3[1].bn2.running_var[0] = float("inf")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PretrainModel, "forward", inf_variance_on_third)
+    with pytest.raises(
+        ValueError,
+        match=r"step_00000003\.pt: not written: model\.backbone\.layer3\.1\.bn2\.running_var holds 1 "
+        r"non-finite.*lower optim\.lr.*newest checkpoint .*step_00000002\.pt is intact",
+    ):
+        run_pretrain(tiny(tmp_path, "train.max_steps=4", "run.checkpoint_every=1"))
+    names = sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir())
+    assert names == [
+        "step_00000001.pt", "step_00000001.pt.sha256", "step_00000002.pt", "step_00000002.pt.sha256"
+    ]  # fmt: skip
+
+
 def test_band_count_and_stats_errors(tmp_path):
     with pytest.raises(ValueError, match=r"model\.in_channels is 3 but the data has 4 band"):
         run_pretrain(tiny(tmp_path, "model.in_channels=3"))
@@ -336,3 +362,50 @@ def test_a_failed_save_on_rank_0_stops_every_rank(tmp_path):
     errors = {rank: (kind, message) for rank, kind, message in (queue.get() for _ in range(2))}
     assert errors[0][0] == "OSError" and "No space left" in errors[0][1]
     assert errors[1][0] == "RuntimeError" and "rank 0 could not write the step-1" in errors[1][1]
+
+
+def _float_scenes(folder, tag: bool) -> None:
+    """Two float32 4-band scenes whose left quarter is nodata (-9999) and with one NaN pixel."""
+    import numpy as np
+    import tifffile
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        array = rng.random((64, 64, 4), dtype=np.float32)
+        array[:, :16] = -9999.0
+        array[30, 40, 2] = np.nan
+        extratags = [(42113, "s", 0, "-9999", False)] if tag else []
+        tifffile.imwrite(folder / f"s{i}.tif", array, photometric="minisblack",
+                         planarconfig="contig", extratags=extratags)  # fmt: skip
+
+
+def test_nodata_geotiffs_pretrain_with_finite_losses(tmp_path, capsys):
+    _float_scenes(tmp_path / "tagged", tag=True)
+    result = run_pretrain(
+        tiny(
+            tmp_path,
+            f"data.roots=['{tmp_path / 'tagged'}']",
+            "train.max_steps=3",
+            "data.coverage=4.0",
+            "run.image_every=1",
+        )
+    )
+    assert result.step == 3
+    assert all(math.isfinite(h["loss/total"]) for h in result.history)
+    # NaN pixels without a nodata value stop the run before step 1, naming file and count
+    _float_scenes(tmp_path / "untagged", tag=False)
+    code = main(["pretrain", *set_args(TINY), "--set", f"run.root={tmp_path}", "--name", "nan",
+                 "--set", f"data.roots=['{tmp_path / 'untagged'}']"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"untagged/s[01]\.tif' has 1 NaN pixel\(s\) in window", err), err
+
+
+def test_resume_says_when_it_starts_fresh_or_the_batch_size_changed(tmp_path):
+    run_pretrain(tiny(tmp_path, "train.max_steps=1", "run.resume=auto"))
+    log = (tmp_path / "tiny" / "train.log").read_text()
+    assert "--resume found no intact checkpoint in the run folder: starting fresh" in log
+    run_pretrain(tiny(tmp_path, "train.max_steps=2", "run.resume=auto", "train.batch_size=2"))
+    log = (tmp_path / "tiny" / "train.log").read_text()
+    assert "warning: train.batch_size is 2 but the checkpoint was written with 4" in log
