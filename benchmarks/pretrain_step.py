@@ -2,10 +2,12 @@
 
 Each case builds the run from the real config (``--config``, default the Potsdam paper recipe
 ``glcnet_potsdam.yaml``, plus ``--set`` overrides and the case's own: arch, batch size,
-``train.amp``, ``train.channels_last``, ``train.compile``) and times the sequence of
-``contrastseg.train.pretrain``: uint8 batch -> ``to_float`` -> ``PairedViews`` ->
-``match_regions`` -> per-band normalisation -> autocast ``PretrainModel`` forward (losses) ->
-finiteness check -> backward -> optimizer and schedule step. Figures per case:
+``train.amp``, ``train.channels_last``, ``train.compile``) and times the engine's own step:
+the ``PretrainTask`` that ``run_pretrain`` builds (``build_pretrain_task``: uint8 batch ->
+``to_float`` -> ``PairedViews`` -> the method's ``prepare`` (matched regions / points) ->
+per-band normalisation -> autocast ``PretrainModel`` forward (losses)) updated by the shared
+loop's ``TrainingLoop.step`` (finiteness check -> backward -> optimizer and schedule step),
+not a copy of it. ``--set method.name=dense`` (or any method) times that method. Figures per case:
 
 * **img/s (no data)**: the batch is already on the device (one uint8 batch from the loader,
   reused), so the data wait is excluded; **img/s (data)**: every step takes the next batch of
@@ -65,25 +67,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import machine_info, print_table, synchronize, time_it, write_json
 
-from contrastseg.augment import PairedViews
 from contrastseg.config import PretrainConfig, load_pretrain_config
-from contrastseg.data import (
-    UnlabeledDataset,
-    build_loader,
-    set_loader_epoch,
-    to_float,
-    write_demo_dataset,
-)
+from contrastseg.data import UnlabeledDataset, build_loader, set_loader_epoch, write_demo_dataset
 from contrastseg.data.config import DEFAULT_PATTERNS
-from contrastseg.train.model import PretrainModel
-from contrastseg.train.optim import build_optimizer, build_scheduler
-from contrastseg.train.pretrain import views_generator
-from contrastseg.train.runtime import (
-    autocast_context,
-    optimizer_step,
-    resolve_amp_dtype,
-    seed_everything,
-)
+from contrastseg.train.loop import LoopSettings, TrainingLoop
+from contrastseg.train.monitor import RunMonitor
+from contrastseg.train.pretrain import build_pretrain_task
+from contrastseg.train.runtime import seed_everything
 
 #: Dense tensor-core peaks in TFLOP/s (NVIDIA data sheets, SXM unless named): the first
 #: entry whose key the device name contains wins, hence the order.
@@ -180,43 +170,26 @@ def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     mean = config.normalize.mean or [0.5] * bands
     std = config.normalize.std or [0.25] * bands
 
-    model = PretrainModel(config.model, config.method, bands).to(device)
-    fmt = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, 10**6, config.optim)
-    amp_dtype = resolve_amp_dtype(config.train.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    views = PairedViews(config.views).to(device)
-    generator = views_generator(config.train.seed, 0, device)
-    net = torch.compile(model) if config.train.compile else model
+    # The engine's own step: the task run_pretrain builds, updated by the shared loop.
+    task, state = build_pretrain_task(config, bands, 10**6, device, dataset.nodata)
+    task.mean, task.std = mean, std
+    settings = LoopSettings(10**6, 10**6, 10**6, 1, Path(), config.optim.grad_clip, case["batch"])
+    loop = TrainingLoop(state, settings, RunMonitor(Path(), False, 10**6))
+    compiled, amp_dtype = task.forward, task.amp_dtype
 
-    def prepare(batch: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        images = to_float(batch, config.data.scale)
-        with torch.no_grad():
-            pair = views(images, generator)
-            inputs = model.prepare(pair, generator, images.shape[-2] * images.shape[-1])
-            v1 = to_float(pair.view1, 1.0, mean, std).contiguous(memory_format=fmt)
-            v2 = to_float(pair.view2, 1.0, mean, std).contiguous(memory_format=fmt)
-        return v1, v2, inputs
+    def prepare(batch: Tensor) -> None:
+        task.prepare(batch)  # views + the method's inputs + normalisation
 
-    def step(batch: Tensor, module: torch.nn.Module = net) -> None:
-        v1, v2, inputs = prepare(batch)
-        with autocast_context(device, amp_dtype):
-            out = module(v1, v2, **inputs)
-        total = out["total"]
-        if not bool(torch.isfinite(total.detach())):  # the engine's per-step check (a sync)
-            raise RuntimeError(f"non-finite loss {float(total)}")
-        optimizer_step(
-            total, optimizer, scheduler, scaler, model.parameters(), config.optim.grad_clip
-        )
+    def step(batch: Tensor, module: torch.nn.Module = compiled) -> None:
+        task.forward = module
+        loop.step(task, batch)  # forward, finite check (a sync), backward, update
 
     batches = iter(loader)
     fixed = next(batches).to(device)
     # Untimed warmup. The first step pays lazy initialisation (and cuDNN autotuning); it runs
     # eager under the FLOP counter, which is also right for compiled cases: same math.
     with FlopCounterMode(display=False) as counter:
-        step(fixed, model)
+        step(fixed, task.model)
     flops = counter.get_total_flops()
     compile_s = None
     if config.train.compile:
@@ -256,7 +229,7 @@ def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - t0
-            step(batch.to(device, non_blocking=True))
+            step(batch)
 
         # Drain the batches the workers prefetched while the loader sat idle, so that the
         # timed steps see the steady state.

@@ -176,7 +176,7 @@ def _newest_checkpoint(path: str) -> str:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from contrastseg.train.finetune import run_finetune
     from contrastseg.train.finetune_config import load_finetune_config
-    from contrastseg.train.pretrain import TrainingDiverged
+    from contrastseg.train.loop import TrainingDiverged
 
     overrides = list(args.set or [])
     try:

@@ -39,16 +39,12 @@ from torch import Tensor, nn
 
 from contrastseg import __version__
 from contrastseg.data.labeled import LabeledDataset
-from contrastseg.data.loader import build_loader, set_loader_epoch, to_float
+from contrastseg.data.loader import build_loader, to_float
 from contrastseg.data.stats import load_stats_yaml
 from contrastseg.losses.segmentation import build_loss, count_labels
 from contrastseg.models.pretrained import PARTS, LoadReport, load_pretrained, read_state_dict
 from contrastseg.train.checkpoint import (
-    capture_rng,
     changed_settings,
-    checkpoint_path,
-    prune_checkpoints,
-    restore_rng,
     resume_note,
     resume_source,
     save_atomic,
@@ -61,9 +57,14 @@ from contrastseg.train.evaluate import (
     load_finetune_checkpoint,
 )
 from contrastseg.train.finetune_config import FinetuneConfig, loss_spec
+from contrastseg.train.loop import (
+    LoopSettings,
+    TrainingLoop,
+    TrainingTask,
+    TrainState,
+)
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.optim import build_optimizer, build_scheduler
-from contrastseg.train.pretrain import TrainingDiverged
 from contrastseg.train.probe import (
     LOAD_PARTS,
     Patience,
@@ -76,8 +77,6 @@ from contrastseg.train.probe import (
 from contrastseg.train.report import write_report
 from contrastseg.train.runtime import (
     autocast_context,
-    iterate_keeping_rng,
-    optimizer_step,
     resolve_amp_dtype,
     seed_everything,
 )
@@ -160,6 +159,106 @@ def augment_batch(
             rotated = (torch.rot90(base[0], k, (-2, -1)), torch.rot90(base[1], k, (-2, -1)))
             out = pick(draws[:, 2] == k, rotated, out)
     return out
+
+
+class FinetuneTask(TrainingTask):
+    """The fine-tuning step (augmented labeled patches -> segmenter -> loss) and its validation.
+
+    At the end of every ``eval.every``-th epoch (and of the run) the segmenter is scored on the
+    validation split by sliding-window inference; a better mIoU writes ``best.pt``, and
+    ``patience`` validations without one stop the run (0 = never).
+    """
+
+    def __init__(
+        self,
+        config: FinetuneConfig,
+        model: nn.Module,
+        forward: nn.Module,
+        criterion: nn.Module,
+        generator: torch.Generator,
+        frozen: list[nn.Module],
+        segmenter: Segmenter,
+        val_set: LabeledDataset,
+        mean: list[float] | None,
+        std: list[float] | None,
+        memory_format: torch.memory_format,
+        amp_dtype: torch.dtype | None,
+        device: torch.device,
+        content: Any,
+        total_steps: int,
+        epochs: int,
+        best_path: Path,
+    ) -> None:
+        self.config, self.model, self.forward, self.criterion = config, model, forward, criterion
+        self.generator, self.frozen, self.segmenter, self.val_set = (
+            generator,
+            frozen,
+            segmenter,
+            val_set,
+        )
+        self.mean, self.std, self.memory_format = mean, std, memory_format
+        self.amp_dtype, self.device, self.content = amp_dtype, device, content
+        self.patience = config.linear.patience if config.mode == "linear" else config.train.patience
+        self.best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}, "stale": 0}
+        self.best_confusion = None
+        self.history: list[dict[str, float]] = []
+        self.monitor: RunMonitor | None = None
+        self.total_steps, self.epochs, self.best_path = total_steps, epochs, best_path
+
+    def log_name(self, key: str) -> str:
+        return "loss/train" if key == "total" else super().log_name(key)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        set_train_mode(self.model, self.frozen)
+
+    def train_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        images, masks = batch
+        config = self.config
+        x = to_float(
+            images.to(self.device, non_blocking=True), config.data.scale, self.mean, self.std
+        )
+        y = masks.to(self.device, non_blocking=True)
+        if config.train.augment:
+            x, y = augment_batch(x, y, self.generator)
+        with autocast_context(self.device, self.amp_dtype):
+            logits = self.forward(x.contiguous(memory_format=self.memory_format))
+        return {"total": self.criterion(logits.float(), y)}
+
+    def on_epoch_end(self, epoch: int, step: int) -> bool:
+        config, monitor = self.config, self.monitor
+        if (epoch + 1) % config.eval.every and step < self.total_steps:
+            return False
+        confusion = evaluate_dataset(
+            self.segmenter, self.val_set, config.eval, None, config.train.amp
+        )
+        metrics = confusion.compute(config.eval.exclude)
+        miou = metrics["miou"] if metrics["miou"] is not None else 0.0
+        values = {
+            f"val/{k}": metrics[k] or 0.0 for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
+        }
+        self.history.append(monitor.scalars(step, values))
+        best = self.best
+        rule = Patience(self.patience, best["miou"], best.get("stale", 0))
+        improved = rule.update(miou)
+        monitor.info(f"epoch {epoch + 1}/{self.epochs} step {step}: val mIoU {100 * miou:.2f}"
+                     + (" (best so far)" if improved else f" (best {100 * best['miou']:.2f} at epoch {best['epoch']})"))  # fmt: skip
+        if improved:
+            self.best = {"epoch": epoch + 1, "miou": miou, "metrics": metrics, "stale": 0}
+            self.best_confusion = confusion
+            best_pt = {**self.content(), "best": dict(self.best), "step": step, "epoch": epoch + 1}
+            save_atomic(best_pt, self.best_path)
+        else:
+            best["stale"] = rule.stale
+        if rule.exhausted:
+            monitor.info(
+                f"val mIoU has not improved for {rule.stale} validation(s) "
+                f"(patience {self.patience}): stopping at step {step}"
+            )
+            return True
+        return False
+
+    def checkpoint_content(self) -> dict[str, Any]:
+        return {**self.content(), "best": dict(self.best), "history": list(self.history)}
 
 
 def _normalization(
@@ -349,169 +448,111 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         {},
     )
 
-    def payload(step: int, epoch: int, full: bool) -> dict[str, Any]:
-        out = {
-            "format": FINETUNE_FORMAT, "version": __version__, "step": step, "epoch": epoch,
-            "config": to_dict(config), "model_config": dict(model_config), "in_channels": bands,
+    def payload_base() -> dict[str, Any]:
+        """What every fine-tuning checkpoint (step_*.pt and best.pt) holds about the segmenter."""
+        return {
+            "format": FINETUNE_FORMAT, "version": __version__, "config": to_dict(config),
+            "model_config": dict(model_config), "in_channels": bands,
             "num_classes": dataset.num_classes, "classes": classes, "palette": dataset.palette,
             "ignore_index": dataset.ignore_index, "bands": config.data.bands, "scale": config.data.scale,
             "normalize": {"mean": mean, "std": std}, "model": model.state_dict(),
-            "best": dict(best), "pretrained": None if report is None else {
+            "pretrained": None if report is None else {
                 "path": report.path, "parts": report.parts, "loaded": len(report.loaded),
                 "missing": report.missing, "unexpected": report.unexpected},
         }  # fmt: skip
-        if full:
-            out.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                       scaler=scaler.state_dict(), rng=capture_rng(generator), history=history)  # fmt: skip
-        return out
 
-    step, start_epoch, history = 0, 0, []
-    best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}, "stale": 0}
-    patience = config.linear.patience if config.mode == "linear" else train.patience
+    task = FinetuneTask(
+        config, model, net, criterion, generator, frozen, segmenter, val_set, mean, std,
+        memory_format, amp_dtype, device, payload_base, total_steps, epochs, run_dir / "best.pt",
+    )  # fmt: skip
+    state = TrainState(model, optimizer, scheduler, scaler, generator)
+    settings = LoopSettings(
+        total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
+        ckpt_dir, config.optim.grad_clip, batch_size,
+    )  # fmt: skip
     notes: list[str] = []
+    saved_state = None
     if resume is not None:
-        state = load_finetune_checkpoint(resume)
-        notes = changed_settings(state.get("config", {}), to_dict(config))
-        missing = [k for k in ("optimizer", "scheduler", "rng", "history") if k not in state]
+        saved_state = load_finetune_checkpoint(resume)
+        notes = changed_settings(saved_state.get("config", {}), to_dict(config))
+        missing = [k for k in ("optimizer", "scheduler", "rng", "history") if k not in saved_state]
         if missing:
             raise ValueError(
                 f"{resume} is not a resumable checkpoint (it lacks {', '.join(missing)}; best.pt "
                 "holds weights only): resume from a step_*.pt in the run's checkpoints folder"
             )
-        problems = state_dict_mismatches(model.state_dict(), state["model"])
+        problems = state_dict_mismatches(model.state_dict(), saved_state["model"])
         if problems:
             raise ValueError(
                 f"{resume} does not fit the model this config builds: " + " | ".join(problems)
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"], generator)
-        step, start_epoch, history, best = (
-            state["step"],
-            state["epoch"],
-            state["history"],
-            state["best"],
-        )
+        model.load_state_dict(saved_state["model"])
+        task.history, task.best = list(saved_state["history"]), dict(saved_state["best"])
+        state.step = int(saved_state["step"])
         # best.pt is written at every improvement, step checkpoints only every few steps: the
         # interrupted run may have validated a better model after this checkpoint. Those
         # weights are on disk and were scored on val, so they stay the best so far (the
         # record and best.pt then agree whatever the repeated epochs score).
         if (run_dir / "best.pt").is_file():
             written = load_finetune_checkpoint(run_dir / "best.pt").get("best") or {}
-            if written.get("miou", -1.0) > best["miou"]:
-                best = written
+            if written.get("miou", -1.0) > task.best["miou"]:
+                task.best = written
 
     monitor = RunMonitor(
-        run_dir, True, total_steps, step, config.run.progress, rerun_prefixes=("test/",)
+        run_dir, True, total_steps, state.step, config.run.progress, rerun_prefixes=("test/",)
     )
-    monitor.info(
-        f"contrastseg {__version__} finetune ({config.mode}): {model_config['arch']}, {bands} band(s), "
-        f"{len(dataset)} labeled patch(es), {len(val_set)} val / {len(test_set) if test_set else 0} test "
-        f"image(s); {len(loader)} steps/epoch, {total_steps} steps on {device}"
-        + (f"; {report.summary()}" if report else "; random initialisation")
-        + resume_note(config.run.resume, resume, step)
-    )
-    for note in notes:
-        monitor.info(note)
-    if config.mode == "linear":
-        monitor.info(
-            f"linear probe on frozen {features} features: {model.feature_channels(features)} "
-            f"channels at stride {model.feature_stride(features)}; head lr {config.linear.lr:g}, "
-            f"patience {patience} validation(s)"
-        )
-    unloaded = [m for name, m in model.named_children() if m in frozen and name not in loaded]
-    if unloaded and resume is None:
-        estimate_loader = build_loader(
-            dataset, batch_size, train.num_workers, shuffle=False, drop_last=True, seed=train.seed
-        )
-        batches = (
-            to_float(images.to(device), config.data.scale, mean, std).contiguous(
-                memory_format=memory_format
-            )
-            for images, _ in estimate_loader
-        )
-        with autocast_context(device, amp_dtype):
-            used = estimate_batchnorm(
-                model, unloaded, batches, model.classifier_input, BN_ESTIMATION_BATCHES
-            )
-        names = "+".join(n for n, m in model.named_children() if m in unloaded)
-        monitor.info(
-            f"BatchNorm statistics of the frozen, not pretrained {names} estimated on "
-            f"{used} batch(es) of the labeled training patches"
-        )
-    best_confusion = None
-    last_saved, window = step, {"loss": 0.0, "n": 0, "t": time.perf_counter()}
+    task.monitor = monitor
+    loop = TrainingLoop(state, settings, monitor, net)
     try:
-        for epoch in range(start_epoch, epochs):
-            set_loader_epoch(loader, epoch)
-            set_train_mode(model, frozen)
-            for images, masks in iterate_keeping_rng(loader):
-                x = to_float(images.to(device, non_blocking=True), config.data.scale, mean, std)
-                y = masks.to(device, non_blocking=True)
-                if train.augment:
-                    x, y = augment_batch(x, y, generator)
-                with autocast_context(device, amp_dtype):
-                    logits = net(x.contiguous(memory_format=memory_format))
-                loss = criterion(logits.float(), y)
-                if not torch.isfinite(loss.detach()):
-                    raise TrainingDiverged(
-                        f"step {step + 1}: the loss is {float(loss)}; stopping before the update. "
-                        "Lower optim.lr, set optim.grad_clip, or try train.amp=off."
-                    )
-                optimizer_step(
-                    loss, optimizer, scheduler, scaler, model.parameters(), config.optim.grad_clip
+        if saved_state is not None:
+            loop.restore(saved_state, resume)
+        monitor.info(
+            f"contrastseg {__version__} finetune ({config.mode}): {model_config['arch']}, {bands} band(s), "
+            f"{len(dataset)} labeled patch(es), {len(val_set)} val / {len(test_set) if test_set else 0} test "
+            f"image(s); {len(loader)} steps/epoch, {total_steps} steps on {device}"
+            + (f"; {report.summary()}" if report else "; random initialisation")
+            + resume_note(config.run.resume, resume, state.step)
+        )
+        for note in notes:
+            monitor.info(note)
+        if config.mode == "linear":
+            monitor.info(
+                f"linear probe on frozen {features} features: {model.feature_channels(features)} "
+                f"channels at stride {model.feature_stride(features)}; head lr {config.linear.lr:g}, "
+                f"patience {task.patience} validation(s)"
+            )
+        unloaded = [m for name, m in model.named_children() if m in frozen and name not in loaded]
+        if unloaded and resume is None:
+            estimate_loader = build_loader(
+                dataset,
+                batch_size,
+                train.num_workers,
+                shuffle=False,
+                drop_last=True,
+                seed=train.seed,
+            )
+            batches = (
+                to_float(images.to(device), config.data.scale, mean, std).contiguous(
+                    memory_format=memory_format
                 )
-                step += 1
-                window["loss"] += float(loss.detach())
-                window["n"] += 1
-                if step % config.run.log_every == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window["t"]
-                    values = {"loss/train": window["loss"] / window["n"], "lr": optimizer.param_groups[0]["lr"],
-                              "throughput/images_per_s": window["n"] * batch_size / elapsed, "epoch": epoch + 1}  # fmt: skip
-                    history.append(monitor.scalars(step, values))
-                    monitor.advance(window["n"], {"loss": f"{values['loss/train']:.4f}"})
-                    window = {"loss": 0.0, "n": 0, "t": time.perf_counter()}
-                if step >= total_steps:
-                    break
-            last = epoch + 1 == epochs or step >= total_steps
-            if (epoch + 1) % config.eval.every == 0 or last:
-                confusion = evaluate_dataset(segmenter, val_set, config.eval, None, train.amp)
-                metrics = confusion.compute(config.eval.exclude)
-                miou = metrics["miou"] if metrics["miou"] is not None else 0.0
-                values = {
-                    f"val/{k}": metrics[k] or 0.0
-                    for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
-                }
-                history.append(monitor.scalars(step, values))
-                rule = Patience(patience, best["miou"], best.get("stale", 0))
-                improved = rule.update(miou)
-                monitor.info(f"epoch {epoch + 1}/{epochs} step {step}: val mIoU {100 * miou:.2f}"
-                             + (" (best so far)" if improved else f" (best {100 * best['miou']:.2f} at epoch {best['epoch']})"))  # fmt: skip
-                if improved:
-                    best = {"epoch": epoch + 1, "miou": miou, "metrics": metrics, "stale": 0}
-                    best_confusion = confusion
-                    save_atomic(payload(step, epoch + 1, False), run_dir / "best.pt")
-                else:
-                    best["stale"] = rule.stale
-                if rule.exhausted:
-                    monitor.info(
-                        f"val mIoU has not improved for {rule.stale} validation(s) "
-                        f"(patience {patience}): stopping at step {step}"
-                    )
-                    last = True
-            if last or step - last_saved >= config.run.checkpoint_every:
-                save_atomic(payload(step, epoch + 1, True), checkpoint_path(ckpt_dir, step))
-                prune_checkpoints(ckpt_dir, config.run.keep_last)
-                last_saved = step
-            if last:
-                break
+                for images, _ in estimate_loader
+            )
+            with autocast_context(device, amp_dtype):
+                used = estimate_batchnorm(
+                    model, unloaded, batches, model.classifier_input, BN_ESTIMATION_BATCHES
+                )
+            names = "+".join(n for n, m in model.named_children() if m in unloaded)
+            monitor.info(
+                f"BatchNorm statistics of the frozen, not pretrained {names} estimated on "
+                f"{used} batch(es) of the labeled training patches"
+            )
+        result = loop.run(task, loader)
+        step, best = result.step, task.best
 
         best_path = run_dir / "best.pt"
         selected = load_finetune_checkpoint(best_path)
         model.load_state_dict(selected["model"])
+        best_confusion = task.best_confusion
         if best_confusion is None:  # selected before a resume: score it again
             best_confusion = evaluate_dataset(segmenter, val_set, config.eval, None, train.amp)
         val_metrics = write_report(
@@ -539,6 +580,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             monitor.info("no test split configured (data.test): the test report is skipped")
     finally:
         monitor.close()
+    history = task.history
     return FinetuneResult(
         run_dir, best_path, int(best["epoch"]), val_metrics, test_metrics, step, history, report
     )

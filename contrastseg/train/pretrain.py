@@ -1,9 +1,11 @@
 """The pretraining engine behind ``contrastseg pretrain``.
 
-One process per device; ``torchrun`` adds processes (DDP, gathered negatives). Per step:
-uint patches -> device -> [0, 1] floats -> two views + index maps (``PairedViews``) ->
-matched regions -> per-band normalisation -> :class:`PretrainModel` (losses) -> backward ->
-optimizer and schedule. Only rank 0 writes the run folder:
+One process per device; ``torchrun`` adds processes (DDP, gathered negatives). Per step
+(:class:`PretrainTask`): uint patches -> device -> [0, 1] floats (nodata filled) -> two views
++ index maps (``PairedViews``) -> what the method needs from them (matched regions, points)
+-> per-band normalisation -> :class:`PretrainModel` (the method's losses); the shared
+:class:`~contrastseg.train.loop.TrainingLoop` does the rest (update, logging, checkpoints,
+resumption). Only rank 0 writes the run folder:
 
     runs/<name>/config.yaml      resolved config
     runs/<name>/train.log        plain log
@@ -18,9 +20,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,40 +31,40 @@ from contrastseg import __version__
 from contrastseg.augment import MatchedRegions, PairedViews, ViewPair, draw_view_grid
 from contrastseg.augment.regions import drop_invalid_sources
 from contrastseg.config import PretrainConfig
-from contrastseg.data import UnlabeledDataset, build_loader, load_stats_yaml, set_loader_epoch
+from contrastseg.data import UnlabeledDataset, build_loader, load_stats_yaml
 from contrastseg.data.loader import to_float
 from contrastseg.data.nodata import fill_invalid, valid_pixels
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
-    capture_rng,
     changed_settings,
-    checkpoint_path,
     load_checkpoint,
-    prune_checkpoints,
-    restore_rng,
     resume_note,
     resume_source,
-    save_atomic,
 )
 from contrastseg.train.distributed import ProcessContext, setup_process, teardown_process
+from contrastseg.train.loop import (
+    LoopSettings,
+    TrainingDiverged,
+    TrainingLoop,
+    TrainingTask,
+    TrainState,
+)
 from contrastseg.train.model import PretrainModel, upgrade_heads
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.optim import build_optimizer, build_scheduler
-from contrastseg.train.runtime import (
-    autocast_context,
-    iterate_keeping_rng,
-    optimizer_step,
-    reduce_mean,
-    resolve_amp_dtype,
-    resume_loader,
-    seed_everything,
-)
+from contrastseg.train.runtime import autocast_context, resolve_amp_dtype, seed_everything
 from contrastseg.utils.configtools import ConfigError, to_dict
 from contrastseg.utils.state import state_dict_mismatches
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the loss parts."""
+__all__ = [
+    "PreparedBatch",
+    "PretrainResult",
+    "PretrainTask",
+    "TrainingDiverged",
+    "build_pretrain_task",
+    "run_pretrain",
+    "views_generator",
+]
 
 
 @dataclass
@@ -135,6 +137,158 @@ def _slice_for_preview(images: Tensor, pair: ViewPair, regions: MatchedRegions |
     )
 
 
+class PreparedBatch(NamedTuple):
+    """One batch ready for the network: the images, the view pair, the method's inputs.
+
+    Attributes:
+        images: ``(B, C, H, W)`` float source patches (nodata filled).
+        pair: the views and their index maps (nodata source pixels marked outside).
+        inputs: what the method's ``prepare`` returned (regions, points ...).
+        view1, view2: the normalised views, in the run's memory format.
+    """
+
+    images: Tensor
+    pair: ViewPair
+    inputs: dict[str, Any]
+    view1: Tensor
+    view2: Tensor
+
+
+class PretrainTask(TrainingTask):
+    """The pretraining step: views, the method's inputs, the network and the method's losses.
+
+    Args:
+        config: the run's config.
+        model: the network and method (unwrapped).
+        forward: what the step calls (``model`` or its DDP / compile wrapper).
+        views: the view maker, on the device.
+        generator: the views' random generator (this process's).
+        mean, std: per-band normalisation after the views (None = none).
+        nodata: the data's nodata value (``UnlabeledDataset.nodata``).
+        device, amp_dtype, memory_format: where and how the network runs.
+        run_dir, monitor: where preview images go (None = no previews).
+    """
+
+    def __init__(
+        self,
+        config: PretrainConfig,
+        model: PretrainModel,
+        forward: nn.Module,
+        views: PairedViews,
+        generator: torch.Generator,
+        mean: list[float] | None,
+        std: list[float] | None,
+        nodata: Any,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        memory_format: torch.memory_format,
+        run_dir: Path | None = None,
+        monitor: RunMonitor | None = None,
+    ) -> None:
+        self.config, self.model, self.forward, self.views = config, model, forward, views
+        self.generator, self.mean, self.std, self.nodata = generator, mean, std, nodata
+        self.device, self.amp_dtype, self.memory_format = device, amp_dtype, memory_format
+        self.run_dir, self.monitor = run_dir, monitor
+        self.last: PreparedBatch | None = None
+
+    @torch.no_grad()
+    def prepare(self, batch: Tensor) -> PreparedBatch:
+        """Views, index maps and the method's inputs of a uint batch (no gradient)."""
+        batch = batch.to(self.device, non_blocking=True)
+        valid = valid_pixels(batch, self.nodata)  # None: no nodata pixel
+        # nodata pixels enter the views as the band mean (0 once normalised)
+        images = fill_invalid(to_float(batch, self.config.data.scale), valid, self.mean)
+        pair = self.views(images, self.generator)
+        # no region or point is matched on a nodata source pixel
+        pair = pair._replace(
+            index1=drop_invalid_sources(pair.index1, valid),
+            index2=drop_invalid_sources(pair.index2, valid),
+        )
+        inputs = self.model.prepare(pair, self.generator, images.shape[-2] * images.shape[-1])
+        views = (
+            to_float(view, 1.0, self.mean, self.std).contiguous(memory_format=self.memory_format)
+            for view in (pair.view1, pair.view2)
+        )
+        return PreparedBatch(images, pair, inputs, *views)
+
+    def train_step(self, batch: Tensor) -> dict[str, Tensor]:
+        prepared = self.last = self.prepare(batch)
+        with autocast_context(self.device, self.amp_dtype):
+            return self.forward(prepared.view1, prepared.view2, **prepared.inputs)
+
+    def on_step_end(self, step: int, out: dict[str, Tensor]) -> bool:
+        every = self.config.run.image_every
+        if self.monitor is not None and self.last is not None and every:
+            if self.monitor.enabled and (step == 1 or step % every == 0):
+                images, pair, inputs = self.last.images, self.last.pair, self.last.inputs
+                png = draw_view_grid(
+                    *_slice_for_preview(images, pair, inputs.get("regions"), 4),
+                    self.run_dir / "views" / f"step_{step:08d}.png",
+                    rgb_bands=self.config.views.rgb_bands,
+                )
+                self.monitor.image(step, "views/pairs", png)
+        return False
+
+    def checkpoint_content(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": to_dict(self.config),
+            "in_channels": self.model.net.in_channels,
+            "model": self.model.net.state_dict(),
+            "heads": self.model.heads_state_dict(),
+        }
+
+
+def build_pretrain_task(
+    config: PretrainConfig,
+    bands: int,
+    total_steps: int,
+    device: torch.device,
+    nodata: Any = None,
+    world_size: int = 1,
+    rank: int = 0,
+    run_dir: Path | None = None,
+    monitor: RunMonitor | None = None,
+) -> tuple[PretrainTask, TrainState]:
+    """The pretraining step of ``config`` and the state it trains (what a benchmark times too).
+
+    Raises:
+        ConfigError: settings this machine or data cannot run (stats of another band count,
+            SyncBatchNorm without CUDA).
+    """
+    train = config.train
+    mean, std = _normalization(config, bands)
+    model = PretrainModel(config.model, config.method, bands).to(device)
+    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    if train.sync_bn and world_size > 1:
+        if device.type != "cuda":
+            raise ConfigError(
+                "train.sync_bn needs CUDA devices (torch's SyncBatchNorm is CUDA-only)"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, total_steps, config.optim)
+    amp_dtype = resolve_amp_dtype(train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    generator = views_generator(train.seed, rank, device)
+    forward: nn.Module = model
+    if world_size > 1:
+        forward = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not model.uses_decoder,
+        )
+    if train.compile:
+        forward = torch.compile(forward)
+    views = PairedViews(config.views).to(device)
+    task = PretrainTask(
+        config, model, forward, views, generator, mean, std, nodata, device, amp_dtype,
+        memory_format, run_dir, monitor,
+    )  # fmt: skip
+    return task, TrainState(model, optimizer, scheduler, scaler, generator)
+
+
 def run_pretrain(config: PretrainConfig) -> PretrainResult:
     """Run (or resume) a pretraining job described by ``config``.
 
@@ -151,8 +305,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
 
 
 def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
-    train, method = config.train, config.method
-    device, main = ctx.device, ctx.rank == 0
+    train, device, main = config.train, ctx.device, ctx.rank == 0
     seed_everything(train.seed, train.deterministic, device)
 
     dataset = UnlabeledDataset(config.data)
@@ -161,7 +314,6 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         raise ConfigError(
             f"model.in_channels is {config.model.in_channels} but the data has {bands} band(s)"
         )
-    mean, std = _normalization(config, bands)
     loader = build_loader(
         dataset,
         train.batch_size,
@@ -187,219 +339,44 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    model = PretrainModel(config.model, method, bands).to(device)
-    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    if train.sync_bn and ctx.world_size > 1:
-        if device.type != "cuda":
-            raise ConfigError(
-                "train.sync_bn needs CUDA devices (torch's SyncBatchNorm is CUDA-only)"
-            )
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, total_steps, config.optim)
-    amp_dtype = resolve_amp_dtype(train.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    views = PairedViews(config.views).to(device)
-    generator = views_generator(train.seed, ctx.rank, device)
-
-    step, checkpoint, notes = 0, None, []
+    task, state = build_pretrain_task(
+        config, bands, total_steps, device, dataset.nodata, ctx.world_size, ctx.rank, run_dir
+    )
+    settings = LoopSettings(
+        total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
+        ckpt_dir, config.optim.grad_clip, train.batch_size * ctx.world_size, ctx.world_size,
+        ctx.rank,
+    )  # fmt: skip
+    payload, notes = None, []
     if resume_from is not None:
         payload = load_checkpoint(resume_from)
         notes = changed_settings(payload["config"], to_dict(config))
-        _check_architecture(model, payload, resume_from)
-        model.net.load_state_dict(payload["model"])
-        model.load_heads(payload["heads"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        if payload["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(payload["scaler"])
-        rng = payload["rng"]
-        if isinstance(rng, list):  # one state per rank
-            if ctx.rank < len(rng):
-                restore_rng(rng[ctx.rank], generator)
-            elif main:
-                print(f"{resume_from} holds random states of {len(rng)} process(es): "
-                      f"processes {len(rng)}.. start fresh views streams")  # fmt: skip
-        else:
-            restore_rng(rng, generator)
-        step, checkpoint = int(payload["step"]), resume_from
-    if step >= total_steps and main:
-        print(f"{run_dir}: already at step {step} of {total_steps}; nothing to do")
+        _check_architecture(task.model, payload, resume_from)
+        task.model.net.load_state_dict(payload["model"])
+        task.model.load_heads(payload["heads"])
+        state.step = int(payload["step"])
+    if state.step >= total_steps and main:
+        print(f"{run_dir}: already at step {state.step} of {total_steps}; nothing to do")
 
-    net: nn.Module = model
-    if ctx.world_size > 1:
-        net = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not model.uses_decoder,
-        )
-    if train.compile:
-        net = torch.compile(net)
-
-    monitor = RunMonitor(run_dir, main, total_steps, step, config.run.progress)
-    history: list[dict[str, float]] = []
-    if main:
+    monitor = RunMonitor(run_dir, main, total_steps, state.step, config.run.progress)
+    task.monitor = monitor
+    loop = TrainingLoop(state, settings, monitor, task.forward)
+    try:
+        if payload is not None:
+            loop.restore(payload, resume_from)
         monitor.info(
-            f"contrastseg {__version__} pretrain: {method.name}, {config.model.arch}, {bands} band(s), "
-            f"{dataset.summary()}; {steps_per_epoch} steps/epoch, {total_steps} steps, "
-            f"batch {train.batch_size} x {ctx.world_size} process(es) on {device}"
-            + (f", amp {amp_dtype}" if amp_dtype else "")
-            + resume_note(config.run.resume, resume_from, step)
+            f"contrastseg {__version__} pretrain: {config.method.name}, {config.model.arch}, "
+            f"{bands} band(s), {dataset.summary()}; {steps_per_epoch} steps/epoch, "
+            f"{total_steps} steps, batch {train.batch_size} x {ctx.world_size} process(es) on "
+            f"{device}"
+            + (f", amp {task.amp_dtype}" if task.amp_dtype else "")
+            + resume_note(config.run.resume, resume_from, state.step)
         )
         for note in notes:
             monitor.info(note)
-
-    def save(at_step: int, epoch: int, rng: list) -> Path:
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "version": __version__,
-            "step": at_step,
-            "epoch": epoch,
-            "config": to_dict(config),
-            "in_channels": bands,
-            "model": model.net.state_dict(),
-            "heads": model.heads_state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": rng,
-        }
-        path = save_atomic(payload, checkpoint_path(ckpt_dir, at_step))
-        prune_checkpoints(ckpt_dir, config.run.keep_last)
-        return path
-
-    global_batch = train.batch_size * ctx.world_size
-    sums: dict[str, Tensor] = {}
-    window_steps, window_wait, window_start = 0, 0.0, time.perf_counter()
-    try:
-        while step < total_steps:
-            epoch, skip = divmod(step, steps_per_epoch)
-            set_loader_epoch(loader, epoch)
-            batches = iterate_keeping_rng(resume_loader(loader, skip))
-            wait_start = time.perf_counter()
-            for batch in batches:
-                window_wait += time.perf_counter() - wait_start
-                batch = batch.to(device, non_blocking=True)
-                valid = valid_pixels(batch, dataset.nodata)  # None: no nodata pixel
-                # nodata pixels enter the views as the band mean (0 once normalised)
-                images = fill_invalid(to_float(batch, config.data.scale), valid, mean)
-                with torch.no_grad():
-                    pair = views(images, generator)
-                    # no region or point is matched on a nodata source pixel
-                    pair = pair._replace(
-                        index1=drop_invalid_sources(pair.index1, valid),
-                        index2=drop_invalid_sources(pair.index2, valid),
-                    )
-                    inputs = model.prepare(pair, generator, images.shape[-2] * images.shape[-1])
-                    v1 = to_float(pair.view1, 1.0, mean, std).contiguous(
-                        memory_format=memory_format
-                    )
-                    v2 = to_float(pair.view2, 1.0, mean, std).contiguous(
-                        memory_format=memory_format
-                    )
-                with autocast_context(device, amp_dtype):
-                    out: dict[str, Tensor] = net(v1, v2, **inputs)
-                finite = torch.isfinite(out["total"].detach()).float()
-                if ctx.world_size > 1:
-                    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-                if not bool(finite):
-                    parts = {k: float(v.detach()) for k, v in out.items()}
-                    raise TrainingDiverged(
-                        f"step {step + 1}: the loss is not finite ({parts}); stopping before the "
-                        f"update, so the weights are untouched"
-                        + (
-                            f" and the newest checkpoint {checkpoint} is intact"
-                            if checkpoint
-                            else ""
-                        )
-                        + ". Lower optim.lr, set optim.grad_clip, or try train.amp=off."
-                    )
-                optimizer_step(
-                    out["total"],
-                    optimizer,
-                    scheduler,
-                    scaler,
-                    model.parameters(),
-                    config.optim.grad_clip,
-                )
-                step += 1
-                window_steps += 1
-                for key, value in out.items():  # whatever the method returns
-                    key = key if "/" in key else f"loss/{key}"
-                    sums[key] = sums.get(key, 0) + value.detach().float()
-
-                if (
-                    main
-                    and config.run.image_every
-                    and (step == 1 or step % config.run.image_every == 0)
-                ):
-                    png = draw_view_grid(
-                        *_slice_for_preview(images, pair, inputs.get("regions"), 4),
-                        run_dir / "views" / f"step_{step:08d}.png",
-                        rgb_bands=config.views.rgb_bands,
-                    )
-                    monitor.image(step, "views/pairs", png)
-
-                if step % config.run.log_every == 0 or step == total_steps:
-                    values = reduce_mean(
-                        {k: v / window_steps for k, v in sums.items()}, ctx.world_size
-                    )
-                    elapsed = time.perf_counter() - window_start
-                    values["lr"] = optimizer.param_groups[0]["lr"]
-                    values["throughput/images_per_s"] = window_steps * global_batch / elapsed
-                    values["throughput/data_wait_fraction"] = window_wait / elapsed
-                    if device.type == "cuda":
-                        values["memory/gpu_max_allocated_gib"] = (
-                            torch.cuda.max_memory_allocated(device) / 2**30
-                        )
-                    values["epoch"] = epoch + 1
-                    history.append(monitor.scalars(step, values))
-                    if main:
-                        monitor.advance(
-                            window_steps,
-                            {
-                                "loss": f"{values['loss/total']:.4f}",
-                                "img/s": f"{values['throughput/images_per_s']:.1f}",
-                            },
-                        )
-                        if monitor.bar is None:
-                            monitor.info(
-                                f"step {step}/{total_steps} loss {values['loss/total']:.4f} "
-                                f"lr {values['lr']:.2e} {values['throughput/images_per_s']:.1f} img/s"
-                            )
-                    sums, window_steps, window_wait = {}, 0, 0.0
-                    window_start = time.perf_counter()
-
-                if step % config.run.checkpoint_every == 0 or step == total_steps:
-                    # every rank's views generator, so a resumed DDP run keeps its streams
-                    rng = [capture_rng(generator)]
-                    if ctx.world_size > 1:
-                        rng = [None] * ctx.world_size
-                        dist.all_gather_object(rng, capture_rng(generator))
-                    failure: Exception | None = None
-                    if main:
-                        try:
-                            checkpoint = save(step, epoch, rng)
-                        except Exception as err:  # e.g. a full disk
-                            failure = err
-                    if ctx.world_size > 1:
-                        # Every rank learns whether the save worked, instead of waiting at a
-                        # barrier for a rank 0 that has died until the backend times out.
-                        saved = torch.ones(1, device=device) * (failure is None)
-                        dist.all_reduce(saved, op=dist.ReduceOp.MIN)
-                        if not main and not bool(saved):
-                            raise RuntimeError(
-                                f"rank 0 could not write the step-{step} checkpoint (its error "
-                                f"is in rank 0's output); stopping rank {ctx.rank} too"
-                            )
-                    if failure is not None:
-                        raise failure
-                if step >= total_steps:
-                    break
-                wait_start = time.perf_counter()
-        if main and checkpoint is not None:
-            monitor.info(f"done: step {step}, checkpoint {checkpoint}")
+        result = loop.run(task, loader)
+        if result.checkpoint is not None:
+            monitor.info(f"done: step {result.step}, checkpoint {result.checkpoint}")
     finally:
         monitor.close()
-    return PretrainResult(run_dir, step, checkpoint, history)
+    return PretrainResult(run_dir, result.step, result.checkpoint, result.history)

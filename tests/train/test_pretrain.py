@@ -232,7 +232,7 @@ def _ddp_worker(rank, world, port, root, queue):
 
 
 def _ddp_failing_save_worker(rank, world, port, root, queue):
-    import contrastseg.train.pretrain as engine
+    import contrastseg.train.loop as engine
 
     def disk_full(payload, path):
         raise OSError(28, "No space left on device", str(path))
