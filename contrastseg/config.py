@@ -182,6 +182,26 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainTrainConfig(TrainConfig):
+    """How long, on what, how fast, and what counts as a collapsed embedding space."""
+
+    #: a branch whose embedding spread (health/<branch>/std: 1 = spread over the sphere,
+    #: 0 = every embedding the same) stays below this is reported as collapsed
+    collapse_std: float = 0.1
+    #: consecutive log steps below collapse_std before the collapse is reported
+    collapse_patience: int = 3
+    #: stop the run (with a checkpoint) when a collapse is reported
+    stop_on_collapse: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.collapse_std < 1.0:
+            raise ValueError(f"train.collapse_std must lie in [0, 1), got {self.collapse_std}")
+        if self.collapse_patience < 1:
+            raise ValueError(f"train.collapse_patience must be >= 1, got {self.collapse_patience}")
+
+
+@dataclass
 class RunConfig:
     """Where the run writes, and how often."""
 
@@ -227,7 +247,7 @@ class PretrainConfig:
     #: optimizer and schedule
     optim: OptimConfig = field(default_factory=OptimConfig)
     #: length, batch, device, precision
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
     #: outputs: run folder, logging, checkpoints
     run: RunConfig = field(default_factory=RunConfig)
 

@@ -233,3 +233,85 @@ class ConfusionMatrix:
             f"kappa {kappa}  ({len(res['scored_classes'])} classes scored, {res['num_pixels']:,} pixels)"
         )
         return "\n".join(lines)
+
+
+#: Pairs at most used for the pairwise health statistics (a ``(2n, 2n)`` Gram matrix).
+HEALTH_MAX_PAIRS = 256
+
+
+@torch.no_grad()
+def embedding_health(
+    z1: Tensor, z2: Tensor, valid: Tensor | None = None, max_pairs: int = HEALTH_MAX_PAIRS
+) -> dict[str, Tensor]:
+    """How healthy a batch of contrastive embeddings is: spread, positive and negative similarity.
+
+    The embeddings are L2-normalised first (what NT-Xent compares). With ``z = [z1; z2]``:
+
+    - ``std``: the standard deviation over the batch of each dimension, averaged over the
+      dimensions and scaled by ``sqrt(D)``: about 1 for embeddings spread over the sphere, 0
+      when every embedding is the same (collapse) — SimSiam's collapse monitor (Chen & He
+      2021, Sec. 4.1);
+    - ``pos_cos`` / ``neg_cos``: mean cosine similarity of the positive pairs ``(z1_i, z2_i)``
+      and of every other pair of distinct embeddings (negatives);
+    - ``alignment``: ``E ||z1_i - z2_i||^2`` (Wang & Isola 2020, alpha = 2; 0 is perfect);
+    - ``uniformity``: ``log E exp(-2 ||z_a - z_b||^2)`` over distinct pairs of ``z`` (t = 2;
+      0 when collapsed, lower is more uniform: about -3.9 for uniform points on a
+      high-dimensional sphere, -4 if all pairs were orthogonal).
+
+    Args:
+        z1, z2: ``(N, D)`` embeddings of the two views; ``z2[i]`` is the positive of ``z1[i]``.
+        valid: ``(N,)`` bool, the pairs that count (None = all); no host synchronisation.
+        max_pairs: the pairwise statistics (negatives, uniformity) use at most this many
+            pairs, spread evenly over the batch, so their cost stays bounded.
+
+    Returns:
+        Scalar float32 tensors ``std``, ``pos_cos``, ``neg_cos``, ``alignment``, ``uniformity``
+        (NaN when fewer than 2 pairs are valid).
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape:
+        raise ValueError(
+            f"embedding_health expects two (N, D) tensors, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
+    n, dim = z1.shape
+    w = (
+        torch.ones(n, device=z1.device)
+        if valid is None
+        else valid.to(device=z1.device, dtype=torch.float32)
+    )
+    a = torch.nn.functional.normalize(z1.float(), dim=1)
+    b = torch.nn.functional.normalize(z2.float(), dim=1)
+    count = w.sum()
+    # std over the 2 * count valid embeddings, per dimension
+    z, wz = torch.cat([a, b]), torch.cat([w, w])[:, None]
+    mean = (wz * z).sum(0) / (2 * count)
+    var = (wz * (z - mean) ** 2).sum(0) / (2 * count - 1)
+    std = var.clamp_min(0).sqrt().mean() * math.sqrt(dim)
+    pos_cos = (w * (a * b).sum(1)).sum() / count
+    alignment = (w * ((a - b) ** 2).sum(1)).sum() / count
+    # pairwise statistics on an even subset of the pairs
+    keep = torch.linspace(0, n - 1, min(n, max_pairs), device=z1.device).round().long()
+    a, b, w = a[keep], b[keep], w[keep]
+    m = len(keep)
+    z = torch.cat([a, b])
+    weights = torch.cat([w, w])
+    gram = z @ z.T
+    pair = weights[:, None] * weights[None, :]
+    pair = pair * (1 - torch.eye(2 * m, device=z.device))
+    idx = torch.arange(2 * m, device=z.device)
+    positive = (idx[:, None] - idx[None, :]).abs() == m
+    negative = pair * (~positive)
+    neg_cos = (negative * gram).sum() / negative.sum()
+    squared = (2 - 2 * gram).clamp_min(0)
+    uniformity = torch.log((pair * torch.exp(-2 * squared)).sum() / pair.sum())
+    nan = torch.tensor(float("nan"), device=z1.device)
+    enough = count >= 2
+    return {
+        k: torch.where(enough, v, nan)
+        for k, v in {
+            "std": std,
+            "pos_cos": pos_cos,
+            "neg_cos": neg_cos,
+            "alignment": alignment,
+            "uniformity": uniformity,
+        }.items()
+    }

@@ -187,3 +187,58 @@ def test_ddp_merge_equals_single_process(tmp_path):
     for pred, target in batches(seed=4, n=4):
         single.update(pred, target)
     assert torch.equal(merged, single.matrix)
+
+
+# --- embedding health -------------------------------------------------------------------
+
+
+def test_identical_embeddings_are_collapsed():
+    from contrastseg.metrics import embedding_health
+
+    z = torch.tensor([[0.3, -1.2, 2.0, 0.5]]).repeat(6, 1)
+    out = embedding_health(z, z.clone())
+    assert float(out["std"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(out["pos_cos"]) == pytest.approx(1.0) and float(out["neg_cos"]) == pytest.approx(
+        1.0
+    )
+    assert float(out["alignment"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(out["uniformity"]) == pytest.approx(0.0, abs=1e-6)  # its maximum
+
+
+def test_orthonormal_embeddings_give_the_analytic_values():
+    from contrastseg.metrics import embedding_health
+
+    n = dim = 8
+    z = torch.eye(dim) * 3.0  # any scale: normalised inside
+    out = embedding_health(z, z.clone())
+    # per dimension: two ones among 2n values -> unbiased variance (2 - 2/n) / (2n - 1)
+    std = math.sqrt((2 - 2 / n) / (2 * n - 1)) * math.sqrt(dim)
+    assert float(out["std"]) == pytest.approx(std, rel=1e-5)
+    assert float(out["pos_cos"]) == pytest.approx(1.0)
+    assert float(out["neg_cos"]) == pytest.approx(0.0, abs=1e-6)
+    # each embedding: 1 positive at distance 0, 2n - 2 others at squared distance 2
+    uniformity = math.log((1 + (2 * n - 2) * math.exp(-4)) / (2 * n - 1))
+    assert float(out["uniformity"]) == pytest.approx(uniformity, rel=1e-5)
+
+
+def test_health_of_random_pairs_matches_a_numpy_transcription():
+    from contrastseg.metrics import embedding_health
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(10, 5, generator=g), torch.randn(10, 5, generator=g)
+    valid = torch.tensor([True] * 7 + [False] * 3)
+    out = embedding_health(z1, z2, valid)
+    a = z1[:7].numpy() / np.linalg.norm(z1[:7].numpy(), axis=1, keepdims=True)
+    b = z2[:7].numpy() / np.linalg.norm(z2[:7].numpy(), axis=1, keepdims=True)
+    z = np.concatenate([a, b])
+    assert float(out["std"]) == pytest.approx(z.std(0, ddof=1).mean() * math.sqrt(5), rel=1e-5)
+    assert float(out["alignment"]) == pytest.approx(((a - b) ** 2).sum(1).mean(), rel=1e-5)
+    pairs = [(i, j) for i in range(14) for j in range(14) if i != j]
+    negatives = [(i, j) for i, j in pairs if abs(i - j) != 7]
+    assert float(out["neg_cos"]) == pytest.approx(
+        np.mean([z[i] @ z[j] for i, j in negatives]), rel=1e-5
+    )
+    sq = [((z[i] - z[j]) ** 2).sum() for i, j in pairs]
+    assert float(out["uniformity"]) == pytest.approx(
+        np.log(np.mean(np.exp(-2 * np.array(sq)))), rel=1e-5
+    )

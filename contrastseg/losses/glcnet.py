@@ -78,8 +78,12 @@ class GlobalStyleLoss(_ProjectedContrast):
                 "B and C, "
                 f"got {tuple(enc1.shape)} and {tuple(enc2.shape)}"
             )
-        z1, z2 = _project_pair(self.head, style_vector(enc1), style_vector(enc2))
+        z1, z2 = self.embed(enc1, enc2)
         return nt_xent(z1, z2, self.temperature, gather=self.gather, decoupled=self.decoupled)
+
+    def embed(self, enc1: Tensor, enc2: Tensor) -> tuple[Tensor, Tensor]:
+        """The ``(B, D)`` embeddings of both views' style vectors (what :meth:`forward` contrasts)."""
+        return _project_pair(self.head, style_vector(enc1), style_vector(enc2))
 
 
 class LocalMatchingOutput(NamedTuple):
@@ -89,10 +93,13 @@ class LocalMatchingOutput(NamedTuple):
         loss: scalar local loss of this rank.
         valid_fraction: detached scalar, valid region pairs / all region slots in the global
             batch (0 when the batch is empty).
+        z1, z2: ``(B * n, D)`` embeddings of the region slots of this rank (invalid slots too).
     """
 
     loss: Tensor
     valid_fraction: Tensor
+    z1: Tensor | None = None
+    z2: Tensor | None = None
 
 
 class LocalMatchingLoss(_ProjectedContrast):
@@ -181,7 +188,7 @@ class LocalMatchingLoss(_ProjectedContrast):
                 stacklevel=2,
             )
         fraction = out.num_valid.detach().float() / max(out.num_pairs, 1)
-        return LocalMatchingOutput(out.loss, fraction)
+        return LocalMatchingOutput(out.loss, fraction, z1, z2)
 
     def forward(self, regions1: Tensor, regions2: Tensor, valid: Tensor) -> Tensor:
         return self.compute(regions1, regions2, valid).loss

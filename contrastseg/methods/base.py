@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from contrastseg.augment.views import ViewPair
+from contrastseg.metrics import embedding_health
 from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
 from contrastseg.utils.configtools import ConfigError
 
@@ -217,3 +218,16 @@ def build_method(config: MethodConfig, net: DeepLabV3Plus) -> Method:
 def all_method_keys() -> set[str]:
     """Every config key of every registered method."""
     return {f.name for m in _REGISTRY.values() for f in dataclasses.fields(m.config_class)}
+
+
+def health(branch: str, z1: Tensor, z2: Tensor, valid: Tensor | None = None) -> dict[str, Tensor]:
+    """A branch's embedding-health diagnostics as ``health/<branch>/<statistic>`` entries.
+
+    See :func:`contrastseg.metrics.embedding_health`; ``valid`` (any shape with ``N``
+    elements) marks the pairs that count.
+    """
+    flat = None if valid is None else valid.reshape(-1)
+    return {
+        f"health/{branch}/{k}": v
+        for k, v in embedding_health(z1.detach(), z2.detach(), flat).items()
+    }

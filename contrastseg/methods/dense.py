@@ -25,9 +25,10 @@ from contrastseg.methods.base import (
     Method,
     MethodConfig,
     check_widths,
+    health,
     register_method,
 )
-from contrastseg.methods.global_style import global_style_loss
+from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.models.deeplab import DECODER_STRIDE, DeepLabFeatures, DeepLabV3Plus
 from contrastseg.models.heads import ProjectionHead
 
@@ -106,11 +107,10 @@ class Dense(Method):
             "total": dense.loss,
             "dense": dense.loss,
             "dense/valid_fraction": dense.valid_fraction,
+            **health("dense", dense.z1, dense.z2, points.valid),
         }
         if self.global_loss is not None:
             lam = self.config.lam
-            global_part = self.global_loss(feats1.encoder, feats2.encoder)
-            out.update(
-                total=lam * global_part + (1.0 - lam) * dense.loss, **{"global": global_part}
-            )
+            out.update(global_branch(self.global_loss, feats1, feats2))
+            out["total"] = lam * out["global"] + (1.0 - lam) * dense.loss
         return out

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from contrastseg.augment.regions import MatchedRegions
 from contrastseg.methods.base import check_widths, register_method
-from contrastseg.methods.global_style import global_style_loss
+from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.methods.local import Local, LocalConfig
 from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
 
@@ -59,8 +59,9 @@ class GLCNet(Local):
         regions: MatchedRegions | None = None,
         **inputs: Any,
     ) -> dict[str, Tensor]:
-        out = super().forward(feats1, feats2, regions)
+        out = {
+            **super().forward(feats1, feats2, regions),
+            **global_branch(self.global_loss, feats1, feats2),
+        }
         lam = self.config.lam
-        global_part = self.global_loss(feats1.encoder, feats2.encoder)
-        total = lam * global_part + (1.0 - lam) * out["local"]
-        return {**out, "total": total, "global": global_part}
+        return {**out, "total": lam * out["global"] + (1.0 - lam) * out["local"]}

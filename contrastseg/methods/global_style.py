@@ -8,10 +8,12 @@ from typing import Any
 from torch import Tensor
 
 from contrastseg.losses.glcnet import GlobalStyleLoss
+from contrastseg.losses.ntxent import nt_xent
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
     check_widths,
+    health,
     register_method,
 )
 from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
@@ -41,6 +43,15 @@ def global_style_loss(config: GlobalStyleConfig, net: DeepLabV3Plus) -> GlobalSt
     )
 
 
+def global_branch(
+    loss: GlobalStyleLoss, feats1: DeepLabFeatures, feats2: DeepLabFeatures
+) -> dict[str, Tensor]:
+    """``{"global": loss, "health/global/...": ...}`` of the global style branch."""
+    z1, z2 = loss.embed(feats1.encoder, feats2.encoder)
+    value = nt_xent(z1, z2, loss.temperature, gather=loss.gather, decoupled=loss.decoupled)
+    return {"global": value, **health("global", z1, z2)}
+
+
 @register_method
 class GlobalStyle(Method):
     """Style vector of each view's encoder features -> head -> NT-Xent.
@@ -58,5 +69,5 @@ class GlobalStyle(Method):
     def forward(
         self, feats1: DeepLabFeatures, feats2: DeepLabFeatures, **inputs: Any
     ) -> dict[str, Tensor]:
-        loss = self.global_loss(feats1.encoder, feats2.encoder)
-        return {"total": loss, "global": loss}
+        out = global_branch(self.global_loss, feats1, feats2)
+        return {"total": out["global"], **out}

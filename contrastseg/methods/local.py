@@ -15,6 +15,7 @@ from contrastseg.methods.base import (
     Method,
     RegionsConfig,
     check_widths,
+    health,
     register_method,
 )
 from contrastseg.models.deeplab import DECODER_STRIDE, DeepLabFeatures, DeepLabV3Plus
@@ -98,4 +99,9 @@ class Local(Method):
         **inputs: Any,
     ) -> dict[str, Tensor]:
         out = self.local_loss.compute(*pooled_regions(feats1, feats2, regions), regions.valid)
-        return {"total": out.loss, "local": out.loss, "regions/valid_fraction": out.valid_fraction}
+        return {
+            "total": out.loss,
+            "local": out.loss,
+            "regions/valid_fraction": out.valid_fraction,
+            **health("local", out.z1, out.z2, regions.valid),
+        }

@@ -13,6 +13,7 @@ from contrastseg.methods.base import (
     Method,
     MethodConfig,
     check_widths,
+    health,
     register_method,
 )
 from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
@@ -55,5 +56,6 @@ class SimCLR(Method):
     ) -> dict[str, Tensor]:
         c = self.config
         z = self.global_head(torch.cat([feats1.encoder.mean((2, 3)), feats2.encoder.mean((2, 3))]))
-        loss = nt_xent(*z.chunk(2), c.temperature, gather=c.gather, decoupled=c.decoupled)
-        return {"total": loss, "global": loss}
+        z1, z2 = z.chunk(2)
+        loss = nt_xent(z1, z2, c.temperature, gather=c.gather, decoupled=c.decoupled)
+        return {"total": loss, "global": loss, **health("global", z1, z2)}

@@ -17,8 +17,9 @@ which owns everything they share:
   ``loss/<name>``, diagnostics under their own ``group/name``), learning rate, throughput,
   the share of time spent waiting for data, GPU memory; the progress bar; ``train.log``.
 
-A task can stop the run early (patience on a validation score) from :meth:`TrainingTask.on_epoch_end`
-or :meth:`TrainingTask.on_step_end` hooks.
+A task can stop the run early (patience on a validation score, a collapsed embedding space)
+from its :meth:`TrainingTask.on_step_end`, :meth:`TrainingTask.on_log` or
+:meth:`TrainingTask.on_epoch_end` hooks; the loop then writes a checkpoint and returns.
 """
 
 from __future__ import annotations
@@ -138,6 +139,14 @@ class TrainingTask:
     def on_epoch_end(self, epoch: int, step: int) -> bool:
         """After the last step of ``epoch`` (or of the run); True stops the run here."""
         return False
+
+    def on_log(self, step: int, values: Mapping[str, float]) -> bool:
+        """After the record of ``step`` was logged (every ``log_every`` steps); True stops the run."""
+        return False
+
+    def status(self) -> dict[str, str]:
+        """Extra fields for the progress bar (e.g. a reported collapse)."""
+        return {}
 
     def checkpoint_content(self) -> dict[str, Any]:
         """The task's part of a checkpoint (format, config, model tensors, records ...)."""
@@ -335,7 +344,8 @@ class TrainingLoop:
                     if extra_values is not None:
                         values.update(extra_values())
                     self.history.append(monitor.scalars(step, values))
-                    self._report(step, values, window_steps)
+                    stopped = task.on_log(step, values) or stopped
+                    self._report(step, values, window_steps, task.status())
                     sums, window_steps, window_wait = {}, 0, 0.0
                     window_start = time.perf_counter()
                 end_of_epoch = step % steps_per_epoch == 0 or last
@@ -348,12 +358,14 @@ class TrainingLoop:
                 wait_start = time.perf_counter()
         return LoopResult(state.step, self.checkpoint, self.history, stopped)
 
-    def _report(self, step: int, values: Mapping[str, float], steps: int) -> None:
+    def _report(
+        self, step: int, values: Mapping[str, float], steps: int, status: Mapping[str, str]
+    ) -> None:
         if not self.settings.main:
             return
         loss = values.get("loss/total", values.get("loss/train", float("nan")))
         rate = values["throughput/images_per_s"]
-        self.monitor.advance(steps, {"loss": f"{loss:.4f}", "img/s": f"{rate:.1f}"})
+        self.monitor.advance(steps, {"loss": f"{loss:.4f}", "img/s": f"{rate:.1f}", **status})
         if self.monitor.bar is None:
             self.monitor.info(
                 f"step {step}/{self.settings.total_steps} loss {loss:.4f} "

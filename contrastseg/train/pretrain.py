@@ -18,6 +18,7 @@ resumption). Only rank 0 writes the run folder:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -190,6 +191,8 @@ class PretrainTask(TrainingTask):
         self.device, self.amp_dtype, self.memory_format = device, amp_dtype, memory_format
         self.run_dir, self.monitor = run_dir, monitor
         self.last: PreparedBatch | None = None
+        self.low_std: dict[str, list[int]] = {}  # per branch: log steps in a row below collapse_std
+        self.collapsed: dict[str, int] = {}  # branch -> first step of the reported collapse
 
     @torch.no_grad()
     def prepare(self, batch: Tensor) -> PreparedBatch:
@@ -228,6 +231,35 @@ class PretrainTask(TrainingTask):
                 )
                 self.monitor.image(step, "views/pairs", png)
         return False
+
+    def on_log(self, step: int, values: Mapping[str, float]) -> bool:
+        """Report a branch whose embeddings stayed collapsed for ``collapse_patience`` log steps."""
+        train = self.config.train
+        stop = False
+        for key, value in values.items():
+            if not (key.startswith("health/") and key.endswith("/std")):
+                continue
+            branch = key.split("/")[1]
+            low = self.low_std.setdefault(branch, [])
+            low[:] = [*low, step] if value < train.collapse_std else []
+            if len(low) == train.collapse_patience and self.monitor is not None:
+                self.monitor.info(
+                    f"step {step}: the {branch} embeddings have collapsed: their spread "
+                    f"{key}={value:.3f} has stayed below train.collapse_std={train.collapse_std} "
+                    f"for {len(low)} log steps (since step {low[0]}), so every image maps to nearly "
+                    "the same embedding and the loss no longer trains the encoder. Try a lower "
+                    "optim.lr, optim.grad_clip, a higher method.temperature, a larger batch or "
+                    "stronger view augmentations"
+                    + ("; stopping (train.stop_on_collapse)" if train.stop_on_collapse else "")
+                )
+                self.collapsed[branch] = low[0]
+                stop = stop or train.stop_on_collapse
+        return stop
+
+    def status(self) -> dict[str, str]:
+        if not self.collapsed:
+            return {}
+        return {"COLLAPSED": ", ".join(f"{b} since step {s}" for b, s in self.collapsed.items())}
 
     def checkpoint_content(self) -> dict[str, Any]:
         return {

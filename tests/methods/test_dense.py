@@ -54,7 +54,8 @@ def test_dense_loss_equals_nt_xent_over_the_matched_cells():
     with torch.no_grad():
         e1, e2 = head(torch.stack(z1)).numpy(), head(torch.stack(z2)).numpy()
     assert len(z1) > 8  # several images' cells contrast with each other
-    assert set(out) == {"total", "dense", "dense/valid_fraction"}
+    health = {f"health/dense/{k}" for k in ("std", "pos_cos", "neg_cos", "alignment", "uniformity")}
+    assert set(out) == {"total", "dense", "dense/valid_fraction", *health}
     np.testing.assert_allclose(float(out["dense"]), nt_xent_numpy(e1, e2, 0.5), rtol=1e-5)
     assert float(out["dense/valid_fraction"]) == len(z1) / 24
 

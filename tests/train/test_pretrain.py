@@ -409,3 +409,37 @@ def test_resume_says_when_it_starts_fresh_or_the_batch_size_changed(tmp_path):
     run_pretrain(tiny(tmp_path, "train.max_steps=2", "run.resume=auto", "train.batch_size=2"))
     log = (tmp_path / "tiny" / "train.log").read_text()
     assert "warning: train.batch_size is 2 but the checkpoint was written with 4" in log
+
+
+def test_collapsed_embeddings_are_reported_and_can_stop_the_run(tmp_path, monkeypatch):
+    # Every image maps to the same embedding (the head's output bias only): what a collapsed
+    # run looks like. (Runs with huge learning rates did not collapse within a few CPU steps:
+    # the BatchNorm layers keep the embeddings spread; the loss sat at chance level instead.)
+    from contrastseg.models.heads import ProjectionHead
+
+    monkeypatch.setattr(
+        ProjectionHead, "forward", lambda self, x: self.layers(x) * 0 + self.layers[-1].bias
+    )
+    config = tiny(
+        tmp_path, "method.name=global_style", "train.max_steps=8", "train.collapse_patience=2",
+        "train.stop_on_collapse=true", "run.checkpoint_every=100",
+    )  # fmt: skip
+    result = run_pretrain(config)
+    assert result.step == 2  # stopped at the second log step below the threshold
+    assert [r["health/global/std"] for r in result.history] == pytest.approx([0, 0], abs=1e-6)
+    log = (tmp_path / "tiny" / "train.log").read_text()
+    assert "step 2: the global embeddings have collapsed" in log and "since step 1" in log
+    assert "stopping (train.stop_on_collapse)" in log
+    assert [p.name for p in list_checkpoints(tmp_path / "tiny" / "checkpoints")] == [
+        "step_00000002.pt"
+    ]
+
+
+def test_healthy_embeddings_are_logged_for_every_branch(tmp_path):
+    result = run_pretrain(tiny(tmp_path, "train.max_steps=2"))  # glcnet: global and local
+    record = result.history[-1]
+    for branch in ("global", "local"):
+        for stat in ("std", "pos_cos", "neg_cos", "alignment", "uniformity"):
+            assert f"health/{branch}/{stat}" in record
+        assert record[f"health/{branch}/std"] > 0.2  # not collapsed at the start
+    assert "collapsed" not in (tmp_path / "tiny" / "train.log").read_text()
