@@ -184,6 +184,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             overrides.append(f"pretrained.path={_literal(_newest_checkpoint(args.pretrained))}")
         for key, value in (
             ("pretrained.parts", args.parts),
+            ("model.name", args.decoder),
             ("mode", args.mode),
             ("linear.features", args.features),
             ("run.name", args.name),
@@ -384,9 +385,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument(
         "--parts",
-        choices=["auto", "backbone", "backbone+aspp", "all"],
-        help="what to load from --pretrained (default auto: backbone+aspp; in linear mode "
-        "every part in front of the probed features)",
+        choices=["auto", "backbone", "backbone+aspp", "encoder", "all"],
+        help="what to load from --pretrained (default auto: the encoder, i.e. backbone+aspp for "
+        "DeepLabV3+ and the backbone for U-Net / FPN; in linear mode every part in front of "
+        "the probed features)",
+    )
+    finetune.add_argument(
+        "--decoder",
+        choices=["deeplabv3plus", "unet", "fpn"],
+        help="the segmentation network (model.name; default: the pretrained checkpoint's); "
+        "another one than the checkpoint's keeps its backbone and starts the decoder fresh",
     )
     finetune.add_argument(
         "--mode",

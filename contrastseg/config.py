@@ -69,8 +69,10 @@ class NormalizeConfig:
 
 @dataclass
 class ModelConfig:
-    """The DeepLabV3+ encoder-decoder that is pretrained."""
+    """The segmentation network: a ResNet backbone and a DeepLabV3+, U-Net or FPN decoder."""
 
+    #: network: deeplabv3plus, unet or fpn (fine-tuning from a checkpoint: set it to swap the decoder; null = the checkpoint's, else deeplabv3plus)
+    name: Literal["deeplabv3plus", "unet", "fpn"] | None = None
     #: backbone: resnet18, resnet34, resnet50 or resnet101
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     #: input bands; None = the data's band count
@@ -79,25 +81,38 @@ class ModelConfig:
     output_stride: Literal[8, 16, 32] = 16
     #: optional ResNet weights file in torchvision key names to start from
     backbone_weights: str | None = None
-    #: channels of the ASPP branches and output (the encoder features)
+    #: channels of the ASPP branches and output (the DeepLabV3+ encoder features)
     aspp_channels: int = 256
-    #: channels of the decoder's 3x3 convolutions (the decoder features)
-    decoder_channels: int = 256
-    #: channels the stride-4 skip is reduced to
+    #: channels of the decoder features (stride 4); null = the network's default (DeepLabV3+ 256, U-Net 64, FPN 128)
+    decoder_channels: int | None = None
+    #: channels the stride-4 skip is reduced to (DeepLabV3+)
     low_level_channels: int = 48
-    #: depthwise-separable 3x3 convolutions in ASPP and decoder
+    #: depthwise-separable 3x3 convolutions in ASPP and decoder (DeepLabV3+)
     separable: bool = False
-    #: dropout after the ASPP fusion
+    #: dropout after the ASPP fusion (DeepLabV3+)
     aspp_dropout: float = 0.5
+    #: widths of the U-Net's stride-16 and stride-8 decoder blocks
+    unet_channels: tuple[int, int] = (256, 128)
+    #: width of the FPN's pyramid levels P2 ... P5
+    fpn_channels: int = 256
+    #: spatial dropout on the FPN's merged features
+    fpn_dropout: float = 0.2
 
     def __post_init__(self) -> None:
         if self.in_channels is not None and self.in_channels < 1:
             raise ValueError(f"model.in_channels must be >= 1, got {self.in_channels}")
-        for name in ("aspp_channels", "decoder_channels", "low_level_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.aspp_dropout < 1.0:
-            raise ValueError(f"model.aspp_dropout must lie in [0, 1), got {self.aspp_dropout}")
+        for name in ("aspp_channels", "decoder_channels", "low_level_channels", "fpn_channels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
+        self.unet_channels = tuple(self.unet_channels)  # type: ignore[assignment]
+        if len(self.unet_channels) != 2 or min(self.unet_channels) < 1:
+            raise ValueError(
+                f"model.unet_channels must be two positive widths, got {list(self.unet_channels)}"
+            )
+        for name in ("aspp_dropout", "fpn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must lie in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -220,7 +235,7 @@ class PretrainConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     #: per-band normalisation after the views
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    #: the DeepLabV3+ that is pretrained
+    #: the network that is pretrained (model.name: deeplabv3plus, unet or fpn)
     model: ModelConfig = field(default_factory=ModelConfig)
     #: the self-supervised method (method.name picks it and its keys)
     method: MethodConfig = field(default_factory=method_config)
