@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from contrastseg.config import ModelConfig
+from contrastseg.config import ModelConfig, resolve_presets
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import to_float
 from contrastseg.data.nodata import file_nodata
@@ -33,7 +33,7 @@ from contrastseg.models.pretrained import load_torch_file
 from contrastseg.train.finetune_config import EvalConfig, FinetuneConfig
 from contrastseg.train.report import class_palette, colorize, safe_name, write_overlay, write_report
 from contrastseg.train.runtime import resolve_amp_dtype
-from contrastseg.utils.configtools import apply_overrides, from_dict, to_dict
+from contrastseg.utils.configtools import from_dict, to_dict
 from contrastseg.utils.device import resolve_device
 
 FINETUNE_FORMAT = "contrastseg.finetune"
@@ -161,7 +161,7 @@ def load_segmenter(
             ``data.root=/new/place``, ``eval.window=1024``).
     """
     payload = load_finetune_checkpoint(path)
-    data = apply_overrides(dict(payload["config"]), FinetuneConfig, overrides)
+    data = resolve_presets(dict(payload["config"]), FinetuneConfig, overrides, f"{path}")
     config = from_dict(FinetuneConfig, data, source=f"{path} (stored config)")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     model = build_segmenter(payload["model_config"], payload["num_classes"], payload["in_channels"])
