@@ -14,7 +14,7 @@ from contrastseg.methods.base import (
     check_widths,
     register_method,
 )
-from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
 
 
@@ -33,7 +33,7 @@ class GlobalStyleConfig(MethodConfig):
         check_widths("global_head", self.global_head)
 
 
-def global_style_loss(config: GlobalStyleConfig, net: DeepLabV3Plus) -> GlobalStyleLoss:
+def global_style_loss(config: GlobalStyleConfig, net: SegmentationNet) -> GlobalStyleLoss:
     """The global style loss with its head, as ``config`` describes it."""
     head = ProjectionHead([2 * net.encoder_channels, *config.global_head], config.head_batch_norm)
     return GlobalStyleLoss(
@@ -51,7 +51,7 @@ class GlobalStyle(Method):
     name = "global_style"
     config_class = GlobalStyleConfig
 
-    def __init__(self, config: GlobalStyleConfig, net: DeepLabV3Plus) -> None:
+    def __init__(self, config: GlobalStyleConfig, net: SegmentationNet) -> None:
         super().__init__(config, net)
         self.global_loss = global_style_loss(config, net)
 

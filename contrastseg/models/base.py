@@ -18,7 +18,8 @@ fine-tuned, probed and exported without code that names its parts.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,6 +78,12 @@ class SegmentationNet(nn.Module):
     backbone: ResNetBackbone
     encoder_channels: int
     decoder_channels: int
+
+    @classmethod
+    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
+        """Constructor arguments of this network's own settings, read with ``get(key, default)``
+        from a ``model`` config (the common ones, arch, stride, bands, widths, are not here)."""
+        return {}
 
     def _init_classifier(
         self,

@@ -9,7 +9,8 @@ exposed without computing anything that is not asked for.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +183,11 @@ class DeepLabV3Plus(SegmentationNet):
         self.encoder_channels = aspp_channels
         self.decoder_channels = decoder_channels
         self._init_classifier(num_classes, in_channels, classifier_features)
+
+    @classmethod
+    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
+        keys = ("aspp_channels", "low_level_channels", "separable", "aspp_dropout")
+        return {k: get(k, None) for k in keys if get(k, None) is not None}
 
     def _needs_two_samples(self) -> bool:
         # the ASPP image-pooling BatchNorm sees one value per channel and image

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -155,3 +155,7 @@ class FPN(SegmentationNet):
         self.encoder_channels = self.backbone.out_channels
         self.decoder_channels = decoder_channels
         self._init_classifier(num_classes, in_channels, classifier_features)
+
+    @classmethod
+    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
+        return {"pyramid_channels": get("fpn_channels", 256), "dropout": get("fpn_dropout", 0.2)}

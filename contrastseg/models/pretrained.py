@@ -52,6 +52,8 @@ class LoadReport:
         loaded: model keys filled from the file.
         missing: model keys of the chosen parts that the file does not have (left as they were).
         unexpected: file keys that belong to no chosen part of the model (not loaded).
+        part_names: the model's parts that ``parts`` selected (e.g. ``backbone`` for the
+            ``encoder`` of a U-Net).
     """
 
     path: str
@@ -59,6 +61,7 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    part_names: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -68,6 +71,8 @@ class LoadReport:
     def summary(self, limit: int = 5) -> str:
         """One line: counts and the first few missing / unexpected keys."""
         text = f"{self.path}: loaded {len(self.loaded)} tensors into {self.parts}"
+        if self.part_names and "+".join(self.part_names) != self.parts:
+            text += f" ({'+'.join(self.part_names)})"
         if self.missing:
             text += f"; missing {len(self.missing)} ({', '.join(self.missing[:limit])})"
         if self.unexpected:
@@ -154,7 +159,8 @@ def load_pretrained(
             of the chosen parts at all in the file.
         FileNotFoundError: no such file.
     """
-    prefixes = tuple(f"{p}." for p in part_names(model, parts))
+    names = part_names(model, parts)
+    prefixes = tuple(f"{p}." for p in names)
     state, _ = read_state_dict(path)
     target = model.state_dict()
     # another depth shares most key names and shapes: refuse it before loading half of it
@@ -171,6 +177,7 @@ def load_pretrained(
         loaded=sorted(wanted & set(chosen)),
         missing=sorted(wanted - set(chosen)),
         unexpected=sorted(set(state) - (wanted & set(chosen))),
+        part_names=names,
     )
     wrong = [
         f"{k}: file {tuple(chosen[k].shape)} vs model {tuple(target[k].shape)}"

@@ -106,14 +106,5 @@ def build_model(
     decoder_channels = _value(config, "decoder_channels")
     if decoder_channels is not None:
         common["decoder_channels"] = decoder_channels
-    if cls is DeepLabV3Plus:
-        keys = ("aspp_channels", "low_level_channels", "separable", "aspp_dropout")
-        extra = {k: _value(config, k) for k in keys if _value(config, k) is not None}
-    elif cls is UNet:
-        extra = {"block_channels": tuple(_value(config, "unet_channels", (256, 128)))}
-    else:
-        extra = {
-            "pyramid_channels": _value(config, "fpn_channels", 256),
-            "dropout": _value(config, "fpn_dropout", 0.2),
-        }
+    extra = cls.config_kwargs(lambda key, default=None: _value(config, key, default))
     return cls(**common, **extra)

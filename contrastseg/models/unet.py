@@ -12,8 +12,8 @@ more blocks). encoder features = the backbone's last stage (``layer4``); parts: 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -106,3 +106,7 @@ class UNet(SegmentationNet):
         self.encoder_channels = self.backbone.out_channels
         self.decoder_channels = decoder_channels
         self._init_classifier(num_classes, in_channels, classifier_features)
+
+    @classmethod
+    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
+        return {"block_channels": tuple(get("unet_channels", (256, 128)))}

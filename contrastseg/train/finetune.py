@@ -412,7 +412,8 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         run_dir, True, total_steps, step, config.run.progress, rerun_prefixes=("test/",)
     )
     monitor.info(
-        f"contrastseg {__version__} finetune ({config.mode}): {model_config['arch']}, {bands} band(s), "
+        f"contrastseg {__version__} finetune ({config.mode}): {type(model).name} on "
+        f"{model_config['arch']}, {bands} band(s), "
         f"{len(dataset)} labeled patch(es), {len(val_set)} val / {len(test_set) if test_set else 0} test "
         f"image(s); {len(loader)} steps/epoch, {total_steps} steps on {device}"
         + (f"; {report.summary()}" if report else "; random initialisation")
