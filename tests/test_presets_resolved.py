@@ -62,3 +62,17 @@ def test_unknown_presets_name_the_key_and_file(tmp_path):
         load_finetune_config(path)
     with pytest.raises(ConfigError, match=r"'views\.preset' in .*: views preset must be"):
         load_pretrain_config(None, ["views.preset=byol"])
+
+
+def test_configs_stored_before_resolution_still_read_their_preset():
+    # fine-tuning checkpoints and config.yaml files written before presets were resolved on
+    # loading hold every field, the preset's name and the fields' defaults (no classes)
+    from contrastseg.config import resolve_presets
+    from contrastseg.data.config import LabeledDataConfig
+    from contrastseg.train.finetune_config import FinetuneConfig
+    from contrastseg.utils.configtools import from_dict
+
+    stored = to_dict(FinetuneConfig(data=LabeledDataConfig(preset="dubai", test=["Tile 7/*"])))
+    config = from_dict(FinetuneConfig, resolve_presets(stored, FinetuneConfig))
+    assert config.data.classes[0] == "building" and config.data.test == ["Tile 7/*"]
+    assert config.data.ignore_colors == ["#9B9B9B", "#000000"]
