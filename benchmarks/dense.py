@@ -43,7 +43,7 @@ from contrastseg.augment import PairedViews
 from contrastseg.augment.config import ViewsConfig
 from contrastseg.methods import build_method, method_config
 from contrastseg.models import DeepLabV3Plus
-from contrastseg.models.deeplab import DeepLabFeatures
+from contrastseg.models.base import DeepLabFeatures
 
 CHANNELS, SIDE, SOURCE, VIEW = 256, 56, 256, 224
 

@@ -11,6 +11,7 @@ mean ± standard deviation over seeds, and the mIoU ratio to random init.
     python benchmarks/downstream.py --data dubai --root ../shared/data/dubai-aerial \
         --pretrain-steps 300 --finetune-steps 150 --seeds 0 1 2    # tens of CPU minutes
     python benchmarks/downstream.py --data dubai --root ... --checkpoint glcnet=runs/x/step.pt
+    python benchmarks/downstream.py --quick --decoder unet          # fine-tune as a U-Net
     python benchmarks/downstream.py --data dubai --root ... --mode linear --eval-every 5 \
         --patience 5 --methods glcnet simclr random random:encoder   # the linear probe
 
@@ -49,6 +50,8 @@ def model_overrides(args: argparse.Namespace) -> list[str]:
         f"model.arch={args.arch}",
         f"model.aspp_channels={args.width}",
         f"model.decoder_channels={args.width}",
+        f"model.unet_channels=[{args.width}, {args.width}]",
+        f"model.fpn_channels={args.width}",
     ]
 
 
@@ -111,6 +114,7 @@ def finetune(
         f"train.device={args.device}", f"optim.lr={args.lr}", f"mode={args.mode}",
         f"eval.window={args.window}", f"eval.stride={args.window}", "eval.overlays=0",
         f"eval.every={args.eval_every or 1000000}", *model_overrides(args),
+        f"model.name={args.decoder}",  # pretrained as DeepLabV3+: another keeps its backbone
     ]  # fmt: skip
     if args.mode == "linear":  # the linear probe: its own lr, patience and features
         overrides += [f"linear.features={features}", f"linear.patience={args.patience}"]
@@ -127,7 +131,7 @@ def finetune(
         "method": spec, "fraction": fraction, "seed": seed, "seconds": time.perf_counter() - start,
         **{k: result.test_metrics[k] for k in METRICS}, "best_epoch": result.best_epoch,
         "steps": result.step, "val_miou": result.val_metrics["miou"],
-        "features": selected["model_config"]["classifier_features"],
+        "features": selected["model_config"]["classifier_features"], "decoder": args.decoder,
     }  # fmt: skip
 
 
@@ -201,6 +205,13 @@ def main() -> None:
         "--patience", type=int, default=0, help="stop after N validations without a better val mIoU"
     )
     parser.add_argument("--arch", default="resnet18")
+    parser.add_argument(
+        "--decoder",
+        choices=["deeplabv3plus", "unet", "fpn"],
+        default="deeplabv3plus",
+        help="the network fine-tuned (pretraining uses DeepLabV3+; unet / fpn load its backbone "
+        "and train a fresh decoder)",
+    )
     parser.add_argument("--width", type=int, default=64, help="ASPP and decoder channels")
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--scene-size", type=int, default=256)

@@ -184,6 +184,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             overrides.append(f"pretrained.path={_literal(_newest_checkpoint(args.pretrained))}")
         for key, value in (
             ("pretrained.parts", args.parts),
+            ("model.name", args.decoder),
             ("mode", args.mode),
             ("linear.features", args.features),
             ("run.name", args.name),
@@ -275,6 +276,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     print(f"wrote {path} ({args.part})")
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from contrastseg.train.online_probe import probe_checkpoint
+
+    try:
+        config = _load_config(args)
+        path = _newest_checkpoint(args.checkpoint)
+        result = probe_checkpoint(path, config, args.features, config.train.device)
+    except (ValueError, FileNotFoundError) as err:
+        return _error(str(err))
+    print(f"{path}: {result.summary()}; {result.seconds:.1f} s")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        record = {"checkpoint": str(path), **result.scalars(), "features": result.features,
+                  "channels": result.channels, "stride": result.stride, "cells": result.cells,
+                  "metrics": result.metrics}  # fmt: skip
+        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        print(f"wrote {out}")
     return 0
 
 
@@ -384,9 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument(
         "--parts",
-        choices=["auto", "backbone", "backbone+aspp", "all"],
-        help="what to load from --pretrained (default auto: backbone+aspp; in linear mode "
-        "every part in front of the probed features)",
+        choices=["auto", "backbone", "backbone+aspp", "encoder", "all"],
+        help="what to load from --pretrained (default auto: the encoder, i.e. backbone+aspp for "
+        "DeepLabV3+ and the backbone for U-Net / FPN; in linear mode every part in front of "
+        "the probed features)",
+    )
+    finetune.add_argument(
+        "--decoder",
+        choices=["deeplabv3plus", "unet", "fpn"],
+        help="the segmentation network (model.name; default: the pretrained checkpoint's); "
+        "another one than the checkpoint's keeps its backbone and starts the decoder fresh",
     )
     finetune.add_argument(
         "--mode",
@@ -462,6 +494,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="backbone: torchvision ResNet keys; encoder: backbone + ASPP; all: every tensor",
     )
     export.set_defaults(handler=_cmd_export)
+
+    probe = sub.add_parser(
+        "probe",
+        help="score a checkpoint with the segmentation probe (linear head on frozen features)",
+        description=(
+            "Fit a linear per-pixel classifier on the frozen features of any checkpoint (a "
+            "pretraining or fine-tuning checkpoint, a run folder, an exported backbone or a "
+            "torchvision ResNet file) with the labeled training patches of the config's probe "
+            "section, and score its val images (mIoU, OA, kappa). The same probe runs during "
+            "pretraining with probe.every > 0. Without --config: configs/quickstart.yaml "
+            "(the demo scenes)."
+        ),
+    )
+    _add_config_arguments(probe)
+    probe.add_argument(
+        "--checkpoint", required=True, help="weights file, or a run folder (its newest checkpoint)"
+    )
+    probe.add_argument(
+        "--features",
+        choices=["auto", "decoder", "encoder", "backbone"],
+        default="auto",
+        help="features probed (default auto: the deepest part the file trained)",
+    )
+    probe.add_argument("--out", help="also write the result as JSON here")
+    probe.set_defaults(handler=_cmd_probe)
 
     config = sub.add_parser(
         "config",

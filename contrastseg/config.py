@@ -1,7 +1,8 @@
 """Typed configuration of ``contrastseg pretrain``, loaded from YAML with ``--set`` overrides.
 
-``views`` also accepts ``preset: glcnet | simclr`` (the recipe, with the file's other
-``views`` keys applied over it). A config file has one mapping per section (``data``, ``views``, ``normalize``, ``model``,
+``views`` also accepts ``preset: glcnet | simclr`` and a labeled ``data`` section
+``preset: potsdam | vaihingen | dubai | demo``: the preset's values are merged under the
+section's own keys before typing (:func:`resolve_presets`), so explicit values win. A config file has one mapping per section (``data``, ``views``, ``normalize``, ``model``,
 ``method``, ``optim``, ``train``, ``run``); every key has a default, so a file names only
 what it changes. Unknown keys, wrong types and impossible values are errors that name the
 key and the file. ``load_pretrain_config`` returns a :class:`PretrainConfig`;
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from contrastseg.augment.config import ViewsConfig
-from contrastseg.data.config import UnlabeledDataConfig
+from contrastseg.data.config import LabeledDataConfig, UnlabeledDataConfig
+from contrastseg.data.presets import preset_mapping, resolve_preset
 from contrastseg.methods.base import MethodConfig, method_config
 from contrastseg.utils.configtools import (
     ConfigError,
@@ -27,6 +31,7 @@ from contrastseg.utils.configtools import (
     from_dict,
     load_yaml,
     merge_mappings,
+    parse_override,
     to_dict,
 )
 
@@ -44,7 +49,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The bundled configs: package data, so a wheel or ``pip install .`` carries them; the
+#: repository's top-level ``configs/`` is the user-facing copy (kept equal by a test).
+CONFIG_DIR = Path(str(resources.files("contrastseg") / "configs"))
 
 
 @dataclass
@@ -69,8 +76,10 @@ class NormalizeConfig:
 
 @dataclass
 class ModelConfig:
-    """The DeepLabV3+ encoder-decoder that is pretrained."""
+    """The segmentation network: a ResNet backbone and a DeepLabV3+, U-Net or FPN decoder."""
 
+    #: network: deeplabv3plus, unet or fpn (fine-tuning from a checkpoint: set it to swap the decoder; null = the checkpoint's, else deeplabv3plus)
+    name: Literal["deeplabv3plus", "unet", "fpn"] | None = None
     #: backbone: resnet18, resnet34, resnet50 or resnet101
     arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
     #: input bands; None = the data's band count
@@ -79,25 +88,38 @@ class ModelConfig:
     output_stride: Literal[8, 16, 32] = 16
     #: optional ResNet weights file in torchvision key names to start from
     backbone_weights: str | None = None
-    #: channels of the ASPP branches and output (the encoder features)
+    #: channels of the ASPP branches and output (the DeepLabV3+ encoder features)
     aspp_channels: int = 256
-    #: channels of the decoder's 3x3 convolutions (the decoder features)
-    decoder_channels: int = 256
-    #: channels the stride-4 skip is reduced to
+    #: channels of the decoder features (stride 4); null = the network's default (DeepLabV3+ 256, U-Net 64, FPN 128)
+    decoder_channels: int | None = None
+    #: channels the stride-4 skip is reduced to (DeepLabV3+)
     low_level_channels: int = 48
-    #: depthwise-separable 3x3 convolutions in ASPP and decoder
+    #: depthwise-separable 3x3 convolutions in ASPP and decoder (DeepLabV3+)
     separable: bool = False
-    #: dropout after the ASPP fusion
+    #: dropout after the ASPP fusion (DeepLabV3+)
     aspp_dropout: float = 0.5
+    #: widths of the U-Net's stride-16 and stride-8 decoder blocks
+    unet_channels: tuple[int, int] = (256, 128)
+    #: width of the FPN's pyramid levels P2 ... P5
+    fpn_channels: int = 256
+    #: spatial dropout on the FPN's merged features
+    fpn_dropout: float = 0.2
 
     def __post_init__(self) -> None:
         if self.in_channels is not None and self.in_channels < 1:
             raise ValueError(f"model.in_channels must be >= 1, got {self.in_channels}")
-        for name in ("aspp_channels", "decoder_channels", "low_level_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.aspp_dropout < 1.0:
-            raise ValueError(f"model.aspp_dropout must lie in [0, 1), got {self.aspp_dropout}")
+        for name in ("aspp_channels", "decoder_channels", "low_level_channels", "fpn_channels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {value}")
+        self.unet_channels = tuple(self.unet_channels)  # type: ignore[assignment]
+        if len(self.unet_channels) != 2 or min(self.unet_channels) < 1:
+            raise ValueError(
+                f"model.unet_channels must be two positive widths, got {list(self.unet_channels)}"
+            )
+        for name in ("aspp_dropout", "fpn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must lie in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -182,6 +204,50 @@ class TrainConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """The online segmentation probe: a linear head on the frozen features, scored on val images."""
+
+    #: probe every N optimizer steps (and at the last step); 0 = off
+    every: int = 0
+    #: the probe's labeled data (preset or folders, splits, label_fraction): the train split
+    #: fits the head, the val split is scored; its bands must be the pretraining bands
+    data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
+    #: features probed: auto = what the method trains (decoder for glcnet/local/dense,
+    #: encoder for simclr/global_style), or decoder / encoder / backbone
+    features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
+    #: labeled training patches the head is fitted on (their features are computed once)
+    max_patches: int = 64
+    #: full-batch Adam steps of the head on the cached features
+    steps: int = 100
+    #: Adam learning rate of the head (standardised features)
+    lr: float = 0.05
+    #: sliding-window side for the val images
+    window: int = 256
+    #: sliding-window step; None = window // 2
+    stride: int | None = None
+    #: patches / windows per forward pass
+    batch_size: int = 8
+    #: class ids left out of the means (OA and kappa keep them)
+    exclude: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("every",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"probe.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_patches", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"probe.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"probe.lr must be > 0, got {self.lr}")
+        if self.window < 16:
+            raise ValueError(f"probe.window must be >= 16, got {self.window}")
+        if self.stride is not None and not 1 <= self.stride <= self.window:
+            raise ValueError(
+                f"probe.stride must lie in [1, window={self.window}], got {self.stride}"
+            )
+
+
+@dataclass
 class PretrainTrainConfig(TrainConfig):
     """How long, on what, how fast, and what counts as a collapsed embedding space."""
 
@@ -240,7 +306,7 @@ class PretrainConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     #: per-band normalisation after the views
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    #: the DeepLabV3+ that is pretrained
+    #: the network that is pretrained (model.name: deeplabv3plus, unet or fpn)
     model: ModelConfig = field(default_factory=ModelConfig)
     #: the self-supervised method (method.name picks it and its keys)
     method: MethodConfig = field(default_factory=method_config)
@@ -250,6 +316,8 @@ class PretrainConfig:
     train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
     #: outputs: run folder, logging, checkpoints
     run: RunConfig = field(default_factory=RunConfig)
+    #: the online segmentation probe (off unless probe.every > 0)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
         if self.views.size > self.data.patch_size:
@@ -269,43 +337,103 @@ class PretrainConfig:
             )
 
 
+def bundled_configs() -> list[str]:
+    """File names of the configs shipped inside the package (``contrastseg/configs/*.yaml``)."""
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.name.endswith(".yaml"))
+
+
 def resolve_config_path(path: str | os.PathLike[str]) -> Path:
-    """A config path as given, or the name of a file in the package's ``configs/`` folder."""
+    """A config path as given, or the name of a config bundled with the package.
+
+    ``quickstart``, ``quickstart.yaml`` and ``configs/quickstart.yaml`` (the repository's
+    user-facing copy, as the README spells it) name the bundled file when no such file
+    exists from the current folder, so an installed package finds its configs anywhere.
+    """
     candidate = Path(path)
     if candidate.is_file():
         return candidate
-    for name in (str(path), f"{path}.yaml"):
+    names = [str(path), f"{path}.yaml"]
+    if candidate.parent.name == "configs":
+        names += [candidate.name, f"{candidate.name}.yaml"]
+    for name in names:
         bundled = CONFIG_DIR / name
         if bundled.is_file():
             return bundled
     raise FileNotFoundError(
-        f"config file not found: {path} (also looked in {CONFIG_DIR} for a bundled config)"
+        f"config file not found: {path} (also looked for a bundled config in {CONFIG_DIR}: "
+        f"{', '.join(bundled_configs())})"
     )
 
 
-def _expand_views_preset(data: dict, overrides: Sequence[str], source: str) -> list[str]:
-    """Replace ``views.preset: glcnet|simclr`` by the preset's values, under the file's own keys.
+def _views_preset(name: str) -> dict:
+    return to_dict(ViewsConfig.preset(name))  # type: ignore[arg-type]
 
-    Returns the overrides that remain once a ``--set views.preset=...`` has been applied.
+
+#: Sections whose ``preset`` key names values merged under the section, by section class:
+#: the preset's mapping, and whether ``preset`` is a field of the class (kept, for
+#: information) or only a loading instruction (removed).
+PRESET_SECTIONS: dict[type, tuple[Callable[[str], dict], bool]] = {
+    LabeledDataConfig: (preset_mapping, True),
+    ViewsConfig: (_views_preset, False),
+}
+
+
+def resolve_presets(
+    data: dict, cls: type, overrides: Sequence[str] = (), source: str = "the config"
+) -> dict:
+    """Apply ``--set`` overrides to a raw config mapping, then merge each section's preset under it.
+
+    A preset (``data.preset: dubai``, ``views.preset: simclr``) is a mapping merged *under*
+    the user's section (:func:`~contrastseg.utils.configtools.merge_mappings`), so every
+    value the file or a ``--set`` gives wins, also one equal to the field's default. A section
+    without a ``preset`` key takes the preset of the class's default (the fine-tuning
+    ``data`` section: ``demo``). The result is fully resolved: loading it again gives the
+    same config.
+
+    Raises:
+        ConfigError: an unknown preset or key, naming the file.
     """
+    hints = typing.get_type_hints(cls)
+    sections = {f.name: f for f in dataclasses.fields(cls) if hints.get(f.name) in PRESET_SECTIONS}
     rest = []
     for text in overrides:
-        if text.replace(" ", "").startswith("views.preset="):
-            data.setdefault("views", {})
-            if not isinstance(data["views"], dict):
-                raise ConfigError(f"'views' in {source}: expected a mapping")
-            data["views"]["preset"] = text.split("=", 1)[1].strip()
+        key = text.split("=", 1)[0].strip()
+        section = key.removesuffix(".preset")
+        if (
+            key.endswith(".preset")
+            and section in sections
+            and not PRESET_SECTIONS[hints[section]][1]
+        ):
+            # not a field of the section's class: apply_overrides would refuse it
+            data.setdefault(section, {})
+            if not isinstance(data[section], dict):
+                raise ConfigError(f"'{section}' in {source}: expected a mapping")
+            data[section]["preset"] = parse_override(text)[1]
         else:
             rest.append(text)
-    views = data.get("views")
-    if isinstance(views, dict) and "preset" in views:
-        name = views.pop("preset")
+    data = apply_overrides(data, cls, rest)
+    for name, f in sections.items():
+        preset, keep = PRESET_SECTIONS[hints[name]]
+        section = data.get(name)
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"'{name}' in {source}: expected a mapping")
+        default = None
+        if keep and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory().preset  # e.g. the fine-tuning data's demo
+        chosen = section.get("preset", default)
+        if chosen is None:
+            continue
         try:
-            base = to_dict(ViewsConfig.preset(name))
+            base = preset(chosen)
         except ValueError as err:
-            raise ConfigError(f"'views.preset' in {source}: {err}") from err
-        data["views"] = merge_mappings(base, views)
-    return rest
+            raise ConfigError(f"'{name}.preset' in {source}: {err}") from err
+        if keep:
+            data[name] = resolve_preset(section, chosen)
+        else:
+            data[name] = merge_mappings(base, {k: v for k, v in section.items() if k != "preset"})
+    return data
 
 
 def load_config(
@@ -321,10 +449,7 @@ def load_config(
         ConfigError: an unknown key, a wrong type or an impossible value, naming key and file.
     """
     resolved = resolve_config_path(path if path is not None else default_name)
-    data = load_yaml(str(resolved))
-    if any(f.name == "views" for f in dataclasses.fields(cls)):
-        overrides = _expand_views_preset(data, overrides, str(resolved))
-    data = apply_overrides(data, cls, overrides)
+    data = resolve_presets(load_yaml(str(resolved)), cls, overrides, str(resolved))
     source = str(resolved) + (" with --set overrides" if overrides else "")
     return from_dict(cls, data, source=source)
 

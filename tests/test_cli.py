@@ -119,3 +119,19 @@ def test_finetune_help_names_its_own_default_config(capsys):
         main(["finetune", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "default: configs/finetune_demo.yaml" in out and "quickstart" not in out
+
+
+def test_finetune_decoder_and_parts_reach_the_config(monkeypatch):
+    import contrastseg.train.finetune as engine
+
+    class Captured(Exception):
+        pass
+
+    def fake_run(config):
+        raise Captured(config)
+
+    monkeypatch.setattr(engine, "run_finetune", fake_run)
+    with pytest.raises(Captured) as caught:
+        main(["finetune", "--decoder", "fpn", "--parts", "encoder"])
+    config = caught.value.args[0]
+    assert config.model.name == "fpn" and config.pretrained.parts == "encoder"

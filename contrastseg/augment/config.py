@@ -1,6 +1,6 @@
 """Configuration of the paired views: one dataclass per op, one pipeline per view.
 
-Defaults follow the official GLCNet recipe (Li et al., TGRS 2022; see DESIGN.md): 224 x 224
+Defaults follow the official GLCNet recipe (Li et al., TGRS 2022): 224 x 224
 views from random resized crops (scale 0.4-1.0, ratio 3/4-4/3); view 1 is the crop only,
 view 2 adds flips, rot90 (p 0.8), colour distortion (p 0.8), "grayscale" (p 0.1),
 Gaussian blur (p 0.5) and Gaussian noise. ``ViewsConfig.preset("simclr")`` gives SimCLR's

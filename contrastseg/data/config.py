@@ -129,8 +129,10 @@ class LabeledDataConfig:
     searched in that path. An image and a mask pair when their keys are equal.
 
     Attributes:
-        preset: ``potsdam``, ``vaihingen``, ``dubai`` or ``demo``; fills every field left
-            at its default (folders, pairing, classes, palette, splits). None = explicit.
+        preset: ``potsdam``, ``vaihingen``, ``dubai`` or ``demo``; its values (folders,
+            pairing, classes, palette, splits) are merged under the section when the config
+            is loaded, so every value the file or ``--set`` gives wins, also one equal to the
+            default (:func:`contrastseg.data.presets.resolve_preset`). None = explicit.
         root: dataset folder; ``demo`` with an empty root generates scenes in memory.
         image_dir: folder name or relative path of the images (see pairing above).
         mask_dir: folder name or relative path of the masks.
@@ -164,7 +166,9 @@ class LabeledDataConfig:
         demo: the synthetic scenes of the ``demo`` preset when ``root`` is empty.
     """
 
-    preset: str | None = None  #: potsdam, vaihingen, dubai, demo or None (explicit fields)
+    preset: str | None = (
+        None  #: potsdam, vaihingen, dubai, demo or None; its values go under the section's own keys, which win
+    )
     root: str = ""  #: dataset folder; empty with preset demo = scenes in memory
     image_dir: str = "images"  #: image folder name (any depth) or path relative to root
     mask_dir: str = "masks"  #: mask folder name (any depth) or path relative to root

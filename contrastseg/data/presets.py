@@ -18,11 +18,13 @@
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.data.demo import DEMO_CLASSES, DEMO_PALETTE
+from contrastseg.utils.configtools import from_dict, merge_mappings, to_dict
 
 #: ISPRS class names and colours (Potsdam and Vaihingen share them).
 ISPRS_CLASSES = ["impervious surfaces", "building", "low vegetation", "tree", "car", "clutter"]
@@ -104,24 +106,63 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def apply_preset(config: LabeledDataConfig) -> LabeledDataConfig:
-    """A copy of ``config`` with the preset's values in every field left at its default.
+def preset_mapping(name: str) -> dict[str, Any]:
+    """The values of data preset ``name`` (case-insensitive) as a raw config mapping.
 
-    Fields the user set explicitly win over the preset. ``preset=None`` returns the config
-    unchanged.
+    Raises:
+        ValueError: unknown preset name.
+    """
+    key = str(name).lower()
+    if key not in PRESETS:
+        raise ValueError(f"unknown data preset {name!r}; choose one of {sorted(PRESETS)}")
+    return {"preset": key, **copy.deepcopy(PRESETS[key])}
+
+
+def resolve_preset(section: Mapping[str, Any], default: str | None = None) -> dict[str, Any]:
+    """A raw ``data`` mapping with its preset's values merged *under* it (its own keys win).
+
+    ``preset`` (or ``default`` when the mapping has no ``preset`` key) names the preset; the
+    result keeps the preset's name for information, next to every value it supplied, so
+    resolving it again changes nothing. An explicit value always wins, also one equal to
+    the field's default (``test: []`` with ``preset: dubai`` tests on nothing).
+
+    A complete mapping (every field) with a preset but neither ``classes`` nor ``palette``
+    never went through this: it is a ``LabeledDataConfig`` built in code, or a config stored
+    by contrastseg before presets were resolved on loading (every preset defines classes).
+    There the preset fills the fields left at their defaults, as such configs were read
+    when they were written.
+
+    Raises:
+        ValueError: unknown preset name.
+    """
+    name = section.get("preset", default)
+    if name is None:
+        return dict(section)
+    base = preset_mapping(name)
+    defaults = to_dict(LabeledDataConfig())
+    if set(defaults) <= set(section) and not section.get("classes") and not section.get("palette"):
+        section = {k: v for k, v in section.items() if k not in base or v != defaults.get(k)}
+    return {**merge_mappings(base, section), "preset": base["preset"]}
+
+
+def labeled_config(**values: Any) -> LabeledDataConfig:
+    """A :class:`LabeledDataConfig` from keyword values, its ``preset`` filling the others.
+
+    Raises:
+        ValueError: unknown preset; ConfigError: an impossible value.
+    """
+    return from_dict(LabeledDataConfig, resolve_preset(to_dict(values)), source="labeled_config")
+
+
+def apply_preset(config: LabeledDataConfig) -> LabeledDataConfig:
+    """``config`` with its preset resolved (see :func:`resolve_preset`); resolved configs come back equal.
+
+    Configs loaded from YAML / ``--set`` are resolved on loading (explicit values win);
+    this resolves one built in code with a preset but no classes.
 
     Raises:
         ValueError: unknown preset name.
     """
     if config.preset is None:
         return config
-    name = config.preset.lower()
-    if name not in PRESETS:
-        raise ValueError(f"unknown data preset {config.preset!r}; choose one of {sorted(PRESETS)}")
-    default = LabeledDataConfig()
-    changes = {
-        key: value
-        for key, value in PRESETS[name].items()
-        if getattr(config, key) == getattr(default, key)
-    }
-    return dataclasses.replace(config, preset=name, **changes)
+    return from_dict(LabeledDataConfig, resolve_preset(to_dict(config)), source="data")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from contrastseg.augment.views import ViewPair
 from contrastseg.metrics import embedding_health
-from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.utils.configtools import ConfigError
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -144,7 +144,7 @@ class Method(nn.Module):
     uses_decoder: ClassVar[bool] = False
     trained_parts: ClassVar[tuple[str, ...]] = ("backbone", "aspp")
 
-    def __init__(self, config: MethodConfig, net: DeepLabV3Plus) -> None:
+    def __init__(self, config: MethodConfig, net: SegmentationNet) -> None:
         super().__init__()
         self.config = config
 
@@ -204,7 +204,7 @@ def method_config(name: str = DEFAULT_METHOD, **settings: Any) -> MethodConfig:
     return get_method(name).config_class(name=name, **settings)
 
 
-def build_method(config: MethodConfig, net: DeepLabV3Plus) -> Method:
+def build_method(config: MethodConfig, net: SegmentationNet) -> Method:
     """The :class:`Method` module that ``config.name`` selects, for this network."""
     method = get_method(config.name)
     if not isinstance(config, method.config_class):

@@ -29,7 +29,7 @@ from contrastseg.methods.base import (
     register_method,
 )
 from contrastseg.methods.global_style import global_branch, global_style_loss
-from contrastseg.models.deeplab import DECODER_STRIDE, DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
 
 
@@ -72,8 +72,9 @@ class Dense(Method):
     uses_decoder = True
     trained_parts = ("backbone", "aspp", "decoder")
 
-    def __init__(self, config: DenseConfig, net: DeepLabV3Plus) -> None:
+    def __init__(self, config: DenseConfig, net: SegmentationNet) -> None:
         super().__init__(config, net)
+        self.decoder_stride = net.decoder_stride  # the grid the cells are matched on
         head = ProjectionHead([net.decoder_channels, *config.dense_head], config.head_batch_norm)
         self.dense_loss = LocalMatchingLoss(
             head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled
@@ -85,7 +86,7 @@ class Dense(Method):
             pair.index1,
             pair.index2,
             self.config.cells_per_image,
-            DECODER_STRIDE,
+            self.decoder_stride,
             generator=generator,
             num_source_pixels=num_source_pixels,
         )
@@ -100,8 +101,8 @@ class Dense(Method):
     ) -> dict[str, Tensor]:
         if points is None or feats1.decoder is None or feats2.decoder is None:
             raise ValueError("the dense method needs decoder features and matched points")
-        cells1 = sample_cells(feats1.decoder, points.points1, DECODER_STRIDE)
-        cells2 = sample_cells(feats2.decoder, points.points2, DECODER_STRIDE)
+        cells1 = sample_cells(feats1.decoder, points.points1, self.decoder_stride)
+        cells2 = sample_cells(feats2.decoder, points.points2, self.decoder_stride)
         dense = self.dense_loss.compute(cells1, cells2, points.valid)
         out = {
             "total": dense.loss,

@@ -11,7 +11,7 @@ from contrastseg.augment.regions import MatchedRegions
 from contrastseg.methods.base import check_widths, register_method
 from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.methods.local import Local, LocalConfig
-from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 
 
 @dataclass
@@ -43,7 +43,7 @@ class GLCNet(Local):
     name = "glcnet"
     config_class = GLCNetConfig
 
-    def __init__(self, config: GLCNetConfig, net: DeepLabV3Plus) -> None:
+    def __init__(self, config: GLCNetConfig, net: SegmentationNet) -> None:
         super().__init__(config, net)
         # global before local: checkpoints keep optimizer state in parameter order, and
         # every GLCNet checkpoint so far was written in this order

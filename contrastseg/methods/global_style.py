@@ -16,7 +16,7 @@ from contrastseg.methods.base import (
     health,
     register_method,
 )
-from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
 
 
@@ -35,7 +35,7 @@ class GlobalStyleConfig(MethodConfig):
         check_widths("global_head", self.global_head)
 
 
-def global_style_loss(config: GlobalStyleConfig, net: DeepLabV3Plus) -> GlobalStyleLoss:
+def global_style_loss(config: GlobalStyleConfig, net: SegmentationNet) -> GlobalStyleLoss:
     """The global style loss with its head, as ``config`` describes it."""
     head = ProjectionHead([2 * net.encoder_channels, *config.global_head], config.head_batch_norm)
     return GlobalStyleLoss(
@@ -62,7 +62,7 @@ class GlobalStyle(Method):
     name = "global_style"
     config_class = GlobalStyleConfig
 
-    def __init__(self, config: GlobalStyleConfig, net: DeepLabV3Plus) -> None:
+    def __init__(self, config: GlobalStyleConfig, net: SegmentationNet) -> None:
         super().__init__(config, net)
         self.global_loss = global_style_loss(config, net)
 

@@ -18,7 +18,7 @@ from contrastseg.methods.base import (
     health,
     register_method,
 )
-from contrastseg.models.deeplab import DECODER_STRIDE, DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.base import DECODER_STRIDE, DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
 
 
@@ -37,7 +37,7 @@ class LocalConfig(RegionsConfig):
         check_widths("local_head", self.local_head)
 
 
-def local_matching_loss(config: LocalConfig, net: DeepLabV3Plus) -> LocalMatchingLoss:
+def local_matching_loss(config: LocalConfig, net: SegmentationNet) -> LocalMatchingLoss:
     """The local matching loss with its head, as ``config`` describes it."""
     head = ProjectionHead([net.decoder_channels, *config.local_head], config.head_batch_norm)
     return LocalMatchingLoss(
@@ -61,14 +61,17 @@ def prepare_regions(
 
 
 def pooled_regions(
-    feats1: DeepLabFeatures, feats2: DeepLabFeatures, regions: MatchedRegions
+    feats1: DeepLabFeatures,
+    feats2: DeepLabFeatures,
+    regions: MatchedRegions,
+    stride: int = DECODER_STRIDE,
 ) -> tuple[Tensor, Tensor]:
-    """Decoder features averaged over each view's boxes: two ``(B, n, C)`` tensors."""
+    """Decoder features (output stride ``stride``) averaged over each view's boxes: two ``(B, n, C)``."""
     if regions is None or feats1.decoder is None or feats2.decoder is None:
         raise ValueError("the local branch needs decoder features and matched regions")
     return (
-        pool_regions(feats1.decoder, regions.boxes1, DECODER_STRIDE),
-        pool_regions(feats2.decoder, regions.boxes2, DECODER_STRIDE),
+        pool_regions(feats1.decoder, regions.boxes1, stride),
+        pool_regions(feats2.decoder, regions.boxes2, stride),
     )
 
 
@@ -84,8 +87,9 @@ class Local(Method):
     uses_decoder = True
     trained_parts = ("backbone", "aspp", "decoder")
 
-    def __init__(self, config: LocalConfig, net: DeepLabV3Plus) -> None:
+    def __init__(self, config: LocalConfig, net: SegmentationNet) -> None:
         super().__init__(config, net)
+        self.decoder_stride = net.decoder_stride  # the grid the boxes are pooled on
         self.local_loss = local_matching_loss(config, net)
 
     def prepare(self, pair: ViewPair, generator: Any, num_source_pixels: int) -> dict[str, Any]:
@@ -98,7 +102,8 @@ class Local(Method):
         regions: MatchedRegions | None = None,
         **inputs: Any,
     ) -> dict[str, Tensor]:
-        out = self.local_loss.compute(*pooled_regions(feats1, feats2, regions), regions.valid)
+        pooled = pooled_regions(feats1, feats2, regions, self.decoder_stride)
+        out = self.local_loss.compute(*pooled, regions.valid)
         return {
             "total": out.loss,
             "local": out.loss,

@@ -16,7 +16,7 @@ from contrastseg.methods.base import (
     health,
     register_method,
 )
-from contrastseg.models.deeplab import DeepLabFeatures, DeepLabV3Plus
+from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
 
 
@@ -45,7 +45,7 @@ class SimCLR(Method):
     name = "simclr"
     config_class = SimCLRConfig
 
-    def __init__(self, config: SimCLRConfig, net: DeepLabV3Plus) -> None:
+    def __init__(self, config: SimCLRConfig, net: SegmentationNet) -> None:
         super().__init__(config, net)
         self.global_head = ProjectionHead(
             [net.encoder_channels, *config.global_head], config.head_batch_norm

@@ -1,4 +1,4 @@
-"""Backbones, DeepLabV3+ and projection heads."""
+"""Backbones, the segmentation networks (DeepLabV3+, U-Net, FPN) and projection heads."""
 
 from contrastseg.models.backbone import (
     ARCHITECTURES,
@@ -6,6 +6,7 @@ from contrastseg.models.backbone import (
     ResNetBackbone,
     adapt_first_conv_weight,
 )
+from contrastseg.models.base import SegmentationNet
 from contrastseg.models.deeplab import (
     ASPP,
     CLASSIFIER_FEATURES,
@@ -16,13 +17,18 @@ from contrastseg.models.deeplab import (
     DeepLabV3Plus,
     aspp_rates,
 )
+from contrastseg.models.fpn import FPN
 from contrastseg.models.heads import GlobalProjectionHead, LocalProjectionHead, ProjectionHead
+from contrastseg.models.registry import MODELS, build_model, model_class, part_names
+from contrastseg.models.unet import UNet
 
 __all__ = [
     "ARCHITECTURES",
     "ASPP",
     "CLASSIFIER_FEATURES",
     "DECODER_STRIDE",
+    "FPN",
+    "MODELS",
     "OUTPUT_STRIDES",
     "Decoder",
     "DeepLabFeatures",
@@ -32,6 +38,11 @@ __all__ = [
     "LocalProjectionHead",
     "ProjectionHead",
     "ResNetBackbone",
+    "SegmentationNet",
+    "UNet",
     "adapt_first_conv_weight",
     "aspp_rates",
+    "build_model",
+    "model_class",
+    "part_names",
 ]

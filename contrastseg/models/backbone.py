@@ -237,6 +237,8 @@ class ResNetBackbone(nn.Module):
         expansion = 4 if arch in ("resnet50", "resnet101") else 1
         self.low_level_channels = 64 * expansion
         self.out_channels = 512 * expansion
+        #: channels of layer1 ... layer4
+        self.stage_channels = tuple(c * expansion for c in (64, 128, 256, 512))
         if weights is not None:
             self.load_weights(weights)
 
@@ -277,8 +279,15 @@ class ResNetBackbone(nn.Module):
             )
         self.load_state_dict(state, strict=True)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def stages(self, x: Tensor) -> list[Tensor]:
+        """The outputs of ``layer1`` ... ``layer4`` (strides 4, 8, then 16 / 32 or dilated)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        low_level = self.layer1(x)
-        out = self.layer4(self.layer3(self.layer2(low_level)))
-        return low_level, out
+        out = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            out.append(x)
+        return out
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        stages = self.stages(x)
+        return stages[0], stages[-1]

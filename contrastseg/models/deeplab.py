@@ -9,51 +9,33 @@ exposed without computing anything that is not asked for.
 from __future__ import annotations
 
 import os
-from typing import Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.base import (
+    CLASSIFIER_FEATURES,
+    DECODER_STRIDE,
+    DeepLabFeatures,
+    DeepLabOutput,
+    SegmentationNet,
+)
+from contrastseg.models.base import conv_bn_relu as _conv_bn_relu
 
-#: Output stride of the decoder features (the ``layer1`` skip).
-DECODER_STRIDE = 4
-#: Features a classifier (or a linear probe) can read, shallowest last.
-CLASSIFIER_FEATURES = ("decoder", "encoder", "backbone")
-
-
-def _conv_bn_relu(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int = 1,
-    dilation: int = 1,
-    separable: bool = False,
-) -> nn.Sequential:
-    """Conv -> BN -> ReLU; a 3x3 ``separable`` conv is depthwise (dilated) then pointwise."""
-    padding = dilation * (kernel_size - 1) // 2
-    if separable and kernel_size > 1:
-        return nn.Sequential(
-            nn.Conv2d(
-                in_channels,
-                in_channels,
-                kernel_size,
-                padding=padding,
-                dilation=dilation,
-                groups=in_channels,
-                bias=False,
-            ),
-            nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-    return nn.Sequential(
-        nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
-        ),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+__all__ = [
+    "ASPP",
+    "CLASSIFIER_FEATURES",
+    "DECODER_STRIDE",
+    "Decoder",
+    "DeepLabFeatures",
+    "DeepLabOutput",
+    "DeepLabV3Plus",
+    "aspp_rates",
+]
 
 
 def aspp_rates(output_stride: int) -> tuple[int, int, int]:
@@ -139,28 +121,7 @@ class Decoder(nn.Module):
         return self.fuse(torch.cat([up, self.reduce(low_level)], dim=1))
 
 
-class DeepLabFeatures(NamedTuple):
-    """What :meth:`DeepLabV3Plus.forward_features` returns.
-
-    Attributes:
-        encoder: ASPP output ``(B, aspp_channels, ~H/os, ~W/os)``.
-        decoder: decoder output ``(B, decoder_channels, ceil(H/4), ceil(W/4))``, or ``None``
-            when the decoder was not asked for.
-    """
-
-    encoder: Tensor
-    decoder: Tensor | None
-
-
-class DeepLabOutput(NamedTuple):
-    """What ``DeepLabV3Plus(x, return_features=True)`` returns: logits and both feature maps."""
-
-    logits: Tensor
-    encoder: Tensor
-    decoder: Tensor
-
-
-class DeepLabV3Plus(nn.Module):
+class DeepLabV3Plus(SegmentationNet):
     """DeepLabV3+ with a torchvision ResNet backbone, for any number of bands.
 
     Args:
@@ -185,6 +146,10 @@ class DeepLabV3Plus(nn.Module):
     running the classifier.
     """
 
+    name = "deeplabv3plus"
+    parts = ("backbone", "aspp", "decoder")
+    encoder_parts = ("backbone", "aspp")
+
     def __init__(
         self,
         num_classes: int | None = None,
@@ -200,13 +165,6 @@ class DeepLabV3Plus(nn.Module):
         classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     ) -> None:
         super().__init__()
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
-        if classifier_features not in CLASSIFIER_FEATURES:
-            raise ValueError(
-                f"classifier_features must be one of {', '.join(CLASSIFIER_FEATURES)}, "
-                f"got {classifier_features!r}"
-            )
         self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
         self.aspp = ASPP(
             self.backbone.out_channels,
@@ -222,83 +180,22 @@ class DeepLabV3Plus(nn.Module):
             channels=decoder_channels,
             separable=separable,
         )
-        self.num_classes = num_classes
-        self.in_channels = in_channels
         self.encoder_channels = aspp_channels
         self.decoder_channels = decoder_channels
-        self.classifier_features = classifier_features
-        self.classifier = (
-            nn.Conv2d(self.feature_channels(classifier_features), num_classes, 1)
-            if num_classes
-            else None
-        )
+        self._init_classifier(num_classes, in_channels, classifier_features)
 
-    def feature_channels(self, features: str) -> int:
-        """Channels of ``backbone`` (last stage), ``encoder`` (ASPP) or ``decoder`` features."""
-        return {
-            "backbone": self.backbone.out_channels,
-            "encoder": self.encoder_channels,
-            "decoder": self.decoder_channels,
-        }[features]
+    @classmethod
+    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
+        keys = ("aspp_channels", "low_level_channels", "separable", "aspp_dropout")
+        return {k: get(k, None) for k in keys if get(k, None) is not None}
 
-    def feature_stride(self, features: str) -> int:
-        """Output stride of ``backbone`` / ``encoder`` features (the backbone's) or ``decoder`` (4)."""
-        return DECODER_STRIDE if features == "decoder" else self.backbone.output_stride
+    def _needs_two_samples(self) -> bool:
+        # the ASPP image-pooling BatchNorm sees one value per channel and image
+        return self.aspp.branches[-1].conv[1].training
 
-    def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or x.ndim != 4:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"expected an image batch of shape (B, C, H, W), got {shape}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"input has {x.shape[1]} bands but the model was built for {self.in_channels} "
-                f"(input shape {tuple(x.shape)}); set the model's in_channels to the data's band count"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"expected a floating-point image batch, got dtype {x.dtype}")
-        if x.shape[0] < 2 and self.aspp.branches[-1].conv[1].training:
-            raise ValueError(
-                "training needs a batch of at least 2 images: BatchNorm (ASPP image pooling) "
-                f"cannot normalise a single value per channel; got batch shape {tuple(x.shape)}"
-            )
+    def _encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        stages = self.backbone.stages(x)
+        return stages, self.aspp(stages[-1])
 
-    def forward_features(self, x: Tensor, decoder: bool = True) -> DeepLabFeatures:
-        """Encoder (ASPP) features, and the decoder features when ``decoder`` is true."""
-        self._check_input(x)
-        low_level, high = self.backbone(x)
-        encoder = self.aspp(high)
-        dec = self.decoder(encoder, low_level) if decoder else None
-        return DeepLabFeatures(encoder, dec)
-
-    def classifier_input(self, x: Tensor) -> Tensor:
-        """The features the classifier reads (see ``classifier_features``), nothing more."""
-        self._check_input(x)
-        if self.classifier_features == "backbone":
-            return self.backbone(x)[1]
-        encoder, dec = self.forward_features(x, decoder=self.classifier_features == "decoder")
-        return encoder if dec is None else dec
-
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | DeepLabOutput:
-        if self.classifier is None:
-            raise RuntimeError(
-                "this DeepLabV3Plus was built with num_classes=None (a pretraining encoder); "
-                "use forward_features(), or build it with num_classes to get logits"
-            )
-        if return_features:
-            if self.classifier_features != "decoder":
-                raise RuntimeError(
-                    "return_features=True needs classifier_features='decoder', got "
-                    f"{self.classifier_features!r}"
-                )
-            encoder, dec = self.forward_features(x, decoder=True)
-            assert dec is not None
-            return DeepLabOutput(self._upsampled_logits(dec, x), encoder, dec)
-        return self._upsampled_logits(self.classifier_input(x), x)
-
-    def _upsampled_logits(self, features: Tensor, x: Tensor) -> Tensor:
-        # a 1x1 conv commutes with bilinear upsampling (its weights sum to 1), so classifying
-        # at feature resolution and upsampling the logits equals classifying upsampled features
-        assert self.classifier is not None
-        return F.interpolate(
-            self.classifier(features), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )
+    def _decode(self, stages: list[Tensor], encoder: Tensor) -> Tensor:
+        return self.decoder(encoder, stages[0])

@@ -1,11 +1,17 @@
-"""Pretrained weights in and out: load chosen parts into a DeepLabV3+, export the backbone.
+"""Pretrained weights in and out: load chosen parts into a network, export the backbone.
+
+The parts are the network's own (:attr:`~contrastseg.models.SegmentationNet.parts`: DeepLabV3+
+``backbone``, ``aspp``, ``decoder``; U-Net / FPN ``backbone``, ``decoder``), each one
+state-dict prefix; a selection names them by role (:func:`~contrastseg.models.part_names`):
+``backbone``, ``encoder`` (alias ``backbone+aspp``: the parts in front of the encoder
+features) or ``all``. A DeepLabV3+ checkpoint's backbone therefore loads into a U-Net or FPN.
 
 Files :func:`load_pretrained` reads:
 
 - a pretraining checkpoint (``format: contrastseg.pretrain``) or a fine-tuning checkpoint
-  (``format: contrastseg.finetune``): the DeepLabV3+ state dict under ``model``;
+  (``format: contrastseg.finetune``): the network's state dict under ``model``;
 - a file written by :func:`export_weights`: plain torchvision ResNet keys (``conv1.weight``,
-  ``layer1.0.conv1.weight``, ...) for ``part="backbone"``, DeepLabV3+ keys (``backbone.*``,
+  ``layer1.0.conv1.weight``, ...) for ``part="backbone"``, network keys (``backbone.*``,
   ``aspp.*``, ``decoder.*``) for ``encoder`` / ``all``;
 - any plain state dict in one of these two key styles (wrapper prefixes ``module.`` and
   ``_orig_mod.`` from DDP / ``torch.compile`` are removed).
@@ -26,15 +32,11 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from contrastseg.models.backbone import check_same_resnet
+from contrastseg.models.registry import ALL_ENCODER_PARTS, ALL_PARTS, PART_SELECTIONS, part_names
 from contrastseg.train.checkpoint import check_finite, read_torch_file, save_atomic
 
-#: Which parts of a DeepLabV3+ :func:`load_pretrained` fills, by key prefix.
-PARTS: dict[str, tuple[str, ...]] = {
-    "backbone": ("backbone.",),
-    "backbone+aspp": ("backbone.", "aspp."),
-    "encoder": ("backbone.", "aspp."),
-    "all": ("backbone.", "aspp.", "decoder."),
-}
+#: The part selections :func:`load_pretrained` accepts (``--parts``).
+PARTS: tuple[str, ...] = PART_SELECTIONS
 EXPORT_PARTS = ("backbone", "encoder", "all")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _FORMATS = ("contrastseg.pretrain", "contrastseg.finetune")
@@ -50,6 +52,8 @@ class LoadReport:
         loaded: model keys filled from the file.
         missing: model keys of the chosen parts that the file does not have (left as they were).
         unexpected: file keys that belong to no chosen part of the model (not loaded).
+        part_names: the model's parts that ``parts`` selected (e.g. ``backbone`` for the
+            ``encoder`` of a U-Net).
     """
 
     path: str
@@ -57,6 +61,7 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    part_names: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -66,6 +71,8 @@ class LoadReport:
     def summary(self, limit: int = 5) -> str:
         """One line: counts and the first few missing / unexpected keys."""
         text = f"{self.path}: loaded {len(self.loaded)} tensors into {self.parts}"
+        if self.part_names and "+".join(self.part_names) != self.parts:
+            text += f" ({'+'.join(self.part_names)})"
         if self.missing:
             text += f"; missing {len(self.missing)} ({', '.join(self.missing[:limit])})"
         if self.unexpected:
@@ -88,12 +95,12 @@ def load_torch_file(path: str | os.PathLike[str]) -> Any:
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The DeepLabV3+-style state dict in a weights file, and the checkpoint around it.
+    """The network state dict (``backbone.*``, ...) in a weights file, and the checkpoint around it.
 
     Plain torchvision ResNet keys are returned under ``backbone.``, wrapper prefixes removed.
 
     Returns:
-        ``(state, payload)``: ``state`` with DeepLabV3+ key names; ``payload`` the whole
+        ``(state, payload)``: ``state`` with network key names; ``payload`` the whole
         checkpoint dict for contrastseg checkpoints, else ``{}``.
 
     Raises:
@@ -120,7 +127,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
         for prefix in _WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
         state[key] = value
-    if not any(k.startswith(p) for k in state for p in ("backbone.", "aspp.", "decoder.")):
+    if not any(k.split(".", 1)[0] in ALL_PARTS for k in state):
         # plain torchvision ResNet keys (an exported backbone); a classifier ``fc`` stays in
         # the state as backbone.fc.* and is reported as unexpected by load_pretrained
         state = {f"backbone.{k}": v for k, v in state.items()}
@@ -132,14 +139,15 @@ def load_pretrained(
     path: str | os.PathLike[str],
     parts: Literal["backbone", "backbone+aspp", "encoder", "all"] = "backbone+aspp",
 ) -> LoadReport:
-    """Copy the chosen parts of a weights file into a DeepLabV3+ (or anything with its key names).
+    """Copy the chosen parts of a weights file into a network.
 
     Args:
-        model: a :class:`~contrastseg.models.DeepLabV3Plus` (the classifier is never loaded:
+        model: a :class:`~contrastseg.models.SegmentationNet` (the classifier is never loaded:
             fine-tuning starts it fresh).
         path: a contrastseg checkpoint or an exported / plain state dict (see module doc).
-        parts: ``backbone``, ``backbone+aspp`` (the GLCNet default; ``encoder`` is the same)
-            or ``all`` (backbone, ASPP and decoder).
+        parts: ``backbone``, ``backbone+aspp`` (the GLCNet default; ``encoder`` is the same:
+            the parts in front of the encoder features, the backbone alone for U-Net / FPN)
+            or ``all`` (every part of ``model``).
 
     Returns:
         A :class:`LoadReport`; keys the file lacks stay as they were in ``model``.
@@ -151,9 +159,8 @@ def load_pretrained(
             of the chosen parts at all in the file.
         FileNotFoundError: no such file.
     """
-    if parts not in PARTS:
-        raise ValueError(f"parts must be one of {', '.join(PARTS)}, got {parts!r}")
-    prefixes = PARTS[parts]
+    names = part_names(model, parts)
+    prefixes = tuple(f"{p}." for p in names)
     state, _ = read_state_dict(path)
     target = model.state_dict()
     # another depth shares most key names and shapes: refuse it before loading half of it
@@ -170,6 +177,7 @@ def load_pretrained(
         loaded=sorted(wanted & set(chosen)),
         missing=sorted(wanted - set(chosen)),
         unexpected=sorted(set(state) - (wanted & set(chosen))),
+        part_names=names,
     )
     wrong = [
         f"{k}: file {tuple(chosen[k].shape)} vs model {tuple(target[k].shape)}"
@@ -198,13 +206,14 @@ def export_weights(
     """Write the weights of a contrastseg checkpoint for use by other segmentation code.
 
     Args:
-        checkpoint: a pretraining or fine-tuning checkpoint (or a state dict in DeepLabV3+ keys).
+        checkpoint: a pretraining or fine-tuning checkpoint (or a state dict in network keys).
         out: the file to write (``torch.save`` of a plain dict of tensors).
         part: ``backbone``: the ResNet in torchvision key names (``conv1.weight``, ``bn1.*``,
             ``layer1.0.conv1.weight`` ...), loadable with ``strict=False`` into
-            ``torchvision.models.resnetXX()`` with only ``fc.*`` missing; ``encoder``:
-            ``backbone.*`` and ``aspp.*`` in DeepLabV3+ names; ``all``: every DeepLabV3+
-            tensor (the classifier too, for a fine-tuning checkpoint).
+            ``torchvision.models.resnetXX()`` with only ``fc.*`` missing; ``encoder``: the
+            parts in front of the encoder features (DeepLabV3+ ``backbone.*`` and ``aspp.*``,
+            U-Net / FPN ``backbone.*``); ``all``: every tensor (the classifier too, for a
+            fine-tuning checkpoint).
 
     Returns:
         ``out`` as a path.
@@ -224,7 +233,10 @@ def export_weights(
             if k.startswith("backbone.") and not k.startswith("backbone.fc.")
         }
     elif part == "encoder":
-        weights = {k: v.clone() for k, v in state.items() if k.startswith(PARTS["encoder"])}
+        # a checkpoint holds the parts of one network only, so the union of every network's
+        # encoder parts selects that network's
+        prefixes = tuple(f"{p}." for p in ALL_ENCODER_PARTS)
+        weights = {k: v.clone() for k, v in state.items() if k.startswith(prefixes)}
     else:
         weights = {k: v.clone() for k, v in state.items()}
     if not weights:

@@ -1,9 +1,9 @@
 """Checkpoints: atomic writes, the newest K kept, ``torch.load(weights_only=True)``-safe content.
 
-A checkpoint is a plain dict of tensors and Python scalars / lists / dicts (DESIGN.md):
+A checkpoint is a plain dict of tensors and Python scalars / lists / dicts:
 
-    format, version, step, epoch, batch_in_epoch, config (dict), model (DeepLabV3+ state
-    dict: backbone.*, aspp.*, decoder.*), heads (projection heads), optimizer, scheduler,
+    format, version, step, epoch, batch_in_epoch, config (dict), model (the network's state
+    dict: backbone.*, then its parts, e.g. aspp.*, decoder.*), heads (projection heads), optimizer, scheduler,
     scaler, rng (torch, cuda, python, views generator states)
 
 so any later tool reads it without executing pickled code.

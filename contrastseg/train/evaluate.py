@@ -2,7 +2,7 @@
 
 A fine-tuning checkpoint (``format: contrastseg.finetune``, written by
 :mod:`contrastseg.train.finetune`) holds everything needed to use the segmenter on new
-images: the DeepLabV3+ state dict with its classifier, its architecture, the classes and
+images: the network state dict with its classifier, its architecture, the classes and
 palette, the bands, scale and normalisation of the training data, and the run's config.
 """
 
@@ -21,39 +21,63 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from contrastseg.config import ModelConfig, resolve_presets
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import to_float
 from contrastseg.data.nodata import file_nodata
 from contrastseg.data.readers import GDAL_NODATA_TAG, image_size
 from contrastseg.inference import ArraySink, predict_file, sliding_window_logits
 from contrastseg.metrics import ConfusionMatrix
-from contrastseg.models.deeplab import DeepLabV3Plus
+from contrastseg.models import SegmentationNet, build_model, model_class
 from contrastseg.models.pretrained import load_torch_file
 from contrastseg.train.finetune_config import EvalConfig, FinetuneConfig
 from contrastseg.train.report import class_palette, colorize, safe_name, write_overlay, write_report
 from contrastseg.train.runtime import resolve_amp_dtype
-from contrastseg.utils.configtools import apply_overrides, from_dict
+from contrastseg.utils.configtools import from_dict, to_dict
 from contrastseg.utils.device import resolve_device
 
 FINETUNE_FORMAT = "contrastseg.finetune"
 #: GeoTIFF tags copied from an input TIFF to its label map (pixel scale, tie points,
 #: transformation, GeoKey directory and its double / ASCII parameters).
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
-_MODEL_KEYS = (
-    "arch", "output_stride", "aspp_channels", "decoder_channels", "low_level_channels",
-    "separable", "aspp_dropout", "classifier_features",
-)  # fmt: skip
+#: Model keys that belong to the backbone: a fine-tuning run that swaps the decoder family
+#: (``model.name``) keeps them from the pretrained checkpoint, whose backbone it loads.
+BACKBONE_KEYS = ("arch", "output_stride", "in_channels")
 
 
 def build_segmenter(
     model_config: Mapping[str, Any], num_classes: int, in_channels: int
-) -> DeepLabV3Plus:
-    """A DeepLabV3+ from a model config dict (``config["model"]`` of a checkpoint)."""
-    return DeepLabV3Plus(
+) -> SegmentationNet:
+    """The network of a model config dict (``config["model"]`` of a checkpoint), with a classifier.
+
+    ``model_config["name"]`` picks DeepLabV3+ (also when absent: checkpoints before U-Net and
+    FPN), U-Net or FPN; ``classifier_features`` what the classifier reads. No weights file is
+    read (``backbone_weights`` is the caller's business).
+    """
+    return build_model(
+        model_config,
+        in_channels,
         num_classes,
-        in_channels=in_channels,
-        **{k: model_config[k] for k in _MODEL_KEYS if k in model_config},
+        classifier_features=model_config.get("classifier_features", "decoder"),
+        backbone_weights=False,
     )
+
+
+def pretrained_model_config(
+    checkpoint_model: Mapping[str, Any], requested: ModelConfig
+) -> dict[str, Any]:
+    """The model config of a network fine-tuned from a checkpoint whose model config is ``checkpoint_model``.
+
+    The checkpoint's config as it is, unless ``requested.name`` (``--set model.name=unet``)
+    names another network family: then the requested config with the checkpoint's backbone
+    (:data:`BACKBONE_KEYS`), so that the pretrained backbone loads and the decoder starts fresh.
+    """
+    if requested.name is None or model_class(requested.name) is model_class(
+        checkpoint_model.get("name")
+    ):
+        return dict(checkpoint_model)
+    backbone = {k: checkpoint_model[k] for k in BACKBONE_KEYS if k in checkpoint_model}
+    return {**to_dict(requested), **backbone}
 
 
 @dataclass
@@ -61,7 +85,7 @@ class Segmenter:
     """A fine-tuned model with what it needs to read new images.
 
     Attributes:
-        model: the DeepLabV3+ (eval mode, on ``device``).
+        model: the network (eval mode, on ``device``).
         config: the fine-tuning config it was trained with.
         classes: class names in id order.
         palette: one ``'#RRGGBB'`` per class (may be empty).
@@ -73,7 +97,7 @@ class Segmenter:
         payload: the checkpoint dict (metrics, epoch, ...).
     """
 
-    model: DeepLabV3Plus
+    model: SegmentationNet
     config: FinetuneConfig
     classes: list[str]
     palette: list[str]
@@ -137,7 +161,7 @@ def load_segmenter(
             ``data.root=/new/place``, ``eval.window=1024``).
     """
     payload = load_finetune_checkpoint(path)
-    data = apply_overrides(dict(payload["config"]), FinetuneConfig, overrides)
+    data = resolve_presets(dict(payload["config"]), FinetuneConfig, overrides, f"{path}")
     config = from_dict(FinetuneConfig, data, source=f"{path} (stored config)")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     model = build_segmenter(payload["model_config"], payload["num_classes"], payload["in_channels"])

@@ -1,6 +1,7 @@
 """The downstream engine behind ``contrastseg finetune``: linear probe, decoder training, fine-tuning.
 
-A DeepLabV3+ of the pretrained checkpoint's architecture gets a fresh 1x1 classifier for the
+A network of the pretrained checkpoint's architecture (or another decoder family, ``model.name``,
+on its backbone) gets a fresh 1x1 classifier for the
 labeled data's classes; the chosen parts (``backbone``, ``backbone+aspp`` or ``all``) are
 loaded from the checkpoint (:func:`~contrastseg.models.pretrained.load_pretrained`). Modes
 (GLCNet, Li et al. 2022, Sec. IV; linear evaluation as in SimCLR, Chen et al. 2020):
@@ -42,7 +43,8 @@ from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import build_loader, to_float
 from contrastseg.data.stats import load_stats_yaml
 from contrastseg.losses.segmentation import build_loss, count_labels
-from contrastseg.models.pretrained import PARTS, LoadReport, load_pretrained, read_state_dict
+from contrastseg.models.pretrained import LoadReport, load_pretrained, read_state_dict
+from contrastseg.models.registry import part_names
 from contrastseg.train.checkpoint import (
     changed_settings,
     resume_note,
@@ -55,6 +57,7 @@ from contrastseg.train.evaluate import (
     build_segmenter,
     evaluate_dataset,
     load_finetune_checkpoint,
+    pretrained_model_config,
 )
 from contrastseg.train.finetune_config import FinetuneConfig, loss_spec
 from contrastseg.train.loop import (
@@ -115,9 +118,9 @@ BN_ESTIMATION_BATCHES = 200
 
 
 def frozen_modules(model: nn.Module, mode: str) -> list[nn.Module]:
-    """The parts of a DeepLabV3+ that ``mode`` freezes (parameters and BN statistics)."""
+    """The parts of the network that ``mode`` freezes (parameters and BN statistics)."""
     if mode == "linear":
-        return [model.backbone, model.aspp, model.decoder]
+        return model.part_modules()
     if mode == "decoder":
         return [model.backbone]
     return []
@@ -311,7 +314,7 @@ def _build_model(config: FinetuneConfig, num_classes: int, bands: int):
     if path:
         state, payload = read_state_dict(path)
         if payload:
-            model_config = payload["config"]["model"]
+            model_config = pretrained_model_config(payload["config"]["model"], config.model)
             if payload.get("in_channels") not in (None, bands):
                 raise ConfigError(
                     f"{path} was trained on {payload['in_channels']} band(s) but the labeled data has "
@@ -319,16 +322,17 @@ def _build_model(config: FinetuneConfig, num_classes: int, bands: int):
                 )
     parts, features = config.pretrained.parts, "decoder"
     if config.mode == "linear":
-        trained = trained_parts(state, payload) if path else None
+        name = model_config.get("name")
+        trained = trained_parts(state, payload, name) if path else None
         features = config.linear.features
         if features == "auto":
-            features = default_features(trained)
+            features = default_features(trained, name)
         if parts == "auto":
             parts = LOAD_PARTS[features]
-        required_parts(features, parts)
+        required_parts(features, parts, name)
         if path:
             method = (payload.get("config") or {}).get("method", {}).get("name")
-            check_trained(features, trained or (), str(path), method)
+            check_trained(features, trained or (), str(path), method, name)
     elif parts == "auto":
         parts = "backbone+aspp"
     model_config = {**model_config, "classifier_features": features}
@@ -342,7 +346,7 @@ def _build_model(config: FinetuneConfig, num_classes: int, bands: int):
                 f"probe of {features} features (e.g. {', '.join(report.missing[:4])}); they "
                 "would stay randomly initialised"
             )
-        loaded_parts = {p.rstrip(".") for p in PARTS[parts]}
+        loaded_parts = set(part_names(model, parts))
     elif config.model.backbone_weights:
         model.backbone.load_weights(config.model.backbone_weights)
         loaded_parts = {"backbone"}
@@ -507,7 +511,8 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         if saved_state is not None:
             loop.restore(saved_state, resume)
         monitor.info(
-            f"contrastseg {__version__} finetune ({config.mode}): {model_config['arch']}, {bands} band(s), "
+            f"contrastseg {__version__} finetune ({config.mode}): {type(model).name} on "
+            f"{model_config['arch']}, {bands} band(s), "
             f"{len(dataset)} labeled patch(es), {len(val_set)} val / {len(test_set) if test_set else 0} test "
             f"image(s); {len(loader)} steps/epoch, {total_steps} steps on {device}"
             + (f"; {report.summary()}" if report else "; random initialisation")

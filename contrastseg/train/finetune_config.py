@@ -52,9 +52,10 @@ class PretrainedConfig:
 
     #: pretraining checkpoint or exported weights; None = random initialisation
     path: str | None = None
-    #: parts loaded: backbone, backbone+aspp (GLCNet default) or all (adds the decoder);
-    #: auto = backbone+aspp, and in linear mode every part in front of the probed features
-    parts: Literal["auto", "backbone", "backbone+aspp", "all"] = "auto"
+    #: parts loaded: backbone, encoder (= backbone+aspp for DeepLabV3+, the GLCNet default;
+    #: the backbone for U-Net / FPN) or all (adds the decoder); auto = encoder, and in linear
+    #: mode every part in front of the probed features
+    parts: Literal["auto", "backbone", "backbone+aspp", "encoder", "all"] = "auto"
 
 
 @dataclass
@@ -170,7 +171,7 @@ class FinetuneConfig:
     data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
     #: per-band normalisation; all empty = the pretraining checkpoint's normalisation
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    #: the DeepLabV3+ built without a checkpoint (a checkpoint's own architecture wins)
+    #: the network built without a checkpoint; with one, its architecture wins unless model.name names another decoder (its backbone is kept)
     model: ModelConfig = field(default_factory=ModelConfig)
     #: pretrained weights and the parts loaded
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)

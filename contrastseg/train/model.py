@@ -1,4 +1,4 @@
-"""What a pretraining run trains: the DeepLabV3+ (no classifier) and the method's heads.
+"""What a pretraining run trains: the network (``model.name``, no classifier) and the method's heads.
 
 ``PretrainModel`` owns the network and the :class:`~contrastseg.methods.Method` that
 ``method.name`` selects, and its ``forward`` returns the method's named losses, so that DDP
@@ -17,23 +17,12 @@ from torch import Tensor, nn
 from contrastseg.augment.views import ViewPair
 from contrastseg.config import ModelConfig
 from contrastseg.methods import MethodConfig, build_method
-from contrastseg.models import DeepLabV3Plus
+from contrastseg.models import SegmentationNet, build_model
 
 
-def build_network(model: ModelConfig, in_channels: int) -> DeepLabV3Plus:
-    """The DeepLabV3+ (no classifier) that a pretraining run trains."""
-    return DeepLabV3Plus(
-        num_classes=None,
-        arch=model.arch,
-        in_channels=in_channels,
-        output_stride=model.output_stride,
-        backbone_weights=model.backbone_weights,
-        aspp_channels=model.aspp_channels,
-        decoder_channels=model.decoder_channels,
-        low_level_channels=model.low_level_channels,
-        separable=model.separable,
-        aspp_dropout=model.aspp_dropout,
-    )
+def build_network(model: ModelConfig, in_channels: int) -> SegmentationNet:
+    """The network (no classifier) that a pretraining run trains, as ``model.name`` chooses."""
+    return build_model(model, in_channels)
 
 
 #: Head key prefixes of contrastseg 0.1.0 checkpoints that are named differently now.

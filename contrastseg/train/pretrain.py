@@ -35,12 +35,14 @@ from contrastseg.config import PretrainConfig
 from contrastseg.data import UnlabeledDataset, build_loader, load_stats_yaml
 from contrastseg.data.loader import to_float
 from contrastseg.data.nodata import fill_invalid, valid_pixels
+from contrastseg.methods import get_method
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     changed_settings,
     load_checkpoint,
     resume_note,
     resume_source,
+    save_atomic,
 )
 from contrastseg.train.distributed import ProcessContext, setup_process, teardown_process
 from contrastseg.train.loop import (
@@ -52,7 +54,9 @@ from contrastseg.train.loop import (
 )
 from contrastseg.train.model import PretrainModel, upgrade_heads
 from contrastseg.train.monitor import RunMonitor
+from contrastseg.train.online_probe import probe_datasets, run_probe
 from contrastseg.train.optim import build_optimizer, build_scheduler
+from contrastseg.train.probe import default_features
 from contrastseg.train.runtime import autocast_context, resolve_amp_dtype, seed_everything
 from contrastseg.utils.configtools import ConfigError, to_dict
 from contrastseg.utils.state import state_dict_mismatches
@@ -193,6 +197,10 @@ class PretrainTask(TrainingTask):
         self.last: PreparedBatch | None = None
         self.low_std: dict[str, list[int]] = {}  # per branch: log steps in a row below collapse_std
         self.collapsed: dict[str, int] = {}  # branch -> first step of the reported collapse
+        self.total_steps = 0  # set by the engine (the probe runs at the last step too)
+        self.probe_data: tuple | None = None  # the probe's datasets, read at its first run
+        self.probe_best = -1.0  # best probe mIoU so far (kept in checkpoints)
+        self.probe_seconds, self.started = 0.0, time.perf_counter()
 
     @torch.no_grad()
     def prepare(self, batch: Tensor) -> PreparedBatch:
@@ -220,6 +228,9 @@ class PretrainTask(TrainingTask):
             return self.forward(prepared.view1, prepared.view2, **prepared.inputs)
 
     def on_step_end(self, step: int, out: dict[str, Tensor]) -> bool:
+        probe = self.config.probe
+        if probe.every and (step % probe.every == 0 or step == self.total_steps):
+            self.probe(step)
         every = self.config.run.image_every
         if self.monitor is not None and self.last is not None and every:
             if self.monitor.enabled and (step == 1 or step % every == 0):
@@ -261,6 +272,42 @@ class PretrainTask(TrainingTask):
             return {}
         return {"COLLAPSED": ", ".join(f"{b} since step {s}" for b, s in self.collapsed.items())}
 
+    def probe(self, step: int) -> None:
+        """The online probe (rank 0): log ``probe/*``, keep ``best_probe.pt`` at a better mIoU."""
+        if self.monitor is None or not self.monitor.enabled:
+            return
+        config = self.config
+        if self.probe_data is None:
+            self.probe_data = probe_datasets(config.probe)
+            bands = self.probe_data[0].num_bands
+            if bands != self.model.net.in_channels:
+                raise ConfigError(
+                    f"probe.data has {bands} band(s) but the pretraining data has "
+                    f"{self.model.net.in_channels}; select matching bands with probe.data.bands"
+                )
+        features = config.probe.features
+        if features == "auto":
+            trained = get_method(config.method.name).trained_parts
+            features = default_features(trained, config.model.name)
+        result = run_probe(
+            self.model.net, features, config.probe, self.probe_data, config.probe.data.scale,
+            self.mean, self.std, self.device,
+        )  # fmt: skip
+        self.probe_seconds += result.seconds
+        share = self.probe_seconds / max(time.perf_counter() - self.started, 1e-9)
+        values = {**result.scalars(), "probe/share_of_run_time": share}
+        self.monitor.scalars(step, values)
+        better = result.metrics["miou"] is not None and result.metrics["miou"] > self.probe_best
+        self.monitor.info(
+            f"probe at step {step}: {result.summary()}; {result.seconds:.1f} s, "
+            f"{100 * share:.1f} % of the run's time so far" + (" (best so far)" if better else "")
+        )
+        if better:
+            self.probe_best = result.metrics["miou"]
+            payload = {**self.checkpoint_content(), "version": __version__, "step": step,
+                       "probe": values}  # fmt: skip
+            save_atomic(payload, self.run_dir / "best_probe.pt")
+
     def checkpoint_content(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
@@ -268,6 +315,7 @@ class PretrainTask(TrainingTask):
             "in_channels": self.model.net.in_channels,
             "model": self.model.net.state_dict(),
             "heads": self.model.heads_state_dict(),
+            "probe_best": self.probe_best,
         }
 
 
@@ -386,12 +434,13 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         _check_architecture(task.model, payload, resume_from)
         task.model.net.load_state_dict(payload["model"])
         task.model.load_heads(payload["heads"])
+        task.probe_best = float(payload.get("probe_best", -1.0))
         state.step = int(payload["step"])
     if state.step >= total_steps and main:
         print(f"{run_dir}: already at step {state.step} of {total_steps}; nothing to do")
 
     monitor = RunMonitor(run_dir, main, total_steps, state.step, config.run.progress)
-    task.monitor = monitor
+    task.monitor, task.total_steps = monitor, total_steps
     loop = TrainingLoop(state, settings, monitor, task.forward)
     try:
         if payload is not None:

@@ -4,9 +4,10 @@ A linear probe measures a representation (SimCLR's linear evaluation, Chen et al
 network is frozen, BatchNorm included, and only a per-pixel linear classifier trains. It
 measures the pretraining only when the frozen features are the ones the method trained:
 
-- **features** (:data:`~contrastseg.models.deeplab.CLASSIFIER_FEATURES`): ``decoder``
-  (stride 4), ``encoder`` (ASPP output, the backbone's stride) or ``backbone`` (the ResNet's
-  last stage). The default is the deepest part the checkpoint trained: SimCLR and the global
+- **features** (:data:`~contrastseg.models.CLASSIFIER_FEATURES`): ``decoder``
+  (stride 4), ``encoder`` (DeepLabV3+: ASPP output; U-Net / FPN: the backbone's last stage)
+  or ``backbone`` (the ResNet's last stage); the parts in front of each are the network's
+  own (:meth:`~contrastseg.models.SegmentationNet.feature_parts`). The default is the deepest part the checkpoint trained: SimCLR and the global
   style loss never run the decoder, so their checkpoints hold a randomly initialised one, and
   an exported backbone file holds the ResNet only (:func:`default_features`).
 - **loading**: every part between the input and the probed features comes from the file; a
@@ -17,7 +18,7 @@ measures the pretraining only when the frozen features are the ones the method t
   (:func:`estimate_batchnorm`); otherwise a random baseline normalises with mean 0 and
   variance 1 and the probe sees features of arbitrary scale.
 
-The head itself is the ``classifier`` of a :class:`~contrastseg.models.DeepLabV3Plus` built
+The head itself is the ``classifier`` of a :class:`~contrastseg.models.SegmentationNet` built
 with ``classifier_features``, so a probe checkpoint is an ordinary fine-tuning checkpoint for
 ``evaluate``, ``predict`` and ``export``. :class:`Patience` is the early-stopping rule.
 """
@@ -31,78 +32,87 @@ import torch
 from torch import Tensor, nn
 
 from contrastseg.methods import available_methods, get_method
+from contrastseg.models.registry import ALL_PARTS, model_class, part_names
 from contrastseg.utils.configtools import ConfigError
 
-#: The parts the input passes through to reach each kind of features.
-FEATURE_PARTS: dict[str, tuple[str, ...]] = {
-    "backbone": ("backbone",),
-    "encoder": ("backbone", "aspp"),
-    "decoder": ("backbone", "aspp", "decoder"),
-}
-#: The ``pretrained.parts`` value that loads exactly :data:`FEATURE_PARTS` of each kind.
+#: The ``pretrained.parts`` value that loads exactly the parts in front of each kind of features.
 LOAD_PARTS: dict[str, str] = {"backbone": "backbone", "encoder": "backbone+aspp", "decoder": "all"}
 _DEEPEST_FIRST = ("decoder", "encoder", "backbone")
 
 
+def feature_parts(features: str, model: str | None = None) -> tuple[str, ...]:
+    """The parts the input passes through to reach ``features`` in network ``model`` (``model.name``)."""
+    return model_class(model).feature_parts(features)
+
+
 def parts_in_state(state: Mapping[str, Any]) -> set[str]:
-    """The DeepLabV3+ parts (``backbone``, ``aspp``, ``decoder``) a state dict has keys for."""
-    return {key.split(".", 1)[0] for key in state} & {"backbone", "aspp", "decoder"}
+    """The network parts (``backbone``, ``aspp``, ``decoder`` ...) a state dict has keys for."""
+    return {key.split(".", 1)[0] for key in state} & set(ALL_PARTS)
 
 
-def trained_parts(state: Mapping[str, Any], payload: Mapping[str, Any]) -> tuple[str, ...]:
-    """The parts a weights file holds *trained* weights for.
+def trained_parts(
+    state: Mapping[str, Any], payload: Mapping[str, Any], model: str | None = None
+) -> tuple[str, ...]:
+    """The parts a weights file holds *trained* weights for, as parts of network ``model``.
 
     A pretraining checkpoint names its method, and a method's checkpoint holds every part of
     the network whether it trained it or not; other files (fine-tuning checkpoints, exports,
-    torchvision weights) are taken at their word: every part present counts.
+    torchvision weights) are taken at their word: every part present counts. When ``model``
+    (a ``model.name``) differs from the checkpoint's network, only its backbone fits.
     """
     present = parts_in_state(state)
-    method = (payload.get("config") or {}).get("method", {}).get("name")
+    config = payload.get("config") or {}
+    method = config.get("method", {}).get("name")
     if payload.get("format") == "contrastseg.pretrain" and method in available_methods():
-        return tuple(p for p in get_method(method).trained_parts if p in present)
-    return tuple(p for p in ("backbone", "aspp", "decoder") if p in present)
+        trained = tuple(p for p in get_method(method).trained_parts if p in present)
+    else:
+        trained = tuple(p for p in ALL_PARTS if p in present)
+    source = (config.get("model") or {}).get("name") if payload else None
+    if payload and model_class(source) is not model_class(model):
+        trained = tuple(p for p in trained if p == "backbone")
+    return trained
 
 
-def default_features(trained: Iterable[str] | None) -> str:
+def default_features(trained: Iterable[str] | None, model: str | None = None) -> str:
     """The deepest features whose parts were all trained; ``decoder`` for a random start."""
     if trained is None:
         return "decoder"
     trained = set(trained)
     for features in _DEEPEST_FIRST:
-        if set(FEATURE_PARTS[features]) <= trained:
+        if set(feature_parts(features, model)) <= trained:
             return features
     raise ConfigError("the weights file holds no backbone weights: nothing to probe")
 
 
-def required_parts(features: str, parts: str) -> None:
+def required_parts(features: str, parts: str, model: str | None = None) -> None:
     """Check that ``pretrained.parts`` loads every part in front of the probed ``features``.
 
     Raises:
         ConfigError: a frozen part that would be left at its initial values.
     """
-    loaded = {"backbone": {"backbone"}, "backbone+aspp": {"backbone", "aspp"}}.get(
-        parts, {"backbone", "aspp", "decoder"}
-    )
-    left = [p for p in FEATURE_PARTS[features] if p not in loaded]
+    needed = feature_parts(features, model)
+    left = [p for p in needed if p not in part_names(model, parts)]
     if left:
         raise ConfigError(
-            f"a linear probe of {features} features runs {'+'.join(FEATURE_PARTS[features])} "
+            f"a linear probe of {features} features runs {'+'.join(needed)} "
             f"frozen, but pretrained.parts={parts} does not load {', '.join(left)}: it would stay "
             f"randomly initialised. Use pretrained.parts={LOAD_PARTS[features]} (or auto)"
         )
 
 
-def check_trained(features: str, trained: Iterable[str], path: str, method: str | None) -> None:
+def check_trained(
+    features: str, trained: Iterable[str], path: str, method: str | None, model: str | None = None
+) -> None:
     """Refuse to probe features behind a part that ``path`` did not train.
 
     Raises:
         ConfigError: naming the untrained part and the features that can be probed.
     """
     trained = set(trained)
-    left = [p for p in FEATURE_PARTS[features] if p not in trained]
+    left = [p for p in feature_parts(features, model) if p not in trained]
     if left:
         why = f"its method ({method}) never trains" if method else "it holds no weights for"
-        possible = [f for f in _DEEPEST_FIRST if set(FEATURE_PARTS[f]) <= trained]
+        possible = [f for f in _DEEPEST_FIRST if set(feature_parts(f, model)) <= trained]
         raise ConfigError(
             f"{path}: cannot probe {features} features: {why} {', '.join(left)}, which would "
             f"stay at its initial values; probe {' or '.join(possible) or 'nothing'} "

@@ -1,0 +1,284 @@
+"""A quick segmentation probe of a frozen network: how well do its features segment?
+
+A falling contrastive loss says little; segmenting held-out images says what the encoder is
+worth. :func:`run_probe` is the linear probe of :mod:`contrastseg.train.probe` (same feature
+choice, same rule that probed parts hold trained weights) made cheap enough to run every few
+hundred pretraining steps and on any checkpoint:
+
+1. the frozen network (eval mode: its BatchNorm statistics as trained) computes the probed
+   features of at most ``max_patches`` labeled training patches, once;
+2. the label under each feature cell's centre pixel is its target (ignored pixels are left
+   out), and a softmax regression (a 1x1 convolution) is fitted on the standardised cached
+   features by ``steps`` full-batch Adam steps from zero: no network forward in the loop;
+3. the network with that head segments the probe's validation images by sliding-window
+   inference (logits averaged where windows overlap), scored as OA / mIoU / kappa / mean F1.
+
+During pretraining it is an evaluation hook of the training loop (``probe.every`` steps; the
+random streams of the run are not touched, so a resumed run stays bitwise equal); stand-alone
+it is ``contrastseg probe --checkpoint ...``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastseg.config import PretrainConfig, ProbeConfig
+from contrastseg.data.labeled import LabeledDataset
+from contrastseg.data.loader import to_float
+from contrastseg.data.stats import load_stats_yaml
+from contrastseg.models.backbone import resnet_depth
+from contrastseg.models.base import SegmentationNet
+from contrastseg.models.pretrained import load_pretrained, read_state_dict
+from contrastseg.models.registry import build_model
+from contrastseg.train.evaluate import Segmenter, evaluate_dataset
+from contrastseg.train.finetune_config import EvalConfig
+from contrastseg.train.probe import LOAD_PARTS, check_trained, default_features, trained_parts
+from contrastseg.utils.configtools import ConfigError, to_dict
+from contrastseg.utils.device import resolve_device
+
+METRICS = ("miou", "overall_accuracy", "kappa", "mean_f1")
+
+
+@dataclass
+class ProbeResult:
+    """What :func:`run_probe` measured.
+
+    Attributes:
+        metrics: the validation metrics (``miou``, ``overall_accuracy``, ``kappa``,
+            ``mean_f1``, per-class lists, ...), as ``ConfusionMatrix.compute`` gives them.
+        features: the probed features (``decoder``, ``encoder`` or ``backbone``).
+        channels: their channels.
+        stride: their output stride.
+        cells: labeled feature cells the head was fitted on.
+        seconds: wall time of the whole probe.
+    """
+
+    metrics: dict[str, Any]
+    features: str
+    channels: int
+    stride: int
+    cells: int
+    seconds: float
+
+    def scalars(self) -> dict[str, float]:
+        """``probe/<metric>`` values for the log (missing metrics as 0)."""
+        return {
+            **{f"probe/{k}": float(self.metrics.get(k) or 0.0) for k in METRICS},
+            "probe/seconds": self.seconds,
+        }
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (
+            f"mIoU {100 * (m['miou'] or 0):.2f}, OA {100 * (m['overall_accuracy'] or 0):.2f}, "
+            f"kappa {100 * (m['kappa'] or 0):.2f} on {self.features} features "
+            f"({self.channels} channels, stride {self.stride}; head fitted on {self.cells} cells)"
+        )
+
+
+class ProbedNetwork(nn.Module):
+    """A frozen network and a 1x1 head on the chosen features; ``forward`` gives logits at input size."""
+
+    def __init__(self, net: SegmentationNet, head: nn.Conv2d, features: str) -> None:
+        super().__init__()
+        self.net, self.head, self.features = net, head, features
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if self.features == "backbone":
+            return self.net.backbone.stages(x)[-1]
+        out = self.net.forward_features(x, decoder=self.features == "decoder")
+        return out.decoder if self.features == "decoder" else out.encoder
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.head(self.forward_features(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def probe_datasets(config: ProbeConfig) -> tuple[LabeledDataset, LabeledDataset]:
+    """The probe's training patches and validation images.
+
+    Raises:
+        ConfigError: a split is empty or the labeled data cannot be read (the message says which).
+    """
+    try:
+        train = LabeledDataset(config.data, "train")
+        val = LabeledDataset(config.data, "val", whole_images=True)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"probe.data: {err}") from err
+    return train, val
+
+
+def _cell_targets(labels: Tensor, shape: tuple[int, int], stride: int) -> Tensor:
+    """The label at the centre pixel of each feature cell: ``(B, H, W) -> (B, h, w)``."""
+    h, w = shape
+    rows = (torch.arange(h, device=labels.device) * stride + stride // 2).clamp_max(
+        labels.shape[1] - 1
+    )
+    cols = (torch.arange(w, device=labels.device) * stride + stride // 2).clamp_max(
+        labels.shape[2] - 1
+    )
+    return labels[:, rows][:, :, cols]
+
+
+def fit_head(
+    features: Tensor, targets: Tensor, num_classes: int, steps: int, lr: float
+) -> nn.Conv2d:
+    """Softmax regression of ``targets`` on ``features`` as a 1x1 convolution.
+
+    Args:
+        features: ``(N, C)`` float32 cached features.
+        targets: ``(N,)`` class ids.
+        num_classes: ``K``.
+        steps: full-batch Adam steps from a zero start (deterministic).
+        lr: Adam's learning rate (on standardised features).
+
+    Returns:
+        ``Conv2d(C, K, 1)`` whose weights include the standardisation.
+    """
+    mean = features.mean(0)
+    std = features.std(0).clamp_min(1e-6)
+    x = (features - mean) / std
+    weight = torch.zeros(num_classes, x.shape[1], requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(x @ weight.T + bias, targets)
+            loss.backward()
+            optimizer.step()
+    head = nn.Conv2d(x.shape[1], num_classes, 1)
+    with torch.no_grad():
+        folded = weight / std  # (x - m) / s @ W^T + b == x @ (W / s)^T + (b - (m / s) @ W^T)
+        head.weight.copy_(folded[:, :, None, None])
+        head.bias.copy_(bias - (mean / std) @ weight.T)
+    return head
+
+
+@torch.no_grad()
+def run_probe(
+    net: SegmentationNet,
+    features: str,
+    config: ProbeConfig,
+    datasets: tuple[LabeledDataset, LabeledDataset],
+    scale: float | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+    device: torch.device,
+) -> ProbeResult:
+    """Fit the probe's head on the frozen ``net`` and score the validation images.
+
+    The network is put in eval mode and back in its previous mode afterwards; no random
+    generator of the caller is used (the global ones are restored).
+    """
+    start = time.perf_counter()
+    train_set, val_set = datasets
+    was_training = net.training
+    net.eval()
+    probed = ProbedNetwork(net, nn.Conv2d(1, 1, 1), features)
+    stride = net.feature_stride(features)
+    cached, targets = [], []
+    count = min(len(train_set), config.max_patches)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            for first in range(0, count, config.batch_size):
+                items = [train_set[i] for i in range(first, min(first + config.batch_size, count))]
+                images = torch.stack([image for image, _ in items]).to(device)
+                labels = torch.stack([mask for _, mask in items]).to(device)
+                feats = probed.forward_features(to_float(images, scale, mean, std)).float()
+                cells = _cell_targets(labels, feats.shape[-2:], stride)
+                keep = cells != train_set.ignore_index
+                cached.append(feats.permute(0, 2, 3, 1)[keep].cpu())
+                targets.append(cells[keep].long().cpu())
+            x, y = torch.cat(cached), torch.cat(targets)
+            if len(y) == 0:
+                raise ConfigError("probe.data: the probe's training patches hold no labeled pixel")
+            head = fit_head(x, y, train_set.num_classes, config.steps, config.lr)
+            probed.head = head.to(device)
+            segmenter = Segmenter(
+                probed, None, list(val_set.classes), list(val_set.palette), None, scale, mean,
+                std, device, {},
+            )  # fmt: skip
+            settings = EvalConfig(
+                window=config.window, stride=config.stride, batch_size=config.batch_size,
+                overlays=0,
+            )  # fmt: skip
+            confusion = evaluate_dataset(segmenter, val_set, settings)
+    finally:
+        net.train(was_training)
+    return ProbeResult(
+        confusion.compute(config.exclude),
+        features,
+        net.feature_channels(features),
+        stride,
+        len(y),
+        time.perf_counter() - start,
+    )
+
+
+def probe_checkpoint(
+    path: str | Path,
+    config: PretrainConfig,
+    features: str = "auto",
+    device: str | torch.device = "auto",
+) -> ProbeResult:
+    """Score any weights file with the probe of ``config.probe`` (``contrastseg probe``).
+
+    Args:
+        path: a pretraining or fine-tuning checkpoint, an exported backbone, or a torchvision
+            ResNet state dict (its depth read from its keys).
+        config: gives the probe section, and the normalisation and network settings for a
+            file that does not carry its own (a plain state dict).
+        features: ``auto`` (the deepest part the file trained) or ``decoder`` / ``encoder`` /
+            ``backbone``.
+        device: where to run.
+
+    Raises:
+        ConfigError / ValueError / FileNotFoundError: an unreadable file, features the file
+            did not train, labeled data of another band count.
+    """
+    state, payload = read_state_dict(path)
+    if payload:
+        model_config = dict(payload["config"]["model"])
+        bands = int(payload["in_channels"])
+        norm = payload["config"].get("normalize", {})
+        mean, std = norm.get("mean"), norm.get("std")
+        if norm.get("stats_file") and Path(norm["stats_file"]).is_file():
+            stats = load_stats_yaml(norm["stats_file"])
+            mean, std = stats.mean, stats.std
+    else:
+        arch = resnet_depth(state)
+        if arch is None or "backbone.conv1.weight" not in state:
+            raise ValueError(f"{path}: not a ResNet state dict (no conv1 / layerN.M keys)")
+        model_config = {**to_dict(config.model), "arch": arch}
+        bands = int(state["backbone.conv1.weight"].shape[1])
+        mean, std = config.normalize.mean, config.normalize.std
+        if config.normalize.stats_file:
+            stats = load_stats_yaml(config.normalize.stats_file)
+            mean, std = stats.mean, stats.std
+    name = model_config.get("name")
+    method = (payload.get("config") or {}).get("method", {}).get("name") if payload else None
+    trained = trained_parts(state, payload, name)
+    if features == "auto":
+        features = default_features(trained, name)
+    check_trained(features, trained, str(path), method, name)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    net = build_model(model_config, bands, backbone_weights=False)
+    load_pretrained(net, path, LOAD_PARTS[features])
+    net.to(device)
+    datasets = probe_datasets(config.probe)
+    if datasets[0].num_bands != bands:
+        raise ConfigError(
+            f"probe.data has {datasets[0].num_bands} band(s) but {path} was trained on {bands}; "
+            "select matching bands with probe.data.bands"
+        )
+    return run_probe(
+        net, features, config.probe, datasets, config.probe.data.scale, mean, std, device
+    )

@@ -1,0 +1,132 @@
+"""The quick segmentation probe: known answers, during pretraining, and on any checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from contrastseg.cli import main
+from contrastseg.config import ProbeConfig, load_pretrain_config
+from contrastseg.data.config import LabeledDataConfig
+from contrastseg.models import DeepLabV3Plus
+from contrastseg.train.online_probe import ProbedNetwork, fit_head, probe_datasets, run_probe
+from contrastseg.train.pretrain import run_pretrain
+
+PROBE_DEMO = [
+    "probe.data.demo.n_scenes=4",
+    "probe.data.demo.size=64",
+    "probe.data.patch_size=32",
+    "probe.window=32",
+]
+TINY = [
+    "run.progress=false", "run.image_every=0", "run.log_every=2", "train.batch_size=4",
+    "train.num_workers=0", "data.demo.n_scenes=4", "data.demo.size=64", "data.patch_size=48",
+    "views.size=32", "method.region_size=8", "model.arch=resnet18", "model.aspp_channels=16",
+    "model.decoder_channels=16", *PROBE_DEMO,
+]  # fmt: skip
+
+
+def _one_hot_folder(root, classes=3):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        labels = rng.integers(0, classes, (6, 6)).repeat(8, 0).repeat(8, 1)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.eye(classes, dtype=np.uint8)[labels] * 255).save(
+            root / "images" / f"{name}.png"
+        )
+        Image.fromarray(labels.astype(np.uint8)).save(root / "masks" / f"{name}.png")
+
+
+def _probe_config(root, **settings):
+    data = LabeledDataConfig(
+        root=str(root), mask_format="index", classes=["x", "y", "z"], train=["a", "b"],
+        val=["c"], patch_size=16,
+    )  # fmt: skip
+    return ProbeConfig(every=1, data=data, window=48, **settings)
+
+
+def test_features_that_are_the_one_hot_label_are_probed_to_miou_100(tmp_path, monkeypatch):
+    _one_hot_folder(tmp_path)
+    config = _probe_config(tmp_path)
+    net = DeepLabV3Plus(None, "resnet18", 3, aspp_channels=8, decoder_channels=8)
+    # the frozen features are the input itself (the one-hot of the label), at stride 1
+    monkeypatch.setattr(ProbedNetwork, "forward_features", lambda self, x: x)
+    monkeypatch.setattr(DeepLabV3Plus, "feature_stride", lambda self, features: 1)
+    result = run_probe(
+        net, "decoder", config, probe_datasets(config), None, None, None, torch.device("cpu")
+    )
+    assert result.metrics["miou"] == pytest.approx(1.0)
+    assert result.metrics["kappa"] == pytest.approx(1.0)
+    assert result.cells == 2 * 9 * 16 * 16  # every pixel of the 18 training patches
+
+
+def test_random_features_score_near_chance(tmp_path, monkeypatch):
+    _one_hot_folder(tmp_path)
+    config = _probe_config(tmp_path)
+    net = DeepLabV3Plus(None, "resnet18", 3, aspp_channels=8, decoder_channels=8)
+    generator = torch.Generator().manual_seed(0)
+    monkeypatch.setattr(
+        ProbedNetwork, "forward_features",
+        lambda self, x: torch.randn(x.shape[0], 8, *x.shape[-2:], generator=generator),
+    )  # fmt: skip
+    monkeypatch.setattr(DeepLabV3Plus, "feature_stride", lambda self, features: 1)
+    result = run_probe(
+        net, "decoder", config, probe_datasets(config), None, None, None, torch.device("cpu")
+    )
+    assert abs(result.metrics["kappa"]) < 0.1
+    assert result.metrics["overall_accuracy"] < 0.5
+
+
+def test_fit_head_folds_the_standardisation_into_the_convolution():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=g) * torch.tensor([1.0, 10.0, 0.1, 3.0]) + 5
+    scores = (x - 5) / torch.tensor([1.0, 10.0, 0.1, 3.0]) @ torch.randn(4, 3, generator=g)
+    y = scores.argmax(1)  # linearly separable, on features of very different scales
+    head = fit_head(x, y, 3, steps=300, lr=0.1)
+    logits = head(x[:, :, None, None])[:, :, 0, 0]
+    assert (logits.argmax(1) == y).float().mean() > 0.95  # a separable problem is solved
+
+
+def test_online_probe_logs_and_keeps_the_best_checkpoint(tmp_path):
+    config = load_pretrain_config(
+        None, [*TINY, f"run.root={tmp_path}", "run.name=p", "train.max_steps=4", "probe.every=2"]
+    )
+    result = run_pretrain(config)
+    records = [
+        json.loads(line) for line in (result.run_dir / "scalars.jsonl").read_text().splitlines()
+    ]
+    probes = [r for r in records if "probe/miou" in r]
+    assert [r["step"] for r in probes] == [2, 4]
+    for record in probes:
+        assert 0 < record["probe/overall_accuracy"] <= 1 and record["probe/seconds"] > 0
+        assert 0 < record["probe/share_of_run_time"] < 1
+    best = torch.load(result.run_dir / "best_probe.pt", weights_only=True)
+    assert best["format"] == "contrastseg.pretrain"
+    assert best["probe"]["probe/miou"] == max(r["probe/miou"] for r in probes)
+    log = (result.run_dir / "train.log").read_text()
+    assert "probe at step 2:" in log and "on decoder features (16 channels, stride 4" in log
+    assert "% of the run's time so far" in log
+
+
+def test_probe_command_scores_a_run_and_an_exported_backbone(tmp_path, capsys):
+    config = load_pretrain_config(
+        None, [*TINY, f"run.root={tmp_path}", "run.name=p", "train.max_steps=1"]
+    )
+    run_pretrain(config)
+    sets = [a for s in PROBE_DEMO for a in ("--set", s)]
+    out = tmp_path / "probe.json"
+    assert main(["probe", "--checkpoint", str(tmp_path / "p"), *sets, "--out", str(out)]) == 0
+    assert "on decoder features" in capsys.readouterr().out
+    assert json.loads(out.read_text())["features"] == "decoder"
+    assert main(["export", str(tmp_path / "p"), "--out", str(tmp_path / "bb.pth")]) == 0
+    assert main(["probe", "--checkpoint", str(tmp_path / "bb.pth"), *sets]) == 0
+    assert "on backbone features (512 channels, stride 16" in capsys.readouterr().out
+    # a backbone file cannot be probed on decoder features: they were never trained
+    assert (
+        main(["probe", "--checkpoint", str(tmp_path / "bb.pth"), "--features", "decoder", *sets])
+        == 2
+    )
+    assert "cannot probe decoder features" in capsys.readouterr().err
