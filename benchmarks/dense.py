@@ -102,8 +102,9 @@ def _in_subprocess(batch: int, cells: int, repeats: int, threads: int) -> dict[s
     cmd = [sys.executable, __file__, "--child", f"{batch},{cells}", "--repeats", str(repeats),
            "--threads", str(threads)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        return {"batch": batch, "cells_per_image": cells, "error": proc.stderr.strip()[-300:]}
+    if proc.returncode != 0:  # a negative code is a signal: the kernel's OOM killer, usually
+        why = proc.stderr.strip()[-300:] or f"killed by signal {-proc.returncode}"
+        return {"batch": batch, "cells_per_image": cells, "error": why}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -216,7 +216,9 @@ class ProbeConfig:
     #: encoder for simclr/global_style), or decoder / encoder / backbone
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
     #: labeled training patches the head is fitted on (their features are computed once)
-    max_patches: int = 64
+    max_patches: int = 16
+    #: feature cells (pixels of the feature map) the head is fitted on, drawn evenly from all
+    max_cells: int = 20000
     #: full-batch Adam steps of the head on the cached features
     steps: int = 100
     #: Adam learning rate of the head (standardised features)
@@ -234,7 +236,7 @@ class ProbeConfig:
         for name in ("every",):
             if getattr(self, name) < 0:
                 raise ValueError(f"probe.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_patches", "steps", "batch_size"):
+        for name in ("max_patches", "max_cells", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"probe.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -8,8 +8,9 @@ hundred pretraining steps and on any checkpoint:
 1. the frozen network (eval mode: its BatchNorm statistics as trained) computes the probed
    features of at most ``max_patches`` labeled training patches, once;
 2. the label under each feature cell's centre pixel is its target (ignored pixels are left
-   out), and a softmax regression (a 1x1 convolution) is fitted on the standardised cached
-   features by ``steps`` full-batch Adam steps from zero: no network forward in the loop;
+   out; at most ``max_cells`` cells, evenly spaced), and a softmax regression (a 1x1
+   convolution) is fitted on the standardised cached features by ``steps`` full-batch Adam
+   steps from zero: no network forward in the loop;
 3. the network with that head segments the probe's validation images by sliding-window
    inference (logits averaged where windows overlap), scored as OA / mIoU / kappa / mean F1.
 
@@ -200,6 +201,9 @@ def run_probe(
             x, y = torch.cat(cached), torch.cat(targets)
             if len(y) == 0:
                 raise ConfigError("probe.data: the probe's training patches hold no labeled pixel")
+            if len(y) > config.max_cells:  # an even, deterministic subset bounds the fit's cost
+                keep = torch.linspace(0, len(y) - 1, config.max_cells).round().long()
+                x, y = x[keep], y[keep]
             head = fit_head(x, y, train_set.num_classes, config.steps, config.lr)
             probed.head = head.to(device)
             segmenter = Segmenter(

@@ -45,7 +45,7 @@ def _probe_config(root, **settings):
         root=str(root), mask_format="index", classes=["x", "y", "z"], train=["a", "b"],
         val=["c"], patch_size=16,
     )  # fmt: skip
-    return ProbeConfig(every=1, data=data, window=48, **settings)
+    return ProbeConfig(every=1, data=data, window=48, max_patches=64, max_cells=10**6, **settings)
 
 
 def test_features_that_are_the_one_hot_label_are_probed_to_miou_100(tmp_path, monkeypatch):
