@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from contrastseg import __version__
@@ -567,7 +568,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
-    return handler(args)
+    # our warnings (a setting ignored, a file skipped) are messages to the user: one line,
+    # without the source line Python adds for developers
+    previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        return handler(args)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -87,7 +87,7 @@ class ProbeResult:
 class ProbedNetwork(nn.Module):
     """A frozen network and a 1x1 head on the chosen features; ``forward`` gives logits at input size."""
 
-    def __init__(self, net: SegmentationNet, head: nn.Conv2d, features: str) -> None:
+    def __init__(self, net: SegmentationNet, head: nn.Module, features: str) -> None:
         super().__init__()
         self.net, self.head, self.features = net, head, features
 
@@ -183,7 +183,7 @@ def run_probe(
     train_set, val_set = datasets
     was_training = net.training
     net.eval()
-    probed = ProbedNetwork(net, nn.Conv2d(1, 1, 1), features)
+    probed = ProbedNetwork(net, nn.Identity(), features)  # the head is fitted below
     stride = net.feature_stride(features)
     cached, targets = [], []
     count = min(len(train_set), config.max_patches)

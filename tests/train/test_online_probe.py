@@ -130,3 +130,15 @@ def test_probe_command_scores_a_run_and_an_exported_backbone(tmp_path, capsys):
         == 2
     )
     assert "cannot probe decoder features" in capsys.readouterr().err
+
+
+def test_the_probe_leaves_the_training_run_unchanged(tmp_path):
+    # the probe fits its head and reads its data without touching the run's random streams,
+    # so a run with probes trains exactly as one without (and resumes bitwise alike)
+    runs = {}
+    for name, extra in (("plain", []), ("probed", ["probe.every=2"])):
+        config = load_pretrain_config(
+            None, [*TINY, f"run.root={tmp_path}", f"run.name={name}", "train.max_steps=6", *extra]
+        )
+        runs[name] = [r["loss/total"] for r in run_pretrain(config).history]
+    assert runs["probed"] == runs["plain"]
