@@ -1,0 +1,173 @@
+"""What a fine-tune starts from: the segmenter, its weights, its frozen parts, its optimizer.
+
+- :func:`build_start_model`: the network of the pretrained checkpoint's architecture (or of
+  ``model``) with a fresh classifier on the features the mode reads (the linear probe: what
+  the checkpoint trained, see :mod:`contrastseg.train.probe`), the chosen parts loaded, and
+  the names of the parts some file filled;
+- :func:`frozen_modules` / :func:`set_train_mode`: what ``mode`` freezes (parameters and
+  BatchNorm statistics);
+- :func:`start_normalization`: the per-band normalisation (config, stats file, or the
+  pretraining checkpoint's);
+- :func:`build_finetune_optimizer`: the optimizer, with the linear head's own learning rate
+  and ``pretrained_lr_scale`` for loaded parts;
+- :func:`labeled_split`: a split of the labeled data, with errors that say what to set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+from contrastseg.data.labeled import LabeledDataset
+from contrastseg.data.stats import load_stats_yaml
+from contrastseg.models.pretrained import LoadReport, load_pretrained, read_state_dict
+from contrastseg.models.registry import part_names
+from contrastseg.train.evaluate import (
+    build_segmenter,
+    pretrained_model_config,
+)
+from contrastseg.train.finetune_config import FinetuneConfig
+from contrastseg.train.optim import build_optimizer
+from contrastseg.train.probe import (
+    LOAD_PARTS,
+    check_trained,
+    default_features,
+    required_parts,
+    trained_parts,
+)
+from contrastseg.utils.configtools import ConfigError, to_dict
+
+#: At most this many batches estimate the BatchNorm statistics of frozen, untrained parts.
+BN_ESTIMATION_BATCHES = 200
+
+
+def frozen_modules(model: nn.Module, mode: str) -> list[nn.Module]:
+    """The parts of the network that ``mode`` freezes (parameters and BN statistics)."""
+    if mode == "linear":
+        return model.part_modules()
+    if mode == "decoder":
+        return [model.backbone]
+    return []
+
+
+def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
+    """``model.train()`` with the frozen parts in eval mode, so their BN statistics stay fixed."""
+    model.train()
+    for module in frozen:
+        module.eval()
+
+
+def start_normalization(
+    config: FinetuneConfig, pretrain: dict, bands: int
+) -> tuple[list | None, list | None]:
+    norm = config.normalize
+    mean, std, source = norm.mean, norm.std, "normalize"
+    if norm.stats_file:
+        stats = load_stats_yaml(norm.stats_file)
+        mean, std, source = stats.mean, stats.std, norm.stats_file
+    elif mean is None and std is None and pretrain:
+        # same inputs as in pretraining, unless the config says otherwise
+        stored = pretrain.get("config", {}).get("normalize", {})
+        mean, std, source = stored.get("mean"), stored.get("std"), "the pretraining checkpoint"
+        if stored.get("stats_file") and Path(stored["stats_file"]).is_file():
+            stats = load_stats_yaml(stored["stats_file"])
+            mean, std = stats.mean, stats.std
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != bands:
+            raise ConfigError(
+                f"{source}: {len(values)} {name} values but the data has {bands} band(s)"
+            )
+    return (None if mean is None else list(mean)), (None if std is None else list(std))
+
+
+def labeled_split(config: FinetuneConfig, split: str, required: bool) -> LabeledDataset | None:
+    try:
+        return LabeledDataset(config.data, split, whole_images=split != "train")
+    except ValueError as err:
+        if required or "is empty" not in str(err):
+            hint = (
+                "; model selection needs a validation split that is not the test split: set "
+                "data.val patterns (e.g. ['Tile 3/*'])"
+                if split == "val" and "is empty" in str(err)
+                else ""
+            )
+            raise ConfigError(f"{err}{hint}") from err
+        return None
+
+
+def build_start_model(config: FinetuneConfig, num_classes: int, bands: int):
+    """The segmenter (or linear probe) with its start weights, the model config and what loaded.
+
+    Returns:
+        ``(model, model_config, payload, report, loaded_parts)``; ``loaded_parts`` names the
+        parts some weights file filled (the others start random).
+    """
+    path = config.pretrained.path
+    model_config, payload, state = to_dict(config.model), {}, {}
+    if path:
+        state, payload = read_state_dict(path)
+        if payload:
+            model_config = pretrained_model_config(payload["config"]["model"], config.model)
+            if payload.get("in_channels") not in (None, bands):
+                raise ConfigError(
+                    f"{path} was trained on {payload['in_channels']} band(s) but the labeled data has "
+                    f"{bands}; select matching bands with data.bands"
+                )
+    parts, features = config.pretrained.parts, "decoder"
+    if config.mode == "linear":
+        name = model_config.get("name")
+        trained = trained_parts(state, payload, name) if path else None
+        features = config.linear.features
+        if features == "auto":
+            features = default_features(trained, name)
+        if parts == "auto":
+            parts = LOAD_PARTS[features]
+        required_parts(features, parts, name)
+        if path:
+            method = (payload.get("config") or {}).get("method", {}).get("name")
+            check_trained(features, trained or (), str(path), method, name)
+    elif parts == "auto":
+        parts = "backbone+aspp"
+    model_config = {**model_config, "classifier_features": features}
+    model = build_segmenter(model_config, num_classes, bands)
+    report, loaded_parts = None, set()
+    if path:
+        report = load_pretrained(model, path, parts)
+        if config.mode == "linear" and report.missing:
+            raise ConfigError(
+                f"{path} lacks {len(report.missing)} tensor(s) of the frozen parts of a linear "
+                f"probe of {features} features (e.g. {', '.join(report.missing[:4])}); they "
+                "would stay randomly initialised"
+            )
+        loaded_parts = set(part_names(model, parts))
+    elif config.model.backbone_weights:
+        model.backbone.load_weights(config.model.backbone_weights)
+        loaded_parts = {"backbone"}
+    return model, model_config, payload, report, loaded_parts
+
+
+def build_finetune_optimizer(model: nn.Module, config: FinetuneConfig, report: LoadReport | None):
+    settings = config.optim
+    if config.mode == "linear":  # the head's own learning rate
+        settings = dataclasses.replace(settings, lr=config.linear.lr)
+    optimizer = build_optimizer(model, settings)
+    scale = config.pretrained_lr_scale
+    if report is not None and config.mode == "finetune" and scale != 1.0:
+        names = {id(p): n for n, p in model.named_parameters()}
+        loaded = set(report.loaded)
+        groups = []
+        for group in optimizer.param_groups:
+            settings = {k: v for k, v in group.items() if k != "params"}
+            pre = [p for p in group["params"] if names[id(p)] in loaded]
+            fresh = [p for p in group["params"] if names[id(p)] not in loaded]
+            groups += [
+                {**settings, "params": fresh},
+                {**settings, "params": pre, "lr": settings["lr"] * scale},
+            ]
+        optimizer.param_groups.clear()
+        for group in groups:
+            if group["params"]:
+                optimizer.add_param_group(group)
+    return optimizer
