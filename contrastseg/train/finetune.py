@@ -325,7 +325,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         )
     criterion = build_loss(spec, dataset.num_classes, dataset.ignore_index, counts).to(device)
     optimizer = _optimizer(model, config, report)
-    scheduler = build_scheduler(optimizer, total_steps, config.optim)
+    scheduler = build_scheduler(optimizer, total_steps, config.optim, len(loader))
     amp_dtype = resolve_amp_dtype(train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator(device=device).manual_seed(train.seed * 1_000_003 + 17)

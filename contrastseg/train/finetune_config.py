@@ -87,7 +87,7 @@ class FinetuneOptimConfig(OptimConfig):
     lr: float = 1e-4
     #: Adam / AdamW betas
     betas: tuple[float, float] = (0.9, 0.999)
-    #: weight decay (not applied to biases and normalisation weights)
+    #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
     weight_decay: float = 0.0
 
 

@@ -197,7 +197,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, total_steps, config.optim)
+    scheduler = build_scheduler(optimizer, total_steps, config.optim, steps_per_epoch)
     amp_dtype = resolve_amp_dtype(train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     views = PairedViews(config.views).to(device)
