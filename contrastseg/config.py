@@ -1,6 +1,6 @@
 """Typed configuration of ``contrastseg pretrain``, loaded from YAML with ``--set`` overrides.
 
-``views`` also accepts ``preset: glcnet | simclr`` (the recipe, with the file's other
+``views`` also accepts ``preset: glcnet | glcnet_official | simclr`` (the recipe, with the file's other
 ``views`` keys applied over it). A config file has one mapping per section (``data``, ``views``, ``normalize``, ``model``,
 ``method``, ``optim``, ``train``, ``run``); every key has a default, so a file names only
 what it changes. Unknown keys, wrong types and impossible values are errors that name the
@@ -289,7 +289,7 @@ def resolve_config_path(path: str | os.PathLike[str]) -> Path:
 
 
 def _expand_views_preset(data: dict, overrides: Sequence[str], source: str) -> list[str]:
-    """Replace ``views.preset: glcnet|simclr`` by the preset's values, under the file's own keys.
+    """Replace ``views.preset: glcnet|glcnet_official|simclr`` by the preset's values, under the file's own keys.
 
     Returns the overrides that remain once a ``--set views.preset=...`` has been applied.
     """
