@@ -417,7 +417,28 @@ class RandomFlipChoice(_NoInverse, _ComputeSelectedOnly, K.GeometricAugmentation
         return out
 
 
-def _rgb_hsv_shift(rgb: Tensor, hue: Tensor, sat: Tensor, val: Tensor) -> Tensor:
+def band_brightness_contrast(images: Tensor, bright: Tensor, contrast: Tensor) -> Tensor:
+    """The official GLCNet ``randomColorAugment`` on ``(B, C, H, W)`` values in [0, 1].
+
+    ``bright`` and ``contrast`` are ``(B, C)`` factors: ``b > 1`` blends towards white
+    (``x (2 - b) + (b - 1)``), ``b <= 1`` towards black (``x b``); then ``x c``, clipped.
+    """
+    b, c = bright.to(images.dtype)[..., None, None], contrast.to(images.dtype)[..., None, None]
+    out = torch.where(b > 1, images * (2 - b) + (b - 1), images * b)
+    return (out * c).clamp(0.0, 1.0)
+
+
+def pixel_impulses(images: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+    """The official ``randpixel_noise``: each value replaced by a uniform one with prob ``rate``."""
+    if rate <= 0:
+        return images
+    device = images.device if generator is None else generator.device
+    hit = torch.rand(images.shape, generator=generator, device=device) < rate
+    values = torch.rand(images.shape, generator=generator, device=device)
+    return torch.where(hit.to(images.device), values.to(images), images)
+
+
+def rgb_hsv_shift(rgb: Tensor, hue: Tensor, sat: Tensor, val: Tensor) -> Tensor:
     """``cv2`` 8-bit HSV shift of ``(B, 3, H, W)`` RGB in [0, 1].
 
     ``hue`` in OpenCV units (2 degrees each, wrapped modulo 180 units), ``sat`` and ``val``
@@ -519,19 +540,13 @@ class RandomGLCNetColor(_ComputeSelectedOnly, K.IntensityAugmentationBase2D):
         if bands >= 3:
             hsv = _to_device(params["hsv"], device)
             shift = (_to_device(params[k], device) for k in ("hue", "sat", "val"))
-            shifted = _rgb_hsv_shift(out[:, rgb], *shift).to(out.dtype)
+            shifted = rgb_hsv_shift(out[:, rgb], *shift).to(out.dtype)
             out = out.clone()
             out[:, rgb] = torch.where(hsv[:, None, None, None], shifted, out[:, rgb])
         if bands != 3:
-            bright = _to_device(params["bright"], device).to(out.dtype)[..., None, None]
-            contrast = _to_device(params["contrast"], device).to(out.dtype)[..., None, None]
-            # b > 1: x (2 - b) + (b - 1), a blend towards white; b <= 1: x b, towards black.
-            out = torch.where(bright > 1, out * (2 - bright) + (bright - 1), out * bright)
-            out = (out * contrast).clamp(0.0, 1.0)
-            rate = flags["pixel_noise"]
-            if rate > 0:
-                hit = torch.rand(out.shape, device=device) < rate
-                out = torch.where(hit, torch.rand(out.shape, device=device, dtype=out.dtype), out)
+            bright = _to_device(params["bright"], device)
+            out = band_brightness_contrast(out, bright, _to_device(params["contrast"], device))
+            out = pixel_impulses(out, flags["pixel_noise"])
         return out
 
 

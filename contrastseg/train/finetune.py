@@ -60,6 +60,7 @@ from contrastseg.train.evaluate import (
     evaluate_dataset,
     load_finetune_checkpoint,
 )
+from contrastseg.train.finetune_augment import official_augment
 from contrastseg.train.finetune_config import FinetuneConfig, loss_spec
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.optim import build_optimizer, build_scheduler
@@ -451,7 +452,9 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             for images, masks in iterate_keeping_rng(loader):
                 x = to_float(images.to(device, non_blocking=True), config.data.scale, mean, std)
                 y = masks.to(device, non_blocking=True)
-                if train.augment:
+                if train.augment and train.augment_recipe == "official":
+                    x, y = official_augment(x, y, generator, mean, std, dataset.ignore_index)
+                elif train.augment:
                     x, y = augment_batch(x, y, generator)
                 with autocast_context(device, amp_dtype):
                     logits = net(x.contiguous(memory_format=memory_format))
