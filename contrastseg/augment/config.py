@@ -255,7 +255,7 @@ def _simclr_pipeline() -> PipelineConfig:
 
 @dataclass
 class ViewsConfig:
-    """Two augmentation pipelines, ``t1`` for view 1 and ``t2`` for view 2 (GLCNet defaults).
+    """Two augmentation pipelines, ``t1`` for view 1 and ``t2`` for view 2 (our GLCNet defaults).
 
     Attributes:
         size: side of the square views in pixels.
@@ -266,8 +266,8 @@ class ViewsConfig:
         engine: ``native`` (this package's ops: one resampling per view, fastest) or
             ``kornia`` (a sequence of ``kornia.augmentation`` modules per view, which takes
             the ``extra`` ops).
-        t1: pipeline of view 1 (GLCNet: the crop only).
-        t2: pipeline of view 2 (GLCNet: crop, flips, rot90, colour, grayscale, blur, noise).
+        t1: pipeline of view 1 (the crop only, as in GLCNet).
+        t2: pipeline of view 2 (ours: crop, flips, rot90, colour, grayscale, blur, noise).
     """
 
     size: int = 224  #: side of the square views in pixels

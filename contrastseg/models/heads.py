@@ -83,8 +83,10 @@ class GlobalProjectionHead(ProjectionHead):
 class LocalProjectionHead(ProjectionHead):
     """GLCNet's local head on pooled region features: ``decoder_channels -> 64 -> 64 -> 64``.
 
-    The first layer is the paper's 1x1 projection of the decoder features, applied after
-    pooling (equal, by linearity of the mean); the rest is the 64-64-64 MLP.
+    The first layer stands for the paper's 1x1 projection of the decoder features, applied
+    after pooling; here it is an MLP layer (Linear -> BatchNorm -> ReLU, our default), where
+    the official code's is linear (``ProjectionHead(..., linear_first=True)``, equal to
+    projecting before pooling by linearity of the mean); the rest is the 64-64-64 MLP.
     """
 
     def __init__(
