@@ -112,6 +112,15 @@ def main() -> None:
     parser.add_argument("--val", default="Tile 2/*")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument(
+        "--checkpoint", action="append", default=[], help="RECIPE=PATH: skip that pretraining"
+    )
+    parser.add_argument(
+        "--cross",
+        action="store_true",
+        help="fine-tune each recipe's checkpoint with the other recipe's fine-tuning "
+        "(runs labelled 'pretrain X + fine-tune Y'), to tell the two stages apart",
+    )
     args = parser.parse_args()
     if args.quick:
         args.data, args.seeds, args.val = "demo", args.seeds[:2], ""
@@ -122,6 +131,9 @@ def main() -> None:
     args.linear_lr = None
     runs: list[dict] = []
     pretrain_seconds: dict[str, float] = {}
+
+    def labels() -> list[str]:
+        return list(dict.fromkeys(r["recipe"] for r in runs)) or list(args.recipes)
 
     def save() -> Path:
         headers = [
@@ -139,7 +151,7 @@ def main() -> None:
                 "machine": machine_info(torch.device(args.device)),
                 "settings": vars(args),
                 "pretrain_seconds": pretrain_seconds,
-                "table": {"headers": headers, "rows": summarise(runs, args.recipes)},
+                "table": {"headers": headers, "rows": summarise(runs, labels())},
                 "runs": runs,
             },
         )
@@ -148,8 +160,12 @@ def main() -> None:
         work = Path(args.work_dir or tmp)
         starts: dict[tuple[str, int], Path] = {}
         pre_seeds = args.seeds[: max(1, args.pretrain_seeds)]
+        given = dict(item.split("=", 1) for item in args.checkpoint)
         for pseed in pre_seeds:
             for recipe in args.recipes:
+                if recipe in given:
+                    starts[(recipe, pseed)] = Path(given[recipe])
+                    continue
                 extra = [
                     *RECIPES[recipe][0],
                     f"run.name=pretrain-{recipe}-{pseed}",
@@ -165,14 +181,18 @@ def main() -> None:
         for i, seed in enumerate(args.seeds):
             pseed = pre_seeds[i % len(pre_seeds)] if len(pre_seeds) > 1 else pre_seeds[0]
             for recipe in args.recipes:
-                extra = [*RECIPES[recipe][1], f"run.name=ft-{recipe}-{seed}"]
+                tuned = recipe
+                if args.cross:
+                    tuned = "official" if recipe == "default" else "default"
+                label = recipe if tuned == recipe else f"pretrain {recipe} + fine-tune {tuned}"
+                extra = [*RECIPES[tuned][1], f"run.name=ft-{recipe}-{tuned}-{seed}"]
                 run = finetune(
                     "glcnet", starts[(recipe, pseed)], args.fraction, seed, args, work, extra
                 )
-                run.update(recipe=recipe, pretrain_seed=pseed)
+                run.update(recipe=label, pretrain_seed=pseed)
                 runs.append(run)
                 print(
-                    f"{recipe:>8} seed {seed}: kappa {100 * run['kappa']:.2f} mIoU "
+                    f"{label:>8} seed {seed}: kappa {100 * run['kappa']:.2f} mIoU "
                     f"{100 * run['miou']:.2f} ({run['seconds']:.0f} s)",
                     flush=True,
                 )
@@ -180,7 +200,7 @@ def main() -> None:
     print()
     print_table(
         ["recipe", "kappa %", "mIoU %", "OA %", "kappa official - default (paired)", "runs"],
-        summarise(runs, args.recipes),
+        summarise(runs, labels()),
     )
     print(f"\nwrote {save()}")
 
