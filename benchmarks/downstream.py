@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -76,7 +77,9 @@ def data_settings(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return pre, fine
 
 
-def pretrain(method: str, args: argparse.Namespace, work: Path) -> tuple[Path, float]:
+def pretrain(
+    method: str, args: argparse.Namespace, work: Path, extra: Sequence[str] = ()
+) -> tuple[Path, float]:
     pre_data, _ = data_settings(args)
     views = max(32, args.patch * 3 // 4)
     overrides = [
@@ -90,7 +93,7 @@ def pretrain(method: str, args: argparse.Namespace, work: Path) -> tuple[Path, f
     if method in ("local", "glcnet"):
         overrides.append(f"method.region_size={max(8, views // 4)}")
     start = time.perf_counter()
-    result = run_pretrain(load_pretrain_config(None, overrides))
+    result = run_pretrain(load_pretrain_config(None, [*overrides, *extra]))
     return result.checkpoint, time.perf_counter() - start
 
 
@@ -101,7 +104,13 @@ def split_start(spec: str) -> tuple[str, str]:
 
 
 def finetune(
-    spec: str, checkpoint: Path | None, fraction: float, seed: int, args, work: Path
+    spec: str,
+    checkpoint: Path | None,
+    fraction: float,
+    seed: int,
+    args,
+    work: Path,
+    extra: Sequence[str] = (),
 ) -> dict:
     method, features = split_start(spec)
     _, fine_data = data_settings(args)
@@ -125,7 +134,7 @@ def finetune(
     if checkpoint is not None:
         overrides.append(f"pretrained.path={checkpoint}")
     start = time.perf_counter()
-    result = run_finetune(load_finetune_config(config_file, overrides))
+    result = run_finetune(load_finetune_config(config_file, [*overrides, *extra]))
     selected = torch.load(result.best_checkpoint, weights_only=True)
     return {
         "method": spec, "fraction": fraction, "seed": seed, "seconds": time.perf_counter() - start,

@@ -1,6 +1,6 @@
 """Images/s, peak memory and FLOP/s of one GLCNet pretraining step, as the engine runs it.
 
-Each case builds the run from the real config (``--config``, default the Potsdam paper recipe
+Each case builds the run from the real config (``--config``, default our Potsdam recipe
 ``glcnet_potsdam.yaml``, plus ``--set`` overrides and the case's own: arch, batch size,
 ``train.amp``, ``train.channels_last``, ``train.compile``) and times the engine's own step:
 the ``PretrainTask`` that ``run_pretrain`` builds (``build_pretrain_task``: uint8 batch ->

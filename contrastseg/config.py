@@ -1,7 +1,7 @@
 """Typed configuration of ``contrastseg pretrain``, loaded from YAML with ``--set`` overrides.
 
-``views`` also accepts ``preset: glcnet | simclr`` and a labeled ``data`` section
-``preset: potsdam | vaihingen | dubai | demo``: the preset's values are merged under the
+``views`` also accepts ``preset: glcnet | glcnet_official | simclr`` and a labeled ``data``
+section ``preset: potsdam | vaihingen | dubai | demo``: the preset's values are merged under the
 section's own keys before typing (:func:`resolve_presets`), so explicit values win. A config file has one mapping per section (``data``, ``views``, ``normalize``, ``model``,
 ``method``, ``optim``, ``train``, ``run``); every key has a default, so a file names only
 what it changes. Unknown keys, wrong types and impossible values are errors that name the
@@ -132,18 +132,31 @@ class OptimConfig:
     lr: float = 1e-3
     #: Adam / AdamW betas
     betas: tuple[float, float] = (0.9, 0.99)
-    #: weight decay (not applied to biases and normalisation weights)
+    #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
     weight_decay: float = 1e-5
+    #: also decay biases and normalisation weights (the official GLCNet code decays every
+    #: parameter; ours leaves them out, as most contrastive recipes do)
+    decay_norm_and_bias: bool = False
+    #: multiply lr by the number of processes (the official GLCNet code: 1e-3 x world size)
+    scale_lr_with_world_size: bool = False
     #: SGD / LARS momentum
     momentum: float = 0.9
     #: LARS trust coefficient
     lars_eta: float = 0.001
     #: linear warmup length in optimizer steps
     warmup_steps: int = 0
-    #: cosine decay to min_lr_ratio * lr after warmup, or constant
-    schedule: Literal["cosine", "constant"] = "cosine"
+    #: cosine decay to the final lr after warmup, constant, or exponential (lr * gamma ** t)
+    schedule: Literal["cosine", "constant", "exponential"] = "cosine"
+    #: what the schedule counts: optimizer steps, or epochs (lr changes once per epoch, as
+    #: torch's CosineAnnealingLR / the official GLCNet fine-tuning's lr * 0.98 per epoch)
+    schedule_unit: Literal["step", "epoch"] = "step"
+    #: factor per schedule unit of the exponential schedule
+    gamma: float = 0.98
     #: final learning rate as a fraction of lr (cosine)
     min_lr_ratio: float = 0.0
+    #: final learning rate of the cosine in absolute terms (replaces min_lr_ratio when set;
+    #: the official GLCNet pretraining: 4e-8)
+    min_lr: float | None = None
     #: clip the global gradient norm to this value; None = no clipping
     grad_clip: float | None = None
 
@@ -158,6 +171,18 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if self.schedule not in ("cosine", "constant", "exponential"):
+            raise ValueError(
+                f"optim.schedule must be cosine, constant or exponential, got {self.schedule!r}"
+            )
+        if self.schedule_unit not in ("step", "epoch"):
+            raise ValueError(
+                f"optim.schedule_unit must be step or epoch, got {self.schedule_unit!r}"
+            )
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"optim.gamma must lie in (0, 1], got {self.gamma}")
+        if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optim.min_lr must lie in [0, optim.lr], got {self.min_lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
 

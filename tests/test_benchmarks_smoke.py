@@ -108,3 +108,44 @@ def test_augment_quick_run_leaves_the_committed_results_alone():
     augment = _load("augment")
     assert augment.default_out(False) == "benchmarks/results/augment.json"
     assert "benchmarks" not in Path(augment.default_out(True)).parts
+
+
+def _value(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def test_recipe_benchmark_overrides_are_the_official_configs():
+    """benchmarks/recipe.py's official overrides give the settings of the official configs."""
+    from contrastseg.config import load_pretrain_config
+    from contrastseg.train.finetune_config import load_finetune_config
+    from contrastseg.utils.configtools import to_dict
+
+    recipe = _load("recipe")
+    configs = BENCHMARKS.parent / "configs"
+    pairs = (
+        (recipe.OFFICIAL_PRETRAIN, load_pretrain_config, "glcnet_official.yaml"),
+        (recipe.OFFICIAL_FINETUNE, load_finetune_config, "finetune_official.yaml"),
+    )
+    for overrides, load, name in pairs:
+        ours = to_dict(load(None, overrides))
+        official = to_dict(load(configs / name))
+        for item in overrides:
+            key = item.split("=", 1)[0]
+            if key == "views.preset":
+                assert ours["views"]["t2"] == official["views"]["t2"]
+                assert ours["views"]["engine"] == official["views"]["engine"]
+                continue
+            assert _value(ours, key) == _value(official, key), key
+    runs = [
+        {"recipe": r, "seed": s, "kappa": k, "miou": k, "overall_accuracy": k}
+        for r, s, k in [
+            ("default", 0, 0.5),
+            ("official", 0, 0.4),
+            ("default", 1, 0.6),
+            ("official", 1, 0.6),
+        ]
+    ]
+    rows = recipe.summarise(runs, ["default", "official"])
+    assert rows[1][4] == "-5.00 ± 7.07" and rows[0][4] == "-"

@@ -1,10 +1,13 @@
 """Configuration of the paired views: one dataclass per op, one pipeline per view.
 
-Defaults follow the official GLCNet recipe (Li et al., TGRS 2022): 224 x 224
-views from random resized crops (scale 0.4-1.0, ratio 3/4-4/3); view 1 is the crop only,
-view 2 adds flips, rot90 (p 0.8), colour distortion (p 0.8), "grayscale" (p 0.1),
-Gaussian blur (p 0.5) and Gaussian noise. ``ViewsConfig.preset("simclr")`` gives SimCLR's
-symmetric strong pipeline (Chen et al., ICML 2020, appendix A) on both views.
+Defaults are our GLCNet-style recipe (Li et al., TGRS 2022): 224 x 224 views from random
+resized crops (scale 0.4-1.0, ratio 3/4-4/3); view 1 is the crop only, view 2 adds
+independent flips, rot90 (p 0.8, k in {1, 2, 3}), ColorJitter (p 0.8), band-mean
+"grayscale" (p 0.1), Gaussian blur (p 0.5) and Gaussian noise (p 0.5). It differs from the
+official code's view 2 in every op after the crop (README, "Recipe");
+``ViewsConfig.preset("glcnet_official")`` is the official one (Kornia engine), and
+``ViewsConfig.preset("simclr")`` SimCLR's symmetric strong pipeline (Chen et al., ICML
+2020, appendix A) on both views.
 """
 
 from __future__ import annotations
@@ -227,6 +230,19 @@ def _glcnet_t2() -> PipelineConfig:
     )
 
 
+def _glcnet_official_t2() -> PipelineConfig:
+    """View 2 of ``join_transform`` in the official utils/data_for_self_GLCNet.py, in its order."""
+    return PipelineConfig(
+        extra=[
+            {"name": "RandomFlipChoice"},  # one of h, v, h+v, none, none
+            {"name": "RandomQuarterTurn", "p": 0.8, "include_zero": True},
+            {"name": "RandomGLCNetColor", "p": 0.8},  # color_aug: HSV (p 0.5), band ops
+            {"name": "RandomBandGrayscale", "mode": "random_band", "p": 0.1},
+            {"name": "RandomOpenCVBlur", "kernel_sizes": [3, 5, 7], "p": 0.5},
+        ]
+    )
+
+
 def _simclr_pipeline() -> PipelineConfig:
     return PipelineConfig(
         crop=CropConfig(scale=(0.08, 1.0)),
@@ -239,7 +255,7 @@ def _simclr_pipeline() -> PipelineConfig:
 
 @dataclass
 class ViewsConfig:
-    """Two augmentation pipelines, ``t1`` for view 1 and ``t2`` for view 2 (GLCNet defaults).
+    """Two augmentation pipelines, ``t1`` for view 1 and ``t2`` for view 2 (our GLCNet defaults).
 
     Attributes:
         size: side of the square views in pixels.
@@ -250,8 +266,8 @@ class ViewsConfig:
         engine: ``native`` (this package's ops: one resampling per view, fastest) or
             ``kornia`` (a sequence of ``kornia.augmentation`` modules per view, which takes
             the ``extra`` ops).
-        t1: pipeline of view 1 (GLCNet: the crop only).
-        t2: pipeline of view 2 (GLCNet: crop, flips, rot90, colour, grayscale, blur, noise).
+        t1: pipeline of view 1 (the crop only, as in GLCNet).
+        t2: pipeline of view 2 (ours: crop, flips, rot90, colour, grayscale, blur, noise).
     """
 
     size: int = 224  #: side of the square views in pixels
@@ -300,11 +316,17 @@ class ViewsConfig:
                     )
 
     @classmethod
-    def preset(cls, name: Literal["glcnet", "simclr"], **overrides: object) -> ViewsConfig:
-        """A named recipe: ``glcnet`` (the defaults) or ``simclr`` (strong pipeline on both views).
+    def preset(
+        cls, name: Literal["glcnet", "glcnet_official", "simclr"], **overrides: object
+    ) -> ViewsConfig:
+        """A named recipe: ``glcnet`` (the defaults), ``glcnet_official`` or ``simclr``.
+
+        ``glcnet_official`` is view 2 of the official GLCNet code (Kornia engine; its HSV
+        jitter assumes RGB in bands 0-2 and values in [0, 1]); ``simclr`` the strong
+        pipeline on both views.
 
         Args:
-            name: ``"glcnet"`` or ``"simclr"``.
+            name: ``"glcnet"``, ``"glcnet_official"`` or ``"simclr"``.
             **overrides: top-level fields to replace (e.g. ``size=96, rgb_bands=None``).
 
         Raises:
@@ -312,8 +334,15 @@ class ViewsConfig:
         """
         if name == "glcnet":
             return cls(**overrides)  # type: ignore[arg-type]
-        if name == "simclr":
-            kwargs: dict[str, object] = {"t1": _simclr_pipeline(), "t2": _simclr_pipeline()}
+        kwargs: dict[str, object]
+        if name == "glcnet_official":
+            kwargs = {"engine": "kornia", "t2": _glcnet_official_t2()}
             kwargs.update(overrides)
             return cls(**kwargs)  # type: ignore[arg-type]
-        raise ValueError(f"views preset must be 'glcnet' or 'simclr', got {name!r}")
+        if name == "simclr":
+            kwargs = {"t1": _simclr_pipeline(), "t2": _simclr_pipeline()}
+            kwargs.update(overrides)
+            return cls(**kwargs)  # type: ignore[arg-type]
+        raise ValueError(
+            f"views preset must be 'glcnet', 'glcnet_official' or 'simclr', got {name!r}"
+        )

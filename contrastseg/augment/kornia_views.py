@@ -39,6 +39,7 @@ from contrastseg.augment.kornia_ops import (
     RandomBandColorJitter,
     RandomBandGaussianNoise,
     RandomBandGrayscale,
+    RandomFlipChoice,
     RandomQuarterTurn,
     ResizedCrop,
     VerticalFlip,
@@ -47,7 +48,7 @@ from contrastseg.augment.kornia_ops import (
 )
 
 #: Geometric ops that only permute pixels: content never leaves the frame.
-_PERMUTATIONS = (K.RandomHorizontalFlip, K.RandomVerticalFlip, RandomQuarterTurn)
+_PERMUTATIONS = (K.RandomHorizontalFlip, K.RandomVerticalFlip, RandomQuarterTurn, RandomFlipChoice)
 #: Coverage below this mixed in padding. A position on the frame's edge computed in float32
 #: (e.g. a rotation by exactly 90 degrees) may land 1e-6 pixel outside and keep a coverage of
 #: 1 - 1e-6; accepting it moves a value v by at most 1e-5 * |v| (0.03 px on a 3000 px ramp),

@@ -128,6 +128,63 @@ def _boxes(pos: Tensor, width: int, size: int) -> Tensor:
     return torch.stack([x1, y1, x1 + size, y1 + size], dim=-1).float()
 
 
+def _draw_apart(
+    candidate: Tensor,
+    window: tuple[Tensor, int, int, int, int],
+    n: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """``n`` sequential uniform draws of view-1 positions, each window's sources removed after.
+
+    Args:
+        candidate: ``(B, rows, cols)`` int32 0/1 over the fit region of view 1.
+        window: ``(index1, r0, c0, size, beyond)``: the view-1 index map, the offset of the fit
+            region in it, the window side and the last source-table slot.
+        n: draws per image.
+        generator: random source.
+
+    Returns:
+        ``(chosen, valid)``: ``(B, n)`` flat fit-region positions (0 where invalid) and a
+        ``(B, n)`` bool mask; valid draws come first.
+    """
+    index1, r0, c0, size, beyond = window
+    b, rows, cols = candidate.shape
+    device = candidate.device
+    # The source slot of every fit-region position; a removed slot is no candidate any more.
+    slots = index1[:, r0 : r0 + rows, c0 : c0 + cols].clamp(0, beyond).reshape(b, -1).long()
+    removed = torch.zeros(b, beyond + 1, dtype=torch.bool, device=device)
+    flat = candidate.reshape(b, -1).bool()
+    span = torch.arange(size, device=device)
+    batch = torch.arange(b, device=device)
+    chosen = torch.zeros(b, n, dtype=torch.long, device=device)
+    valid = torch.zeros(b, n, dtype=torch.bool, device=device)
+    for step in range(n):
+        left = flat & ~removed.gather(1, slots)
+        count = left.sum(1)
+        draw = torch.randint(0, 2**62, (b,), generator=generator, device=device)
+        rank = (draw % count.clamp(min=1))[:, None]
+        per_row = left.view(b, rows, cols).sum(2, dtype=torch.int32)
+        pos = _nth_candidates(left.view(b, rows, cols).int(), per_row, rank)[:, 0]
+        ok = count > 0
+        chosen[:, step] = torch.where(ok, pos, 0)
+        valid[:, step] = ok
+        # The view-1 window of the draw: fit-region position (r, c) centres view pixels
+        # [r, r + size) x [c, c + size) (the fit region starts at size // 2).
+        r, c = torch.div(pos, cols, rounding_mode="floor"), pos % cols
+        ids = index1[
+            batch[:, None, None], (r[:, None] + span)[:, :, None], (c[:, None] + span)[:, None]
+        ]
+        ids = ids.clamp(0, beyond).reshape(b, -1).long()
+        tentative = removed.clone().scatter_(1, ids, True)
+        remaining = (flat & ~tentative.gather(1, slots)).sum(1)
+        # Too few left: only the chosen centre leaves (its source slot).
+        own = slots.gather(1, pos[:, None])
+        fallback = removed.clone().scatter_(1, own, True)
+        update = torch.where((remaining > 1)[:, None], tentative, fallback)
+        removed = torch.where(ok[:, None], update, removed)
+    return chosen, valid
+
+
 def drop_invalid_sources(index: Tensor, valid: Tensor | None) -> Tensor:
     """Mark view pixels whose source pixel is invalid (nodata) as outside the source (0).
 
@@ -157,6 +214,7 @@ def match_regions(
     size: int,
     generator: torch.Generator | None = None,
     num_source_pixels: int | None = None,
+    overlap: bool = True,
 ) -> MatchedRegions:
     """Draw ``num_regions`` window pairs per image whose centres show the same source pixel.
 
@@ -164,8 +222,13 @@ def match_regions(
     ``size x size`` window fits inside both views; each image draws distinct candidates
     uniformly at random (over source pixels, whatever their duplication in the views).
     When a source pixel appears at several fitting positions of a view (upsampled crops),
-    the first of them in raster order is used. Windows may overlap (the official code
-    instead drops the source pixels under each chosen view-1 window from the later draws).
+    the first of them in raster order is used. With ``overlap=True`` (our default) windows
+    may overlap. With ``overlap=False`` the draws are sequential, as in the official code:
+    after each draw the source pixels under the chosen view-1 window leave the candidates,
+    so no later centre lies in an earlier view-1 window, and each draw is uniform over the
+    candidates that remain. As there, a removal that would leave fewer than 2 candidates is
+    skipped; then only the chosen centre leaves (the official code keeps it and may draw it
+    again).
 
     Args:
         index1, index2: ``(B, H1, W1)`` and ``(B, H2, W2)`` integer index maps
@@ -176,6 +239,8 @@ def match_regions(
         num_source_pixels: ``H_src * W_src`` of the source images (sizes the lookup table;
             larger index values are treated as outside); when ``None`` it is
             taken from the largest index, which costs one device-to-host synchronisation.
+        overlap: allow view-1 windows of one image to contain each other's centres; ``False``
+            draws them apart (see above; ``num_regions`` sequential steps).
 
     Returns:
         :class:`MatchedRegions` with ``(B, n, 4)`` boxes and a ``(B, n)`` validity mask; for
@@ -244,10 +309,14 @@ def match_regions(
     candidate = candidate.view(b, rows1, cols1)
 
     k = min(num_regions, len1)
-    per_row = candidate.sum(2, dtype=torch.int32)  # (B, rows1)
-    ranks = _draw_distinct(per_row.sum(1, dtype=torch.int32), k, generator)
-    valid = ranks >= 0
-    chosen = _nth_candidates(candidate, per_row, ranks).masked_fill_(~valid, 0)
+    if overlap:
+        per_row = candidate.sum(2, dtype=torch.int32)  # (B, rows1)
+        ranks = _draw_distinct(per_row.sum(1, dtype=torch.int32), k, generator)
+        valid = ranks >= 0
+        chosen = _nth_candidates(candidate, per_row, ranks).masked_fill_(~valid, 0)
+    else:
+        window = (index1, a0, e0, size, beyond)
+        chosen, valid = _draw_apart(candidate, window, k, generator)
     boxes1 = _boxes(chosen, cols1, size)
     boxes2 = _boxes(partner.gather(1, chosen).masked_fill_(~valid, 0), g1 - g0, size)
     if k < num_regions:

@@ -103,6 +103,9 @@ class RegionsConfig(MethodConfig):
     num_regions: int = 4
     #: side of the matched regions in view pixels (local branch)
     region_size: int = 48
+    #: ``false``: after each view-1 window is drawn, the source pixels under it leave the
+    #: candidates, so no later centre lies in an earlier window (the official draw)
+    region_overlap: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -31,15 +31,31 @@ class LocalConfig(RegionsConfig):
     local_head: list[int] = field(default_factory=lambda: [64, 64, 64])
     #: BatchNorm in the projection heads
     head_batch_norm: bool = True
+    #: first local-head layer: ``mlp`` (Linear -> BN -> ReLU, ours) or ``official`` (linear,
+    #: the official code's 1x1 convolution, followed directly by the MLP; needs >= 2 widths)
+    local_head_layout: Literal["mlp", "official"] = "mlp"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_widths("local_head", self.local_head)
+        if self.local_head_layout not in ("mlp", "official"):
+            raise ValueError(
+                f"method.local_head_layout must be mlp or official, got {self.local_head_layout!r}"
+            )
+        if self.local_head_layout == "official" and len(self.local_head) < 2:
+            raise ValueError(
+                "method.local_head_layout: official needs at least two local_head widths "
+                f"(projection, then MLP), got {self.local_head}"
+            )
 
 
 def local_matching_loss(config: LocalConfig, net: SegmentationNet) -> LocalMatchingLoss:
     """The local matching loss with its head, as ``config`` describes it."""
-    head = ProjectionHead([net.decoder_channels, *config.local_head], config.head_batch_norm)
+    head = ProjectionHead(
+        [net.decoder_channels, *config.local_head],
+        config.head_batch_norm,
+        linear_first=config.local_head_layout == "official",
+    )
     return LocalMatchingLoss(
         head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled
     )
@@ -56,6 +72,7 @@ def prepare_regions(
         config.region_size,
         generator=generator,
         num_source_pixels=num_source_pixels,
+        overlap=config.region_overlap,
     )
     return {"regions": regions}
 

@@ -6,6 +6,11 @@ matched region with a 1x1 projection to 64 channels followed by a 64-64-64 MLP (
 branch). Region pooling is a mean and the 1x1 projection is linear, so projecting after
 pooling equals projecting the feature map and then pooling; the local head therefore
 works on pooled vectors, ``256 -> 64`` then ``64 -> 64 -> 64``, and costs nothing per pixel.
+
+Two layouts of that local head (``method.local_head_layout``): ``mlp`` (ours) makes the
+first layer an MLP layer too (Linear -> BatchNorm -> ReLU), ``official`` keeps it linear
+as the official code's 1x1 convolution is (``linear_first=True``: Linear, then
+Linear -> ReLU -> Linear). The official heads have no BatchNorm (``head_batch_norm: false``).
 """
 
 from __future__ import annotations
@@ -20,25 +25,34 @@ class ProjectionHead(nn.Module):
     """An MLP ``dims[0] -> dims[1] -> ... -> dims[-1]``.
 
     Every layer but the last is Linear (-> BatchNorm1d) -> ReLU; the last is a plain
-    Linear, as in SimCLR's head.
+    Linear, as in SimCLR's head. With ``linear_first`` the first layer is a plain Linear
+    (with bias) too, feeding the next Linear directly (GLCNet's official local head, whose
+    1x1 convolution is linear).
 
     Args:
-        dims: layer widths, input first, at least two entries.
+        dims: layer widths, input first, at least two entries (three with ``linear_first``).
         batch_norm: BatchNorm1d after each hidden Linear (its bias is then dropped).
+        linear_first: the first layer is linear (no BatchNorm, no ReLU).
 
     Shapes: ``(N, dims[0]) -> (N, dims[-1])``.
     """
 
-    def __init__(self, dims: Sequence[int], batch_norm: bool = True) -> None:
+    def __init__(
+        self, dims: Sequence[int], batch_norm: bool = True, linear_first: bool = False
+    ) -> None:
         super().__init__()
         dims = [int(d) for d in dims]
-        if len(dims) < 2 or any(d < 1 for d in dims):
-            raise ValueError(f"a projection head needs at least two positive widths, got {dims}")
+        if len(dims) < 2 + linear_first or any(d < 1 for d in dims):
+            least = "three" if linear_first else "two"
+            raise ValueError(
+                f"a projection head needs at least {least} positive widths, got {dims}"
+            )
         layers: list[nn.Module] = []
         for i, (d_in, d_out) in enumerate(itertools.pairwise(dims)):
             last = i == len(dims) - 2
-            layers.append(nn.Linear(d_in, d_out, bias=last or not batch_norm))
-            if not last:
+            plain = last or (linear_first and i == 0)
+            layers.append(nn.Linear(d_in, d_out, bias=plain or not batch_norm))
+            if not plain:
                 if batch_norm:
                     layers.append(nn.BatchNorm1d(d_out))
                 layers.append(nn.ReLU(inplace=True))
@@ -69,8 +83,10 @@ class GlobalProjectionHead(ProjectionHead):
 class LocalProjectionHead(ProjectionHead):
     """GLCNet's local head on pooled region features: ``decoder_channels -> 64 -> 64 -> 64``.
 
-    The first layer is the paper's 1x1 projection of the decoder features, applied after
-    pooling (equal, by linearity of the mean); the rest is the 64-64-64 MLP.
+    The first layer stands for the paper's 1x1 projection of the decoder features, applied
+    after pooling; here it is an MLP layer (Linear -> BatchNorm -> ReLU, our default), where
+    the official code's is linear (``ProjectionHead(..., linear_first=True)``, equal to
+    projecting before pooling by linearity of the mean); the rest is the 64-64-64 MLP.
     """
 
     def __init__(

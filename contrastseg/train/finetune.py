@@ -54,6 +54,7 @@ from contrastseg.train.evaluate import (
     evaluate_dataset,
     load_finetune_checkpoint,
 )
+from contrastseg.train.finetune_augment import official_augment
 from contrastseg.train.finetune_config import FinetuneConfig, loss_spec
 from contrastseg.train.finetune_model import (
     BN_ESTIMATION_BATCHES,
@@ -180,6 +181,7 @@ class FinetuneTask(TrainingTask):
         )
         self.mean, self.std, self.memory_format = mean, std, memory_format
         self.amp_dtype, self.device, self.content = amp_dtype, device, content
+        self.ignore_index = val_set.ignore_index
         self.patience = config.linear.patience if config.mode == "linear" else config.train.patience
         self.best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}, "stale": 0}
         self.best_confusion = None
@@ -200,7 +202,9 @@ class FinetuneTask(TrainingTask):
             images.to(self.device, non_blocking=True), config.data.scale, self.mean, self.std
         )
         y = masks.to(self.device, non_blocking=True)
-        if config.train.augment:
+        if config.train.augment and config.train.augment_recipe == "official":
+            x, y = official_augment(x, y, self.generator, self.mean, self.std, self.ignore_index)
+        elif config.train.augment:
             x, y = augment_batch(x, y, self.generator)
         with autocast_context(self.device, self.amp_dtype):
             logits = self.forward(x.contiguous(memory_format=self.memory_format))
@@ -295,7 +299,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         )
     criterion = build_loss(spec, dataset.num_classes, dataset.ignore_index, counts).to(device)
     optimizer = build_finetune_optimizer(model, config, report)
-    scheduler = build_scheduler(optimizer, total_steps, config.optim)
+    scheduler = build_scheduler(optimizer, total_steps, config.optim, len(loader))
     amp_dtype = resolve_amp_dtype(train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator(device=device).manual_seed(train.seed * 1_000_003 + 17)

@@ -88,7 +88,7 @@ class FinetuneOptimConfig(OptimConfig):
     lr: float = 1e-4
     #: Adam / AdamW betas
     betas: tuple[float, float] = (0.9, 0.999)
-    #: weight decay (not applied to biases and normalisation weights)
+    #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
     weight_decay: float = 0.0
 
 
@@ -102,8 +102,11 @@ class FinetuneTrainConfig(TrainConfig):
     batch_size: int = 16
     #: DataLoader worker processes
     num_workers: int = 2
-    #: random flips and 90-degree rotations of the training patches (image and mask alike)
+    #: augment the training patches (image and mask alike)
     augment: bool = True
+    #: ``basic``: independent flips and rot90 (ours); ``official``: the official GLCNet
+    #: fine-tuning augmentation (flips, rot90, shift-scale, HSV, band jitter)
+    augment_recipe: Literal["basic", "official"] = "basic"
     #: stop after this many validations without a better val mIoU (0 = train to the step cap;
     #: linear mode uses linear.patience)
     patience: int = 0
@@ -112,6 +115,10 @@ class FinetuneTrainConfig(TrainConfig):
         super().__post_init__()
         if self.patience < 0:
             raise ValueError(f"train.patience must be >= 0, got {self.patience}")
+        if self.augment_recipe not in ("basic", "official"):
+            raise ValueError(
+                f"train.augment_recipe must be basic or official, got {self.augment_recipe!r}"
+            )
 
 
 @dataclass

@@ -1,4 +1,10 @@
-"""Optimizers (Adam, AdamW, SGD, LARS) and the per-step warmup + cosine schedule."""
+"""Optimizers (Adam, AdamW, SGD, LARS) and the warmup + cosine / exponential schedules.
+
+Defaults are ours (no decay on biases and norms, per-step cosine to 0, no world-size
+scaling); ``optim.decay_norm_and_bias``, ``optim.scale_lr_with_world_size``,
+``optim.schedule_unit: epoch`` and ``optim.min_lr`` give the official GLCNet settings
+(README, "Recipe").
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastseg.config import OptimConfig
+from contrastseg.utils.dist import world_size
 
 
 class LARS(torch.optim.Optimizer):
@@ -65,13 +72,20 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights of convolutions and linears (decayed), biases and norms (not)."""
+def parameter_groups(
+    model: nn.Module, weight_decay: float, decay_norm_and_bias: bool = False
+) -> list[dict]:
+    """Two groups: weights of convolutions and linears (decayed), biases and norms.
+
+    Biases and norms are decayed only with ``decay_norm_and_bias`` (then the second group
+    is empty): decaying them pulls BatchNorm scales to 0, which most contrastive recipes
+    avoid; the official GLCNet code passes ``model.parameters()`` to Adam and decays all.
+    """
     decay, no_decay = [], []
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim > 1 else no_decay).append(param)
+        (decay if param.ndim > 1 or decay_norm_and_bias else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay, "lars_adapt": True},
         {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False},
@@ -80,39 +94,66 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``config.name`` over :func:`parameter_groups` of ``model``."""
-    groups = parameter_groups(model, config.weight_decay)
+    groups = parameter_groups(model, config.weight_decay, config.decay_norm_and_bias)
+    groups = [g for g in groups if g["params"]]
+    lr = peak_lr(config)
     if config.name == "lars":
-        return LARS(groups, lr=config.lr, momentum=config.momentum, eta=config.lars_eta)
+        return LARS(groups, lr=lr, momentum=config.momentum, eta=config.lars_eta)
     for group in groups:
         group.pop("lars_adapt")
     if config.name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
+        return torch.optim.Adam(groups, lr=lr, betas=config.betas)
     if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
+        return torch.optim.AdamW(groups, lr=lr, betas=config.betas)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=False)
 
 
-def lr_factor(step: int, total_steps: int, config: OptimConfig) -> float:
+def peak_lr(config: OptimConfig, processes: int | None = None) -> float:
+    """``config.lr``, times the number of processes with ``scale_lr_with_world_size``."""
+    if not config.scale_lr_with_world_size:
+        return config.lr
+    return config.lr * (world_size() if processes is None else processes)
+
+
+def lr_factor(
+    step: int, total_steps: int, config: OptimConfig, steps_per_epoch: int | None = None
+) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based).
 
     Linear warmup from ``1 / warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine
-    decay to ``min_lr_ratio`` at ``total_steps`` (or constant).
+    decay to the final lr at ``total_steps`` (``min_lr`` or ``min_lr_ratio * lr``), constant,
+    or exponential ``gamma ** t``. With ``schedule_unit: epoch``, ``t`` counts whole epochs
+    after the warmup (``steps_per_epoch`` steps each) and the cosine spans the epochs, as
+    torch's ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch.
     """
     if config.warmup_steps and step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     if config.schedule == "constant":
         return 1.0
-    span = max(1, total_steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
-        1 + math.cos(math.pi * progress)
-    )
+    done, span = step - config.warmup_steps, max(1, total_steps - config.warmup_steps)
+    if config.schedule_unit == "epoch":
+        per_epoch = max(1, steps_per_epoch or 1)
+        done, span = done // per_epoch, max(1, -(-span // per_epoch))
+    if config.schedule == "exponential":
+        return config.gamma**done
+    low = config.min_lr_ratio if config.min_lr is None else config.min_lr / config.lr
+    progress = min(1.0, done / span)
+    return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, config: OptimConfig
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    config: OptimConfig,
+    steps_per_epoch: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step ``LambdaLR`` following :func:`lr_factor`."""
+    """A per-step ``LambdaLR`` following :func:`lr_factor`.
+
+    Raises:
+        ValueError: ``schedule_unit: epoch`` without ``steps_per_epoch``.
+    """
+    if config.schedule_unit == "epoch" and not steps_per_epoch:
+        raise ValueError("optim.schedule_unit: epoch needs the number of steps per epoch")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, config)
+        optimizer, lambda step: lr_factor(step, total_steps, config, steps_per_epoch)
     )

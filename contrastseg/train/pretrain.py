@@ -326,6 +326,7 @@ def build_pretrain_task(
     total_steps: int,
     device: torch.device,
     nodata: Any = None,
+    steps_per_epoch: int = 1,
     world_size: int = 1,
     rank: int = 0,
     run_dir: Path | None = None,
@@ -349,7 +350,7 @@ def build_pretrain_task(
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, total_steps, config.optim)
+    scheduler = build_scheduler(optimizer, total_steps, config.optim, steps_per_epoch)
     amp_dtype = resolve_amp_dtype(train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = views_generator(train.seed, rank, device)
@@ -421,8 +422,9 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     task, state = build_pretrain_task(
-        config, bands, total_steps, device, dataset.nodata, ctx.world_size, ctx.rank, run_dir
-    )
+        config, bands, total_steps, device, dataset.nodata, steps_per_epoch, ctx.world_size,
+        ctx.rank, run_dir,
+    )  # fmt: skip
     settings = LoopSettings(
         total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
         ckpt_dir, config.optim.grad_clip, train.batch_size * ctx.world_size, ctx.world_size,

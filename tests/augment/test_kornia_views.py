@@ -65,6 +65,7 @@ def test_each_built_in_op_obeys_the_half_pixel_rule(name):
 #: Each trackable Kornia op with strong settings (p < 1 checks the untouched samples too).
 EXTRA = {
     "RandomAffine": {"degrees": 30.0, "translate": [0.1, 0.1], "scale": [0.8, 1.2], "shear": 10.0},
+    "RandomFlipChoice": {},
     "RandomHorizontalFlip": {},
     "RandomPerspective": {"distortion_scale": 0.5},
     "RandomQuarterTurn": {},
@@ -84,7 +85,12 @@ def test_the_extra_op_table_covers_every_trackable_op():
 @pytest.mark.parametrize("align_corners", [True, False])
 def test_each_trackable_kornia_op_obeys_the_half_pixel_rule(name, align_corners):
     spec = {"name": name, "p": 0.75, **EXTRA[name]}
-    if name not in ("RandomHorizontalFlip", "RandomVerticalFlip", "RandomQuarterTurn"):
+    if name not in (
+        "RandomHorizontalFlip",
+        "RandomVerticalFlip",
+        "RandomQuarterTurn",
+        "RandomFlipChoice",
+    ):
         spec["align_corners"] = align_corners
     elif not align_corners:
         pytest.skip("no align_corners")
