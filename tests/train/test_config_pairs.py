@@ -15,8 +15,8 @@ import pytest
 from contrastseg import __version__
 from contrastseg.config import load_pretrain_config
 from contrastseg.train.checkpoint import CHECKPOINT_FORMAT, save_atomic
-from contrastseg.train.finetune import _build_model
 from contrastseg.train.finetune_config import load_finetune_config
+from contrastseg.train.finetune_model import build_start_model
 from contrastseg.train.model import PretrainModel
 from contrastseg.utils.configtools import to_dict
 
@@ -77,6 +77,6 @@ def test_the_finetune_config_loads_the_pretraining_checkpoint(
     path = save_atomic(payload, tmp_path / "step_00000001.pt")
     fine = load_finetune_config(CONFIGS / PAIRS[pretrain_file], [f"pretrained.path={path}"])
     assert _finetune_bands(fine) == bands, (pretrain_file, PAIRS[pretrain_file])
-    _, _, _, report, loaded = _build_model(fine, 6, _finetune_bands(fine))
+    _, _, _, report, loaded = build_start_model(fine, 6, _finetune_bands(fine))
     assert report is not None and report.loaded and not report.missing
     assert loaded >= {"backbone", "aspp"}
