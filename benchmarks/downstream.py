@@ -473,33 +473,35 @@ def main(argv: list[str] | None = None) -> dict:
         for mode in args.modes:
             grid = args.linear_lr_grid if mode == "linear" else args.lr_grid
             for fraction in args.fractions:
-                for name, features in plan[mode]:
-                    label = start_label(name, features, mode)
-                    records = []
+                # seed by seed, every start and lr: a run stopped early has paired seeds
+                records: dict[tuple[str, str], list[dict]] = {key: [] for key in plan[mode]}
+                for seed in args.seeds:
                     for lr in grid:
-                        for seed in args.seeds:
+                        for name, features in plan[mode]:
                             record = grid_run(
                                 mode, name, features, starts[name], fraction, seed, lr, args,
                                 work, splits,
                             )  # fmt: skip
-                            records.append(record)
+                            records[name, features].append(record)
                             print(
-                                f"{mode} {label} {100 * fraction:g} % lr {lr:g} seed {seed}: "
-                                f"val mIoU {100 * record['val_miou']:.2f} after {record['steps']} "
-                                f"steps ({record['seconds']:.0f} s"
+                                f"{mode} {record['start']} {100 * fraction:g} % seed {seed} lr "
+                                f"{lr:g}: val mIoU {100 * record['val_miou']:.2f} after "
+                                f"{record['steps']} steps ({record['seconds']:.0f} s"
                                 + (", reused)" if record.get("reused") else ")"),
                                 flush=True,
                             )
-                    lr, by_lr = select_lr(records, grid)
+                for (name, features), chosen in records.items():
+                    label = start_label(name, features, mode)
+                    lr, by_lr = select_lr(chosen, grid)
                     selection.append(
                         {"mode": mode, "start": label, "fraction": fraction, "lr": lr,
                          "val_miou_by_lr": by_lr}
                     )  # fmt: skip
-                    for record in records:
+                    for record in chosen:
                         if record["lr"] == lr:
                             runs.append(score_test(record, args, splits))
                     print(f"  -> {label}: lr {lr:g} selected on val; test scored", flush=True)
-                    grid_runs += [{k: v for k, v in r.items() if k != "overrides"} for r in records]
+                    grid_runs += [{k: v for k, v in r.items() if k != "overrides"} for r in chosen]
 
     print()
     rows = summarise(runs, selection)
