@@ -58,6 +58,7 @@ from contrastseg.config import load_pretrain_config
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.presets import apply_preset
 from contrastseg.models.pretrained import read_state_dict
+from contrastseg.train.checkpoint import checkpoint_path
 from contrastseg.train.evaluate import run_evaluate
 from contrastseg.train.finetune import run_finetune
 from contrastseg.train.finetune_config import load_finetune_config
@@ -141,7 +142,7 @@ class Splits:
         return self._steps[fraction]
 
 
-def pretrain(method: str, args: argparse.Namespace, work: Path) -> tuple[Path, float]:
+def pretrain(method: str, args: argparse.Namespace, work: Path) -> tuple[Path, float | None]:
     pre_data, _ = data_settings(args)
     views = max(32, args.patch * 3 // 4)
     overrides = [
@@ -154,6 +155,10 @@ def pretrain(method: str, args: argparse.Namespace, work: Path) -> tuple[Path, f
     ]  # fmt: skip
     if method in ("local", "glcnet"):
         overrides.append(f"method.region_size={max(8, views // 4)}")
+    done = checkpoint_path(work / f"pretrain-{method}" / "checkpoints", args.pretrain_steps)
+    if done.is_file():  # a finished pretraining of an earlier call with this --work-dir
+        print(f"reusing {done}", flush=True)
+        return done, None
     start = time.perf_counter()
     with _quiet(args):
         result = run_pretrain(load_pretrain_config(None, overrides))
@@ -453,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work_dir or tmp).resolve()
         starts: dict[str, Path | None] = {}
-        pretrain_seconds: dict[str, float] = {}
+        pretrain_seconds: dict[str, float | None] = {}
         for spec in args.methods:
             method, _ = split_start(spec)
             if method in starts:  # the same start probed on other features
