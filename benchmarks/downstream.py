@@ -30,7 +30,8 @@ In ``linear`` mode each start is probed on the features its checkpoint trained (
 decoder, SimCLR: encoder, a ``--weights`` file: backbone), and a random start is probed on
 each of those features, so that every probe has a random baseline on the same features
 (``NAME:FEATURES`` in ``--methods`` asks for other features). ``--work-dir`` keeps the runs:
-a run whose ``record.json`` is there (same settings) is not trained again.
+a run whose ``record.json`` is there (same settings) is not trained again, nor is a finished
+pretraining, so a stopped benchmark continues where it was.
 """
 
 from __future__ import annotations
