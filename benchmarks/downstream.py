@@ -1,29 +1,47 @@
-"""What pretraining is worth downstream: fine-tune from SimCLR, GLCNet, dense and random init on few labels.
+"""What pretraining is worth downstream: fine-tune and probe SimCLR, GLCNet, dense and random starts.
 
-For one labeled dataset and a compute budget: pretrain with each method (or take
-given checkpoints), then fine-tune each start point and a random initialisation at label
-fractions 1 % and 10 % — the same labeled patches (the draw depends only on fraction and
-seed) and the same seeds for every method — and score the test split once with the weights
-selected on validation. Prints kappa, mIoU, OA and mean F1 per method and fraction as
-mean ± standard deviation over seeds, and the mIoU ratio to random init.
+For one labeled dataset and a compute budget: pretrain with each method (or take given
+checkpoints, or any torchvision-keys ResNet weights file with ``--weights``), then train each
+start point at label fractions 1 %, 10 % and 100 % — the same labeled patches (the draw
+depends only on fraction and seed) and the same seeds for every start — in each mode of
+``--modes``: ``finetune`` (the whole network) and ``linear`` (the frozen-encoder probe on the
+features the checkpoint trained). The protocol is the same for every start:
+
+- **converged**: a run trains until its validation mIoU has not improved for ``--patience``
+  validations (one about every ``--eval-steps`` optimizer steps), at most ``--finetune-steps``
+  steps; the weights of its best validation are kept.
+- **tuned**: each start gets the learning rate of one grid shared by all starts (``--lr-grid``;
+  ``--linear-lr-grid`` for the probe's head) that maximises its validation mIoU, averaged
+  over the seeds, separately for each mode and fraction. The grid runs see no test split.
+- **tested once**: only the selected runs are scored on the test split (their ``best.pt``).
+
+Prints kappa, mIoU, OA and mean F1 per mode, fraction and start as mean ± standard
+deviation over seeds, the selected learning rate, and the paired comparison: the per-seed
+kappa difference to the random start on the same features (same patches, same seed), as
+mean ± standard deviation over seeds.
 
     python benchmarks/downstream.py --quick                        # demo scenes, CPU minutes
     python benchmarks/downstream.py --data dubai --root ../shared/data/dubai-aerial \
-        --pretrain-steps 300 --finetune-steps 150 --seeds 0 1 2    # tens of CPU minutes
-    python benchmarks/downstream.py --data dubai --root ... --checkpoint glcnet=runs/x/step.pt
-    python benchmarks/downstream.py --quick --decoder unet          # fine-tune as a U-Net
-    python benchmarks/downstream.py --data dubai --root ... --mode linear --eval-every 5 \
-        --patience 5 --methods glcnet simclr random random:encoder   # the linear probe
+        --val 'Tile 2/*' --seeds 0 1 2                              # CPU days: use a GPU
+    python benchmarks/downstream.py --data dubai --root ... --checkpoint glcnet=runs/x/step.pt \
+        --weights imagenet=resnet18-f37072fd.pth --modes finetune linear
 
-In ``--mode linear`` each start is probed on the features its checkpoint trained (GLCNet:
-decoder, SimCLR: encoder); ``random:encoder`` probes a random start on encoder features so
-that each pretrained start has a random baseline on the same features.
+In ``linear`` mode each start is probed on the features its checkpoint trained (GLCNet:
+decoder, SimCLR: encoder, a ``--weights`` file: backbone), and a random start is probed on
+each of those features, so that every probe has a random baseline on the same features
+(``NAME:FEATURES`` in ``--methods`` asks for other features). ``--work-dir`` keeps the runs:
+a run whose ``record.json`` is there (same settings) is not trained again, nor is a finished
+pretraining, so a stopped benchmark continues where it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,11 +57,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, print_table, write_json
 
 from contrastseg.config import load_pretrain_config
+from contrastseg.data.labeled import LabeledDataset
+from contrastseg.data.presets import apply_preset
+from contrastseg.models.pretrained import read_state_dict
+from contrastseg.train.checkpoint import checkpoint_path
+from contrastseg.train.evaluate import run_evaluate
 from contrastseg.train.finetune import run_finetune
 from contrastseg.train.finetune_config import load_finetune_config
 from contrastseg.train.pretrain import run_pretrain
+from contrastseg.train.probe import default_features, trained_parts
 
 METRICS = ("kappa", "miou", "overall_accuracy", "mean_f1")
+#: ``data.test`` of the grid runs: matches no key, so no grid run ever sees the test split.
+NO_TEST = "__downstream_grid_has_no_test_split__"
 
 
 def model_overrides(args: argparse.Namespace) -> list[str]:
@@ -77,9 +103,53 @@ def data_settings(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return pre, fine
 
 
+def config_file(args: argparse.Namespace) -> str:
+    return "finetune_dubai.yaml" if args.data == "dubai" else "finetune_demo.yaml"
+
+
+def _escape(key: str) -> str:
+    """An fnmatch pattern that matches ``key`` only."""
+    return "".join(f"[{c}]" if c in "[]*?" else c for c in key)
+
+
+class Splits:
+    """The data overrides that hide the test split from the grid runs, and those that restore it.
+
+    Grid runs get ``data.test`` = a pattern matching nothing. When the config leaves
+    ``data.train`` empty (train = every key not in val or test, as in the Dubai preset), the
+    test keys would then join the training split, so the grid runs get the explicit list of
+    the training keys instead: the same training images, hence the same label-fraction draw.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        _, fine = data_settings(args)
+        config = load_finetune_config(config_file(args), fine)
+        data = apply_preset(config.data)
+        if not data.test:
+            raise SystemExit("the fine-tuning data has no test split (data.test): nothing to score")
+        self.test = list(data.test)
+        self.grid = [f"data.test={json.dumps([NO_TEST])}"]
+        if not data.train:
+            keys = sorted({item.key for item in LabeledDataset(config.data, "train").items})
+            self.grid.append(f"data.train={json.dumps([_escape(k) for k in keys])}")
+        self.restore = [f"data.test={json.dumps(self.test)}"]
+        self._steps: dict[float, int] = {}
+
+    def steps_per_epoch(self, fraction: float, args: argparse.Namespace) -> int:
+        """Optimizer steps per epoch at ``fraction`` (the loader drops the last partial batch)."""
+        if fraction not in self._steps:
+            _, fine = data_settings(args)
+            overrides = [*fine, *self.grid, f"data.label_fraction={fraction}"]
+            config = load_finetune_config(config_file(args), overrides)
+            n = len(LabeledDataset(config.data, "train"))
+            self._steps[fraction] = max(1, n // max(1, min(args.batch, n)))
+        return self._steps[fraction]
+
+
 def pretrain(
     method: str, args: argparse.Namespace, work: Path, extra: Sequence[str] = ()
-) -> tuple[Path, float]:
+) -> tuple[Path, float | None]:
+    """Pretrain ``method`` (plus ``extra`` overrides) once; a finished run in ``work`` is reused."""
     pre_data, _ = data_settings(args)
     views = max(32, args.patch * 3 // 4)
     overrides = [
@@ -92,8 +162,16 @@ def pretrain(
     ]  # fmt: skip
     if method in ("local", "glcnet"):
         overrides.append(f"method.region_size={max(8, views // 4)}")
+    name = next(
+        (e.split("=", 1)[1] for e in extra if e.startswith("run.name=")), f"pretrain-{method}"
+    )
+    done = checkpoint_path(work / name / "checkpoints", args.pretrain_steps)
+    if done.is_file():  # a finished pretraining of an earlier call with this --work-dir
+        print(f"reusing {done}", flush=True)
+        return done, None
     start = time.perf_counter()
-    result = run_pretrain(load_pretrain_config(None, [*overrides, *extra]))
+    with _quiet(args):
+        result = run_pretrain(load_pretrain_config(None, [*overrides, *extra]))
     return result.checkpoint, time.perf_counter() - start
 
 
@@ -103,82 +181,184 @@ def split_start(spec: str) -> tuple[str, str]:
     return method, features or "auto"
 
 
-def finetune(
-    spec: str,
-    checkpoint: Path | None,
-    fraction: float,
-    seed: int,
-    args,
-    work: Path,
-    extra: Sequence[str] = (),
-) -> dict:
-    method, features = split_start(spec)
+def checkpoint_features(checkpoint: Path | None) -> str:
+    """The features a linear probe of this start reads by default (what its file trained)."""
+    if checkpoint is None:
+        return default_features(None)
+    state, payload = read_state_dict(checkpoint)
+    return default_features(trained_parts(state, payload))
+
+
+def plan_starts(args, starts: dict[str, Path | None]) -> dict[str, list[tuple[str, str]]]:
+    """Per mode, the ``(name, features)`` of the starts it trains (``name`` keys ``starts``).
+
+    Fine-tuning trains each start once (the classifier reads the decoder); the probe reads
+    the features each ``NAME:FEATURES`` asks for (``auto``: what the checkpoint trained), and
+    a random start is added on every feature kind a pretrained start is probed on.
+    """
+    specs = [*args.methods, *args.weight_names]
+    plan: dict[str, list[tuple[str, str]]] = {}
+    for mode in args.modes:
+        chosen: list[tuple[str, str]] = []
+        for spec in specs:
+            name, features = split_start(spec)
+            if mode != "linear":
+                features = "decoder"
+            elif features == "auto":
+                features = checkpoint_features(starts[name])
+            if (name, features) not in chosen:
+                chosen.append((name, features))
+        if mode == "linear" and "random" in starts:
+            for features in {f for n, f in chosen if n != "random"}:
+                if ("random", features) not in chosen:
+                    chosen.append(("random", features))
+        plan[mode] = chosen
+    return plan
+
+
+@contextlib.contextmanager
+def _quiet(args: argparse.Namespace):
+    """The engine's console reports go to nowhere unless ``--verbose`` (train.log keeps them)."""
+    if args.verbose:
+        yield
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def start_label(name: str, features: str, mode: str) -> str:
+    return f"{name}:{features}" if mode == "linear" else name
+
+
+def grid_run(
+    mode: str, name: str, features: str, checkpoint: Path | None, fraction: float, seed: int,
+    lr: float, args, work: Path, splits: Splits,
+) -> dict:  # fmt: skip
+    """One training run of the grid: no test split; returns its record (val metrics only)."""
     _, fine_data = data_settings(args)
-    config_file = "finetune_dubai.yaml" if args.data == "dubai" else "finetune_demo.yaml"
+    per_epoch = splits.steps_per_epoch(fraction, args)
+    if args.eval_every is not None:
+        every = args.eval_every or 1000000
+    else:
+        every = max(1, round(args.eval_steps / per_epoch))
+    run_name = f"{mode}-{name}-{features}-{fraction:g}-s{seed}-lr{lr:g}".replace(":", "_")
     overrides = [
-        f"run.root={work}", f"run.name=ft-{method}-{features}-{fraction}-{seed}", "run.progress=false",
-        "run.log_every=50", *fine_data, f"data.label_fraction={fraction}", f"data.seed={seed}",
+        f"run.root={work}", f"run.name={run_name}", "run.progress=false", "run.log_every=50",
+        *fine_data, *splits.grid, f"data.label_fraction={fraction}", f"data.seed={seed}",
         f"train.seed={seed}", f"train.max_steps={args.finetune_steps}",
         f"train.batch_size={args.batch}", f"train.num_workers={args.workers}",
-        f"train.device={args.device}", f"optim.lr={args.lr}", f"mode={args.mode}",
+        f"train.device={args.device}", f"mode={mode}",
         f"eval.window={args.window}", f"eval.stride={args.window}", "eval.overlays=0",
-        f"eval.every={args.eval_every or 1000000}", *model_overrides(args),
+        f"eval.every={every}", *model_overrides(args),
         f"model.name={args.decoder}",  # pretrained as DeepLabV3+: another keeps its backbone
     ]  # fmt: skip
-    if args.mode == "linear":  # the linear probe: its own lr, patience and features
-        overrides += [f"linear.features={features}", f"linear.patience={args.patience}"]
-        if args.linear_lr is not None:
-            overrides.append(f"linear.lr={args.linear_lr}")
+    if mode == "linear":  # the probe: its own lr and patience
+        overrides += [f"linear.features={features}", f"linear.lr={lr}"]
+        overrides.append(f"linear.patience={args.patience}")
     else:
-        overrides.append(f"train.patience={args.patience}")
+        overrides += [f"optim.lr={lr}", f"train.patience={args.patience}"]
     if checkpoint is not None:
-        overrides.append(f"pretrained.path={checkpoint}")
+        overrides.append(f"pretrained.path={Path(checkpoint).resolve()}")
+    run_dir = work / run_name
+    record_path = run_dir / "record.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("overrides") == overrides:
+            record["reused"] = True
+            return record
+    shutil.rmtree(run_dir, ignore_errors=True)
     start = time.perf_counter()
-    result = run_finetune(load_finetune_config(config_file, [*overrides, *extra]))
+    with _quiet(args):
+        result = run_finetune(load_finetune_config(config_file(args), overrides))
+    assert result.test_metrics is None, "a grid run saw the test split"
     selected = torch.load(result.best_checkpoint, weights_only=True)
-    return {
-        "method": spec, "fraction": fraction, "seed": seed, "seconds": time.perf_counter() - start,
-        **{k: result.test_metrics[k] for k in METRICS}, "best_epoch": result.best_epoch,
-        "steps": result.step, "val_miou": result.val_metrics["miou"],
-        "features": selected["model_config"]["classifier_features"], "decoder": args.decoder,
+    record = {
+        "mode": mode, "start": start_label(name, features, mode), "name": name,
+        "features": selected["model_config"]["classifier_features"], "fraction": fraction,
+        "seed": seed, "lr": lr, "val_miou": result.val_metrics["miou"] or 0.0,
+        "val_kappa": result.val_metrics["kappa"], "best_epoch": result.best_epoch,
+        "steps": result.step, "stopped_early": result.step < args.finetune_steps,
+        "steps_per_epoch": per_epoch, "eval_every_epochs": every,
+        "seconds": time.perf_counter() - start, "best_checkpoint": str(result.best_checkpoint),
+        "overrides": overrides, "decoder": args.decoder,
     }  # fmt: skip
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # best.pt is all that is used
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
-def _mean_spread(values: list[float]) -> str:
+def select_lr(records: list[dict], grid: list[float]) -> tuple[float, dict[str, float]]:
+    """The lr of the grid with the best val mIoU averaged over seeds (ties: the smaller lr)."""
+    by_lr = {
+        f"{lr:g}": statistics.mean(r["val_miou"] for r in records if r["lr"] == lr) for lr in grid
+    }
+    best = max(sorted(grid), key=lambda lr: by_lr[f"{lr:g}"])
+    return best, by_lr
+
+
+def score_test(record: dict, args, splits: Splits) -> dict:
+    """The test metrics of a selected run's ``best.pt`` (the only time test is scored)."""
+    checkpoint = Path(record["best_checkpoint"])
+    start = time.perf_counter()
+    with _quiet(args):
+        metrics = run_evaluate(
+            checkpoint, checkpoint.parent / "test", splits.restore, split="test", device=args.device
+        )
+    return {
+        **{k: v for k, v in record.items() if k != "overrides"},
+        **{k: metrics[k] for k in METRICS},
+        "test_seconds": time.perf_counter() - start,
+    }
+
+
+def _mean_spread(values: list[float], digits: int = 2) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
 
 
-def summarise(runs: list[dict], methods: list[str], fractions: list[float]) -> list[list]:
-    """One row per fraction and start: mean ± std over seeds, and the paired kappa gain.
+def summarise(runs: list[dict], selection: list[dict]) -> list[list]:
+    """One row per mode, fraction and start: mean ± std over seeds, and the paired kappa gain.
 
-    The gain is the per-seed difference to the random start probed on the same features (same
-    labeled patches, same seed), as mean ± std over seeds.
+    The gain is the per-seed difference to the random start of the same mode on the same
+    features (same labeled patches, same seed), each at its own selected lr, as mean ± std
+    over seeds.
     """
     rows = []
-    for fraction in fractions:
-        for method in methods:
-            chosen = [r for r in runs if r["method"] == method and r["fraction"] == fraction]
-            if not chosen:
-                continue
-            cells = [_mean_spread([100 * (r[key] or 0.0) for r in chosen]) for key in METRICS]
-            baseline = {
-                (r["seed"], r["features"]): r
-                for r in runs
-                if split_start(r["method"])[0] == "random" and r["fraction"] == fraction
-            }
-            gains = [
-                100 * ((r["kappa"] or 0.0) - (baseline[key]["kappa"] or 0.0))
-                for r in chosen
-                if (key := (r["seed"], r["features"])) in baseline
-            ]
-            paired = "-" if split_start(method)[0] == "random" or not gains else _mean_spread(gains)
-            features = "/".join(sorted({r["features"] for r in chosen}))
-            rows.append([f"{100 * fraction:g} %", method, features, *cells, paired, len(chosen)])
+    for chosen_lr in selection:
+        mode, start, fraction = chosen_lr["mode"], chosen_lr["start"], chosen_lr["fraction"]
+        chosen = [
+            r for r in runs if (r["mode"], r["start"], r["fraction"]) == (mode, start, fraction)
+        ]
+        if not chosen:
+            continue
+        cells = [_mean_spread([100 * (r[key] or 0.0) for r in chosen]) for key in METRICS]
+        baseline = {
+            (r["seed"], r["features"]): r
+            for r in runs
+            if r["name"] == "random" and r["mode"] == mode and r["fraction"] == fraction
+        }
+        gains = [
+            100 * ((r["kappa"] or 0.0) - (baseline[key]["kappa"] or 0.0))
+            for r in chosen
+            if (key := (r["seed"], r["features"])) in baseline
+        ]
+        paired = "-" if chosen[0]["name"] == "random" or not gains else _mean_spread(gains)
+        val = _mean_spread([100 * r["val_miou"] for r in chosen])
+        steps = f"{statistics.mean(r['steps'] for r in chosen):.0f}"
+        rows.append(
+            [mode, f"{100 * fraction:g} %", start, chosen[0]["features"], f"{chosen_lr['lr']:g}",
+             *cells, paired, val, steps, len(chosen)]
+        )  # fmt: skip
     return rows
 
 
-def main() -> None:
+HEADERS = [
+    "mode", "labels", "start", "features", "lr", "kappa %", "mIoU %", "OA %", "mean F1 %",
+    "kappa - random (paired)", "val mIoU %", "steps", "seeds",
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="demo scenes, tiny budgets")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
@@ -187,32 +367,66 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data/dubai-aerial")
     parser.add_argument("--checkpoint", action="append", default=[], help="METHOD=PATH")
     parser.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        help="NAME=FILE: a start from a ResNet weights file with torchvision keys (ImageNet, "
+        "another SSL method's backbone); loaded as pretrained.path",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
-        default=["simclr", "glcnet", "dense", "random"],
-        help="start points: any registered method, random; NAME:FEATURES in --mode linear",
+        default=None,
+        help="start points: any registered method, random; NAME:FEATURES picks the probe's "
+        "features (default: simclr glcnet dense random; --quick: glcnet random)",
     )
-    parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["finetune", "linear", "decoder"],
+        default=["finetune", "linear"],
+        help="finetune: the whole network; linear: the frozen-encoder probe; decoder: frozen "
+        "backbone",
+    )
+    parser.add_argument("--mode", choices=["finetune", "linear", "decoder"], help="= --modes MODE")
+    parser.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float,
+        default=None,
+        help="default 0.01 0.1 1 (--quick: 0.1 1)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--pretrain-batch", type=int, default=16)
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument(
+        "--finetune-steps", type=int, default=1000, help="step cap of every run (also the "
+        "length of its cosine schedule)"
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
-        "--mode",
-        choices=["linear", "decoder", "finetune"],
-        default="finetune",
-        help="linear: the linear probe (frozen network; a start 'NAME:FEATURES' in --methods "
-        "picks decoder, encoder or backbone features, default: what the checkpoint trained)",
-    )
-    parser.add_argument("--linear-lr", type=float, default=None, help="default: linear.lr")
+        "--lr-grid", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3],
+        help="fine-tuning learning rates; each start gets the one with the best val mIoU",
+    )  # fmt: skip
     parser.add_argument(
-        "--eval-every", type=int, default=0, help="validate every N epochs (0: at the end only)"
-    )
+        "--linear-lr-grid", nargs="+", type=float, default=[1e-2],
+        help="learning rates of the linear probe's head (selected the same way)",
+    )  # fmt: skip
+    parser.add_argument("--lr", type=float, default=None, help="= --lr-grid LR")
+    parser.add_argument("--linear-lr", type=float, default=None, help="= --linear-lr-grid LR")
     parser.add_argument(
-        "--patience", type=int, default=0, help="stop after N validations without a better val mIoU"
-    )
+        "--eval-steps", type=int, default=50,
+        help="validate about every N optimizer steps, the same for every fraction (rounded to "
+        "whole epochs, at least one: the engine validates at epoch ends)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--eval-every", type=int, default=None, help="validate every N epochs instead of "
+        "--eval-steps (0: at the end only)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--patience", type=int, default=5, help="stop after N validations without a better val "
+        "mIoU (0: train to --finetune-steps)"
+    )  # fmt: skip
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument(
         "--decoder",
@@ -228,73 +442,114 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--val", default="", help="dubai: key pattern of the validation split")
     parser.add_argument("--work-dir", default=None, help="keep runs here (default: a temp dir)")
-    args = parser.parse_args()
+    parser.add_argument("--verbose", action="store_true", help="print the engine's reports")
+    args = parser.parse_args(argv)
+    if args.mode:
+        args.modes = [args.mode]
+    if args.lr is not None:
+        args.lr_grid = [args.lr]
+    if args.linear_lr is not None:
+        args.linear_lr_grid = [args.linear_lr]
     if args.quick:
         args.data, args.seeds = "demo", args.seeds[:2]
-        args.pretrain_steps, args.finetune_steps = 20, 30
+        args.pretrain_steps, args.finetune_steps = 20, 40
+        args.eval_steps, args.eval_every, args.patience = 10, None, 2
         args.patch, args.window, args.width, args.scene_size = 32, 128, 32, 192
-    given = dict(item.split("=", 1) for item in args.checkpoint)
+        args.lr_grid = sorted({args.lr_grid[0], args.lr_grid[-1]})
+        args.methods = args.methods or ["glcnet", "random"]
+        args.fractions = args.fractions or [0.1, 1.0]
+    args.methods = args.methods or ["simclr", "glcnet", "dense", "random"]
+    args.fractions = args.fractions or [0.01, 0.1, 1.0]
+    args.weight_names = [item.split("=", 1)[0] for item in args.weights]
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    given = dict(item.split("=", 1) for item in args.checkpoint)
+    weights = dict(item.split("=", 1) for item in args.weights)
     device = torch.device(args.device)
+    splits = Splits(args)
 
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(args.work_dir or tmp)
+        work = Path(args.work_dir or tmp).resolve()
         starts: dict[str, Path | None] = {}
-        pretrain_seconds: dict[str, float] = {}
+        pretrain_seconds: dict[str, float | None] = {}
         for spec in args.methods:
             method, _ = split_start(spec)
+            if method in starts:  # the same start probed on other features
+                continue
             if method == "random":
-                starts[spec] = None
+                starts[method] = None
             elif method in given:
-                starts[spec] = Path(given[method])
-            elif method in pretrain_seconds:  # the same method probed on other features
-                starts[spec] = next(starts[s] for s in starts if split_start(s)[0] == method)
+                starts[method] = Path(given[method])
             else:
                 print(f"pretraining {method} for {args.pretrain_steps} steps ...", flush=True)
-                starts[spec], pretrain_seconds[method] = pretrain(method, args, work)
-        runs = []
-        for fraction in args.fractions:
-            for seed in args.seeds:
-                for method in args.methods:
-                    run = finetune(method, starts[method], fraction, seed, args, work)
-                    print(
-                        f"{method:>7} {100 * fraction:g} % seed {seed}: mIoU {100 * run['miou']:.2f} "
-                        f"({run['seconds']:.0f} s)",
-                        flush=True,
-                    )
-                    runs.append(run)
+                starts[method], pretrain_seconds[method] = pretrain(method, args, work)
+        for name, path in weights.items():
+            starts[name] = Path(path)
+        plan = plan_starts(args, starts)
+
+        grid_runs, runs, selection = [], [], []
+        for mode in args.modes:
+            grid = args.linear_lr_grid if mode == "linear" else args.lr_grid
+            for fraction in args.fractions:
+                # seed by seed, every start and lr: a run stopped early has paired seeds
+                records: dict[tuple[str, str], list[dict]] = {key: [] for key in plan[mode]}
+                for seed in args.seeds:
+                    for lr in grid:
+                        for name, features in plan[mode]:
+                            record = grid_run(
+                                mode, name, features, starts[name], fraction, seed, lr, args,
+                                work, splits,
+                            )  # fmt: skip
+                            records[name, features].append(record)
+                            print(
+                                f"{mode} {record['start']} {100 * fraction:g} % seed {seed} lr "
+                                f"{lr:g}: val mIoU {100 * record['val_miou']:.2f} after "
+                                f"{record['steps']} steps ({record['seconds']:.0f} s"
+                                + (", reused)" if record.get("reused") else ")"),
+                                flush=True,
+                            )
+                for (name, features), chosen in records.items():
+                    label = start_label(name, features, mode)
+                    lr, by_lr = select_lr(chosen, grid)
+                    selection.append(
+                        {"mode": mode, "start": label, "fraction": fraction, "lr": lr,
+                         "val_miou_by_lr": by_lr}
+                    )  # fmt: skip
+                    for record in chosen:
+                        if record["lr"] == lr:
+                            runs.append(score_test(record, args, splits))
+                    print(f"  -> {label}: lr {lr:g} selected on val; test scored", flush=True)
+                    grid_runs += [{k: v for k, v in r.items() if k != "overrides"} for r in chosen]
 
     print()
-    headers = [
-        "labels",
-        "start",
-        "features",
-        "kappa %",
-        "mIoU %",
-        "OA %",
-        "mean F1 %",
-        "kappa - random (paired)",
-        "seeds",
-    ]
-    rows = summarise(runs, args.methods, args.fractions)
-    print_table(headers, rows)
-    settings = {k: v for k, v in vars(args).items() if k != "checkpoint"}
+    rows = summarise(runs, selection)
+    print_table(HEADERS, rows)
+    settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "weights")}
     settings["checkpoints"] = {k: (str(v) if v else None) for k, v in starts.items()}
+    settings["test_patterns"] = splits.test
     if not pretrain_seconds:  # every start point was given: nothing was pretrained here
         settings["pretrain_steps"] = settings["pretrain_batch"] = None
-    path = write_json(
-        args.out,
-        {
-            "benchmark": "downstream",
-            "machine": machine_info(device),
-            "settings": settings,
-            "pretrain_seconds": pretrain_seconds,
-            "table": {"headers": headers, "rows": rows},
-            "runs": runs,
-        },
-    )
+    report = {
+        "benchmark": "downstream",
+        "protocol": "early stopping on val mIoU (patience, step cap); lr per mode, start and "
+        "fraction = argmax over the grid of the val mIoU averaged over seeds; test scored "
+        "once, for the selected lr only",
+        "machine": machine_info(device),
+        "settings": settings,
+        "pretrain_seconds": pretrain_seconds,
+        "table": {"headers": HEADERS, "rows": rows},
+        "selection": selection,
+        "runs": runs,
+        "grid_runs": grid_runs,
+    }
+    path = write_json(args.out, report)
     print(f"\nwrote {path}")
+    return report
 
 
 if __name__ == "__main__":

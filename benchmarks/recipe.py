@@ -22,13 +22,18 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, print_table, write_json
-from downstream import finetune, pretrain
+from downstream import config_file, data_settings, model_overrides, pretrain, split_start
+
+from contrastseg.train.finetune import run_finetune
+from contrastseg.train.finetune_config import load_finetune_config
 
 #: pretraining settings of the official recipe (configs/glcnet_official.yaml)
 OFFICIAL_PRETRAIN = [
@@ -57,6 +62,47 @@ OFFICIAL_FINETUNE = [
 ]
 RECIPES = {"default": ([], []), "official": (OFFICIAL_PRETRAIN, OFFICIAL_FINETUNE)}
 METRICS = ("kappa", "miou", "overall_accuracy")
+
+
+# The recipe comparison keeps the fixed-step fine-tune it was measured with (one lr, no
+# early stopping, test scored at the end of each run); benchmarks/downstream.py has the
+# converging protocol.
+def finetune(
+    spec: str,
+    checkpoint: Path | None,
+    fraction: float,
+    seed: int,
+    args,
+    work: Path,
+    extra: Sequence[str] = (),
+) -> dict:
+    method, features = split_start(spec)
+    _, fine_data = data_settings(args)
+    overrides = [
+        f"run.root={work}", f"run.name=ft-{method}-{features}-{fraction}-{seed}", "run.progress=false",
+        "run.log_every=50", *fine_data, f"data.label_fraction={fraction}", f"data.seed={seed}",
+        f"train.seed={seed}", f"train.max_steps={args.finetune_steps}",
+        f"train.batch_size={args.batch}", f"train.num_workers={args.workers}",
+        f"train.device={args.device}", f"optim.lr={args.lr}", "mode=finetune",
+        f"eval.window={args.window}", f"eval.stride={args.window}", "eval.overlays=0",
+        "eval.every=1000000", *model_overrides(args),
+    ]  # fmt: skip
+    if checkpoint is not None:
+        overrides.append(f"pretrained.path={checkpoint}")
+    start = time.perf_counter()
+    result = run_finetune(load_finetune_config(config_file(args), [*overrides, *extra]))
+    selected = torch.load(result.best_checkpoint, weights_only=True)
+    return {
+        "method": spec, "fraction": fraction, "seed": seed, "seconds": time.perf_counter() - start,
+        **{k: result.test_metrics[k] for k in METRICS}, "best_epoch": result.best_epoch,
+        "steps": result.step, "val_miou": result.val_metrics["miou"],
+        "features": selected["model_config"]["classifier_features"],
+    }  # fmt: skip
+
+
+def _mean_spread(values: list[float]) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f}"
 
 
 def _spread(values: list[float]) -> str:
@@ -126,9 +172,7 @@ def main() -> None:
         args.data, args.seeds, args.val = "demo", args.seeds[:2], ""
         args.pretrain_steps, args.finetune_steps = 6, 6
         args.patch, args.window, args.width = 32, 128, 16
-    # downstream.finetune's settings it reads from args
-    args.mode, args.eval_every, args.patience, args.scene_size = "finetune", 0, 0, 192
-    args.linear_lr = None
+    args.scene_size = 192  # downstream.data_settings reads it (demo scenes)
     runs: list[dict] = []
     pretrain_seconds: dict[str, float] = {}
 

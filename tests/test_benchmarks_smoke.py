@@ -149,3 +149,47 @@ def test_recipe_benchmark_overrides_are_the_official_configs():
     ]
     rows = recipe.summarise(runs, ["default", "official"])
     assert rows[1][4] == "-5.00 ± 7.07" and rows[0][4] == "-"
+
+
+def test_downstream_protocol_selects_on_val_and_tests_once(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    import torch
+
+    downstream = _load("downstream")
+    # a torchvision-keys ResNet-18 for the 4-band demo scenes (an ImageNet file has 3 bands)
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(4, 64, 7, 2, 3, bias=False)
+    weights = tmp_path / "resnet18_tv.pth"
+    torch.save(net.state_dict(), weights)
+    out, work = tmp_path / "downstream.json", tmp_path / "work"
+    argv = [
+        "--methods", "random", "--weights", f"tv={weights}", "--modes", "finetune", "linear",
+        "--fractions", "1.0", "--seeds", "0", "--lr-grid", "1e-4", "1e-3",
+        "--finetune-steps", "4", "--eval-steps", "2", "--patience", "1", "--batch", "4",
+        "--patch", "32", "--scene-size", "64", "--window", "64", "--width", "16",
+        "--out", str(out), "--work-dir", str(work),
+    ]  # fmt: skip
+    report = downstream.main(argv)
+    assert json.loads(out.read_text())["benchmark"] == "downstream"
+    starts = {(s["mode"], s["start"]) for s in report["selection"]}
+    # the probe reads the backbone of the torchvision file, and random gets the same features
+    assert starts == {
+        ("finetune", "random"), ("finetune", "tv"),
+        ("linear", "random:decoder"), ("linear", "tv:backbone"), ("linear", "random:backbone"),
+    }  # fmt: skip
+    for chosen in report["selection"]:
+        grid = ["0.0001", "0.001"] if chosen["mode"] == "finetune" else ["0.01"]
+        assert sorted(chosen["val_miou_by_lr"]) == grid
+        best = max(chosen["val_miou_by_lr"].values())
+        assert chosen["val_miou_by_lr"][f"{chosen['lr']:g}"] == best
+    # every grid run trained without a test split; only the selected ones were scored on test
+    assert len(report["grid_runs"]) == 2 * 2 + 3
+    assert all("kappa" not in r for r in report["grid_runs"])
+    assert len(report["runs"]) == 5
+    tested = sorted(p.parent.parent.name for p in work.glob("*/test/metrics.json"))
+    assert tested == sorted(Path(r["best_checkpoint"]).parent.name for r in report["runs"])
+    rows = {(row[0], row[2]): row for row in report["table"]["rows"]}
+    assert rows[("linear", "tv:backbone")][3] == "backbone"
+    assert rows[("linear", "tv:backbone")][9] != "-"  # paired with random:backbone
+    # a second call reuses the finished runs of the work dir
+    assert all(r.get("reused") for r in downstream.main(argv)["grid_runs"])
