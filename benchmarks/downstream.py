@@ -219,7 +219,7 @@ def plan_starts(args, starts: dict[str, Path | None]) -> dict[str, list[tuple[st
 @contextlib.contextmanager
 def _quiet(args: argparse.Namespace):
     """The engine's console reports go to nowhere unless ``--verbose`` (train.log keeps them)."""
-    if args.verbose:
+    if getattr(args, "verbose", True):  # benchmarks without the flag (recipe.py) print
         yield
         return
     with contextlib.redirect_stdout(io.StringIO()):
