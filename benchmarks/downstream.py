@@ -8,7 +8,7 @@ depends only on fraction and seed) and the same seeds for every start — in eac
 features the checkpoint trained). The protocol is the same for every start:
 
 - **converged**: a run trains until its validation mIoU has not improved for ``--patience``
-  validations (one about every ``--eval-steps`` optimizer steps), at most ``--finetune-steps``
+  validations (one every ``--eval-steps`` optimizer steps), at most ``--finetune-steps``
   steps; the weights of its best validation are kept.
 - **tuned**: each start gets the learning rate of one grid shared by all starts (``--lr-grid``;
   ``--linear-lr-grid`` for the probe's head) that maximises its validation mIoU, averaged
@@ -237,10 +237,10 @@ def grid_run(
     """One training run of the grid: no test split; returns its record (val metrics only)."""
     _, fine_data = data_settings(args)
     per_epoch = splits.steps_per_epoch(fraction, args)
-    if args.eval_every is not None:
-        every = args.eval_every or 1000000
-    else:
-        every = max(1, round(args.eval_steps / per_epoch))
+    if args.eval_every is not None:  # every N epochs
+        every, cadence = args.eval_every or 1000000, f"eval.every={args.eval_every or 1000000}"
+    else:  # every N steps, whatever the length of an epoch at this fraction
+        every, cadence = None, f"eval.every_steps={args.eval_steps}"
     run_name = f"{mode}-{name}-{features}-{fraction:g}-s{seed}-lr{lr:g}".replace(":", "_")
     overrides = [
         f"run.root={work}", f"run.name={run_name}", "run.progress=false", "run.log_every=50",
@@ -249,7 +249,7 @@ def grid_run(
         f"train.batch_size={args.batch}", f"train.num_workers={args.workers}",
         f"train.device={args.device}", f"mode={mode}",
         f"eval.window={args.window}", f"eval.stride={args.window}", "eval.overlays=0",
-        f"eval.every={every}", *model_overrides(args),
+        cadence, *model_overrides(args),
         f"model.name={args.decoder}",  # pretrained as DeepLabV3+: another keeps its backbone
     ]  # fmt: skip
     if mode == "linear":  # the probe: its own lr and patience
@@ -279,6 +279,7 @@ def grid_run(
         "val_kappa": result.val_metrics["kappa"], "best_epoch": result.best_epoch,
         "steps": result.step, "stopped_early": result.step < args.finetune_steps,
         "steps_per_epoch": per_epoch, "eval_every_epochs": every,
+        "eval_every_steps": None if every else args.eval_steps,
         "seconds": time.perf_counter() - start, "best_checkpoint": str(result.best_checkpoint),
         "overrides": overrides, "decoder": args.decoder,
     }  # fmt: skip
@@ -416,8 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--linear-lr", type=float, default=None, help="= --linear-lr-grid LR")
     parser.add_argument(
         "--eval-steps", type=int, default=50,
-        help="validate about every N optimizer steps, the same for every fraction (rounded to "
-        "whole epochs, at least one: the engine validates at epoch ends)",
+        help="validate every N optimizer steps (eval.every_steps), the same for every fraction",
     )  # fmt: skip
     parser.add_argument(
         "--eval-every", type=int, default=None, help="validate every N epochs instead of "

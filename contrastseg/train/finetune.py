@@ -188,6 +188,7 @@ class FinetuneTask(TrainingTask):
         self.history: list[dict[str, float]] = []
         self.monitor: RunMonitor | None = None
         self.total_steps, self.epochs, self.best_path = total_steps, epochs, best_path
+        self.steps_per_epoch = max(1, -(-total_steps // max(epochs, 1)))  # set exactly below
 
     def log_name(self, key: str) -> str:
         return "loss/train" if key == "total" else super().log_name(key)
@@ -210,10 +211,25 @@ class FinetuneTask(TrainingTask):
             logits = self.forward(x.contiguous(memory_format=self.memory_format))
         return {"total": self.criterion(logits.float(), y)}
 
+    def on_step_end(self, step: int, out: dict[str, Tensor]) -> bool:
+        every = self.config.eval.every_steps
+        if every is None or step % every or step >= self.total_steps:
+            return False  # the last step validates at the end of its epoch
+        stop = self.validate((step - 1) // self.steps_per_epoch, step)
+        set_train_mode(self.model, self.frozen)  # validation left every module in train mode
+        return stop
+
     def on_epoch_end(self, epoch: int, step: int) -> bool:
-        config, monitor = self.config, self.monitor
-        if (epoch + 1) % config.eval.every and step < self.total_steps:
+        config = self.config
+        if step < self.total_steps and (
+            config.eval.every_steps is not None or (epoch + 1) % config.eval.every
+        ):
             return False
+        return self.validate(epoch, step)
+
+    def validate(self, epoch: int, step: int) -> bool:
+        """Score val; a better mIoU writes best.pt; True when patience is exhausted."""
+        config, monitor = self.config, self.monitor
         confusion = evaluate_dataset(
             self.segmenter, self.val_set, config.eval, None, config.train.amp
         )
@@ -340,6 +356,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         config, model, net, criterion, generator, frozen, segmenter, val_set, mean, std,
         memory_format, amp_dtype, device, payload_base, total_steps, epochs, run_dir / "best.pt",
     )  # fmt: skip
+    task.steps_per_epoch = len(loader)
     state = TrainState(model, optimizer, scheduler, scaler, generator)
     settings = LoopSettings(
         total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,

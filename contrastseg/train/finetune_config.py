@@ -137,6 +137,9 @@ class EvalConfig:
     exclude: list[int] = field(default_factory=list)
     #: validate every N epochs (and always after the last)
     every: int = 1
+    #: validate every N optimizer steps instead (and after the last); None = every N epochs.
+    #: For label fractions whose epochs are long (or short) compared with the patience window
+    every_steps: int | None = None
     #: images shown as prediction overlays in the reports
     overlays: int = 4
 
@@ -147,6 +150,8 @@ class EvalConfig:
             raise ValueError(
                 f"eval.stride must lie in [1, window={self.window}], got {self.stride}"
             )
+        if self.every_steps is not None and self.every_steps < 1:
+            raise ValueError(f"eval.every_steps must be >= 1 or null, got {self.every_steps}")
         for name in ("batch_size", "every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")

@@ -220,3 +220,25 @@ def test_batched_augmentation_equals_per_sample_flips_and_rotations():
         expected = torch.rot90(expected, k, (-2, -1))
         assert torch.equal(out_images[i], expected)
         assert torch.equal(out_masks[i], expected[0].long())
+
+
+def test_validation_every_n_steps_across_epoch_ends(tmp_path, pretrained):
+    # 2 steps per epoch; eval.every_steps=3 validates at steps 3 and 6, and after the last (7)
+    config = finetune_config(tmp_path, "train.max_steps=7", "eval.every_steps=3")
+    result = run_finetune(config)
+    validated = [r["step"] for r in result.history if "val/miou" in r]
+    assert validated == [3, 6, 7]
+    assert result.step == 7
+    # the frozen backbone of a decoder-mode run stays in eval mode after a mid-epoch
+    # validation: its BatchNorm statistics are still the pretrained ones at the end
+    config = finetune_config(
+        tmp_path, "train.max_steps=4", "eval.every_steps=1", "mode=decoder", "run.name=d",
+        f"pretrained.path={pretrained}",
+    )  # fmt: skip
+    result = run_finetune(config)
+    assert [r["step"] for r in result.history if "val/miou" in r] == [1, 2, 3, 4]
+    (last,) = list_checkpoints(result.run_dir / "checkpoints")
+    trained = torch.load(last, weights_only=True)["model"]
+    source = torch.load(pretrained, weights_only=True)["model"]
+    for key in (k for k in source if k.startswith("backbone.") and "running" in k):
+        torch.testing.assert_close(trained[key], source[key], rtol=0, atol=0, msg=key)
