@@ -32,7 +32,7 @@ from contrastseg.models import SegmentationNet, build_model, model_class
 from contrastseg.models.pretrained import load_torch_file
 from contrastseg.train.finetune_config import EvalConfig, FinetuneConfig
 from contrastseg.train.report import class_palette, colorize, safe_name, write_overlay, write_report
-from contrastseg.train.runtime import resolve_amp_dtype
+from contrastseg.train.runtime import modes_kept, resolve_amp_dtype
 from contrastseg.utils.configtools import from_dict, to_dict
 from contrastseg.utils.device import resolve_device
 
@@ -192,13 +192,10 @@ def evaluate_dataset(
             ``settings.overlays`` images go; None = none.
         amp: autocast setting for the forward passes.
     """
-    model = segmenter.model
-    was_training = model.training
-    model.eval()
     predict = segmenter.predictor(amp)
     confusion = ConfusionMatrix(len(segmenter.classes), dataset.ignore_index, segmenter.device)
     palette = class_palette(segmenter.palette, len(segmenter.classes))
-    try:
+    with modes_kept(segmenter.model):
         for i in range(len(dataset)):
             image, mask = dataset[i]
             logits = sliding_window_logits(
@@ -212,8 +209,6 @@ def evaluate_dataset(
                     Path(overlay_dir) / f"{safe_name(dataset.patch_ids[i])}.png",
                     image.numpy(), mask.numpy(), prediction[0].cpu().numpy(), palette,
                 )  # fmt: skip
-    finally:
-        model.train(was_training)
     return confusion
 
 

@@ -215,9 +215,7 @@ class FinetuneTask(TrainingTask):
         every = self.config.eval.every_steps
         if every is None or step % every or step >= self.total_steps:
             return False  # the last step validates at the end of its epoch
-        stop = self.validate((step - 1) // self.steps_per_epoch, step)
-        set_train_mode(self.model, self.frozen)  # validation left every module in train mode
-        return stop
+        return self.validate((step - 1) // self.steps_per_epoch, step)
 
     def on_epoch_end(self, epoch: int, step: int) -> bool:
         config = self.config

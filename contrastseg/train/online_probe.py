@@ -41,6 +41,7 @@ from contrastseg.models.registry import build_model
 from contrastseg.train.evaluate import Segmenter, evaluate_dataset
 from contrastseg.train.finetune_config import EvalConfig
 from contrastseg.train.probe import LOAD_PARTS, check_trained, default_features, trained_parts
+from contrastseg.train.runtime import modes_kept
 from contrastseg.utils.configtools import ConfigError, to_dict
 from contrastseg.utils.device import resolve_device
 
@@ -181,42 +182,35 @@ def run_probe(
     """
     start = time.perf_counter()
     train_set, val_set = datasets
-    was_training = net.training
-    net.eval()
     probed = ProbedNetwork(net, nn.Identity(), features)  # the head is fitted below
     stride = net.feature_stride(features)
     cached, targets = [], []
     count = min(len(train_set), config.max_patches)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            for first in range(0, count, config.batch_size):
-                items = [train_set[i] for i in range(first, min(first + config.batch_size, count))]
-                images = torch.stack([image for image, _ in items]).to(device)
-                labels = torch.stack([mask for _, mask in items]).to(device)
-                feats = probed.forward_features(to_float(images, scale, mean, std)).float()
-                cells = _cell_targets(labels, feats.shape[-2:], stride)
-                keep = cells != train_set.ignore_index
-                cached.append(feats.permute(0, 2, 3, 1)[keep].cpu())
-                targets.append(cells[keep].long().cpu())
-            x, y = torch.cat(cached), torch.cat(targets)
-            if len(y) == 0:
-                raise ConfigError("probe.data: the probe's training patches hold no labeled pixel")
-            if len(y) > config.max_cells:  # an even, deterministic subset bounds the fit's cost
-                keep = torch.linspace(0, len(y) - 1, config.max_cells).round().long()
-                x, y = x[keep], y[keep]
-            head = fit_head(x, y, train_set.num_classes, config.steps, config.lr)
-            probed.head = head.to(device)
-            segmenter = Segmenter(
-                probed, None, list(val_set.classes), list(val_set.palette), None, scale, mean,
-                std, device, {},
-            )  # fmt: skip
-            settings = EvalConfig(
-                window=config.window, stride=config.stride, batch_size=config.batch_size,
-                overlays=0,
-            )  # fmt: skip
-            confusion = evaluate_dataset(segmenter, val_set, settings)
-    finally:
-        net.train(was_training)
+    with modes_kept(net), torch.random.fork_rng(devices=[]):
+        for first in range(0, count, config.batch_size):
+            items = [train_set[i] for i in range(first, min(first + config.batch_size, count))]
+            images = torch.stack([image for image, _ in items]).to(device)
+            labels = torch.stack([mask for _, mask in items]).to(device)
+            feats = probed.forward_features(to_float(images, scale, mean, std)).float()
+            cells = _cell_targets(labels, feats.shape[-2:], stride)
+            keep = cells != train_set.ignore_index
+            cached.append(feats.permute(0, 2, 3, 1)[keep].cpu())
+            targets.append(cells[keep].long().cpu())
+        x, y = torch.cat(cached), torch.cat(targets)
+        if len(y) == 0:
+            raise ConfigError("probe.data: the probe's training patches hold no labeled pixel")
+        if len(y) > config.max_cells:  # an even, deterministic subset bounds the fit's cost
+            keep = torch.linspace(0, len(y) - 1, config.max_cells).round().long()
+            x, y = x[keep], y[keep]
+        probed.head = fit_head(x, y, train_set.num_classes, config.steps, config.lr).to(device)
+        segmenter = Segmenter(
+            probed, None, list(val_set.classes), list(val_set.palette), None, scale, mean,
+            std, device, {},
+        )  # fmt: skip
+        settings = EvalConfig(
+            window=config.window, stride=config.stride, batch_size=config.batch_size, overlays=0
+        )
+        confusion = evaluate_dataset(segmenter, val_set, settings)
     return ProbeResult(
         confusion.compute(config.exclude),
         features,

@@ -289,11 +289,10 @@ class PretrainTask(TrainingTask):
         if features == "auto":
             trained = get_method(config.method.name).trained_parts
             features = default_features(trained, config.model.name)
-        with torch.random.fork_rng(devices=[]):  # the run's random streams stay as they are
-            result = run_probe(
-                self.model.net, features, config.probe, self.probe_data, config.probe.data.scale,
-                self.mean, self.std, self.device,
-            )  # fmt: skip
+        result = run_probe(  # keeps the run's random streams and module modes as they are
+            self.model.net, features, config.probe, self.probe_data, config.probe.data.scale,
+            self.mean, self.std, self.device,
+        )  # fmt: skip
         self.probe_seconds += result.seconds
         share = self.probe_seconds / max(time.perf_counter() - self.started, 1e-9)
         values = {**result.scalars(), "probe/share_of_run_time": share}

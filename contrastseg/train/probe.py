@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from contrastseg.methods import available_methods, get_method
 from contrastseg.models.registry import ALL_PARTS, model_class, part_names
+from contrastseg.train.runtime import modes_kept
 from contrastseg.utils.configtools import ConfigError
 
 #: The ``pretrained.parts`` value that loads exactly the parts in front of each kind of features.
@@ -153,27 +154,25 @@ def estimate_batchnorm(
     ]
     if not norms:
         return 0
-    was_training = model.training
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
     used = 0
-    try:
-        for batch in batches:
-            if max_batches is not None and used >= max_batches:
-                break
-            forward(batch)
-            used += 1
-    finally:
-        for m, (mean, var, momentum) in zip(norms, saved, strict=True):
-            m.momentum = momentum
-            if used == 0:
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-        model.train(was_training)
+    with modes_kept(model):
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        try:
+            for batch in batches:
+                if max_batches is not None and used >= max_batches:
+                    break
+                forward(batch)
+                used += 1
+        finally:
+            for m, (mean, var, momentum) in zip(norms, saved, strict=True):
+                m.momentum = momentum
+                if used == 0:
+                    m.running_mean.copy_(mean)
+                    m.running_var.copy_(var)
     return used
 
 

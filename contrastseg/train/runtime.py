@@ -90,6 +90,22 @@ def iterate_keeping_rng(loader: DataLoader) -> Iterator:
     return iterator
 
 
+@contextlib.contextmanager
+def modes_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode, and give every submodule back its own mode afterwards.
+
+    ``model.train(was_training)`` would put *every* submodule in train mode, frozen parts of a
+    fine-tune (whose BatchNorm statistics must not move) included.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside ``torch.compile`` and/or DDP wrappers."""
     model = getattr(model, "_orig_mod", model)
