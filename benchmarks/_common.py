@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -97,3 +98,27 @@ def write_json(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return path
+
+
+def rss_peak_bytes() -> int:
+    """This process's resident-set high-water mark (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def peak_memory_bytes(step: Callable[[], Any], device: torch.device) -> tuple[Any, int]:
+    """Run ``step`` once; returns its result and the peak memory it added.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` minus what was allocated before. CPU: the growth
+    of the resident high-water mark, meaningful in a fresh process (run each case in one).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        result = step()
+        torch.cuda.synchronize(device)
+        return result, torch.cuda.max_memory_allocated(device) - before
+    before = rss_peak_bytes()
+    result = step()
+    return result, rss_peak_bytes() - before

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import machine_info, print_table, time_it, write_json
+from _common import machine_info, peak_memory_bytes, print_table, time_it, write_json
 
 from contrastseg.losses.ntxent import nt_xent
 
@@ -69,12 +68,6 @@ IMPLS = {
 }
 
 
-def _rss_peak_bytes() -> int:
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 def run_case(impl: str, n: int, d: int, device: torch.device, repeats: int) -> dict[str, Any]:
     """Peak extra memory of one forward + backward, then its median time over ``repeats``."""
     gen = torch.Generator().manual_seed(n + d)
@@ -88,17 +81,7 @@ def run_case(impl: str, n: int, d: int, device: torch.device, repeats: int) -> d
         loss.backward()
         return loss
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        loss = step()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before
-    else:
-        before = _rss_peak_bytes()
-        loss = step()
-        peak = _rss_peak_bytes() - before
+    loss, peak = peak_memory_bytes(step, device)
     times = time_it(step, device, repeats=repeats, warmup=0)
     return {
         "loss": loss.item(),

@@ -50,7 +50,6 @@ import itertools
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -65,7 +64,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import machine_info, print_table, synchronize, time_it, write_json
+from _common import machine_info, print_table, rss_peak_bytes, synchronize, time_it, write_json
 
 from contrastseg.config import PretrainConfig, load_pretrain_config
 from contrastseg.data import UnlabeledDataset, build_loader, set_loader_epoch, write_demo_dataset
@@ -113,11 +112,6 @@ def device_peak(name: str, amp: str) -> dict[str, Any] | None:
     return None
 
 
-def _rss_peak_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 def case_config(case: dict[str, Any], s: dict[str, Any]) -> PretrainConfig:
     """The engine config of one case: ``--config`` + ``--set`` + the case's settings."""
     patches = (s["steps"] + 2 * s["workers"] + 3) * case["batch"]
@@ -157,7 +151,7 @@ def data_area(s: dict[str, Any]) -> int:
 
 def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     """Measure one case in this process; see the module docstring for what each figure is."""
-    rss_before = _rss_peak_bytes()
+    rss_before = rss_peak_bytes()
     torch.set_num_threads(s["threads"])
     config = case_config(case, s)
     device = torch.device(s["device"])
@@ -249,7 +243,7 @@ def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
             result["device_peak"] = gpu
             result["fraction_of_peak"] = result["achieved_tflops"] / gpu["tflops"]
     elif s["isolated"]:
-        result["peak_memory_mib"] = (_rss_peak_bytes() - rss_before) / 2**20
+        result["peak_memory_mib"] = (rss_peak_bytes() - rss_before) / 2**20
     return result
 
 
