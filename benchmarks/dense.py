@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, print_table, time_it, write_json
+from _common import machine_info, peak_memory_bytes, print_table, time_it, write_json
 
 from contrastseg.augment import PairedViews
 from contrastseg.augment.config import ViewsConfig
@@ -46,11 +45,6 @@ from contrastseg.models import DeepLabV3Plus
 from contrastseg.models.base import DeepLabFeatures
 
 CHANNELS, SIDE, SOURCE, VIEW = 256, 56, 256, 224
-
-
-def _rss_peak_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def run_case(batch: int, cells: int, device: torch.device, repeats: int) -> dict[str, Any]:
@@ -75,17 +69,7 @@ def run_case(batch: int, cells: int, device: torch.device, repeats: int) -> dict
         out["total"].backward()
         return float(out["dense/valid_fraction"])
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        valid = step()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - before
-    else:
-        before = _rss_peak_bytes()
-        valid = step()
-        peak = _rss_peak_bytes() - before
+    valid, peak = peak_memory_bytes(step, device)
     times = time_it(step, device, repeats=repeats, warmup=0)
     return {
         "batch": batch,
