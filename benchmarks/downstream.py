@@ -31,7 +31,11 @@ decoder, SimCLR: encoder, a ``--weights`` file: backbone), and a random start is
 each of those features, so that every probe has a random baseline on the same features
 (``NAME:FEATURES`` in ``--methods`` asks for other features). ``--work-dir`` keeps the runs:
 a run whose ``record.json`` is there (same settings) is not trained again, nor is a finished
-pretraining, so a stopped benchmark continues where it was.
+pretraining, nor the test score of a reused run, so a stopped benchmark continues where it
+was. The same folder splits a long benchmark over several processes or machines: pretrain
+once (``--pretrain-only``, one method per process if you like), run disjoint ``--modes`` /
+``--fractions`` in parallel, then call once with everything: that call trains nothing and
+writes the whole table.
 """
 
 from __future__ import annotations
@@ -300,16 +304,20 @@ def select_lr(records: list[dict], grid: list[float]) -> tuple[float, dict[str, 
 def score_test(record: dict, args, splits: Splits) -> dict:
     """The test metrics of a selected run's ``best.pt`` (the only time test is scored)."""
     checkpoint = Path(record["best_checkpoint"])
+    # a reused run keeps its best.pt, so its test score (same test split) is reused as well
+    cached = checkpoint.parent / "test_record.json"
+    if record.get("reused") and cached.is_file():
+        scored = json.loads(cached.read_text())
+        if scored.get("test_overrides") == splits.restore:
+            return {**{k: v for k, v in record.items() if k != "overrides"}, **scored["scores"]}
     start = time.perf_counter()
     with _quiet(args):
         metrics = run_evaluate(
             checkpoint, checkpoint.parent / "test", splits.restore, split="test", device=args.device
         )
-    return {
-        **{k: v for k, v in record.items() if k != "overrides"},
-        **{k: metrics[k] for k in METRICS},
-        "test_seconds": time.perf_counter() - start,
-    }
+    scores = {**{k: metrics[k] for k in METRICS}, "test_seconds": time.perf_counter() - start}
+    cached.write_text(json.dumps({"test_overrides": splits.restore, "scores": scores}) + "\n")
+    return {**{k: v for k, v in record.items() if k != "overrides"}, **scores}
 
 
 def _mean_spread(values: list[float], digits: int = 2) -> str:
@@ -440,9 +448,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scene-size", type=int, default=256)
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default: torch's; pin to 1 per process on a shared CPU)",
+    )  # fmt: skip
     parser.add_argument("--val", default="", help="dubai: key pattern of the validation split")
     parser.add_argument("--work-dir", default=None, help="keep runs here (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true", help="print the engine's reports")
+    parser.add_argument(
+        "--pretrain-only", action="store_true",
+        help="pretrain the --methods into --work-dir and stop (later calls reuse them)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.mode:
         args.modes = [args.mode]
@@ -461,6 +477,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = args.methods or ["simclr", "glcnet", "dense", "random"]
     args.fractions = args.fractions or [0.01, 0.1, 1.0]
     args.weight_names = [item.split("=", 1)[0] for item in args.weights]
+    if args.pretrain_only and not args.work_dir:
+        parser.error("--pretrain-only needs --work-dir (where the later calls find the runs)")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     return args
@@ -468,6 +486,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     given = dict(item.split("=", 1) for item in args.checkpoint)
     weights = dict(item.split("=", 1) for item in args.weights)
     device = torch.device(args.device)
@@ -488,6 +508,9 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 print(f"pretraining {method} for {args.pretrain_steps} steps ...", flush=True)
                 starts[method], pretrain_seconds[method] = pretrain(method, args, work)
+        if args.pretrain_only:
+            print("pretrained: " + ", ".join(f"{k}={v}" for k, v in starts.items() if v))
+            return {"checkpoints": {k: str(v) for k, v in starts.items() if v}}
         for name, path in weights.items():
             starts[name] = Path(path)
         plan = plan_starts(args, starts)

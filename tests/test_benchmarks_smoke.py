@@ -191,5 +191,9 @@ def test_downstream_protocol_selects_on_val_and_tests_once(tmp_path):
     rows = {(row[0], row[2]): row for row in report["table"]["rows"]}
     assert rows[("linear", "tv:backbone")][3] == "backbone"
     assert rows[("linear", "tv:backbone")][9] != "-"  # paired with random:backbone
-    # a second call reuses the finished runs of the work dir
-    assert all(r.get("reused") for r in downstream.main(argv)["grid_runs"])
+    # a second call reuses the finished runs of the work dir, and their test scores
+    scored = {p: p.stat().st_mtime_ns for p in work.glob("*/test/metrics.json")}
+    again = downstream.main(argv)
+    assert all(r.get("reused") for r in again["grid_runs"])
+    assert {p: p.stat().st_mtime_ns for p in work.glob("*/test/metrics.json")} == scored
+    assert again["table"]["rows"] == report["table"]["rows"]
