@@ -435,6 +435,29 @@ def test_collapsed_embeddings_are_reported_and_can_stop_the_run(tmp_path, monkey
     ]
 
 
+def test_a_learning_rate_that_collapses_the_run_is_reported(tmp_path):
+    # The local branch with a head without BatchNorm (BatchNorm in the head keeps embeddings
+    # spread even at absurd learning rates): Adam at lr 1 collapses it within a few steps, the
+    # quickstart's lr 1e-3 does not. The report names the step and the run stops when asked.
+    common = ["method.name=local", "method.head_batch_norm=false", "train.max_steps=12",
+              "train.collapse_patience=3", "run.checkpoint_every=100"]  # fmt: skip
+    healthy = run_pretrain(tiny(tmp_path, *common, "run.name=healthy"))
+    assert healthy.step == 12
+    assert min(r["health/local/std"] for r in healthy.history) > 0.2
+    assert "collapsed" not in (tmp_path / "healthy" / "train.log").read_text()
+
+    result = run_pretrain(tiny(tmp_path, *common, "optim.lr=1.0", "train.stop_on_collapse=true"))
+    assert result.step < 12
+    assert result.history[-1]["health/local/std"] < 0.1
+    log = (tmp_path / "tiny" / "train.log").read_text()
+    found = re.search(r"step (\d+): the local embeddings have collapsed:.*since step (\d+)", log)
+    assert found, log
+    reported, since = int(found[1]), int(found[2])
+    assert reported == result.step and reported - since == 2  # 3 log steps below the threshold
+    assert all(r["health/local/std"] < 0.1 for r in result.history[since - 1 :])
+    assert "stopping (train.stop_on_collapse)" in log
+
+
 def test_healthy_embeddings_are_logged_for_every_branch(tmp_path):
     result = run_pretrain(tiny(tmp_path, "train.max_steps=2"))  # glcnet: global and local
     record = result.history[-1]
