@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -15,7 +16,7 @@ from contrastseg.data.config import UnlabeledDataConfig
 from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.readers import Window
 from contrastseg.data.unlabeled import Source, UnlabeledDataset, list_sources, read_source
-from contrastseg.utils.configtools import coerce, safe_load_unique
+from contrastseg.utils.configtools import ConfigError, coerce, safe_load_unique
 
 
 @dataclass
@@ -195,6 +196,56 @@ def load_stats_yaml(path: str | os.PathLike[str]) -> BandStats:
         scale=coerce(data.get("scale", 1.0), float, "scale", source),
         bands=coerce(data.get("bands"), list[int] | None, "bands", source),
     )
+
+
+def normalization_values(
+    section: Any, bands: int | None = None, source: str = "normalize"
+) -> tuple[list[float] | None, list[float] | None]:
+    """The per-band ``(mean, std)`` a ``normalize`` section asks for (None: not applied).
+
+    Args:
+        section: a :class:`~contrastseg.config.NormalizeConfig` or its dict; its
+            ``stats_file`` wins over its ``mean`` / ``std``.
+        bands: the data's band count; a list of another length is a ``ConfigError`` naming
+            the file or ``source``.
+        source: what the section is called in that message.
+    """
+    get = section.get if isinstance(section, Mapping) else lambda key: getattr(section, key)
+    mean, std, stats_file = get("mean"), get("std"), get("stats_file")
+    if stats_file:
+        stats = load_stats_yaml(stats_file)
+        mean, std = stats.mean, stats.std
+    for name, values in (("mean", mean), ("std", std)):
+        if bands is not None and values is not None and len(values) != bands:
+            where = stats_file or f"{source}.{name}"
+            raise ConfigError(
+                f"{where}: {len(values)} {name} values but the data has {bands} band(s)"
+            )
+    return (None if mean is None else list(mean)), (None if std is None else list(std))
+
+
+def stored_normalization(
+    payload: Mapping[str, Any], path: str | os.PathLike[str], bands: int | None = None
+) -> tuple[list[float] | None, list[float] | None]:
+    """The per-band ``(mean, std)`` the network of checkpoint ``payload`` was trained on.
+
+    Checkpoints store the values themselves (``payload["normalize"]``), so they travel with
+    the file. A pretraining checkpoint of contrastseg 0.1.0 has only its config: its
+    ``normalize.stats_file`` is read again, and a file that is gone is a ``ConfigError``
+    (guessing no normalisation would feed the encoder inputs it never saw). With ``bands``,
+    values for another band count are a ``ConfigError``.
+    """
+    if isinstance(payload.get("normalize"), Mapping):
+        return normalization_values(payload["normalize"], bands, f"{path}: normalize")
+    section = dict((payload.get("config") or {}).get("normalize") or {})
+    stats_file = section.get("stats_file")
+    if stats_file and not Path(stats_file).is_file():
+        raise ConfigError(
+            f"{path} was pretrained with normalize.stats_file={stats_file!r}, which does not "
+            "exist here (this checkpoint does not store the values): set normalize.stats_file "
+            "to a copy of that file, or normalize.mean and normalize.std"
+        )
+    return normalization_values(section, bands, f"{path}: normalize")
 
 
 def run_stats_command(

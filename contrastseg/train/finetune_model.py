@@ -16,12 +16,11 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from torch import nn
 
 from contrastseg.data.labeled import LabeledDataset
-from contrastseg.data.stats import load_stats_yaml
+from contrastseg.data.stats import normalization_values, stored_normalization
 from contrastseg.models.pretrained import LoadReport, load_pretrained, read_state_dict
 from contrastseg.models.registry import part_names
 from contrastseg.train.evaluate import (
@@ -62,24 +61,13 @@ def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
 def start_normalization(
     config: FinetuneConfig, pretrain: dict, bands: int
 ) -> tuple[list | None, list | None]:
+    """The per-band normalisation of a fine-tune: the config's ``normalize`` when it sets
+    anything, else the values the pretraining checkpoint ``pretrain`` was trained on (see
+    :func:`~contrastseg.data.stats.stored_normalization`), else none."""
     norm = config.normalize
-    mean, std, source = norm.mean, norm.std, "normalize"
-    if norm.stats_file:
-        stats = load_stats_yaml(norm.stats_file)
-        mean, std, source = stats.mean, stats.std, norm.stats_file
-    elif mean is None and std is None and pretrain:
-        # same inputs as in pretraining, unless the config says otherwise
-        stored = pretrain.get("config", {}).get("normalize", {})
-        mean, std, source = stored.get("mean"), stored.get("std"), "the pretraining checkpoint"
-        if stored.get("stats_file") and Path(stored["stats_file"]).is_file():
-            stats = load_stats_yaml(stored["stats_file"])
-            mean, std = stats.mean, stats.std
-    for name, values in (("mean", mean), ("std", std)):
-        if values is not None and len(values) != bands:
-            raise ConfigError(
-                f"{source}: {len(values)} {name} values but the data has {bands} band(s)"
-            )
-    return (None if mean is None else list(mean)), (None if std is None else list(std))
+    if norm.stats_file or norm.mean is not None or norm.std is not None or not pretrain:
+        return normalization_values(norm, bands)
+    return stored_normalization(pretrain, config.pretrained.path, bands)
 
 
 def labeled_split(config: FinetuneConfig, split: str, required: bool) -> LabeledDataset | None:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from contrastseg.config import PretrainConfig, ProbeConfig
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import to_float
-from contrastseg.data.stats import load_stats_yaml
+from contrastseg.data.stats import normalization_values, stored_normalization
 from contrastseg.models.backbone import resnet_depth
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.pretrained import load_pretrained, read_state_dict
@@ -246,21 +246,14 @@ def probe_checkpoint(
     if payload:
         model_config = dict(payload["config"]["model"])
         bands = int(payload["in_channels"])
-        norm = payload["config"].get("normalize", {})
-        mean, std = norm.get("mean"), norm.get("std")
-        if norm.get("stats_file") and Path(norm["stats_file"]).is_file():
-            stats = load_stats_yaml(norm["stats_file"])
-            mean, std = stats.mean, stats.std
+        mean, std = stored_normalization(payload, path)
     else:
         arch = resnet_depth(state)
         if arch is None or "backbone.conv1.weight" not in state:
             raise ValueError(f"{path}: not a ResNet state dict (no conv1 / layerN.M keys)")
         model_config = {**to_dict(config.model), "arch": arch}
         bands = int(state["backbone.conv1.weight"].shape[1])
-        mean, std = config.normalize.mean, config.normalize.std
-        if config.normalize.stats_file:
-            stats = load_stats_yaml(config.normalize.stats_file)
-            mean, std = stats.mean, stats.std
+        mean, std = normalization_values(config.normalize, bands)
     name = model_config.get("name")
     method = (payload.get("config") or {}).get("method", {}).get("name") if payload else None
     trained = trained_parts(state, payload, name)

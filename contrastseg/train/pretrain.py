@@ -32,9 +32,10 @@ from contrastseg import __version__
 from contrastseg.augment import MatchedRegions, PairedViews, ViewPair, draw_view_grid
 from contrastseg.augment.regions import drop_invalid_sources
 from contrastseg.config import PretrainConfig
-from contrastseg.data import UnlabeledDataset, build_loader, load_stats_yaml
+from contrastseg.data import UnlabeledDataset, build_loader
 from contrastseg.data.loader import to_float
 from contrastseg.data.nodata import fill_invalid, valid_pixels
+from contrastseg.data.stats import normalization_values
 from contrastseg.methods import get_method
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -92,23 +93,6 @@ class PretrainResult:
 def views_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
     """The generator of views and regions of process ``rank``: seeded, different per rank."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
-
-
-def _normalization(
-    config: PretrainConfig, bands: int
-) -> tuple[list[float] | None, list[float] | None]:
-    norm = config.normalize
-    mean, std = norm.mean, norm.std
-    if norm.stats_file:
-        stats = load_stats_yaml(norm.stats_file)
-        mean, std = stats.mean, stats.std
-    for name, values in (("mean", mean), ("std", std)):
-        if values is not None and len(values) != bands:
-            source = norm.stats_file or f"normalize.{name}"
-            raise ConfigError(
-                f"{source}: {len(values)} {name} values but the data has {bands} band(s)"
-            )
-    return mean, std
 
 
 def _run_dir(config: PretrainConfig) -> Path:
@@ -313,6 +297,8 @@ class PretrainTask(TrainingTask):
             "format": CHECKPOINT_FORMAT,
             "config": to_dict(self.config),
             "in_channels": self.model.net.in_channels,
+            # the values themselves, so the file does not depend on normalize.stats_file
+            "normalize": {"mean": self.mean, "std": self.std},
             "model": self.model.net.state_dict(),
             "heads": self.model.heads_state_dict(),
             "probe_best": self.probe_best,
@@ -338,7 +324,7 @@ def build_pretrain_task(
             SyncBatchNorm without CUDA).
     """
     train = config.train
-    mean, std = _normalization(config, bands)
+    mean, std = normalization_values(config.normalize, bands)
     model = PretrainModel(config.model, config.method, bands).to(device)
     memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)

@@ -242,3 +242,43 @@ def test_validation_every_n_steps_across_epoch_ends(tmp_path, pretrained):
     source = torch.load(pretrained, weights_only=True)["model"]
     for key in (k for k in source if k.startswith("backbone.") and "running" in k):
         torch.testing.assert_close(trained[key], source[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_carries_its_normalisation_when_the_stats_file_is_gone(tmp_path):
+    import yaml
+
+    from contrastseg.utils.configtools import ConfigError
+
+    stats = tmp_path / "stats.yaml"
+    mean, std = [0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8]
+    stats.write_text(yaml.safe_dump({"mean": mean, "std": std, "count": 1, "scale": 1.0}))
+    config = load_pretrain_config(
+        None,
+        [
+            f"run.root={tmp_path}", "run.name=pre", "run.progress=false", "run.image_every=0",
+            "train.max_steps=1", "train.batch_size=4", "train.num_workers=0",
+            "data.demo.n_scenes=4", "data.demo.size=64", "data.patch_size=48",
+            "views.size=32", "method.region_size=8", f"normalize.stats_file={stats}", *SMALL_MODEL,
+        ],
+    )  # fmt: skip
+    checkpoint = run_pretrain(config).checkpoint
+    payload = torch.load(checkpoint, weights_only=True)
+    assert payload["normalize"] == {"mean": mean, "std": std}
+    stats.unlink()  # the fine-tune runs elsewhere: the file is gone, the values are not
+    result = run_finetune(finetune_config(tmp_path, f"pretrained.path={checkpoint}"))
+    (last,) = list_checkpoints(result.run_dir / "checkpoints")
+    assert torch.load(last, weights_only=True)["normalize"] == {"mean": mean, "std": std}
+    # a 0.1.0 checkpoint stored only the config: its missing stats file is named, not ignored
+    del payload["normalize"]
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    with pytest.raises(ConfigError, match=r"stats\.yaml'.*does not exist here.*normalize\.mean"):
+        run_finetune(finetune_config(tmp_path, f"pretrained.path={old}", "run.name=old"))
+    # the config's own normalisation wins over the checkpoint's
+    result = run_finetune(
+        finetune_config(
+            tmp_path, f"pretrained.path={old}", "run.name=own", "normalize.mean=[0, 0, 0, 0]"
+        )
+    )
+    (last,) = list_checkpoints(result.run_dir / "checkpoints")
+    assert torch.load(last, weights_only=True)["normalize"] == {"mean": [0, 0, 0, 0], "std": None}
