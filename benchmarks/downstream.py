@@ -25,6 +25,10 @@ mean ± standard deviation over seeds.
         --val 'Tile 2/*' --seeds 0 1 2                              # CPU days: use a GPU
     python benchmarks/downstream.py --data dubai --root ... --checkpoint glcnet=runs/x/step.pt \
         --weights imagenet=resnet18-f37072fd.pth --modes finetune linear
+    python benchmarks/downstream.py --render benchmarks/results/downstream_protocol_dubai.json
+
+``--render`` prints a written report's table as Markdown (the README's table) with the
+check that more labels score higher for every start; the run itself prints that check too.
 
 In ``linear`` mode each start is probed on the features its checkpoint trained (GLCNet:
 decoder, SimCLR: encoder, a ``--weights`` file: backbone), and a random start is probed on
@@ -43,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -367,9 +372,50 @@ HEADERS = [
 ]  # fmt: skip
 
 
+def fraction_order(report: dict) -> list[str]:
+    """Where more labels do not score a higher test kappa than fewer, per mode and start."""
+    kappa: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for run in report["runs"]:
+        cell = kappa.setdefault((run["mode"], run["start"]), {})
+        cell.setdefault(run["fraction"], []).append(run["kappa"] or 0.0)
+    problems = []
+    for (mode, start), by_fraction in kappa.items():
+        means = sorted((f, statistics.mean(v)) for f, v in by_fraction.items())
+        for (low, low_kappa), (high, high_kappa) in itertools.pairwise(means):
+            if high_kappa <= low_kappa:
+                problems.append(
+                    f"{mode} {start}: {100 * high:g} % ({100 * high_kappa:.1f}) does not beat "
+                    f"{100 * low:g} % ({100 * low_kappa:.1f})"
+                )
+    return problems
+
+
+def markdown(report: dict) -> str:
+    """The table of a written report as Markdown (what the README shows), and the check that
+    more labels score higher."""
+    keep = ["mode", "labels", "start", "features", "lr", "kappa %", "mIoU %", "OA %",
+            "mean F1 %", "kappa - random (paired)", "steps"]  # fmt: skip
+    headers = report["table"]["headers"]
+    lines = ["| " + " | ".join(keep) + " |", "|" + "---|" * len(keep)]
+    for row in report["table"]["rows"]:
+        cells = dict(zip(headers, row, strict=True))
+        lines.append("| " + " | ".join(str(cells[k]) for k in keep) + " |")
+    problems = fraction_order(report)
+    lines.append("")
+    lines.append(
+        "more labels score a higher mean test kappa for every mode and start"
+        if not problems
+        else "more labels do not always score higher: " + "; ".join(problems)
+    )
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="demo scenes, tiny budgets")
+    parser.add_argument(
+        "--render", metavar="JSON", help="print the Markdown table of a written report and stop"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--out", default="benchmarks/results/downstream.json")
     parser.add_argument("--data", choices=["demo", "dubai"], default="demo")
@@ -486,6 +532,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        print(markdown(report))
+        return report
     if args.threads:
         torch.set_num_threads(args.threads)
     given = dict(item.split("=", 1) for item in args.checkpoint)
@@ -552,6 +602,8 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     rows = summarise(runs, selection)
     print_table(HEADERS, rows)
+    for problem in fraction_order({"runs": runs}):
+        print(f"note: {problem}")
     settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint", "weights")}
     settings["checkpoints"] = {k: (str(v) if v else None) for k, v in starts.items()}
     settings["test_patterns"] = splits.test

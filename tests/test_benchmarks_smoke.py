@@ -197,3 +197,22 @@ def test_downstream_protocol_selects_on_val_and_tests_once(tmp_path):
     assert all(r.get("reused") for r in again["grid_runs"])
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/test/metrics.json")} == scored
     assert again["table"]["rows"] == report["table"]["rows"]
+    # the README's table is rendered from the written report
+    text = downstream.markdown(json.loads(out.read_text()))
+    assert text.splitlines()[0].startswith("| mode | labels | start |")
+    assert len([line for line in text.splitlines() if line.startswith("| ")]) == 1 + 5
+
+
+def test_downstream_fraction_check_names_a_start_where_more_labels_do_not_help():
+    downstream = _load("downstream")
+    runs = [
+        {"mode": "finetune", "start": start, "fraction": fraction, "kappa": kappa}
+        for start, fraction, kappa in [
+            ("random", 0.01, 0.30), ("random", 0.01, 0.34), ("random", 0.1, 0.40),
+            ("glcnet", 0.01, 0.50), ("glcnet", 0.1, 0.45), ("glcnet", 0.1, 0.53),
+        ]
+    ]  # fmt: skip
+    assert downstream.fraction_order({"runs": runs}) == [
+        "finetune glcnet: 10 % (49.0) does not beat 1 % (50.0)"
+    ]
+    assert downstream.fraction_order({"runs": runs[:3]}) == []
