@@ -254,9 +254,11 @@ def embedding_health(
     - ``pos_cos`` / ``neg_cos``: mean cosine similarity of the positive pairs ``(z1_i, z2_i)``
       and of every other pair of distinct embeddings (negatives);
     - ``alignment``: ``E ||z1_i - z2_i||^2`` (Wang & Isola 2020, alpha = 2; 0 is perfect);
-    - ``uniformity``: ``log E exp(-2 ||z_a - z_b||^2)`` over distinct pairs of ``z`` (t = 2;
-      0 when collapsed, lower is more uniform: about -3.9 for uniform points on a
-      high-dimensional sphere, -4 if all pairs were orthogonal).
+    - ``uniformity``: ``log E exp(-2 ||u - v||^2)`` over pairs of distinct embeddings of one
+      view, averaged over the two views (Wang & Isola 2020, t = 2, as their reference code
+      computes it per view: positives are not in it, so it does not depend on the alignment);
+      0 when collapsed, lower is more uniform: -4 if all pairs are orthogonal, about -3.9 for
+      uniform points on a high-dimensional sphere.
 
     Args:
         z1, z2: ``(N, D)`` embeddings of the two views; ``z2[i]`` is the positive of ``z1[i]``.
@@ -301,8 +303,10 @@ def embedding_health(
     positive = (idx[:, None] - idx[None, :]).abs() == m
     negative = pair * (~positive)
     neg_cos = (negative * gram).sum() / negative.sum()
-    squared = (2 - 2 * gram).clamp_min(0)
-    uniformity = torch.log((pair * torch.exp(-2 * squared)).sum() / pair.sum())
+    kernel = pair * torch.exp(-2 * (2 - 2 * gram).clamp_min(0))
+    within = torch.stack([kernel[:m, :m].sum(), kernel[m:, m:].sum()])
+    within_pairs = torch.stack([pair[:m, :m].sum(), pair[m:, m:].sum()])
+    uniformity = torch.log(within / within_pairs).mean()
     nan = torch.tensor(float("nan"), device=z1.device)
     enough = count >= 2
     return {
