@@ -333,6 +333,10 @@ def _mean_spread(values: list[float], digits: int = 2) -> str:
 def summarise(runs: list[dict], selection: list[dict]) -> list[list]:
     """One row per mode, fraction and start: mean ± std over seeds, and the paired kappa gain.
 
+    ``steps`` is the mean number of steps trained, ``stopped early`` how many of the seeds'
+    runs stopped on patience before the step cap (the others were still improving, or had
+    improved within the patience window, when the cap ended them).
+
     The gain is the per-seed difference to the random start of the same mode on the same
     features (same labeled patches, same seed), each at its own selected lr, as mean ± std
     over seeds.
@@ -359,16 +363,17 @@ def summarise(runs: list[dict], selection: list[dict]) -> list[list]:
         paired = "-" if chosen[0]["name"] == "random" or not gains else _mean_spread(gains)
         val = _mean_spread([100 * r["val_miou"] for r in chosen])
         steps = f"{statistics.mean(r['steps'] for r in chosen):.0f}"
+        early = f"{sum(bool(r['stopped_early']) for r in chosen)}/{len(chosen)}"
         rows.append(
             [mode, f"{100 * fraction:g} %", start, chosen[0]["features"], f"{chosen_lr['lr']:g}",
-             *cells, paired, val, steps, len(chosen)]
+             *cells, paired, val, steps, early, len(chosen)]
         )  # fmt: skip
     return rows
 
 
 HEADERS = [
     "mode", "labels", "start", "features", "lr", "kappa %", "mIoU %", "OA %", "mean F1 %",
-    "kappa - random (paired)", "val mIoU %", "steps", "seeds",
+    "kappa - random (paired)", "val mIoU %", "steps", "stopped early", "seeds",
 ]  # fmt: skip
 
 
@@ -394,7 +399,7 @@ def markdown(report: dict) -> str:
     """The table of a written report as Markdown (what the README shows), and the check that
     more labels score higher."""
     keep = ["mode", "labels", "start", "features", "lr", "kappa %", "mIoU %", "OA %",
-            "mean F1 %", "kappa - random (paired)", "steps"]  # fmt: skip
+            "mean F1 %", "kappa - random (paired)", "steps", "stopped early"]  # fmt: skip
     headers = report["table"]["headers"]
     lines = ["| " + " | ".join(keep) + " |", "|" + "---|" * len(keep)]
     for row in report["table"]["rows"]:
