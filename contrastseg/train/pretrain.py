@@ -13,6 +13,7 @@ resumption). Only rank 0 writes the run folder:
     runs/<name>/events.out.*     TensorBoard
     runs/<name>/views/*.png      view pairs with matched regions
     runs/<name>/checkpoints/step_*.pt
+    runs/<name>/best_probe.pt    the weights of the best online probe (probe.every > 0)
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from contrastseg.data import UnlabeledDataset, build_loader
 from contrastseg.data.loader import to_float
 from contrastseg.data.nodata import fill_invalid, valid_pixels
 from contrastseg.data.stats import normalization_values
-from contrastseg.methods import get_method
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     changed_settings,
@@ -55,9 +55,8 @@ from contrastseg.train.loop import (
 )
 from contrastseg.train.model import PretrainModel, upgrade_heads
 from contrastseg.train.monitor import RunMonitor
-from contrastseg.train.online_probe import probe_datasets, run_probe
+from contrastseg.train.online_probe import check_probe, run_probe
 from contrastseg.train.optim import build_optimizer, build_scheduler
-from contrastseg.train.probe import default_features
 from contrastseg.train.runtime import autocast_context, resolve_amp_dtype, seed_everything
 from contrastseg.utils.configtools import ConfigError, to_dict
 from contrastseg.utils.state import state_dict_mismatches
@@ -182,7 +181,8 @@ class PretrainTask(TrainingTask):
         self.low_std: dict[str, list[int]] = {}  # per branch: log steps in a row below collapse_std
         self.collapsed: dict[str, int] = {}  # branch -> first step of the reported collapse
         self.total_steps = 0  # set by the engine (the probe runs at the last step too)
-        self.probe_data: tuple | None = None  # the probe's datasets, read at its first run
+        # the probe's features and datasets (check_probe), set at startup by the engine
+        self.probe_setup: tuple[str, tuple] | None = None
         self.probe_best = -1.0  # best probe mIoU so far (kept in checkpoints)
         self.probe_seconds, self.started = 0.0, time.perf_counter()
 
@@ -261,20 +261,11 @@ class PretrainTask(TrainingTask):
         if self.monitor is None or not self.monitor.enabled:
             return
         config = self.config
-        if self.probe_data is None:
-            self.probe_data = probe_datasets(config.probe)
-            bands = self.probe_data[0].num_bands
-            if bands != self.model.net.in_channels:
-                raise ConfigError(
-                    f"probe.data has {bands} band(s) but the pretraining data has "
-                    f"{self.model.net.in_channels}; select matching bands with probe.data.bands"
-                )
-        features = config.probe.features
-        if features == "auto":
-            trained = get_method(config.method.name).trained_parts
-            features = default_features(trained, config.model.name)
+        if self.probe_setup is None:  # a task built outside run_pretrain (the engine checks first)
+            self.probe_setup = check_probe(config, self.model.net.in_channels)
+        features, datasets = self.probe_setup
         result = run_probe(  # keeps the run's random streams and module modes as they are
-            self.model.net, features, config.probe, self.probe_data, config.probe.data.scale,
+            self.model.net, features, config.probe, datasets, config.probe.data.scale,
             self.mean, self.std, self.device,
         )  # fmt: skip
         self.probe_seconds += result.seconds
@@ -398,6 +389,10 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             "size or add data (data.coverage draws more random windows per image)"
         )
     total_steps = train.max_steps or train.epochs * steps_per_epoch
+    # every process checks the probe before the first step (and before the run folder), so
+    # a bad probe section stops them all with the same message rather than rank 0 alone at
+    # the first probe while the others wait for it
+    probe_setup = check_probe(config, bands) if config.probe.every else None
 
     run_dir = _run_dir(config)
     ckpt_dir = run_dir / "checkpoints"
@@ -410,6 +405,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         config, bands, total_steps, device, dataset.nodata, steps_per_epoch, ctx.world_size,
         ctx.rank, run_dir,
     )  # fmt: skip
+    task.probe_setup = probe_setup if main else None  # only rank 0 probes
     settings = LoopSettings(
         total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
         ckpt_dir, config.optim.grad_clip, train.batch_size * ctx.world_size, ctx.world_size,
