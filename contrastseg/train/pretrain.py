@@ -89,6 +89,17 @@ class PretrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def best_probe_miou(path: Path) -> float | None:
+    """The probe mIoU stored in a ``best_probe.pt``; None when the file is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        payload = load_checkpoint(path)
+        return float(payload["probe"]["probe/miou"])
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError):
+        return None
+
+
 def views_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
     """The generator of views and regions of process ``rank``: seeded, different per rank."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
@@ -419,6 +430,14 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         task.model.net.load_state_dict(payload["model"])
         task.model.load_heads(payload["heads"])
         task.probe_best = float(payload.get("probe_best", -1.0))
+        # best_probe.pt may be newer than the checkpoint: never replace it by a worse probe
+        stored = best_probe_miou(run_dir / "best_probe.pt") if main else None
+        if stored is not None and stored > task.probe_best:
+            notes.append(
+                f"best_probe.pt holds probe mIoU {stored:.4f}, better than the checkpoint's "
+                f"{task.probe_best:.4f}: only a better probe replaces it"
+            )
+            task.probe_best = stored
         state.step = int(payload["step"])
     if state.step >= total_steps and main:
         print(f"{run_dir}: already at step {state.step} of {total_steps}; nothing to do")

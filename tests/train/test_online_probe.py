@@ -279,3 +279,39 @@ def test_a_bad_probe_section_stops_the_run_before_its_first_step(
     # the same settings without the probe train
     assert _run_counting_steps(tmp_path, monkeypatch, steps, "probe.every=0", *settings).step == 4
     assert steps["n"] == 4
+
+
+def test_a_resumed_run_never_replaces_a_better_best_probe(tmp_path):
+    from contrastseg.train.checkpoint import list_checkpoints, save_atomic
+
+    common = [*TINY, f"run.root={tmp_path}", "run.name=p", "probe.every=2", "run.keep_last=1"]
+    run_dir = tmp_path / "p"
+
+    def newest_checkpoint_forgets_the_probe():  # as if written before the best probe
+        (ckpt,) = list_checkpoints(run_dir / "checkpoints")
+        payload = torch.load(ckpt, weights_only=True)
+        payload["probe_best"] = -1.0
+        save_atomic(payload, ckpt)
+
+    def probes():
+        lines = (run_dir / "scalars.jsonl").read_text().splitlines()
+        return {r["step"]: r["probe/miou"] for r in map(json.loads, lines) if "probe/miou" in r}
+
+    run_pretrain(load_pretrain_config(None, [*common, "train.max_steps=2"]))
+    # what a kill leaves when a probe after the newest checkpoint scored best
+    best = torch.load(run_dir / "best_probe.pt", weights_only=True)
+    best["probe"]["probe/miou"] = 0.999
+    save_atomic(best, run_dir / "best_probe.pt")
+    newest_checkpoint_forgets_the_probe()
+    run_pretrain(load_pretrain_config(None, [*common, "train.max_steps=4", "run.resume=auto"]))
+    assert set(probes()) == {2, 4} and probes()[4] < 0.999
+    kept = torch.load(run_dir / "best_probe.pt", weights_only=True)
+    assert kept["step"] == 2 and kept["probe"]["probe/miou"] == 0.999
+    log = (run_dir / "train.log").read_text()
+    assert "best_probe.pt holds probe mIoU 0.9990, better than the checkpoint's -1.0000" in log
+    # an unreadable best_probe.pt is no record: the next probe replaces it
+    (run_dir / "best_probe.pt").write_bytes(b"not a checkpoint")
+    newest_checkpoint_forgets_the_probe()
+    run_pretrain(load_pretrain_config(None, [*common, "train.max_steps=6", "run.resume=auto"]))
+    replaced = torch.load(run_dir / "best_probe.pt", weights_only=True)
+    assert replaced["step"] == 6 and replaced["probe"]["probe/miou"] == probes()[6]
