@@ -18,6 +18,7 @@ resumption). Only rank 0 writes the run folder:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ from contrastseg.utils.configtools import ConfigError, to_dict
 from contrastseg.utils.state import state_dict_mismatches
 
 __all__ = [
+    "CollapseStreak",
     "PreparedBatch",
     "PretrainResult",
     "PretrainTask",
@@ -87,6 +89,46 @@ class PretrainResult:
     step: int
     checkpoint: Path | None
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class CollapseStreak:
+    """The collapse rule of one branch: ``patience`` log steps in a row with a spread below ``threshold``.
+
+    Attributes:
+        threshold: ``train.collapse_std``.
+        patience: ``train.collapse_patience``.
+        low: the log steps of the current streak below the threshold.
+        since: the first step of the reported collapse; None while none is reported.
+    """
+
+    threshold: float
+    patience: int
+    low: list[int] = field(default_factory=list)
+    since: int | None = None
+
+    def update(self, step: int, value: float) -> str | None:
+        """Record the spread logged at ``step``.
+
+        Returns:
+            ``"collapsed"`` when the streak reaches ``patience`` (once per streak),
+            ``"recovered"`` at the first value at or above the threshold after a reported
+            collapse, None otherwise. A NaN (too few valid pairs to measure) neither extends
+            nor ends the streak.
+        """
+        if math.isnan(value):
+            return None
+        if value < self.threshold:
+            self.low.append(step)
+            if len(self.low) == self.patience:
+                self.since = self.low[0]
+                return "collapsed"
+            return None
+        self.low = []
+        if self.since is not None:
+            self.since = None
+            return "recovered"
+        return None
 
 
 def best_probe_miou(path: Path) -> float | None:
@@ -189,8 +231,7 @@ class PretrainTask(TrainingTask):
         self.device, self.amp_dtype, self.memory_format = device, amp_dtype, memory_format
         self.run_dir, self.monitor = run_dir, monitor
         self.last: PreparedBatch | None = None
-        self.low_std: dict[str, list[int]] = {}  # per branch: log steps in a row below collapse_std
-        self.collapsed: dict[str, int] = {}  # branch -> first step of the reported collapse
+        self.streaks: dict[str, CollapseStreak] = {}  # per branch: the collapse rule's state
         self.total_steps = 0  # set by the engine (the probe runs at the last step too)
         # the probe's features and datasets (check_probe), set at startup by the engine
         self.probe_setup: tuple[str, tuple] | None = None
@@ -239,33 +280,48 @@ class PretrainTask(TrainingTask):
         return False
 
     def on_log(self, step: int, values: Mapping[str, float]) -> bool:
-        """Report a branch whose embeddings stayed collapsed for ``collapse_patience`` log steps."""
+        """Report a branch whose embeddings stayed collapsed for ``collapse_patience`` log steps,
+        and its recovery."""
         train = self.config.train
         stop = False
         for key, value in values.items():
             if not (key.startswith("health/") and key.endswith("/std")):
                 continue
             branch = key.split("/")[1]
-            low = self.low_std.setdefault(branch, [])
-            low[:] = [*low, step] if value < train.collapse_std else []
-            if len(low) == train.collapse_patience and self.monitor is not None:
+            streak = self.streaks.setdefault(
+                branch, CollapseStreak(train.collapse_std, train.collapse_patience)
+            )
+            since = streak.since
+            event = streak.update(step, float(value))
+            if event == "collapsed" and self.monitor is not None:
                 self.monitor.info(
                     f"step {step}: the {branch} embeddings have collapsed: their spread "
                     f"{key}={value:.3f} has stayed below train.collapse_std={train.collapse_std} "
-                    f"for {len(low)} log steps (since step {low[0]}), so every image maps to nearly "
-                    "the same embedding and the loss no longer trains the encoder. Try a lower "
-                    "optim.lr, optim.grad_clip, a higher method.temperature, a larger batch or "
-                    "stronger view augmentations"
+                    f"for {len(streak.low)} log steps (since step {streak.since}), so every image "
+                    "maps to nearly the same embedding and the loss no longer trains the encoder. "
+                    "Try a lower optim.lr, optim.grad_clip, a higher method.temperature, a larger "
+                    "batch or stronger view augmentations"
                     + ("; stopping (train.stop_on_collapse)" if train.stop_on_collapse else "")
                 )
-                self.collapsed[branch] = low[0]
-                stop = stop or train.stop_on_collapse
+            if event == "recovered" and self.monitor is not None:
+                self.monitor.info(
+                    f"step {step}: the {branch} embeddings have recovered: their spread "
+                    f"{key}={value:.3f} is back at or above train.collapse_std="
+                    f"{train.collapse_std} (collapsed since step {since})"
+                )
+            stop = stop or (event == "collapsed" and train.stop_on_collapse)
         return stop
 
+    @property
+    def collapsed(self) -> dict[str, int]:
+        """Branch -> first step of its reported collapse, for the branches collapsed now."""
+        return {b: s.since for b, s in self.streaks.items() if s.since is not None}
+
     def status(self) -> dict[str, str]:
-        if not self.collapsed:
+        collapsed = self.collapsed
+        if not collapsed:
             return {}
-        return {"COLLAPSED": ", ".join(f"{b} since step {s}" for b, s in self.collapsed.items())}
+        return {"COLLAPSED": ", ".join(f"{b} since step {s}" for b, s in collapsed.items())}
 
     def probe(self, step: int) -> None:
         """The online probe (rank 0): log ``probe/*``, keep ``best_probe.pt`` at a better mIoU."""
