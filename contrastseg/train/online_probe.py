@@ -20,6 +20,10 @@ random streams of the run are not touched, so a resumed run stays bitwise equal)
 settings are checked before the first step on every process (:func:`check_probe`: data,
 bands, class ids, features the method trains); stand-alone it is
 ``contrastseg probe --checkpoint ...``.
+
+Nodata pixels of the probe's images are handled as in fine-tuning: their label is ignored,
+and :func:`~contrastseg.data.loader.to_float` (features and val inference alike) turns the
+NaN of float files into 0 after normalisation, the band mean pretraining fills in.
 """
 
 from __future__ import annotations

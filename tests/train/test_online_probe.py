@@ -281,6 +281,53 @@ def test_a_bad_probe_section_stops_the_run_before_its_first_step(
     assert steps["n"] == 4
 
 
+def test_nan_nodata_pixels_are_probed_as_the_band_mean(tmp_path):
+    # float images with NaN nodata pixels score exactly as the same images holding the band
+    # mean there, with those labels ignored: a real (random) network, whose convolutions
+    # would spread a NaN over the whole feature map
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    for name in ("nan", "mean"):
+        (tmp_path / name / "images").mkdir(parents=True)
+        (tmp_path / name / "masks").mkdir(parents=True)
+    for key in ("a", "b", "c"):
+        labels = rng.integers(0, 3, (6, 6)).repeat(8, 0).repeat(8, 1).astype(np.uint8)
+        image = (
+            np.eye(3, dtype=np.float32)[labels] * 0.8 + rng.random((48, 48, 3), np.float32) * 0.2
+        )
+        hole = np.zeros((48, 48), bool)
+        hole[10:20, 5:30] = True
+        with_nan = image.copy()
+        with_nan[hole] = np.nan
+        with_mean = image.copy()
+        with_mean[hole] = mean
+        ignored = np.where(hole, 255, labels).astype(np.uint8)
+        for name, array, mask in (("nan", with_nan, labels), ("mean", with_mean, ignored)):
+            tifffile.imwrite(tmp_path / name / "images" / f"{key}.tif", array,
+                             photometric="minisblack", planarconfig="contig")  # fmt: skip
+            Image.fromarray(mask).save(tmp_path / name / "masks" / f"{key}.png")
+    torch.manual_seed(0)
+    net = DeepLabV3Plus(None, "resnet18", 3, aspp_channels=8, decoder_channels=8).eval()
+    results = {}
+    for name, nodata in (("nan", float("nan")), ("mean", None)):
+        data = LabeledDataConfig(
+            root=str(tmp_path / name), mask_format="index", classes=["x", "y", "z"],
+            train=["a", "b"], val=["c"], patch_size=32, nodata=nodata,
+        )  # fmt: skip
+        config = ProbeConfig(every=1, data=data, window=32, stride=16, max_patches=8, steps=20)
+        results[name] = run_probe(
+            net, "decoder", config, probe_datasets(config), None, mean, std, torch.device("cpu")
+        )
+    assert results["nan"].cells == results["mean"].cells > 0
+    assert results["nan"].metrics["num_pixels"] == results["mean"].metrics["num_pixels"]
+    assert results["nan"].metrics["num_pixels"] == 48 * 48 - 10 * 25
+    for key in ("miou", "overall_accuracy", "kappa"):
+        assert results["nan"].metrics[key] == pytest.approx(results["mean"].metrics[key], abs=1e-6)
+    assert 0 <= results["nan"].metrics["overall_accuracy"] <= 1
+
+
 def test_a_resumed_run_never_replaces_a_better_best_probe(tmp_path):
     from contrastseg.train.checkpoint import list_checkpoints, save_atomic
 
