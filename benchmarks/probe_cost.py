@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -34,8 +33,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/probe_cost.json")
     args = parser.parse_args()
+    # torch is imported above, so OMP_NUM_THREADS would come too late: pin its pool directly
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     every = 6 if args.quick else args.every
     with tempfile.TemporaryDirectory() as work:
         overrides = [f"run.root={work}", "run.name=q", "run.progress=false", "run.image_every=0",

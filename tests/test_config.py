@@ -113,3 +113,83 @@ def test_yaml_off_means_the_choice_off(tmp_path):
     assert load_pretrain_config(path, ["train.amp=off"]).train.amp == "off"
     with pytest.raises(ConfigError, match=r"'train.deterministic'.*expected bool, got 'off'"):
         load_pretrain_config(path, ["train.deterministic='off'"])
+
+
+def _potsdam_tree(root) -> list[str]:
+    """The preset's layout with every tile (tiny 4-band images, RGB masks): its keys."""
+    import numpy as np
+    import tifffile
+
+    from contrastseg.data.presets import POTSDAM_TEST_TILES, POTSDAM_TRAIN_TILES
+
+    (root / "4_Ortho_RGBIR").mkdir(parents=True)
+    (root / "5_Labels_all_noBoundary").mkdir()
+    keys = [f"top_potsdam_{t}" for t in POTSDAM_TRAIN_TILES + POTSDAM_TEST_TILES]
+    for key in keys:
+        tifffile.imwrite(root / "4_Ortho_RGBIR" / f"{key}_RGBIR.tif", np.zeros((8, 8, 4), np.uint8))
+        white = np.full((8, 8, 3), 255, np.uint8)  # impervious surfaces
+        tifffile.imwrite(root / "5_Labels_all_noBoundary" / f"{key}_label_noBoundary.tif", white)
+    return keys
+
+
+def _dubai_tree(root) -> list[str]:
+    """Tiles 1-8 with two tiny RGB JPEGs each and their colour masks: the keys."""
+    import numpy as np
+    from PIL import Image
+
+    keys = []
+    for tile in range(1, 9):
+        for part in (1, 2):
+            for folder in ("images", "masks"):
+                (root / f"Tile {tile}" / folder).mkdir(parents=True, exist_ok=True)
+            name = f"image_part_{part:03d}"
+            Image.new("RGB", (8, 8)).save(root / f"Tile {tile}" / "images" / f"{name}.jpg")
+            building = np.tile(np.array([0x3C, 0x10, 0x98], np.uint8), (8, 8, 1))
+            Image.fromarray(building).save(root / f"Tile {tile}" / "masks" / f"{name}.png")
+            keys.append(f"Tile {tile}/{name}")
+    return keys
+
+
+def test_every_bundled_probe_has_disjoint_nonempty_splits(tmp_path):
+    """Each bundled config's probe section, on the file names of its preset: the head fits on
+    training images, is scored on others, and never sees the preset's test images."""
+    import fnmatch
+    from pathlib import Path
+
+    from contrastseg.data.presets import apply_preset
+    from contrastseg.train.online_probe import check_probe
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    probed = sorted(
+        p.name for p in configs.glob("*.yaml") if "probe" in yaml.safe_load(p.read_text())
+    )
+    assert probed == ["glcnet_dubai.yaml", "glcnet_potsdam.yaml", "simclr_potsdam.yaml"]
+    trees = {"potsdam": (_potsdam_tree, 4), "dubai": (_dubai_tree, 3)}  # JPEGs: RGB
+    val_of = {
+        "potsdam": {"top_potsdam_7_12"},
+        "dubai": {"Tile 3/image_part_001", "Tile 3/image_part_002"},
+    }
+    features_of = {"glcnet": "decoder", "simclr": "encoder"}
+    keys_of: dict[str, list[str]] = {}
+    for name in probed:
+        preset = load_pretrain_config(configs / name).probe.data.preset
+        root = tmp_path / preset
+        make, bands = trees[preset]
+        if preset not in keys_of:  # the two Potsdam configs share one tree
+            keys_of[preset] = make(root)
+        keys = keys_of[preset]
+        config = load_pretrain_config(configs / name, [f"probe.data.root={root}"])
+        assert config.data.bands is None or len(config.data.bands) == bands, name
+        features, (train, val) = check_probe(config, bands)
+        assert features == features_of[config.method.name], name
+        train_keys, val_keys = {it.key for it in train.items}, {it.key for it in val.items}
+        assert val_keys == val_of[preset], name
+        assert train_keys and not train_keys & val_keys, name
+        held_out = {
+            k
+            for k in keys
+            if any(fnmatch.fnmatchcase(k, p) for p in apply_preset(config.probe.data).test)
+        }
+        assert held_out and not (train_keys | val_keys) & held_out, name
+        # every other image fits the head
+        assert train_keys == set(keys) - held_out - val_keys, name

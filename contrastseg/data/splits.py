@@ -18,6 +18,14 @@ import numpy as np
 SPLITS = ("train", "val", "test")
 
 
+class SplitOverlap(ValueError):
+    """A file key matched by the patterns of several splits (``key``, ``splits``)."""
+
+    def __init__(self, key: str, splits: list[str]) -> None:
+        super().__init__(f"file key {key!r} matches the patterns of several splits: {splits}")
+        self.key, self.splits = key, splits
+
+
 def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
@@ -32,7 +40,7 @@ def assign_split(
     neither ``val`` nor ``test``.
 
     Raises:
-        ValueError: unknown split name, or a key matched by two splits.
+        ValueError: unknown split name; SplitOverlap (a ValueError): a key matched by two splits.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -46,7 +54,7 @@ def assign_split(
         elif not hits:
             hits.append("train")
         if len(hits) > 1:
-            raise ValueError(f"file key {key!r} matches the patterns of several splits: {hits}")
+            raise SplitOverlap(key, hits)
         if hits == [split]:
             chosen.append(key)
     return chosen

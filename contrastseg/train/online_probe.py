@@ -6,7 +6,8 @@ choice, same rule that probed parts hold trained weights) made cheap enough to r
 hundred pretraining steps and on any checkpoint:
 
 1. the frozen network (eval mode: its BatchNorm statistics as trained) computes the probed
-   features of at most ``max_patches`` labeled training patches, once;
+   features of at most ``max_patches`` labeled training patches, once: evenly spaced over
+   the whole training split (:func:`probe_patch_indices`), so every image contributes;
 2. the label under each feature cell's centre pixel is its target (ignored pixels are left
    out; at most ``max_cells`` cells, evenly spaced), and a softmax regression (a 1x1
    convolution) is fitted on the standardised cached features by ``steps`` full-batch Adam
@@ -15,8 +16,14 @@ hundred pretraining steps and on any checkpoint:
    inference (logits averaged where windows overlap), scored as OA / mIoU / kappa / mean F1.
 
 During pretraining it is an evaluation hook of the training loop (``probe.every`` steps; the
-random streams of the run are not touched, so a resumed run stays bitwise equal); stand-alone
-it is ``contrastseg probe --checkpoint ...``.
+random streams of the run are not touched, so a resumed run stays bitwise equal), whose
+settings are checked before the first step on every process (:func:`check_probe`: data,
+bands, class ids, features the method trains); stand-alone it is
+``contrastseg probe --checkpoint ...``.
+
+Nodata pixels of the probe's images are handled as in fine-tuning: their label is ignored,
+and :func:`~contrastseg.data.loader.to_float` (features and val inference alike) turns the
+NaN of float files into 0 after normalisation, the band mean pretraining fills in.
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ from torch import Tensor, nn
 from contrastseg.config import PretrainConfig, ProbeConfig
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import to_float
+from contrastseg.data.presets import apply_preset
+from contrastseg.data.splits import SplitOverlap
 from contrastseg.data.stats import normalization_values, stored_normalization
+from contrastseg.methods import get_method
 from contrastseg.models.backbone import resnet_depth
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.pretrained import load_pretrained, read_state_dict
@@ -103,18 +113,109 @@ class ProbedNetwork(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def probe_datasets(config: ProbeConfig) -> tuple[LabeledDataset, LabeledDataset]:
-    """The probe's training patches and validation images.
+def _where(config: ProbeConfig) -> str:
+    """``probe.data`` and where its images are, for messages."""
+    root = config.data.root
+    return f"probe.data (root {root!r})" if root else "probe.data (the built-in demo scenes)"
+
+
+def probe_datasets(
+    config: ProbeConfig, bands: int | None = None, trained_on: str = "the pretraining data"
+) -> tuple[LabeledDataset, LabeledDataset]:
+    """The probe's training patches and validation images, checked against the probed network.
+
+    Args:
+        config: the probe section.
+        bands: the band count of the probed network's input (None = not checked).
+        trained_on: what has ``bands`` bands, for the message.
 
     Raises:
-        ConfigError: a split is empty or the labeled data cannot be read (the message says which).
+        ConfigError: naming the setting, its value and what was expected: a missing folder,
+            an unknown preset, an empty split, images matched by both the train and the val
+            patterns, another band count than ``bands``, ``probe.exclude`` ids that are not
+            classes of the data.
     """
     try:
         train = LabeledDataset(config.data, "train")
         val = LabeledDataset(config.data, "val", whole_images=True)
+    except SplitOverlap as err:
+        resolved = apply_preset(config.data)
+        lists = " and ".join(f"probe.data.{s}={getattr(resolved, s)}" for s in err.splits)
+        origin = (
+            f" (probe.data.train is unset: the train patterns of preset {resolved.preset})"
+            if "train" in err.splits and not config.data.train and resolved.train
+            else ""
+        )
+        raise ConfigError(
+            f"{_where(config)}: image {err.key!r} matches both {lists}{origin}; the head would "
+            "be scored on images it was fitted on. Give probe.data.train patterns that leave "
+            "out the val images (as the fine-tuning config's data.train does)"
+        ) from err
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"probe.data: {err}") from err
+    if bands is not None and train.num_bands != bands:
+        selected = "" if config.data.bands is None else f" (probe.data.bands={config.data.bands})"
+        raise ConfigError(
+            f"{_where(config)} has {train.num_bands} band(s){selected} but {trained_on} has "
+            f"{bands}: the probed network takes {bands}; select {bands} bands with "
+            "probe.data.bands"
+        )
+    outside = [c for c in config.exclude if not 0 <= c < train.num_classes]
+    if outside:
+        raise ConfigError(
+            f"probe.exclude={config.exclude}: {outside} are not class ids of {_where(config)}, "
+            f"whose {train.num_classes} classes are 0..{train.num_classes - 1} {train.classes}"
+        )
     return train, val
+
+
+def probe_features(config: PretrainConfig) -> str:
+    """The features the online probe of a pretraining run reads.
+
+    ``probe.features``; ``auto`` = the deepest part ``method.name`` trains (decoder for
+    glcnet / local / dense, encoder for simclr / global_style).
+
+    Raises:
+        ConfigError: features behind a part the method never trains (it would stay random).
+    """
+    method, model = config.method.name, config.model.name
+    trained = get_method(method).trained_parts
+    features = config.probe.features
+    if features == "auto":
+        features = default_features(trained, model)
+    source = f"probe.features={config.probe.features} with method.name={method}"
+    check_trained(features, trained, source, method, model, "probe.features")
+    return features
+
+
+def check_probe(
+    config: PretrainConfig, bands: int
+) -> tuple[str, tuple[LabeledDataset, LabeledDataset]]:
+    """The online probe's features and datasets, every setting checked (before the first step).
+
+    Every process of a run calls it, so a bad probe section stops all of them with the same
+    message at startup, not rank 0 alone at the first probe while the others wait.
+
+    Args:
+        config: the pretraining config (``probe.every > 0``).
+        bands: the band count of the pretraining data.
+
+    Raises:
+        ConfigError: see :func:`probe_features` and :func:`probe_datasets`.
+    """
+    features = probe_features(config)
+    return features, probe_datasets(config.probe, bands, "the pretraining data")
+
+
+def probe_patch_indices(count: int, max_patches: int) -> list[int]:
+    """``min(count, max_patches)`` patch indices evenly spaced over ``0 .. count - 1``.
+
+    Deterministic, first and last included: patches come from every part of the training
+    split (its images are in key order), not from its first image or two.
+    """
+    if count <= max_patches:
+        return list(range(count))
+    return torch.linspace(0, count - 1, max_patches).round().long().tolist()
 
 
 def _cell_targets(labels: Tensor, shape: tuple[int, int], stride: int) -> Tensor:
@@ -185,10 +286,10 @@ def run_probe(
     probed = ProbedNetwork(net, nn.Identity(), features)  # the head is fitted below
     stride = net.feature_stride(features)
     cached, targets = [], []
-    count = min(len(train_set), config.max_patches)
+    chosen = probe_patch_indices(len(train_set), config.max_patches)
     with modes_kept(net), torch.random.fork_rng(devices=[]):
-        for first in range(0, count, config.batch_size):
-            items = [train_set[i] for i in range(first, min(first + config.batch_size, count))]
+        for first in range(0, len(chosen), config.batch_size):
+            items = [train_set[i] for i in chosen[first : first + config.batch_size]]
             images = torch.stack([image for image, _ in items]).to(device)
             labels = torch.stack([mask for _, mask in items]).to(device)
             feats = probed.forward_features(to_float(images, scale, mean, std)).float()
@@ -259,17 +360,12 @@ def probe_checkpoint(
     trained = trained_parts(state, payload, name)
     if features == "auto":
         features = default_features(trained, name)
-    check_trained(features, trained, str(path), method, name)
+    check_trained(features, trained, str(path), method, name, "--features")
+    datasets = probe_datasets(config.probe, bands, f"the input of {path}")
     device = device if isinstance(device, torch.device) else resolve_device(device)
     net = build_model(model_config, bands, backbone_weights=False)
     load_pretrained(net, path, LOAD_PARTS[features])
     net.to(device)
-    datasets = probe_datasets(config.probe)
-    if datasets[0].num_bands != bands:
-        raise ConfigError(
-            f"probe.data has {datasets[0].num_bands} band(s) but {path} was trained on {bands}; "
-            "select matching bands with probe.data.bands"
-        )
     return run_probe(
         net, features, config.probe, datasets, config.probe.data.scale, mean, std, device
     )

@@ -13,10 +13,12 @@ resumption). Only rank 0 writes the run folder:
     runs/<name>/events.out.*     TensorBoard
     runs/<name>/views/*.png      view pairs with matched regions
     runs/<name>/checkpoints/step_*.pt
+    runs/<name>/best_probe.pt    the weights of the best online probe (probe.every > 0)
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,7 +38,6 @@ from contrastseg.data import UnlabeledDataset, build_loader
 from contrastseg.data.loader import to_float
 from contrastseg.data.nodata import fill_invalid, valid_pixels
 from contrastseg.data.stats import normalization_values
-from contrastseg.methods import get_method
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     changed_settings,
@@ -55,14 +56,14 @@ from contrastseg.train.loop import (
 )
 from contrastseg.train.model import PretrainModel, upgrade_heads
 from contrastseg.train.monitor import RunMonitor
-from contrastseg.train.online_probe import probe_datasets, run_probe
+from contrastseg.train.online_probe import check_probe, run_probe
 from contrastseg.train.optim import build_optimizer, build_scheduler
-from contrastseg.train.probe import default_features
 from contrastseg.train.runtime import autocast_context, resolve_amp_dtype, seed_everything
 from contrastseg.utils.configtools import ConfigError, to_dict
 from contrastseg.utils.state import state_dict_mismatches
 
 __all__ = [
+    "CollapseStreak",
     "PreparedBatch",
     "PretrainResult",
     "PretrainTask",
@@ -88,6 +89,57 @@ class PretrainResult:
     step: int
     checkpoint: Path | None
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class CollapseStreak:
+    """The collapse rule of one branch: ``patience`` log steps in a row with a spread below ``threshold``.
+
+    Attributes:
+        threshold: ``train.collapse_std``.
+        patience: ``train.collapse_patience``.
+        low: the log steps of the current streak below the threshold.
+        since: the first step of the reported collapse; None while none is reported.
+    """
+
+    threshold: float
+    patience: int
+    low: list[int] = field(default_factory=list)
+    since: int | None = None
+
+    def update(self, step: int, value: float) -> str | None:
+        """Record the spread logged at ``step``.
+
+        Returns:
+            ``"collapsed"`` when the streak reaches ``patience`` (once per streak),
+            ``"recovered"`` at the first value at or above the threshold after a reported
+            collapse, None otherwise. A NaN (too few valid pairs to measure) neither extends
+            nor ends the streak.
+        """
+        if math.isnan(value):
+            return None
+        if value < self.threshold:
+            self.low.append(step)
+            if len(self.low) == self.patience:
+                self.since = self.low[0]
+                return "collapsed"
+            return None
+        self.low = []
+        if self.since is not None:
+            self.since = None
+            return "recovered"
+        return None
+
+
+def best_probe_miou(path: Path) -> float | None:
+    """The probe mIoU stored in a ``best_probe.pt``; None when the file is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        payload = load_checkpoint(path)
+        return float(payload["probe"]["probe/miou"])
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError):
+        return None
 
 
 def views_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
@@ -179,10 +231,10 @@ class PretrainTask(TrainingTask):
         self.device, self.amp_dtype, self.memory_format = device, amp_dtype, memory_format
         self.run_dir, self.monitor = run_dir, monitor
         self.last: PreparedBatch | None = None
-        self.low_std: dict[str, list[int]] = {}  # per branch: log steps in a row below collapse_std
-        self.collapsed: dict[str, int] = {}  # branch -> first step of the reported collapse
+        self.streaks: dict[str, CollapseStreak] = {}  # per branch: the collapse rule's state
         self.total_steps = 0  # set by the engine (the probe runs at the last step too)
-        self.probe_data: tuple | None = None  # the probe's datasets, read at its first run
+        # the probe's features and datasets (check_probe), set at startup by the engine
+        self.probe_setup: tuple[str, tuple] | None = None
         self.probe_best = -1.0  # best probe mIoU so far (kept in checkpoints)
         self.probe_seconds, self.started = 0.0, time.perf_counter()
 
@@ -228,53 +280,59 @@ class PretrainTask(TrainingTask):
         return False
 
     def on_log(self, step: int, values: Mapping[str, float]) -> bool:
-        """Report a branch whose embeddings stayed collapsed for ``collapse_patience`` log steps."""
+        """Report a branch whose embeddings stayed collapsed for ``collapse_patience`` log steps,
+        and its recovery."""
         train = self.config.train
         stop = False
         for key, value in values.items():
             if not (key.startswith("health/") and key.endswith("/std")):
                 continue
             branch = key.split("/")[1]
-            low = self.low_std.setdefault(branch, [])
-            low[:] = [*low, step] if value < train.collapse_std else []
-            if len(low) == train.collapse_patience and self.monitor is not None:
+            streak = self.streaks.setdefault(
+                branch, CollapseStreak(train.collapse_std, train.collapse_patience)
+            )
+            since = streak.since
+            event = streak.update(step, float(value))
+            if event == "collapsed" and self.monitor is not None:
                 self.monitor.info(
                     f"step {step}: the {branch} embeddings have collapsed: their spread "
                     f"{key}={value:.3f} has stayed below train.collapse_std={train.collapse_std} "
-                    f"for {len(low)} log steps (since step {low[0]}), so every image maps to nearly "
-                    "the same embedding and the loss no longer trains the encoder. Try a lower "
-                    "optim.lr, optim.grad_clip, a higher method.temperature, a larger batch or "
-                    "stronger view augmentations"
+                    f"for {len(streak.low)} log steps (since step {streak.since}), so every image "
+                    "maps to nearly the same embedding and the loss no longer trains the encoder. "
+                    "Try a lower optim.lr, optim.grad_clip, a higher method.temperature, a larger "
+                    "batch or stronger view augmentations"
                     + ("; stopping (train.stop_on_collapse)" if train.stop_on_collapse else "")
                 )
-                self.collapsed[branch] = low[0]
-                stop = stop or train.stop_on_collapse
+            if event == "recovered" and self.monitor is not None:
+                self.monitor.info(
+                    f"step {step}: the {branch} embeddings have recovered: their spread "
+                    f"{key}={value:.3f} is back at or above train.collapse_std="
+                    f"{train.collapse_std} (collapsed since step {since})"
+                )
+            stop = stop or (event == "collapsed" and train.stop_on_collapse)
         return stop
 
+    @property
+    def collapsed(self) -> dict[str, int]:
+        """Branch -> first step of its reported collapse, for the branches collapsed now."""
+        return {b: s.since for b, s in self.streaks.items() if s.since is not None}
+
     def status(self) -> dict[str, str]:
-        if not self.collapsed:
+        collapsed = self.collapsed
+        if not collapsed:
             return {}
-        return {"COLLAPSED": ", ".join(f"{b} since step {s}" for b, s in self.collapsed.items())}
+        return {"COLLAPSED": ", ".join(f"{b} since step {s}" for b, s in collapsed.items())}
 
     def probe(self, step: int) -> None:
         """The online probe (rank 0): log ``probe/*``, keep ``best_probe.pt`` at a better mIoU."""
         if self.monitor is None or not self.monitor.enabled:
             return
         config = self.config
-        if self.probe_data is None:
-            self.probe_data = probe_datasets(config.probe)
-            bands = self.probe_data[0].num_bands
-            if bands != self.model.net.in_channels:
-                raise ConfigError(
-                    f"probe.data has {bands} band(s) but the pretraining data has "
-                    f"{self.model.net.in_channels}; select matching bands with probe.data.bands"
-                )
-        features = config.probe.features
-        if features == "auto":
-            trained = get_method(config.method.name).trained_parts
-            features = default_features(trained, config.model.name)
+        if self.probe_setup is None:  # a task built outside run_pretrain (the engine checks first)
+            self.probe_setup = check_probe(config, self.model.net.in_channels)
+        features, datasets = self.probe_setup
         result = run_probe(  # keeps the run's random streams and module modes as they are
-            self.model.net, features, config.probe, self.probe_data, config.probe.data.scale,
+            self.model.net, features, config.probe, datasets, config.probe.data.scale,
             self.mean, self.std, self.device,
         )  # fmt: skip
         self.probe_seconds += result.seconds
@@ -398,6 +456,10 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             "size or add data (data.coverage draws more random windows per image)"
         )
     total_steps = train.max_steps or train.epochs * steps_per_epoch
+    # every process checks the probe before the first step (and before the run folder), so
+    # a bad probe section stops them all with the same message rather than rank 0 alone at
+    # the first probe while the others wait for it
+    probe_setup = check_probe(config, bands) if config.probe.every else None
 
     run_dir = _run_dir(config)
     ckpt_dir = run_dir / "checkpoints"
@@ -410,6 +472,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         config, bands, total_steps, device, dataset.nodata, steps_per_epoch, ctx.world_size,
         ctx.rank, run_dir,
     )  # fmt: skip
+    task.probe_setup = probe_setup if main else None  # only rank 0 probes
     settings = LoopSettings(
         total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
         ckpt_dir, config.optim.grad_clip, train.batch_size * ctx.world_size, ctx.world_size,
@@ -423,6 +486,14 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         task.model.net.load_state_dict(payload["model"])
         task.model.load_heads(payload["heads"])
         task.probe_best = float(payload.get("probe_best", -1.0))
+        # best_probe.pt may be newer than the checkpoint: never replace it by a worse probe
+        stored = best_probe_miou(run_dir / "best_probe.pt") if main else None
+        if stored is not None and stored > task.probe_best:
+            notes.append(
+                f"best_probe.pt holds probe mIoU {stored:.4f}, better than the checkpoint's "
+                f"{task.probe_best:.4f}: only a better probe replaces it"
+            )
+            task.probe_best = stored
         state.step = int(payload["step"])
     if state.step >= total_steps and main:
         print(f"{run_dir}: already at step {state.step} of {total_steps}; nothing to do")

@@ -102,12 +102,27 @@ def required_parts(features: str, parts: str, model: str | None = None) -> None:
 
 
 def check_trained(
-    features: str, trained: Iterable[str], path: str, method: str | None, model: str | None = None
+    features: str,
+    trained: Iterable[str],
+    path: str,
+    method: str | None,
+    model: str | None = None,
+    setting: str = "linear.features",
 ) -> None:
     """Refuse to probe features behind a part that ``path`` did not train.
 
+    Args:
+        features: the probed features.
+        trained: the parts ``path`` trained (:func:`trained_parts`).
+        path: what the weights are (a file, or the run being pretrained): starts the message.
+        method: the pretraining method that trained them, if known.
+        model: ``model.name`` of the network.
+        setting: the setting that chose ``features``, named in the message
+            (``linear.features`` for fine-tuning, ``probe.features`` for the online probe,
+            ``--features`` for ``contrastseg probe``).
+
     Raises:
-        ConfigError: naming the untrained part and the features that can be probed.
+        ConfigError: naming the untrained part, the features that can be probed and ``setting``.
     """
     trained = set(trained)
     left = [p for p in feature_parts(features, model) if p not in trained]
@@ -117,7 +132,7 @@ def check_trained(
         raise ConfigError(
             f"{path}: cannot probe {features} features: {why} {', '.join(left)}, which would "
             f"stay at its initial values; probe {' or '.join(possible) or 'nothing'} "
-            "(linear.features)"
+            f"({setting})"
         )
 
 

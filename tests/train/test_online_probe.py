@@ -10,9 +10,18 @@ from PIL import Image
 from contrastseg.cli import main
 from contrastseg.config import ProbeConfig, load_pretrain_config
 from contrastseg.data.config import LabeledDataConfig
+from contrastseg.data.labeled import LabeledDataset
 from contrastseg.models import DeepLabV3Plus
-from contrastseg.train.online_probe import ProbedNetwork, fit_head, probe_datasets, run_probe
+from contrastseg.train.model import PretrainModel
+from contrastseg.train.online_probe import (
+    ProbedNetwork,
+    fit_head,
+    probe_datasets,
+    probe_patch_indices,
+    run_probe,
+)
 from contrastseg.train.pretrain import run_pretrain
+from contrastseg.utils.configtools import ConfigError
 
 PROBE_DEMO = [
     "probe.data.demo.n_scenes=4",
@@ -129,7 +138,9 @@ def test_probe_command_scores_a_run_and_an_exported_backbone(tmp_path, capsys):
         main(["probe", "--checkpoint", str(tmp_path / "bb.pth"), "--features", "decoder", *sets])
         == 2
     )
-    assert "cannot probe decoder features" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot probe decoder features" in err
+    assert err.rstrip().endswith("probe backbone (--features)")  # the option that chose them
 
 
 def test_the_probe_leaves_the_training_run_unchanged(tmp_path):
@@ -142,3 +153,212 @@ def test_the_probe_leaves_the_training_run_unchanged(tmp_path):
         )
         runs[name] = [r["loss/total"] for r in run_pretrain(config).history]
     assert runs["probed"] == runs["plain"]
+
+
+def _class_folder(root, fills):
+    """3-band images whose bands are the one-hot of their labels: one image per entry of
+    ``fills``, a class id (the whole 48 x 48 image) or None (random 8 px blocks of 3 classes)."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for name, fill in fills.items():
+        if fill is None:
+            labels = rng.integers(0, 3, (6, 6)).repeat(8, 0).repeat(8, 1)
+        else:
+            labels = np.full((48, 48), fill)
+        Image.fromarray(np.eye(3, dtype=np.uint8)[labels] * 255).save(
+            root / "images" / f"{name}.png"
+        )
+        Image.fromarray(labels.astype(np.uint8)).save(root / "masks" / f"{name}.png")
+
+
+def test_the_head_is_fitted_on_patches_of_every_training_image(tmp_path, monkeypatch):
+    # train images a, b, c hold one class each (9 patches of 16 px apiece); 3 patches from
+    # the first image alone would see class 0 only and never predict 1 or 2 on image d
+    _class_folder(tmp_path, {"a": 0, "b": 1, "c": 2, "d": None})
+    data = LabeledDataConfig(
+        root=str(tmp_path), mask_format="index", classes=["x", "y", "z"], train=["a", "b", "c"],
+        val=["d"], patch_size=16,
+    )  # fmt: skip
+    config = ProbeConfig(every=1, data=data, window=48, max_patches=3, max_cells=10**6)
+    net = DeepLabV3Plus(None, "resnet18", 3, aspp_channels=8, decoder_channels=8)
+    monkeypatch.setattr(ProbedNetwork, "forward_features", lambda self, x: x)
+    monkeypatch.setattr(DeepLabV3Plus, "feature_stride", lambda self, features: 1)
+    datasets = probe_datasets(config)
+    read = []
+    original = LabeledDataset.__getitem__
+
+    def recording(self, index):
+        if self.split == "train":
+            read.append(self.patch_ids[index])
+        return original(self, index)
+
+    monkeypatch.setattr(LabeledDataset, "__getitem__", recording)
+    result = run_probe(net, "decoder", config, datasets, None, None, None, torch.device("cpu"))
+    assert len(read) == 3 and {pid.split(":")[0] for pid in read} == {"a", "b", "c"}
+    assert read[0] == datasets[0].patch_ids[0] and read[-1] == datasets[0].patch_ids[-1]
+    assert result.cells == 3 * 16 * 16
+    assert result.metrics["miou"] == pytest.approx(1.0)  # every class was seen
+
+
+def test_probe_patch_indices_are_evenly_spaced_and_distinct():
+    assert probe_patch_indices(5, 16) == [0, 1, 2, 3, 4]
+    assert probe_patch_indices(27, 3) == [0, 13, 26]
+    for count, most in ((100, 16), (17, 16), (1000, 7)):
+        chosen = probe_patch_indices(count, most)
+        assert len(set(chosen)) == most and chosen == sorted(chosen)
+        assert chosen[0] == 0 and chosen[-1] == count - 1
+
+
+def _run_counting_steps(tmp_path, monkeypatch, steps, *extra):
+    """run_pretrain with TINY and ``extra``, counting its training steps in ``steps["n"]``."""
+    original = PretrainModel.forward
+
+    def counting(self, *args, **kwargs):
+        steps["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PretrainModel, "forward", counting)
+    config = load_pretrain_config(
+        None, [*TINY, f"run.root={tmp_path}", "run.name=bad", "train.max_steps=4", *extra]
+    )
+    try:
+        return run_pretrain(config)
+    finally:
+        monkeypatch.setattr(PretrainModel, "forward", original)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            ["probe.data.preset=dubai", "probe.data.root={tmp}/missing"],
+            r"probe\.data: dataset root '.*/missing' does not exist",
+        ),
+        (
+            ["probe.data.preset=index", "probe.data.root={tmp}/labeled"],
+            r"probe\.data: unknown data preset 'index'; choose one of",
+        ),
+        (  # 3-band labeled images, 4-band pretraining data
+            ["probe.data.preset=null", "probe.data.root={tmp}/labeled",
+             "probe.data.mask_format=index", "probe.data.classes=[x, y, z]",
+             "probe.data.val=[c]"],
+            r"probe\.data \(root '.*/labeled'\) has 3 band\(s\) but the pretraining data has 4: "
+            r"the probed network takes 4; select 4 bands with probe\.data\.bands",
+        ),
+        (
+            ["probe.data.val=[train_*]"],
+            r"probe\.data \(the built-in demo scenes\): image 'train_\d+' matches both "
+            r"probe\.data\.val=\['train_\*'\] and probe\.data\.train=\['train_\*'\] \(probe\.data"
+            r"\.train is unset: the train patterns of preset demo\).*leave out the val images",
+        ),
+        (
+            ["probe.exclude=[6]"],
+            r"probe\.exclude=\[6\]: \[6\] are not class ids of probe\.data \(the built-in demo "
+            r"scenes\), whose 6 classes are 0\.\.5",
+        ),
+        (
+            ["method.name=simclr", "probe.features=decoder"],
+            r"probe\.features=decoder with method\.name=simclr: cannot probe decoder features: "
+            r"its method \(simclr\) never trains decoder.*probe encoder or backbone "
+            r"\(probe\.features\)",
+        ),
+    ],
+)  # fmt: skip
+def test_a_bad_probe_section_stops_the_run_before_its_first_step(
+    tmp_path, monkeypatch, settings, message
+):
+    # a probe every 2 steps would first run after step 2: the check comes before step 1
+    _one_hot_folder(tmp_path / "labeled")
+    settings = [s.replace("{tmp}", str(tmp_path)) for s in settings]
+    steps = {"n": 0}
+    with pytest.raises(ConfigError, match=message):
+        _run_counting_steps(tmp_path, monkeypatch, steps, "probe.every=2", *settings)
+    assert steps["n"] == 0  # no training step
+    assert not (tmp_path / "bad").exists()  # no run folder, no checkpoint
+    # the same settings without the probe train
+    assert _run_counting_steps(tmp_path, monkeypatch, steps, "probe.every=0", *settings).step == 4
+    assert steps["n"] == 4
+
+
+def test_nan_nodata_pixels_are_probed_as_the_band_mean(tmp_path):
+    # float images with NaN nodata pixels score exactly as the same images holding the band
+    # mean there, with those labels ignored: a real (random) network, whose convolutions
+    # would spread a NaN over the whole feature map
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    for name in ("nan", "mean"):
+        (tmp_path / name / "images").mkdir(parents=True)
+        (tmp_path / name / "masks").mkdir(parents=True)
+    for key in ("a", "b", "c"):
+        labels = rng.integers(0, 3, (6, 6)).repeat(8, 0).repeat(8, 1).astype(np.uint8)
+        image = (
+            np.eye(3, dtype=np.float32)[labels] * 0.8 + rng.random((48, 48, 3), np.float32) * 0.2
+        )
+        hole = np.zeros((48, 48), bool)
+        hole[10:20, 5:30] = True
+        with_nan = image.copy()
+        with_nan[hole] = np.nan
+        with_mean = image.copy()
+        with_mean[hole] = mean
+        ignored = np.where(hole, 255, labels).astype(np.uint8)
+        for name, array, mask in (("nan", with_nan, labels), ("mean", with_mean, ignored)):
+            tifffile.imwrite(tmp_path / name / "images" / f"{key}.tif", array,
+                             photometric="minisblack", planarconfig="contig")  # fmt: skip
+            Image.fromarray(mask).save(tmp_path / name / "masks" / f"{key}.png")
+    torch.manual_seed(0)
+    net = DeepLabV3Plus(None, "resnet18", 3, aspp_channels=8, decoder_channels=8).eval()
+    results = {}
+    for name, nodata in (("nan", float("nan")), ("mean", None)):
+        data = LabeledDataConfig(
+            root=str(tmp_path / name), mask_format="index", classes=["x", "y", "z"],
+            train=["a", "b"], val=["c"], patch_size=32, nodata=nodata,
+        )  # fmt: skip
+        config = ProbeConfig(every=1, data=data, window=32, stride=16, max_patches=8, steps=20)
+        results[name] = run_probe(
+            net, "decoder", config, probe_datasets(config), None, mean, std, torch.device("cpu")
+        )
+    assert results["nan"].cells == results["mean"].cells > 0
+    assert results["nan"].metrics["num_pixels"] == results["mean"].metrics["num_pixels"]
+    assert results["nan"].metrics["num_pixels"] == 48 * 48 - 10 * 25
+    for key in ("miou", "overall_accuracy", "kappa"):
+        assert results["nan"].metrics[key] == pytest.approx(results["mean"].metrics[key], abs=1e-6)
+    assert 0 <= results["nan"].metrics["overall_accuracy"] <= 1
+
+
+def test_a_resumed_run_never_replaces_a_better_best_probe(tmp_path):
+    from contrastseg.train.checkpoint import list_checkpoints, save_atomic
+
+    common = [*TINY, f"run.root={tmp_path}", "run.name=p", "probe.every=2", "run.keep_last=1"]
+    run_dir = tmp_path / "p"
+
+    def newest_checkpoint_forgets_the_probe():  # as if written before the best probe
+        (ckpt,) = list_checkpoints(run_dir / "checkpoints")
+        payload = torch.load(ckpt, weights_only=True)
+        payload["probe_best"] = -1.0
+        save_atomic(payload, ckpt)
+
+    def probes():
+        lines = (run_dir / "scalars.jsonl").read_text().splitlines()
+        return {r["step"]: r["probe/miou"] for r in map(json.loads, lines) if "probe/miou" in r}
+
+    run_pretrain(load_pretrain_config(None, [*common, "train.max_steps=2"]))
+    # what a kill leaves when a probe after the newest checkpoint scored best
+    best = torch.load(run_dir / "best_probe.pt", weights_only=True)
+    best["probe"]["probe/miou"] = 0.999
+    save_atomic(best, run_dir / "best_probe.pt")
+    newest_checkpoint_forgets_the_probe()
+    run_pretrain(load_pretrain_config(None, [*common, "train.max_steps=4", "run.resume=auto"]))
+    assert set(probes()) == {2, 4} and probes()[4] < 0.999
+    kept = torch.load(run_dir / "best_probe.pt", weights_only=True)
+    assert kept["step"] == 2 and kept["probe"]["probe/miou"] == 0.999
+    log = (run_dir / "train.log").read_text()
+    assert "best_probe.pt holds probe mIoU 0.9990, better than the checkpoint's -1.0000" in log
+    # an unreadable best_probe.pt is no record: the next probe replaces it
+    (run_dir / "best_probe.pt").write_bytes(b"not a checkpoint")
+    newest_checkpoint_forgets_the_probe()
+    run_pretrain(load_pretrain_config(None, [*common, "train.max_steps=6", "run.resume=auto"]))
+    replaced = torch.load(run_dir / "best_probe.pt", weights_only=True)
+    assert replaced["step"] == 6 and replaced["probe"]["probe/miou"] == probes()[6]

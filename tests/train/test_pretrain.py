@@ -466,3 +466,71 @@ def test_healthy_embeddings_are_logged_for_every_branch(tmp_path):
             assert f"health/{branch}/{stat}" in record
         assert record[f"health/{branch}/std"] > 0.2  # not collapsed at the start
     assert "collapsed" not in (tmp_path / "tiny" / "train.log").read_text()
+
+
+def test_the_collapse_streak_skips_nan_and_reports_a_recovery():
+    from contrastseg.train.pretrain import CollapseStreak
+
+    nan = float("nan")
+    streak = CollapseStreak(threshold=0.1, patience=3)
+    # a NaN spread (too few valid pairs to measure) neither extends nor breaks the streak
+    events = [streak.update(s, v) for s, v in enumerate([0.05, nan, 0.02, 0.01, 0.0], 1)]
+    assert events == [None, None, None, "collapsed", None] and streak.since == 1
+    assert streak.update(6, nan) is None and streak.since == 1  # still collapsed
+    assert streak.update(7, 0.1) == "recovered" and streak.since is None and streak.low == []
+    assert streak.update(8, 0.5) is None  # reported once
+    # a value at or above the threshold ends a streak before it is reported
+    fresh = CollapseStreak(threshold=0.1, patience=2)
+    assert [fresh.update(s, v) for s, v in enumerate([0.0, 0.3, 0.0, nan, 0.0], 1)] == [
+        None, None, None, None, "collapsed"
+    ]  # fmt: skip
+    assert fresh.since == 3
+
+
+def test_a_collapse_that_recovers_is_reported_and_training_goes_on(tmp_path, monkeypatch):
+    # the global embeddings collapse for steps 1-2 (the head's bias only) and then train
+    from contrastseg.models.heads import ProjectionHead
+    from contrastseg.train.loop import TrainingLoop
+
+    step = {"n": 0}
+    original_forward, original_head = PretrainModel.forward, ProjectionHead.forward
+
+    def counting(self, *args, **kwargs):
+        step["n"] += 1
+        return original_forward(self, *args, **kwargs)
+
+    def collapsing_head(self, x):
+        if step["n"] <= 2:
+            return self.layers(x) * 0 + self.layers[-1].bias
+        return original_head(self, x)
+
+    statuses = []
+    original_report = TrainingLoop._report
+
+    def recording(self, step, values, steps, status):
+        statuses.append(dict(status))
+        return original_report(self, step, values, steps, status)
+
+    monkeypatch.setattr(PretrainModel, "forward", counting)
+    monkeypatch.setattr(ProjectionHead, "forward", collapsing_head)
+    monkeypatch.setattr(TrainingLoop, "_report", recording)
+    config = tiny(
+        tmp_path, "method.name=global_style", "train.max_steps=5", "train.collapse_patience=2",
+        "train.stop_on_collapse=false", "run.checkpoint_every=100",
+    )  # fmt: skip
+    result = run_pretrain(config)
+    assert result.step == 5  # not stopped: train.stop_on_collapse is false
+    spreads = [r["health/global/std"] for r in result.history]
+    assert spreads[:2] == pytest.approx([0, 0], abs=1e-6) and min(spreads[2:]) > 0.1
+    log = (tmp_path / "tiny" / "train.log").read_text()
+    assert "step 2: the global embeddings have collapsed" in log and "stopping" not in log
+    assert re.search(
+        r"step 3: the global embeddings have recovered: their spread health/global/std=0\.\d+ "
+        r"is back at or above train\.collapse_std=0\.1 \(collapsed since step 1\)",
+        log,
+    ), log
+    # the progress bar's COLLAPSED field is shown at step 2 only
+    assert statuses == [{}, {"COLLAPSED": "global since step 1"}, {}, {}, {}]
+    assert [p.name for p in list_checkpoints(tmp_path / "tiny" / "checkpoints")] == [
+        "step_00000005.pt"
+    ]
