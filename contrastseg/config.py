@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from contrastseg.augment.config import ViewsConfig
 from contrastseg.data.config import LabeledDataConfig, UnlabeledDataConfig
@@ -439,9 +439,37 @@ def resolve_presets(
         else:
             rest.append(text)
     data = apply_overrides(data, cls, rest)
-    for name, f in sections.items():
-        preset, keep = PRESET_SECTIONS[hints[name]]
-        section = data.get(name)
+    _merge_presets(data, cls, source)
+    return data
+
+
+def _holds_preset_sections(cls: Any) -> bool:
+    """Whether dataclass ``cls`` has a preset section among its fields (``ProbeConfig.data``)."""
+    if not dataclasses.is_dataclass(cls):
+        return False
+    hints = typing.get_type_hints(cls)
+    return any(
+        hints.get(f.name) in PRESET_SECTIONS or _holds_preset_sections(hints.get(f.name))
+        for f in dataclasses.fields(cls)
+    )
+
+
+def _merge_presets(data: dict, cls: type, source: str, prefix: str = "") -> None:
+    """Merge the preset of every preset section of ``cls`` under ``data``'s, in place; nested
+    sections (``probe.data``) too."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint, name = hints.get(f.name), prefix + f.name
+        if hint not in PRESET_SECTIONS:
+            if _holds_preset_sections(hint):
+                if data.get(f.name) is None:
+                    data[f.name] = {}  # the defaults, whose preset is resolved like a file's
+                if not isinstance(data[f.name], dict):
+                    raise ConfigError(f"'{name}' in {source}: expected a mapping")
+                _merge_presets(data[f.name], hint, source, f"{name}.")
+            continue
+        preset, keep = PRESET_SECTIONS[hint]
+        section = data.get(f.name)
         if section is None:
             section = {}
         if not isinstance(section, dict):
@@ -457,10 +485,9 @@ def resolve_presets(
         except ValueError as err:
             raise ConfigError(f"'{name}.preset' in {source}: {err}") from err
         if keep:
-            data[name] = resolve_preset(section, chosen)
+            data[f.name] = resolve_preset(section, chosen)
         else:
-            data[name] = merge_mappings(base, {k: v for k, v in section.items() if k != "preset"})
-    return data
+            data[f.name] = merge_mappings(base, {k: v for k, v in section.items() if k != "preset"})
 
 
 def load_config(

@@ -193,3 +193,17 @@ def test_every_bundled_probe_has_disjoint_nonempty_splits(tmp_path):
         assert held_out and not (train_keys | val_keys) & held_out, name
         # every other image fits the head
         assert train_keys == set(keys) - held_out - val_keys, name
+
+
+def test_the_probe_data_preset_is_resolved_on_loading_and_explicit_values_win():
+    # the nested probe.data section resolves like a top-level data section: an explicit value
+    # equal to the field's default (test: []) is kept, not replaced by the preset's Tile 8
+    config = load_pretrain_config("glcnet_dubai.yaml", ["probe.data.test=[]"])
+    assert config.probe.data.test == [] and config.probe.data.val == ["Tile 3/*"]
+    assert config.probe.data.classes == ["building", "land", "road", "vegetation", "water"]
+    assert load_pretrain_config("glcnet_dubai.yaml", []).probe.data.test == ["Tile 8/*"]
+    # the stored config is the resolved one: loading it again gives the same
+    again = from_dict(PretrainConfig, to_dict(config))
+    assert to_dict(again) == to_dict(config)
+    with pytest.raises(ConfigError, match=r"'probe\.data\.preset'.*unknown data preset 'dubia'"):
+        load_pretrain_config(None, ["probe.data.preset=dubia"])

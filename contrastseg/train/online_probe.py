@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from contrastseg.config import PretrainConfig, ProbeConfig
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import to_float
-from contrastseg.data.presets import apply_preset
+from contrastseg.data.presets import apply_preset, preset_mapping
 from contrastseg.data.splits import SplitOverlap
 from contrastseg.data.stats import normalization_values, stored_normalization
 from contrastseg.methods import get_method
@@ -141,9 +141,12 @@ def probe_datasets(
     except SplitOverlap as err:
         resolved = apply_preset(config.data)
         lists = " and ".join(f"probe.data.{s}={getattr(resolved, s)}" for s in err.splits)
+        from_preset = resolved.preset and resolved.train == preset_mapping(resolved.preset).get(
+            "train"
+        )
         origin = (
-            f" (probe.data.train is unset: the train patterns of preset {resolved.preset})"
-            if "train" in err.splits and not config.data.train and resolved.train
+            f" (the train patterns of preset {resolved.preset})"
+            if "train" in err.splits and resolved.train and from_preset
             else ""
         )
         raise ConfigError(

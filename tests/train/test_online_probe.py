@@ -235,10 +235,6 @@ def _run_counting_steps(tmp_path, monkeypatch, steps, *extra):
             ["probe.data.preset=dubai", "probe.data.root={tmp}/missing"],
             r"probe\.data: dataset root '.*/missing' does not exist",
         ),
-        (
-            ["probe.data.preset=index", "probe.data.root={tmp}/labeled"],
-            r"probe\.data: unknown data preset 'index'; choose one of",
-        ),
         (  # 3-band labeled images, 4-band pretraining data
             ["probe.data.preset=null", "probe.data.root={tmp}/labeled",
              "probe.data.mask_format=index", "probe.data.classes=[x, y, z]",
@@ -249,8 +245,8 @@ def _run_counting_steps(tmp_path, monkeypatch, steps, *extra):
         (
             ["probe.data.val=[train_*]"],
             r"probe\.data \(the built-in demo scenes\): image 'train_\d+' matches both "
-            r"probe\.data\.val=\['train_\*'\] and probe\.data\.train=\['train_\*'\] \(probe\.data"
-            r"\.train is unset: the train patterns of preset demo\).*leave out the val images",
+            r"probe\.data\.val=\['train_\*'\] and probe\.data\.train=\['train_\*'\] \(the train "
+            r"patterns of preset demo\).*leave out the val images",
         ),
         (
             ["probe.exclude=[6]"],
