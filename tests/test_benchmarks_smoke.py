@@ -194,7 +194,12 @@ def test_downstream_protocol_selects_on_val_and_tests_once(tmp_path):
     for (mode, start), row in rows.items():
         (run,) = [r for r in report["runs"] if (r["mode"], r["start"]) == (mode, start)]
         assert row[-2] == f"{int(run['steps'] < 4)}/1"
-    assert rows[("linear", "tv:backbone")][9] != "-"  # paired with random:backbone
+    paired = rows[("linear", "tv:backbone")]  # paired with random:backbone, one seed
+    (tv,) = [r for r in report["runs"] if r["start"] == "tv:backbone"]
+    (rnd,) = [r for r in report["runs"] if r["start"] == "random:backbone"]
+    assert paired[9] == f"{100 * (tv['kappa'] - rnd['kappa']):.2f} ± 0.00"
+    assert paired[10] == f"{int(tv['kappa'] > rnd['kappa'])}/1"
+    assert rows[("linear", "random:backbone")][9:11] == ["-", "-"]
     # a second call reuses the finished runs of the work dir, and their test scores
     scored = {p: p.stat().st_mtime_ns for p in work.glob("*/test/metrics.json")}
     again = downstream.main(argv)
