@@ -25,7 +25,7 @@ mean ± standard deviation over seeds.
         --val 'Tile 2/*' --seeds 0 1 2                              # CPU days: use a GPU
     python benchmarks/downstream.py --data dubai --root ... --checkpoint glcnet=runs/x/step.pt \
         --weights imagenet=resnet18-f37072fd.pth --modes finetune linear
-    python benchmarks/downstream.py --render benchmarks/results/downstream_protocol_dubai.json
+    python benchmarks/downstream.py --render benchmarks/results/downstream_dubai.json
 
 ``--render`` prints a written report's table as Markdown (the README's table) with the
 check that more labels score higher for every start; the run itself prints that check too.
