@@ -239,6 +239,12 @@ class ConfusionMatrix:
 HEALTH_MAX_PAIRS = 256
 
 
+def even_indices(count: int, most: int, device: torch.device | str | None = None) -> Tensor:
+    """``min(count, most)`` indices evenly spaced over ``0 .. count - 1``, first and last
+    included: a deterministic subset that spans the whole sequence."""
+    return torch.linspace(0, count - 1, min(count, most), device=device).round().long()
+
+
 @torch.no_grad()
 def embedding_health(
     z1: Tensor, z2: Tensor, valid: Tensor | None = None, max_pairs: int = HEALTH_MAX_PAIRS
@@ -291,7 +297,7 @@ def embedding_health(
     pos_cos = (w * (a * b).sum(1)).sum() / count
     alignment = (w * ((a - b) ** 2).sum(1)).sum() / count
     # pairwise statistics on an even subset of the pairs
-    keep = torch.linspace(0, n - 1, min(n, max_pairs), device=z1.device).round().long()
+    keep = even_indices(n, max_pairs, z1.device)
     a, b, w = a[keep], b[keep], w[keep]
     m = len(keep)
     z = torch.cat([a, b])

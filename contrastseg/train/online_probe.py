@@ -44,6 +44,7 @@ from contrastseg.data.presets import apply_preset, preset_mapping
 from contrastseg.data.splits import SplitOverlap
 from contrastseg.data.stats import normalization_values, stored_normalization
 from contrastseg.methods import get_method
+from contrastseg.metrics import even_indices
 from contrastseg.models.backbone import resnet_depth
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.pretrained import load_pretrained, read_state_dict
@@ -216,9 +217,7 @@ def probe_patch_indices(count: int, max_patches: int) -> list[int]:
     Deterministic, first and last included: patches come from every part of the training
     split (its images are in key order), not from its first image or two.
     """
-    if count <= max_patches:
-        return list(range(count))
-    return torch.linspace(0, count - 1, max_patches).round().long().tolist()
+    return even_indices(count, max_patches).tolist()
 
 
 def _cell_targets(labels: Tensor, shape: tuple[int, int], stride: int) -> Tensor:
@@ -304,7 +303,7 @@ def run_probe(
         if len(y) == 0:
             raise ConfigError("probe.data: the probe's training patches hold no labeled pixel")
         if len(y) > config.max_cells:  # an even, deterministic subset bounds the fit's cost
-            keep = torch.linspace(0, len(y) - 1, config.max_cells).round().long()
+            keep = even_indices(len(y), config.max_cells)
             x, y = x[keep], y[keep]
         probed.head = fit_head(x, y, train_set.num_classes, config.steps, config.lr).to(device)
         segmenter = Segmenter(
