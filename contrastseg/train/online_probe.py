@@ -197,7 +197,8 @@ def check_probe(
 ) -> tuple[str, tuple[LabeledDataset, LabeledDataset]]:
     """The online probe's features and datasets, every setting checked (before the first step).
 
-    Every process of a run calls it, so a bad probe section stops all of them with the same
+    The run calls it on rank 0 (the one that probes) before the first step and passes a
+    failure to the other processes, so a bad probe section stops all of them with the same
     message at startup, not rank 0 alone at the first probe while the others wait.
 
     Args:

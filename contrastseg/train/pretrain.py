@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -456,10 +457,21 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
             "size or add data (data.coverage draws more random windows per image)"
         )
     total_steps = train.max_steps or train.epochs * steps_per_epoch
-    # every process checks the probe before the first step (and before the run folder), so
-    # a bad probe section stops them all with the same message rather than rank 0 alone at
-    # the first probe while the others wait for it
-    probe_setup = check_probe(config, bands) if config.probe.every else None
+    # rank 0, the one that probes, checks the probe before the first step (and before the run
+    # folder) and tells the others, so a bad probe section stops every process with the same
+    # message rather than rank 0 alone at the first probe while the others wait for it
+    probe_setup, problem = None, None
+    if config.probe.every and main:
+        try:
+            probe_setup = check_probe(config, bands)
+        except ConfigError as err:
+            problem = str(err)
+    if config.probe.every and ctx.world_size > 1:
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        raise ConfigError(problem)
 
     run_dir = _run_dir(config)
     ckpt_dir = run_dir / "checkpoints"
@@ -472,7 +484,7 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
         config, bands, total_steps, device, dataset.nodata, steps_per_epoch, ctx.world_size,
         ctx.rank, run_dir,
     )  # fmt: skip
-    task.probe_setup = probe_setup if main else None  # only rank 0 probes
+    task.probe_setup = probe_setup  # only rank 0 probes (None elsewhere)
     settings = LoopSettings(
         total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
         ckpt_dir, config.optim.grad_clip, train.batch_size * ctx.world_size, ctx.world_size,

@@ -248,6 +248,32 @@ def _ddp_failing_save_worker(rank, world, port, root, queue):
     queue.put((rank, None, ""))
 
 
+def _ddp_bad_probe_worker(rank, world, port, root, queue):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+        RANK=str(rank), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    if rank == 1:  # the probe's data is rank 0's to read
+        import contrastseg.train.pretrain as engine
+
+        def read_on_rank_1(*args):
+            raise AssertionError("rank 1 read the probe's data")
+
+        engine.check_probe = read_on_rank_1
+    config = load_pretrain_config(
+        None,
+        [*TINY, *DDP_SETTINGS, f"run.root={root}", "run.name=probe", "probe.every=1",
+         "probe.data.preset=dubai", f"probe.data.root={root}/missing"],
+    )  # fmt: skip
+    try:
+        run_pretrain(config)
+    except Exception as err:
+        queue.put((rank, type(err).__name__, str(err)))
+        raise SystemExit(1) from None
+    queue.put((rank, None, ""))
+
+
 DDP_SETTINGS = [
     "method.name=global_style",
     "train.max_steps=1",
@@ -362,6 +388,28 @@ def test_a_failed_save_on_rank_0_stops_every_rank(tmp_path):
     errors = {rank: (kind, message) for rank, kind, message in (queue.get() for _ in range(2))}
     assert errors[0][0] == "OSError" and "No space left" in errors[0][1]
     assert errors[1][0] == "RuntimeError" and "rank 0 could not write the step-1" in errors[1][1]
+
+
+def test_a_bad_probe_section_stops_every_rank_with_rank_0s_message(tmp_path):
+    """Only rank 0 reads the probe's data; the other rank gets its verdict, so both stop
+    before the first step with the same message, and no process waits for another."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [
+        ctx.Process(target=_ddp_bad_probe_worker, args=(r, 2, port, str(tmp_path), queue))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert not any(p.is_alive() for p in procs)
+    assert [p.exitcode for p in procs] == [1, 1]
+    errors = {rank: (kind, message) for rank, kind, message in (queue.get() for _ in range(2))}
+    assert errors[0] == errors[1]
+    assert errors[0][0] == "ConfigError" and "missing' does not exist" in errors[0][1]
+    assert not (tmp_path / "probe").exists()
 
 
 def _float_scenes(folder, tag: bool) -> None:
