@@ -215,14 +215,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_process(rank, world, port, root):
+def _ddp_process(rank, world, port, root, *extra):
     """torchrun's environment for this spawned process, and the 2-process test config."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
         RANK=str(rank), LOCAL_RANK=str(rank),
     )  # fmt: skip
     torch.set_num_threads(1)
-    return load_pretrain_config(None, [*TINY, *DDP_SETTINGS, f"run.root={root}", "run.name=ddp"])
+    return load_pretrain_config(
+        None, [*TINY, *DDP_SETTINGS, f"run.root={root}", "run.name=ddp", *extra]
+    )
+
+
+def _run_reporting(config, rank, queue):
+    """Run ``config``; put ``(rank, error type or None, message)`` on ``queue``."""
+    try:
+        run_pretrain(config)
+    except Exception as err:
+        queue.put((rank, type(err).__name__, str(err)))
+        raise SystemExit(1) from None
+    queue.put((rank, None, ""))
+
+
+def _spawn_two_reporting(worker, tmp_path):
+    """Run ``worker`` in 2 spawned processes; their exit codes and ``{rank: (type, message)}``."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=worker, args=(r, 2, port, str(tmp_path), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    assert not any(p.is_alive() for p in procs)
+    errors = {rank: (kind, message) for rank, kind, message in (queue.get() for _ in range(2))}
+    return [p.exitcode for p in procs], errors
 
 
 def _ddp_worker(rank, world, port, root, queue):
@@ -239,21 +266,10 @@ def _ddp_failing_save_worker(rank, world, port, root, queue):
 
     if rank == 0:
         engine.save_atomic = disk_full
-    config = _ddp_process(rank, world, port, root)
-    try:
-        run_pretrain(config)
-    except Exception as err:
-        queue.put((rank, type(err).__name__, str(err)))
-        raise SystemExit(1) from None
-    queue.put((rank, None, ""))
+    _run_reporting(_ddp_process(rank, world, port, root), rank, queue)
 
 
 def _ddp_bad_probe_worker(rank, world, port, root, queue):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-        RANK=str(rank), LOCAL_RANK=str(rank),
-    )  # fmt: skip
-    torch.set_num_threads(1)
     if rank == 1:  # the probe's data is rank 0's to read
         import contrastseg.train.pretrain as engine
 
@@ -261,17 +277,11 @@ def _ddp_bad_probe_worker(rank, world, port, root, queue):
             raise AssertionError("rank 1 read the probe's data")
 
         engine.check_probe = read_on_rank_1
-    config = load_pretrain_config(
-        None,
-        [*TINY, *DDP_SETTINGS, f"run.root={root}", "run.name=probe", "probe.every=1",
-         "probe.data.preset=dubai", f"probe.data.root={root}/missing"],
+    config = _ddp_process(
+        rank, world, port, root, "run.name=probe", "probe.every=1", "probe.data.preset=dubai",
+        f"probe.data.root={root}/missing",
     )  # fmt: skip
-    try:
-        run_pretrain(config)
-    except Exception as err:
-        queue.put((rank, type(err).__name__, str(err)))
-        raise SystemExit(1) from None
-    queue.put((rank, None, ""))
+    _run_reporting(config, rank, queue)
 
 
 DDP_SETTINGS = [
@@ -372,20 +382,8 @@ def test_cli_flag_values_stay_text(tmp_path):
 def test_a_failed_save_on_rank_0_stops_every_rank(tmp_path):
     """Rank 0 cannot write its checkpoint: both ranks stop with an error at once, rather than
     rank 1 waiting at a barrier until the backend times out."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    port = _free_port()
-    procs = [
-        ctx.Process(target=_ddp_failing_save_worker, args=(r, 2, port, str(tmp_path), queue))
-        for r in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    assert not any(p.is_alive() for p in procs)
-    assert [p.exitcode for p in procs] == [1, 1]
-    errors = {rank: (kind, message) for rank, kind, message in (queue.get() for _ in range(2))}
+    exitcodes, errors = _spawn_two_reporting(_ddp_failing_save_worker, tmp_path)
+    assert exitcodes == [1, 1]
     assert errors[0][0] == "OSError" and "No space left" in errors[0][1]
     assert errors[1][0] == "RuntimeError" and "rank 0 could not write the step-1" in errors[1][1]
 
@@ -393,20 +391,8 @@ def test_a_failed_save_on_rank_0_stops_every_rank(tmp_path):
 def test_a_bad_probe_section_stops_every_rank_with_rank_0s_message(tmp_path):
     """Only rank 0 reads the probe's data; the other rank gets its verdict, so both stop
     before the first step with the same message, and no process waits for another."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    port = _free_port()
-    procs = [
-        ctx.Process(target=_ddp_bad_probe_worker, args=(r, 2, port, str(tmp_path), queue))
-        for r in range(2)
-    ]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    assert not any(p.is_alive() for p in procs)
-    assert [p.exitcode for p in procs] == [1, 1]
-    errors = {rank: (kind, message) for rank, kind, message in (queue.get() for _ in range(2))}
+    exitcodes, errors = _spawn_two_reporting(_ddp_bad_probe_worker, tmp_path)
+    assert exitcodes == [1, 1]
     assert errors[0] == errors[1]
     assert errors[0][0] == "ConfigError" and "missing' does not exist" in errors[0][1]
     assert not (tmp_path / "probe").exists()
