@@ -3,8 +3,8 @@
 ``join_transform`` of the official utils/data_for_seg.py (github.com/GeoX-Lab/G-RSIM,
 T-SS-GLCNet), per training patch: one of {horizontal flip, vertical flip, both, none,
 none}; a rotation by ``k * 90`` degrees, ``k`` uniform in {0, 1, 2, 3}; with probability
-0.5 a shift-scale warp (shift up to 10 % of the side, scale and aspect factors in
-[0.9, 1.1], no rotation, zero border); with probability 0.5 an HSV shift of the RGB bands
+0.5 a shift-scale warp (shift up to 10 % of the side; one scale on both axes, isotropic,
+as the official matrix at angle 0 is; no rotation, zero border); with probability 0.5 an HSV shift of the RGB bands
 (hue +-30 OpenCV units, saturation +-5, value +-15 on the 0-255 scale); on bands after the
 third, per-band brightness / contrast factors in [0.99, 1.01] and 0.1 % impulse noise.
 
@@ -56,24 +56,42 @@ def _shift_scale(
 ) -> tuple[Tensor, Tensor]:
     """``randomShiftScaleRotate(shift 0.1, scale 0.1, aspect 0.1, rotate 0, p=0.5)``.
 
-    The official warp sends pixel ``x`` to ``sx (x - W / 2) + W / 2 + dx`` (and likewise in
-    y), with ``sx = s sqrt(a)``, ``sy = s / sqrt(a)`` and ``dx`` rounded to whole pixels.
+    The official code draws ``scale`` and ``aspect`` uniform in [0.9, 1.1] and sets
+    ``sx = scale * aspect / sqrt(aspect)``, ``sy = scale / sqrt(aspect)``, but its matrix
+    ``[[cos(angle) sx, -sin(angle) sy], [sin(angle) sy, cos(angle) sx]]`` puts ``sx`` on
+    both diagonal entries, so at angle 0 the warp is isotropic: pixel ``x`` goes to
+    ``s (x - W / 2) + W / 2 + dx`` and likewise in y with the same ``s = scale sqrt(aspect)``;
+    ``dx``, ``dy`` are rounded to whole pixels. The aspect draw only shapes the distribution
+    of ``s``.
     """
     b, _, h, w = images.shape
     apply = torch.rand(b, generator=generator, device=generator.device) < 0.5
     scale, aspect = _uniform(b, 0.9, 1.1, generator), _uniform(b, 0.9, 1.1, generator)
     dx = torch.round(_uniform(b, -0.1, 0.1, generator) * w)
     dy = torch.round(_uniform(b, -0.1, 0.1, generator) * h)
-    sx, sy = scale * aspect.sqrt(), scale / aspect.sqrt()
-    one, zero = torch.ones_like(sx), torch.zeros_like(sx)
-    sx, sy = torch.where(apply, sx, one), torch.where(apply, sy, one)
+    s = torch.where(apply, scale * aspect.sqrt(), torch.ones_like(scale))
+    zero = torch.zeros_like(dx)
     dx, dy = torch.where(apply, dx, zero), torch.where(apply, dy, zero)
+    return _warp(images, masks, s, dx, dy, ignore_index)
+
+
+def _warp(
+    images: Tensor, masks: Tensor, s: Tensor, dx: Tensor, dy: Tensor, ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """Send pixel ``(x, y)`` to ``(s (x - W/2) + W/2 + dx, s (y - H/2) + H/2 + dy)`` per sample.
+
+    The image is sampled bilinearly with a zero border, the mask by nearest neighbour with
+    an ``ignore_index`` border (the official code interpolates the mask bilinearly and fills
+    the border with class 0).
+    """
+    b, _, h, w = images.shape
     device = images.device
+    s, dx, dy = (t.to(device=device, dtype=torch.float32)[:, None] for t in (s, dx, dy))
     u = torch.arange(w, device=device, dtype=torch.float32)
     v = torch.arange(h, device=device, dtype=torch.float32)
     # The source position of every output pixel (inverse map), as grid_sample coordinates.
-    xs = (u[None] - w / 2 - dx.to(device)[:, None]) / sx.to(device)[:, None] + w / 2
-    ys = (v[None] - h / 2 - dy.to(device)[:, None]) / sy.to(device)[:, None] + h / 2
+    xs = (u[None] - w / 2 - dx) / s + w / 2
+    ys = (v[None] - h / 2 - dy) / s + h / 2
     gx = (2 * xs / max(w - 1, 1) - 1)[:, None, :].expand(b, h, w)
     gy = (2 * ys / max(h - 1, 1) - 1)[:, :, None].expand(b, h, w)
     grid = torch.stack([gx, gy], dim=-1).to(images.dtype)
