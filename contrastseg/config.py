@@ -98,6 +98,12 @@ class ModelConfig:
     separable: bool = False
     #: dropout after the ASPP fusion (DeepLabV3+)
     aspp_dropout: float = 0.5
+    #: dropout after the decoder's second and third convolutions, its two 3x3 ones (DeepLabV3+; [0, 0] = none; official fine-tuning: [0.5, 0.1])
+    decoder_dropout: tuple[float, float] = (0.0, 0.0)
+    #: momentum of every BatchNorm of the network in PyTorch's convention, the weight of the new batch statistic: running = (1 - m) * running + m * batch (DeepLabV3+; torch's 0.1; official: 0.9 in this same convention)
+    bn_momentum: float = 0.1
+    #: dilated ResNet stages: torchvision (the first block's 3x3 conv keeps the previous dilation: layer4.0.conv2 dilation 1 at stride 16) or official (it gets the stage's: 2, as the official ResNet.py) (DeepLabV3+)
+    dilation_convention: Literal["torchvision", "official"] = "torchvision"
     #: widths of the U-Net's stride-16 and stride-8 decoder blocks
     unet_channels: tuple[int, int] = (256, 128)
     #: width of the FPN's pyramid levels P2 ... P5
@@ -120,6 +126,17 @@ class ModelConfig:
         for name in ("aspp_dropout", "fpn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"model.{name} must lie in [0, 1), got {getattr(self, name)}")
+        self.decoder_dropout = tuple(self.decoder_dropout)  # type: ignore[assignment]
+        if len(self.decoder_dropout) != 2 or not all(0.0 <= p < 1.0 for p in self.decoder_dropout):
+            raise ValueError(
+                "model.decoder_dropout must be two probabilities in [0, 1) (after the decoder's "
+                f"second and third convolutions), got {list(self.decoder_dropout)}"
+            )
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(
+                "model.bn_momentum must lie in (0, 1] (PyTorch's convention: the weight of the "
+                f"new batch statistic), got {self.bn_momentum}"
+            )
 
 
 @dataclass

@@ -22,6 +22,11 @@ from contrastseg.utils.state import state_dict_mismatches
 
 ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
+#: How a stage turned from stride 2 to dilation is dilated (:func:`_dilate_stage`):
+#: ``torchvision`` (``replace_stride_with_dilation``: the first block's strided 3x3
+#: convolution keeps the previous stage's dilation) or ``official`` (the official GLCNet
+#: code's ``models/deeplab_utils/ResNet.py``: that convolution gets the stage's dilation too).
+DILATION_CONVENTIONS: tuple[str, ...] = ("torchvision", "official")
 
 # Prefixes that wrappers put in front of plain ResNet keys (DDP, smp, lightly, our models).
 _KNOWN_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
@@ -77,10 +82,11 @@ def _dilate_stage(stage: nn.Sequential, previous_dilation: int, dilation: int) -
     """Turn a stride-2 ResNet stage into a stride-1 stage with dilated 3x3 convolutions.
 
     Follows torchvision's ``replace_stride_with_dilation`` for Bottleneck stages: the
-    first block's strided 3x3 convolution keeps the previous dilation, every other 3x3
-    convolution of the stage gets the new one, and the shortcut loses its stride.
+    first block's strided 3x3 convolution gets ``previous_dilation``, every other 3x3
+    convolution of the stage gets ``dilation``, and the shortcut loses its stride.
     BasicBlock (ResNet-18/34), which torchvision refuses to dilate, gets the same
-    treatment applied to its two 3x3 convolutions.
+    treatment applied to its two 3x3 convolutions. The official convention passes the
+    stage's own dilation as ``previous_dilation`` (see :data:`DILATION_CONVENTIONS`).
     """
     for i, block in enumerate(stage):
         if isinstance(block, Bottleneck):
@@ -188,6 +194,12 @@ class ResNetBackbone(nn.Module):
         in_channels: number of input bands (3 for RGB, 4 for RGB+NIR, 13 for Sentinel-2 ...).
         output_stride: 32 (plain ResNet), 16 (``layer4`` dilated) or 8 (``layer3`` and
             ``layer4`` dilated).
+        dilation_convention: ``torchvision`` (default): the first block of a dilated stage
+            keeps the previous dilation in its 3x3 convolution (``layer4.0.conv2`` has
+            dilation 1 at output stride 16, 2 at 8); ``official``: it gets the stage's
+            dilation, as every other block (``layer4.0.conv2`` dilation 2 at 16, 4 at 8;
+            ``layer3.0.conv2`` 2 at 8), as the official GLCNet ``ResNet.py`` builds it. Either
+            way the strides, the output size and the state-dict keys are the same.
         weights: optional path to a ResNet state dict in torchvision key names (a
             torchvision / timm / smp ResNet file, or a ``contrastseg export`` file). A
             3-band first convolution is adapted to ``in_channels`` with
@@ -205,6 +217,7 @@ class ResNetBackbone(nn.Module):
         in_channels: int = 3,
         output_stride: int = 16,
         weights: str | os.PathLike[str] | None = None,
+        dilation_convention: str = "torchvision",
     ) -> None:
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -213,12 +226,18 @@ class ResNetBackbone(nn.Module):
             )
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+        if dilation_convention not in DILATION_CONVENTIONS:
+            raise ValueError(
+                f"dilation_convention must be one of {', '.join(DILATION_CONVENTIONS)}, "
+                f"got {dilation_convention!r}"
+            )
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
         net = getattr(torchvision.models, arch)(weights=None)
         self.arch = arch
         self.in_channels = in_channels
         self.output_stride = output_stride
+        self.dilation_convention = dilation_convention
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -230,10 +249,16 @@ class ResNetBackbone(nn.Module):
             net.layer4,
         )
         if output_stride <= 16:
+            official = dilation_convention == "official"
             dilation3 = 2 if output_stride == 8 else 1
             if output_stride == 8:
-                _dilate_stage(self.layer3, previous_dilation=1, dilation=2)
-            _dilate_stage(self.layer4, previous_dilation=dilation3, dilation=2 * dilation3)
+                _dilate_stage(self.layer3, previous_dilation=2 if official else 1, dilation=2)
+            dilation4 = 2 * dilation3
+            _dilate_stage(
+                self.layer4,
+                previous_dilation=dilation4 if official else dilation3,
+                dilation=dilation4,
+            )
         expansion = 4 if arch in ("resnet50", "resnet101") else 1
         self.low_level_channels = 64 * expansion
         self.out_channels = 512 * expansion

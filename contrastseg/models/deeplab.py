@@ -9,7 +9,7 @@ exposed without computing anything that is not asked for.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -35,7 +35,24 @@ __all__ = [
     "DeepLabOutput",
     "DeepLabV3Plus",
     "aspp_rates",
+    "set_batchnorm_momentum",
 ]
+
+
+def set_batchnorm_momentum(module: nn.Module, momentum: float) -> None:
+    """Set ``momentum`` on every BatchNorm layer of ``module``, in PyTorch's convention.
+
+    PyTorch's ``momentum`` is the weight of the *new* batch statistic:
+    ``running = (1 - momentum) * running + momentum * batch`` (torch's default 0.1). The
+    official GLCNet code passes ``momentum=0.9`` to layers that update the same way
+    (``SynchronizedBatchNorm2d`` falls back to ``F.batch_norm``), so its running statistics
+    are 90 % the last batch's.
+    """
+    if not 0.0 < momentum <= 1.0:
+        raise ValueError(f"BatchNorm momentum must lie in (0, 1], got {momentum}")
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = momentum
 
 
 def aspp_rates(output_stride: int) -> tuple[int, int, int]:
@@ -96,6 +113,12 @@ class ASPP(nn.Module):
 class Decoder(nn.Module):
     """DeepLabV3+ decoder: upsample the encoder output to stride 4 and fuse it with the skip.
 
+    Three convolutions: ``reduce`` (1x1, the skip to ``low_level_reduced`` channels), then the
+    two 3x3 ``fuse`` blocks (Conv-BN-ReLU each). ``dropout`` = (p after the first 3x3 block,
+    p after the second): a ``p > 0`` appends ``nn.Dropout(p)`` to that block (after its
+    ReLU), which adds no parameters, so the state-dict keys stay the same; ``(0, 0)`` (the
+    default) adds nothing. The official GLCNet fine-tuning decoder has ``(0.5, 0.1)``.
+
     Shapes: ``encoder (B, C_enc, h, w)``, ``low_level (B, C_low, H/4, W/4)`` ->
     ``(B, channels, H/4, W/4)``.
     """
@@ -107,13 +130,19 @@ class Decoder(nn.Module):
         low_level_reduced: int = 48,
         channels: int = 256,
         separable: bool = False,
+        dropout: Sequence[float] = (0.0, 0.0),
     ) -> None:
         super().__init__()
+        if len(dropout) != 2 or not all(0.0 <= p < 1.0 for p in dropout):
+            raise ValueError(f"decoder dropout must be two values in [0, 1), got {list(dropout)}")
         self.reduce = _conv_bn_relu(low_level_channels, low_level_reduced, 1)
         self.fuse = nn.Sequential(
             _conv_bn_relu(encoder_channels + low_level_reduced, channels, 3, separable=separable),
             _conv_bn_relu(channels, channels, 3, separable=separable),
         )
+        for block, p in zip(self.fuse, dropout, strict=True):
+            if p > 0:
+                block.append(nn.Dropout(p))
         self.out_channels = channels
 
     def forward(self, encoder: Tensor, low_level: Tensor) -> Tensor:
@@ -135,6 +164,12 @@ class DeepLabV3Plus(SegmentationNet):
         low_level_channels: channels the stride-4 skip is reduced to (48 in the paper).
         separable: depthwise-separable 3x3 convolutions in ASPP and decoder.
         aspp_dropout: dropout after the ASPP fusion.
+        decoder_dropout: dropout after the decoder's two 3x3 convolutions (its second and
+            third convolutions; see :class:`Decoder`); ``(0, 0)`` = none.
+        bn_momentum: momentum of every BatchNorm layer, PyTorch's convention (the weight of
+            the new batch statistic; see :func:`set_batchnorm_momentum`).
+        dilation_convention: ``torchvision`` or ``official`` (see
+            :class:`~contrastseg.models.backbone.ResNetBackbone`).
         classifier_features: what the 1x1 classifier reads: ``decoder`` (the segmenter),
             ``encoder`` (ASPP output) or ``backbone`` (the ResNet's last stage). The last two
             are for linear probes of encoders that were pretrained without a decoder; the
@@ -163,9 +198,18 @@ class DeepLabV3Plus(SegmentationNet):
         separable: bool = False,
         aspp_dropout: float = 0.5,
         classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
+        decoder_dropout: Sequence[float] = (0.0, 0.0),
+        bn_momentum: float = 0.1,
+        dilation_convention: str = "torchvision",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
+        self.backbone = ResNetBackbone(
+            arch,
+            in_channels,
+            output_stride,
+            weights=backbone_weights,
+            dilation_convention=dilation_convention,
+        )
         self.aspp = ASPP(
             self.backbone.out_channels,
             aspp_channels,
@@ -179,14 +223,24 @@ class DeepLabV3Plus(SegmentationNet):
             low_level_reduced=low_level_channels,
             channels=decoder_channels,
             separable=separable,
+            dropout=tuple(decoder_dropout),
         )
         self.encoder_channels = aspp_channels
         self.decoder_channels = decoder_channels
         self._init_classifier(num_classes, in_channels, classifier_features)
+        set_batchnorm_momentum(self, bn_momentum)
 
     @classmethod
     def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
-        keys = ("aspp_channels", "low_level_channels", "separable", "aspp_dropout")
+        keys = (
+            "aspp_channels",
+            "low_level_channels",
+            "separable",
+            "aspp_dropout",
+            "decoder_dropout",
+            "bn_momentum",
+            "dilation_convention",
+        )
         return {k: get(k, None) for k in keys if get(k, None) is not None}
 
     def _needs_two_samples(self) -> bool:
