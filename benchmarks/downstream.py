@@ -10,15 +10,18 @@ features the checkpoint trained). The protocol is the same for every start:
 - **converged**: a run trains until its validation mIoU has not improved for ``--patience``
   validations (one every ``--eval-steps`` optimizer steps), at most ``--finetune-steps``
   steps; the weights of its best validation are kept.
-- **tuned**: each start gets the learning rate of one grid shared by all starts (``--lr-grid``;
-  ``--linear-lr-grid`` for the probe's head) that maximises its validation mIoU, averaged
-  over the seeds, separately for each mode and fraction. The grid runs see no test split.
+- **tuned**: each start gets the fine-tuning protocol and learning rate of one grid shared by
+  all starts (``--protocols`` x ``--lr-grid``: plain fine-tuning, LP-FT, the pretrained
+  decoder loaded or not, frozen BatchNorm statistics, layer-wise lr decay) that maximises its
+  validation mIoU, averaged over the seeds, separately for each mode and fraction; the linear
+  probe is solved to convergence and chooses its L2 strength on val inside each run. The grid
+  runs see no test split.
 - **tested once**: only the selected runs are scored on the test split (their ``best.pt``).
 
 Prints kappa, mIoU, OA and mean F1 per mode, fraction and start as mean ± standard
-deviation over seeds, the selected learning rate, and the paired comparison: the per-seed
-kappa difference to the random start on the same features (same patches, same seed), as
-mean ± standard deviation over seeds.
+deviation over seeds, the selected protocol and learning rate, and the paired comparison: the
+per-seed kappa difference to the random start on the same features (same patches, same
+seed), as mean ± standard deviation over seeds and its 95 % t interval.
 
     python benchmarks/downstream.py --quick                        # demo scenes, CPU minutes
     python benchmarks/downstream.py --data dubai --root ../shared/data/dubai-aerial \
@@ -31,8 +34,9 @@ mean ± standard deviation over seeds.
 check that more labels score higher for every start; the run itself prints that check too.
 
 In ``linear`` mode each start is probed on the features its checkpoint trained (GLCNet:
-decoder, SimCLR: encoder, a ``--weights`` file: backbone), and a random start is probed on
-each of those features, so that every probe has a random baseline on the same features
+decoder, SimCLR: encoder, a ``--weights`` file: backbone) and, beside a decoder, on the
+encoder features a default fine-tune transfers; a random start is probed on each of those
+features, so that every probe has a random baseline on the same features
 (``NAME:FEATURES`` in ``--methods`` asks for other features). ``--work-dir`` keeps the runs:
 a run whose ``record.json`` is there (same settings) is not trained again, nor is a finished
 pretraining, nor the test score of a reused run, so a stopped benchmark continues where it
@@ -215,6 +219,9 @@ def plan_starts(args, starts: dict[str, Path | None]) -> dict[str, list[tuple[st
                 features = "decoder"
             elif features == "auto":
                 features = checkpoint_features(starts[name])
+                beside = (name, "encoder")  # what a default fine-tune transfers, probed beside
+                if features == "decoder" and args.encoder_probe and starts[name] is not None:
+                    chosen += [] if beside in chosen else [beside]
             if (name, features) not in chosen:
                 chosen.append((name, features))
         if mode == "linear" and "random" in starts:
@@ -239,33 +246,103 @@ def start_label(name: str, features: str, mode: str) -> str:
     return f"{name}:{features}" if mode == "linear" else name
 
 
+#: ``--protocols`` tokens: the fine-tuning mode, and the modifiers joined to it with ``+``.
+PROTOCOL_HELP = (
+    "ft (finetune) or lpft (mode: lp-ft: the converged linear probe's head, then fine-tuning), "
+    "each optionally followed by +all (pretrained.parts=all: the pretrained decoder too), "
+    "+fbn (pretrained.freeze_bn), +ldX (optim.layer_decay=X), +plrX (pretrained_lr_scale=X), "
+    "and @LR for its own lr instead of the --lr-grid; e.g. ft lpft+all lpft+all+ld0.7@3e-4"
+)
+
+
+def protocol_overrides(protocol: str, pretrained: bool) -> tuple[str, list[str]]:
+    """``(canonical name, overrides)`` of a fine-tuning protocol of ``--protocols``.
+
+    For a random start (``pretrained`` false) the modifiers about loaded parts (``all``,
+    ``fbn``, ``plr``) change nothing and are dropped from the name, so a grid holding ``ft``
+    and ``ft+all`` trains the random start once.
+    """
+    base, *mods = protocol.split("+")
+    modes = {"ft": "finetune", "lpft": "lp-ft"}
+    if base not in modes:
+        raise SystemExit(f"--protocols {protocol!r}: starts with ft or lpft ({PROTOCOL_HELP})")
+    overrides, kept = [f"mode={modes[base]}"], [base]
+    for mod in mods:
+        if mod == "all":
+            setting = ["pretrained.parts=all"]
+        elif mod == "fbn":
+            setting = ["pretrained.freeze_bn=true"]
+        elif mod.startswith("ld") and _is_number(mod[2:]):
+            setting = [f"optim.layer_decay={float(mod[2:])}"]
+        elif mod.startswith("plr") and _is_number(mod[3:]):
+            setting = [f"pretrained_lr_scale={float(mod[3:])}"]
+        else:
+            raise SystemExit(
+                f"--protocols {protocol!r}: unknown modifier {mod!r} ({PROTOCOL_HELP})"
+            )
+        if pretrained or mod.startswith("ld"):
+            overrides += setting
+            kept.append(mod)
+    return "+".join(kept), overrides
+
+
+def protocol_grid(protocols: Sequence[str], lrs: Sequence[float]) -> list[tuple[str, float]]:
+    """``(protocol, lr)`` pairs: every ``--lr-grid`` value for a protocol, only its own for a
+    ``PROTOCOL@LR``."""
+    grid = []
+    for protocol in protocols:
+        name, at, lr = protocol.partition("@")
+        if at and not _is_number(lr):
+            raise SystemExit(f"--protocols {protocol!r}: the lr after @ is not a number")
+        grid += [(name, float(lr))] if at else [(name, value) for value in lrs]
+    return grid
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def grid_run(
     mode: str, name: str, features: str, checkpoint: Path | None, fraction: float, seed: int,
-    lr: float, args, work: Path, splits: Splits,
+    lr: float | None, args, work: Path, splits: Splits, protocol: str = "ft",
 ) -> dict:  # fmt: skip
-    """One training run of the grid: no test split; returns its record (val metrics only)."""
+    """One training run of the grid: no test split; returns its record (val metrics only).
+
+    ``mode`` is ``finetune`` (trained as ``protocol`` says, at ``lr``), ``decoder`` or
+    ``linear`` (the converged probe: no lr, its L2 strength chosen on val inside the run).
+    """
     _, fine_data = data_settings(args)
     per_epoch = splits.steps_per_epoch(fraction, args)
     if args.eval_every is not None:  # every N epochs
         every, cadence = args.eval_every or 1000000, f"eval.every={args.eval_every or 1000000}"
     else:  # every N steps, whatever the length of an epoch at this fraction
         every, cadence = None, f"eval.every_steps={args.eval_steps}"
-    run_name = f"{mode}-{name}-{features}-{fraction:g}-s{seed}-lr{lr:g}".replace(":", "_")
+    if mode == "finetune":
+        protocol, trained = protocol_overrides(protocol, checkpoint is not None)
+    else:
+        protocol, trained = "-", [f"mode={mode}"]
+    tag = f"-{protocol}-lr{lr:g}" if mode == "finetune" else ""
+    run_name = f"{mode}-{name}-{features}-{fraction:g}-s{seed}{tag}".replace(":", "_")
     overrides = [
         f"run.root={work}", f"run.name={run_name}", "run.progress=false", "run.log_every=50",
         *fine_data, *splits.grid, f"data.label_fraction={fraction}", f"data.seed={seed}",
         f"train.seed={seed}", f"train.max_steps={args.finetune_steps}",
         f"train.batch_size={args.batch}", f"train.num_workers={args.workers}",
-        f"train.device={args.device}", f"mode={mode}",
+        f"train.device={args.device}", *trained,
         f"eval.window={args.window}", f"eval.stride={args.window}", "eval.overlays=0",
         cadence, *model_overrides(args),
         f"model.name={args.decoder}",  # pretrained as DeepLabV3+: another keeps its backbone
     ]  # fmt: skip
-    if mode == "linear":  # the probe: its own lr and patience
-        overrides += [f"linear.features={features}", f"linear.lr={lr}"]
-        overrides.append(f"linear.patience={args.patience}")
+    if mode == "linear":  # the probe: the features it reads; its L2 grid is chosen on val
+        overrides.append(f"linear.features={features}")
     else:
         overrides += [f"optim.lr={lr}", f"train.patience={args.patience}"]
+        if args.warmup:
+            overrides.append(f"optim.warmup_steps={args.warmup}")
     if checkpoint is not None:
         overrides.append(f"pretrained.path={Path(checkpoint).resolve()}")
     run_dir = work / run_name
@@ -284,9 +361,12 @@ def grid_run(
     record = {
         "mode": mode, "start": start_label(name, features, mode), "name": name,
         "features": selected["model_config"]["classifier_features"], "fraction": fraction,
-        "seed": seed, "lr": lr, "val_miou": result.val_metrics["miou"] or 0.0,
+        "seed": seed, "lr": lr, "protocol": protocol,
+        "val_miou": result.val_metrics["miou"] or 0.0,
         "val_kappa": result.val_metrics["kappa"], "best_epoch": result.best_epoch,
-        "steps": result.step, "stopped_early": result.step < args.finetune_steps,
+        "l2": (selected.get("best") or {}).get("l2"),
+        "steps": result.step,
+        "stopped_early": mode != "linear" and result.step < args.finetune_steps,
         "steps_per_epoch": per_epoch, "eval_every_epochs": every,
         "eval_every_steps": None if every else args.eval_steps,
         "seconds": time.perf_counter() - start, "best_checkpoint": str(result.best_checkpoint),
@@ -297,13 +377,21 @@ def grid_run(
     return record
 
 
-def select_lr(records: list[dict], grid: list[float]) -> tuple[float, dict[str, float]]:
-    """The lr of the grid with the best val mIoU averaged over seeds (ties: the smaller lr)."""
-    by_lr = {
-        f"{lr:g}": statistics.mean(r["val_miou"] for r in records if r["lr"] == lr) for lr in grid
-    }
-    best = max(sorted(grid), key=lambda lr: by_lr[f"{lr:g}"])
-    return best, by_lr
+def select_setting(records: list[dict]) -> tuple[tuple[str, float | None], dict[str, float]]:
+    """The (protocol, lr) with the best val mIoU averaged over seeds (ties: the first of the
+    sorted keys, i.e. the simpler protocol name and the smaller lr)."""
+    by_key: dict[tuple[str, float | None], list[float]] = {}
+    for r in records:
+        by_key.setdefault((r.get("protocol", "ft"), r["lr"]), []).append(r["val_miou"])
+    means = {key: statistics.mean(values) for key, values in by_key.items()}
+    ordered = sorted(means, key=lambda k: (len(k[0]), k[0], k[1] if k[1] is not None else 0.0))
+    best = max(ordered, key=lambda k: means[k])
+    return best, {_setting_name(k): v for k, v in means.items()}
+
+
+def _setting_name(key: tuple[str, float | None]) -> str:
+    protocol, lr = key
+    return protocol if lr is None else f"{protocol}@{lr:g}"
 
 
 def score_test(record: dict, args, splits: Splits) -> dict:
@@ -328,6 +416,32 @@ def score_test(record: dict, args, splits: Splits) -> dict:
 def _mean_spread(values: list[float], digits: int = 2) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
+#: Two-sided 95 % quantiles of Student's t distribution by degrees of freedom (1..30).
+T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+    2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060,
+    2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float] | None:
+    """``(mean, low, high)``: the 95 % t interval of the mean of paired differences (None for
+    fewer than 2 values)."""
+    if len(values) < 2:
+        return None
+    mean = statistics.mean(values)
+    half = T975[min(len(values) - 1, len(T975)) - 1] * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def _interval_text(values: list[float]) -> str:
+    interval = t_interval(values)
+    if interval is None:
+        return "-"
+    mean, low, high = interval
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
 def summarise(runs: list[dict], selection: list[dict]) -> list[list]:
@@ -363,21 +477,24 @@ def summarise(runs: list[dict], selection: list[dict]) -> list[list]:
         ]
         baseline_row = chosen[0]["name"] == "random" or not gains
         paired = "-" if baseline_row else _mean_spread(gains)
+        interval = "-" if baseline_row else _interval_text(gains)
         above = "-" if baseline_row else f"{sum(g > 0 for g in gains)}/{len(gains)}"
         val = _mean_spread([100 * r["val_miou"] for r in chosen])
         steps = f"{statistics.mean(r['steps'] for r in chosen):.0f}"
         early = f"{sum(bool(r['stopped_early']) for r in chosen)}/{len(chosen)}"
+        lr = chosen_lr["lr"]
         rows.append(
-            [mode, f"{100 * fraction:g} %", start, chosen[0]["features"], f"{chosen_lr['lr']:g}",
-             *cells, paired, above, val, steps, early, len(chosen)]
+            [mode, f"{100 * fraction:g} %", start, chosen[0]["features"],
+             chosen_lr.get("protocol", "ft"), "-" if lr is None else f"{lr:g}",
+             *cells, paired, interval, above, val, steps, early, len(chosen)]
         )  # fmt: skip
     return rows
 
 
 HEADERS = [
-    "mode", "labels", "start", "features", "lr", "kappa %", "mIoU %", "OA %", "mean F1 %",
-    "kappa - random (paired)", "seeds above random", "val mIoU %", "steps", "stopped early",
-    "seeds",
+    "mode", "labels", "start", "features", "protocol", "lr", "kappa %", "mIoU %", "OA %",
+    "mean F1 %", "kappa - random (paired)", "95 % interval", "seeds above random", "val mIoU %",
+    "steps", "stopped early", "seeds",
 ]  # fmt: skip
 
 
@@ -402,10 +519,11 @@ def fraction_order(report: dict) -> list[str]:
 def markdown(report: dict) -> str:
     """The table of a written report as Markdown (what the README shows), and the check that
     more labels score higher."""
-    keep = ["mode", "labels", "start", "features", "lr", "kappa %", "mIoU %", "OA %",
-            "mean F1 %", "kappa - random (paired)", "seeds above random", "steps",
-            "stopped early"]  # fmt: skip
+    keep = ["mode", "labels", "start", "features", "protocol", "lr", "kappa %", "mIoU %",
+            "OA %", "mean F1 %", "kappa - random (paired)", "95 % interval",
+            "seeds above random", "steps", "stopped early"]  # fmt: skip
     headers = report["table"]["headers"]
+    keep = [k for k in keep if k in headers]  # reports written before a column existed
     lines = ["| " + " | ".join(keep) + " |", "|" + "---|" * len(keep)]
     for row in report["table"]["rows"]:
         cells = dict(zip(headers, row, strict=True))
@@ -474,11 +592,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fine-tuning learning rates; each start gets the one with the best val mIoU",
     )  # fmt: skip
     parser.add_argument(
-        "--linear-lr-grid", nargs="+", type=float, default=[1e-2],
-        help="learning rates of the linear probe's head (selected the same way)",
+        "--protocols", nargs="+", default=["ft"], help="fine-tuning protocols, selected per "
+        "start with the lr on val: " + PROTOCOL_HELP,
+    )  # fmt: skip
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="optim.warmup_steps of the fine-tuning runs"
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-encoder-probe", dest="encoder_probe", action="store_false",
+        help="linear mode: do not probe the encoder features beside a checkpoint's decoder",
     )  # fmt: skip
     parser.add_argument("--lr", type=float, default=None, help="= --lr-grid LR")
-    parser.add_argument("--linear-lr", type=float, default=None, help="= --linear-lr-grid LR")
     parser.add_argument(
         "--eval-steps", type=int, default=50,
         help="validate every N optimizer steps (eval.every_steps), the same for every fraction",
@@ -520,8 +644,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.modes = [args.mode]
     if args.lr is not None:
         args.lr_grid = [args.lr]
-    if args.linear_lr is not None:
-        args.linear_lr_grid = [args.linear_lr]
     if args.quick:
         args.data, args.seeds = "demo", args.seeds[:2]
         args.pretrain_steps, args.finetune_steps = 20, 40
@@ -577,36 +699,49 @@ def main(argv: list[str] | None = None) -> dict:
 
         grid_runs, runs, selection = [], [], []
         for mode in args.modes:
-            grid = args.linear_lr_grid if mode == "linear" else args.lr_grid
+            settings: list[tuple[str, float | None]] = (
+                protocol_grid(args.protocols, args.lr_grid)
+                if mode == "finetune"
+                else [("-", None)]
+                if mode == "linear"
+                else [("ft", lr) for lr in args.lr_grid]
+            )
             for fraction in args.fractions:
-                # seed by seed, every start and lr: a run stopped early has paired seeds
+                # seed by seed, every start and setting: a run stopped early has paired seeds
                 records: dict[tuple[str, str], list[dict]] = {key: [] for key in plan[mode]}
                 for seed in args.seeds:
-                    for lr in grid:
+                    for protocol, lr in settings:
                         for name, features in plan[mode]:
                             record = grid_run(
                                 mode, name, features, starts[name], fraction, seed, lr, args,
-                                work, splits,
+                                work, splits, protocol,
                             )  # fmt: skip
+                            if any(r["overrides"] == record["overrides"]
+                                   for r in records[name, features]):  # fmt: skip
+                                continue  # a random start's protocols that are the same run
                             records[name, features].append(record)
                             print(
-                                f"{mode} {record['start']} {100 * fraction:g} % seed {seed} lr "
-                                f"{lr:g}: val mIoU {100 * record['val_miou']:.2f} after "
-                                f"{record['steps']} steps ({record['seconds']:.0f} s"
+                                f"{mode} {record['start']} {100 * fraction:g} % seed {seed} "
+                                f"{_setting_name((record['protocol'], lr))}: val mIoU "
+                                f"{100 * record['val_miou']:.2f} after {record['steps']} steps "
+                                f"({record['seconds']:.0f} s"
                                 + (", reused)" if record.get("reused") else ")"),
                                 flush=True,
                             )
                 for (name, features), chosen in records.items():
                     label = start_label(name, features, mode)
-                    lr, by_lr = select_lr(chosen, grid)
+                    (protocol, lr), by_setting = select_setting(chosen)
                     selection.append(
                         {"mode": mode, "start": label, "fraction": fraction, "lr": lr,
-                         "val_miou_by_lr": by_lr}
+                         "protocol": protocol, "val_miou_by_setting": by_setting}
                     )  # fmt: skip
                     for record in chosen:
-                        if record["lr"] == lr:
+                        if (record["protocol"], record["lr"]) == (protocol, lr):
                             runs.append(score_test(record, args, splits))
-                    print(f"  -> {label}: lr {lr:g} selected on val; test scored", flush=True)
+                    print(
+                        f"  -> {label}: {_setting_name((protocol, lr))} selected on val; test "
+                        "scored", flush=True,
+                    )  # fmt: skip
                     grid_runs += [{k: v for k, v in r.items() if k != "overrides"} for r in chosen]
 
     print()

@@ -49,6 +49,8 @@ OFFICIAL_PRETRAIN = [
     "optim.scale_lr_with_world_size=true",
     "optim.schedule_unit=epoch",
     "optim.min_lr=4e-8",
+    "model.bn_momentum=0.9",
+    "model.dilation_convention=official",
 ]
 #: fine-tuning settings of the official recipe (configs/finetune_official.yaml)
 OFFICIAL_FINETUNE = [
@@ -59,6 +61,8 @@ OFFICIAL_FINETUNE = [
     "optim.gamma=0.98",
     "optim.schedule_unit=epoch",
     "train.augment_recipe=official",
+    "model.decoder_dropout=[0.5,0.1]",
+    "model.bn_momentum=0.9",
 ]
 RECIPES = {"default": ([], []), "official": (OFFICIAL_PRETRAIN, OFFICIAL_FINETUNE)}
 METRICS = ("kappa", "miou", "overall_accuracy")

@@ -259,12 +259,18 @@ class ProbeConfig:
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
     #: labeled training patches the head is fitted on (their features are computed once)
     max_patches: int = 16
-    #: feature cells (pixels of the feature map) the head is fitted on, drawn evenly from all
+    #: labeled pixels the head is fitted on at most, drawn evenly from all
     max_cells: int = 20000
-    #: full-batch Adam steps of the head on the cached features
-    steps: int = 100
-    #: Adam learning rate of the head (standardised features)
-    lr: float = 0.05
+    #: distance in pixels between two sampled pixels of a patch (both axes)
+    pixel_step: int = 4
+    #: L2 strengths of the head's softmax regression (solved to convergence by L-BFGS); with
+    #: several, every 4th probe patch is held out to choose among them
+    l2_grid: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    #: L-BFGS iterations per fit at most
+    max_iter: int = 300
+    #: with decoder features, also probe the encoder features (what a default fine-tune
+    #: transfers), logged as probe/encoder/*; doubles the probe's validation cost
+    encoder_too: bool = True
     #: sliding-window side for the val images
     window: int = 256
     #: sliding-window step; None = window // 2
@@ -278,11 +284,11 @@ class ProbeConfig:
         for name in ("every",):
             if getattr(self, name) < 0:
                 raise ValueError(f"probe.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_patches", "max_cells", "steps", "batch_size"):
+        for name in ("max_patches", "max_cells", "pixel_step", "max_iter", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"probe.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"probe.lr must be > 0, got {self.lr}")
+        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
+            raise ValueError(f"probe.l2_grid must hold values >= 0, got {self.l2_grid}")
         if self.window < 16:
             raise ValueError(f"probe.window must be >= 16, got {self.window}")
         if self.stride is not None and not 1 <= self.stride <= self.window:

@@ -164,7 +164,8 @@ def test_downstream_protocol_selects_on_val_and_tests_once(tmp_path):
     out, work = tmp_path / "downstream.json", tmp_path / "work"
     argv = [
         "--methods", "random", "--weights", f"tv={weights}", "--modes", "finetune", "linear",
-        "--fractions", "1.0", "--seeds", "0", "--lr-grid", "1e-4", "1e-3",
+        "--fractions", "1.0", "--seeds", "0", "1", "--lr-grid", "1e-4", "1e-3",
+        "--protocols", "ft", "lpft+all@3e-4",
         "--finetune-steps", "4", "--eval-steps", "2", "--patience", "1", "--batch", "4",
         "--patch", "32", "--scene-size", "64", "--window", "64", "--width", "16",
         "--out", str(out), "--work-dir", str(work),
@@ -178,28 +179,43 @@ def test_downstream_protocol_selects_on_val_and_tests_once(tmp_path):
         ("linear", "random:decoder"), ("linear", "tv:backbone"), ("linear", "random:backbone"),
     }  # fmt: skip
     for chosen in report["selection"]:
-        grid = ["0.0001", "0.001"] if chosen["mode"] == "finetune" else ["0.01"]
-        assert sorted(chosen["val_miou_by_lr"]) == grid
-        best = max(chosen["val_miou_by_lr"].values())
-        assert chosen["val_miou_by_lr"][f"{chosen['lr']:g}"] == best
+        # a random start has no pretrained decoder to load: its lpft is plain lpft
+        lpft = "lpft+all@0.0003" if chosen["start"] == "tv" else "lpft@0.0003"
+        grid = ["ft@0.0001", "ft@0.001", lpft] if chosen["mode"] == "finetune" else ["-"]
+        assert sorted(chosen["val_miou_by_setting"]) == grid
+        best = max(chosen["val_miou_by_setting"].values())
+        name = downstream._setting_name((chosen["protocol"], chosen["lr"]))
+        assert chosen["val_miou_by_setting"][name] == best
     # every grid run trained without a test split; only the selected ones were scored on test
-    assert len(report["grid_runs"]) == 2 * 2 + 3
+    assert len(report["grid_runs"]) == 2 * (2 * 3 + 3)
     assert all("kappa" not in r for r in report["grid_runs"])
-    assert len(report["runs"]) == 5
+    assert len(report["runs"]) == 2 * 5
     tested = sorted(p.parent.parent.name for p in work.glob("*/test/metrics.json"))
     assert tested == sorted(Path(r["best_checkpoint"]).parent.name for r in report["runs"])
-    rows = {(row[0], row[2]): row for row in report["table"]["rows"]}
-    assert rows[("linear", "tv:backbone")][3] == "backbone"
+    headers = report["table"]["headers"]
+    rows = {
+        (row[0], row[2]): dict(zip(headers, row, strict=True)) for row in report["table"]["rows"]
+    }
+    assert rows[("linear", "tv:backbone")]["features"] == "backbone"
+    assert rows[("linear", "tv:backbone")]["protocol"] == "-"
     # how many runs stopped on patience before the 4-step cap, from the runs' own step counts
     for (mode, start), row in rows.items():
-        (run,) = [r for r in report["runs"] if (r["mode"], r["start"]) == (mode, start)]
-        assert row[-2] == f"{int(run['steps'] < 4)}/1"
-    paired = rows[("linear", "tv:backbone")]  # paired with random:backbone, one seed
-    (tv,) = [r for r in report["runs"] if r["start"] == "tv:backbone"]
-    (rnd,) = [r for r in report["runs"] if r["start"] == "random:backbone"]
-    assert paired[9] == f"{100 * (tv['kappa'] - rnd['kappa']):.2f} ± 0.00"
-    assert paired[10] == f"{int(tv['kappa'] > rnd['kappa'])}/1"
-    assert rows[("linear", "random:backbone")][9:11] == ["-", "-"]
+        chosen = [r for r in report["runs"] if (r["mode"], r["start"]) == (mode, start)]
+        early = sum(mode != "linear" and r["steps"] < 4 for r in chosen)
+        assert row["stopped early"] == f"{early}/2"
+    paired = rows[("linear", "tv:backbone")]  # paired with random:backbone, two seeds
+    gains = []
+    for seed in (0, 1):
+        (tv,) = [r for r in report["runs"] if r["start"] == "tv:backbone" and r["seed"] == seed]
+        (rnd,) = [
+            r for r in report["runs"] if r["start"] == "random:backbone" and r["seed"] == seed
+        ]
+        gains.append(100 * (tv["kappa"] - rnd["kappa"]))
+    mean = sum(gains) / 2
+    half = 12.706 * abs(gains[0] - gains[1]) / 2**0.5 / 2**0.5  # t(0.975, 1) * sd / sqrt(2)
+    assert paired["95 % interval"] == f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+    assert paired["seeds above random"] == f"{sum(g > 0 for g in gains)}/2"
+    assert rows[("linear", "random:backbone")]["95 % interval"] == "-"
     # a second call reuses the finished runs of the work dir, and their test scores
     scored = {p: p.stat().st_mtime_ns for p in work.glob("*/test/metrics.json")}
     again = downstream.main(argv)
@@ -210,6 +226,40 @@ def test_downstream_protocol_selects_on_val_and_tests_once(tmp_path):
     text = downstream.markdown(json.loads(out.read_text()))
     assert text.splitlines()[0].startswith("| mode | labels | start |")
     assert len([line for line in text.splitlines() if line.startswith("| ")]) == 1 + 5
+
+
+def test_protocols_map_to_their_settings():
+    downstream = _load("downstream")
+    name, overrides = downstream.protocol_overrides("lpft+all+fbn+ld0.7+plr0.5", True)
+    assert name == "lpft+all+fbn+ld0.7+plr0.5"
+    assert overrides == [
+        "mode=lp-ft", "pretrained.parts=all", "pretrained.freeze_bn=true",
+        "optim.layer_decay=0.7", "pretrained_lr_scale=0.5",
+    ]  # fmt: skip
+    # for a random start only the layer decay means anything
+    assert downstream.protocol_overrides("ft+all+fbn+ld0.7", False) == (
+        "ft+ld0.7",
+        ["mode=finetune", "optim.layer_decay=0.7"],
+    )
+    with pytest.raises(SystemExit, match="unknown modifier"):
+        downstream.protocol_overrides("ft+xyz", True)
+    with pytest.raises(SystemExit, match="starts with ft or lpft"):
+        downstream.protocol_overrides("sgd", True)
+    assert downstream.protocol_grid(["ft", "lpft@3e-4"], [1e-3, 1e-2]) == [
+        ("ft", 1e-3),
+        ("ft", 1e-2),
+        ("lpft", 3e-4),
+    ]
+
+
+def test_t_interval_matches_the_t_distribution():
+    stats = pytest.importorskip("scipy.stats")
+    downstream = _load("downstream")
+    values = [3.0, -1.0, 4.5, 2.0, 0.5]
+    mean, low, high = downstream.t_interval(values)
+    expected = stats.t.interval(0.95, 4, loc=mean, scale=stats.sem(values))
+    assert (low, high) == pytest.approx(expected, abs=1e-3)
+    assert downstream.t_interval([1.0]) is None
 
 
 def test_downstream_fraction_check_names_a_start_where_more_labels_do_not_help():

@@ -42,7 +42,10 @@ FINETUNE_FORMAT = "contrastseg.finetune"
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 #: Model keys that belong to the backbone: a fine-tuning run that swaps the decoder family
 #: (``model.name``) keeps them from the pretrained checkpoint, whose backbone it loads.
-BACKBONE_KEYS = ("arch", "output_stride", "in_channels")
+BACKBONE_KEYS = ("arch", "output_stride", "in_channels", "dilation_convention")
+#: Model keys that only change how the network trains: a fine-tune takes them from its own
+#: config, whatever the checkpoint's (dropout of the fine-tuning decoder, BN momentum).
+TRAINING_KEYS = ("decoder_dropout", "bn_momentum")
 
 
 def build_segmenter(
@@ -68,14 +71,17 @@ def pretrained_model_config(
 ) -> dict[str, Any]:
     """The model config of a network fine-tuned from a checkpoint whose model config is ``checkpoint_model``.
 
-    The checkpoint's config as it is, unless ``requested.name`` (``--set model.name=unet``)
-    names another network family: then the requested config with the checkpoint's backbone
+    The checkpoint's config with the fine-tuning config's training-only keys
+    (:data:`TRAINING_KEYS`), unless ``requested.name`` (``--set model.name=unet``) names another
+    network family: then the requested config with the checkpoint's backbone
     (:data:`BACKBONE_KEYS`), so that the pretrained backbone loads and the decoder starts fresh.
     """
     if requested.name is None or model_class(requested.name) is model_class(
         checkpoint_model.get("name")
     ):
-        return dict(checkpoint_model)
+        requested_keys = to_dict(requested)
+        training = {k: requested_keys[k] for k in TRAINING_KEYS if k in requested_keys}
+        return {**checkpoint_model, **training}
     backbone = {k: checkpoint_model[k] for k in BACKBONE_KEYS if k in checkpoint_model}
     return {**to_dict(requested), **backbone}
 

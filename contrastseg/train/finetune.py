@@ -7,11 +7,20 @@ loaded from the checkpoint (:func:`~contrastseg.models.pretrained.load_pretraine
 (GLCNet, Li et al. 2022, Sec. IV; linear evaluation as in SimCLR, Chen et al. 2020):
 
 - ``linear``: the linear probe (:mod:`contrastseg.train.probe`): backbone, ASPP and decoder
-  frozen *and* their BatchNorm layers kept in eval mode; only a 1x1 classifier on the features
-  the checkpoint trained (``linear.features``) trains, at ``linear.lr``, until the validation
-  mIoU stops improving (``linear.patience``);
+  frozen *and* their BatchNorm layers kept in eval mode; the 1x1 classifier on the features
+  the checkpoint trained (``linear.features``) is the softmax regression of the cached
+  features of every labeled patch, solved to convergence for each L2 strength of
+  ``linear.l2_grid``, the one with the best validation mIoU kept
+  (:mod:`contrastseg.train.linear_fit`);
 - ``decoder``: the backbone is frozen (BN in eval mode); ASPP, decoder and classifier train;
-- ``finetune``: everything trains; pretrained parts at ``pretrained_lr_scale`` x lr.
+- ``finetune``: everything trains; pretrained parts at ``pretrained_lr_scale`` x lr, each
+  level closer to the input at ``optim.layer_decay`` x more, BatchNorm statistics of the
+  loaded parts kept when ``pretrained.freeze_bn``;
+- ``lp-ft`` (LP-FT, Kumar et al., ICLR 2022): the classifier on the decoder features is first
+  solved as in ``linear`` on the frozen network (BatchNorm frozen), then everything is
+  fine-tuned from that head as in ``finetune`` (``optim.lr``, ``optim.warmup_steps``: the
+  fine-tuning stage's own); the probe's weights are the first ``best.pt``, which fine-tuning
+  replaces only with a better validation mIoU.
 
 Frozen parts that no weights file filled (a random start) get BatchNorm statistics estimated
 on the labeled training patches before training. The model is selected on the validation
@@ -60,11 +69,13 @@ from contrastseg.train.finetune_model import (
     BN_ESTIMATION_BATCHES,
     build_finetune_optimizer,
     build_start_model,
+    frozen_batchnorms,
     frozen_modules,
     labeled_split,
     set_train_mode,
     start_normalization,
 )
+from contrastseg.train.linear_fit import ProbeFit, cache_pixels, fit_probe_head
 from contrastseg.train.loop import (
     LoopSettings,
     TrainingLoop,
@@ -80,6 +91,7 @@ from contrastseg.train.probe import (
 from contrastseg.train.report import write_report
 from contrastseg.train.runtime import (
     autocast_context,
+    modes_kept,
     resolve_amp_dtype,
     seed_everything,
 )
@@ -182,7 +194,7 @@ class FinetuneTask(TrainingTask):
         self.mean, self.std, self.memory_format = mean, std, memory_format
         self.amp_dtype, self.device, self.content = amp_dtype, device, content
         self.ignore_index = val_set.ignore_index
-        self.patience = config.linear.patience if config.mode == "linear" else config.train.patience
+        self.patience = config.train.patience
         self.best: dict[str, Any] = {"epoch": 0, "miou": -1.0, "metrics": {}, "stale": 0}
         self.best_confusion = None
         self.history: list[dict[str, float]] = []
@@ -296,6 +308,8 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     frozen = frozen_modules(model, config.mode)
     for module in frozen:
         module.requires_grad_(False)
+    # kept in eval mode during training: frozen parts, and pretrained BatchNorm when asked
+    eval_modules = frozen + frozen_batchnorms(model, config, loaded)
     features = model.classifier_features
     memory_format = (
         torch.channels_last
@@ -351,7 +365,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         }  # fmt: skip
 
     task = FinetuneTask(
-        config, model, net, criterion, generator, frozen, segmenter, val_set, mean, std,
+        config, model, net, criterion, generator, eval_modules, segmenter, val_set, mean, std,
         memory_format, amp_dtype, device, payload_base, total_steps, epochs, run_dir / "best.pt",
     )  # fmt: skip
     task.steps_per_epoch = len(loader)
@@ -406,13 +420,16 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         )
         for note in notes:
             monitor.info(note)
-        if config.mode == "linear":
+        if config.mode in ("linear", "lp-ft") and resume is None:
             monitor.info(
                 f"linear probe on frozen {features} features: {model.feature_channels(features)} "
-                f"channels at stride {model.feature_stride(features)}; head lr {config.linear.lr:g}, "
-                f"patience {task.patience} validation(s)"
+                f"channels at stride {model.feature_stride(features)}; softmax regression, L2 "
+                f"from {config.linear.l2_grid} on val"
             )
-        unloaded = [m for name, m in model.named_children() if m in frozen and name not in loaded]
+        # the probe (linear, and lp-ft's first stage) reads the network frozen, BN included
+        probing = config.mode in ("linear", "lp-ft") and resume is None
+        probed = model.part_modules() if probing else frozen
+        unloaded = [m for name, m in model.named_children() if m in probed and name not in loaded]
         if unloaded and resume is None:
             estimate_loader = build_loader(
                 dataset,
@@ -437,8 +454,33 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
                 f"BatchNorm statistics of the frozen, not pretrained {names} estimated on "
                 f"{used} batch(es) of the labeled training patches"
             )
-        result = loop.run(task, loader)
-        step, best = result.step, task.best
+        if probing:
+            fit, confusion = solve_head(
+                model, config, dataset, val_set, segmenter, batch_size, device, mean, std,
+                memory_format, amp_dtype,
+            )  # fmt: skip
+            monitor.info(f"linear probe ({features} features): {fit.summary()}")
+            metrics = confusion.compute(config.eval.exclude)
+            values = {
+                f"val/{k}": metrics[k] or 0.0
+                for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
+            }
+            task.history.append(monitor.scalars(0, {**values, "probe/l2": fit.l2}))
+            task.best = {
+                "epoch": 0, "miou": metrics["miou"] or 0.0, "metrics": metrics, "stale": 0,
+                "l2": fit.l2,
+            }  # fmt: skip
+            task.best_confusion = confusion
+            save_atomic({**payload_base(), "best": dict(task.best), "step": 0, "epoch": 0},
+                        run_dir / "best.pt")  # fmt: skip
+            monitor.info(
+                f"linear probe: val mIoU {100 * task.best['miou']:.2f}"
+                + (" (fine-tuning starts from this head)" if config.mode == "lp-ft" else "")
+            )
+        step = 0
+        if config.mode != "linear":
+            step = loop.run(task, loader).step
+        best = task.best
 
         best_path = run_dir / "best.pt"
         selected = load_finetune_checkpoint(best_path)
@@ -475,3 +517,66 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     return FinetuneResult(
         run_dir, best_path, int(best["epoch"]), val_metrics, test_metrics, step, history, report
     )
+
+
+def solve_head(
+    model: nn.Module,
+    config: FinetuneConfig,
+    dataset: LabeledDataset,
+    val_set: LabeledDataset,
+    segmenter: Segmenter,
+    batch_size: int,
+    device: torch.device,
+    mean: list[float] | None,
+    std: list[float] | None,
+    memory_format: torch.memory_format,
+    amp_dtype: torch.dtype | None,
+) -> tuple[ProbeFit, Any]:
+    """The linear probe's head, solved on the frozen network and put into ``model.classifier``.
+
+    The features the classifier reads are computed once for every labeled training patch (no
+    augmentation; the network in eval mode), the softmax regression is solved for each L2
+    strength of ``linear.l2_grid`` (:func:`~contrastseg.train.linear_fit.fit_probe_head`), and
+    each head is scored on the validation split; the best one stays in the model.
+
+    Returns:
+        ``(fit, confusion)``: the fit and the validation confusion matrix of the chosen head.
+    """
+    settings = config.linear
+    loader = build_loader(
+        dataset, batch_size, config.train.num_workers, shuffle=False, drop_last=False,
+        seed=config.train.seed,
+    )  # fmt: skip
+    batches = (
+        (
+            to_float(images.to(device), config.data.scale, mean, std).contiguous(
+                memory_format=memory_format
+            ),
+            masks.to(device),
+        )
+        for images, masks in loader
+    )
+    with modes_kept(model), autocast_context(device, amp_dtype):
+        x, y = cache_pixels(
+            model.classifier_input, batches, dataset.ignore_index, settings.pixel_step,
+            settings.max_cells,
+        )  # fmt: skip
+    if len(y) == 0:
+        raise ConfigError(
+            "the labeled training patches hold no labeled pixel (every mask pixel is "
+            f"data.ignore_index={dataset.ignore_index}): the linear probe has nothing to fit"
+        )
+    confusions: dict[int, Any] = {}
+
+    def score(head: nn.Module) -> float:
+        model.classifier.load_state_dict(head.state_dict())
+        confusion = evaluate_dataset(segmenter, val_set, config.eval, None, config.train.amp)
+        confusions[len(confusions)] = confusion
+        return confusion.compute(config.eval.exclude)["miou"] or 0.0
+
+    fit = fit_probe_head(x, y, dataset.num_classes, settings.l2_grid, score, settings.max_iter)
+    model.classifier.load_state_dict(fit.head.state_dict())
+    tried = sorted(fit.fits, reverse=True)  # the order fit_probe_head scored them in
+    if confusions:
+        return fit, confusions[tried.index(fit.l2)]
+    return fit, evaluate_dataset(segmenter, val_set, config.eval, None, config.train.amp)

@@ -2,7 +2,7 @@
 
 Sections: ``data`` (labeled data, label fraction), ``normalize``, ``model`` (used only
 without a pretrained checkpoint; with one, its architecture wins), ``pretrained`` (file and
-parts), ``mode`` (linear / decoder / finetune), ``loss``, ``optim``, ``train``, ``eval`` and
+parts), ``mode`` (linear / decoder / finetune / lp-ft), ``loss``, ``optim``, ``train``, ``eval`` and
 ``run``. The defaults are the GLCNet fine-tuning recipe: Adam 1e-4, 150 epochs, batch 16,
 cross-entropy.
 
@@ -56,28 +56,37 @@ class PretrainedConfig:
     #: the backbone for U-Net / FPN) or all (adds the decoder); auto = encoder, and in linear
     #: mode every part in front of the probed features
     parts: Literal["auto", "backbone", "backbone+aspp", "encoder", "all"] = "auto"
+    #: keep the BatchNorm running statistics of the loaded parts as pretrained (their layers
+    #: stay in eval mode; their scale and shift still train): for small fine-tuning batches
+    freeze_bn: bool = False
 
 
 @dataclass
 class LinearProbeConfig:
-    """The linear probe (``mode: linear``): which frozen features, and how its head trains."""
+    """The linear probe (``mode: linear``, and the first stage of ``mode: lp-ft``): which frozen
+    features, and how its softmax regression is solved (to convergence, on cached features)."""
 
     #: features the 1x1 head reads: decoder (stride 4), encoder (ASPP output) or backbone
     #: (last ResNet stage); auto = the deepest part the checkpoint's method trained
     #: (simclr, global_style: encoder; local, glcnet, dense: decoder; an exported backbone:
-    #: backbone; a random start: decoder)
+    #: backbone; a random start: decoder). lp-ft always reads the decoder (the segmenter's head)
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
-    #: learning rate of the head (a linear classifier on normalised features takes a larger
-    #: step than a network); replaces optim.lr in linear mode
-    lr: float = 1e-2
-    #: stop after this many validations without a better val mIoU (0 = train to the step cap)
-    patience: int = 5
+    #: L2 strengths of the head (objective mean(CE) + l2 / 2 * ||W||^2 on standardised
+    #: features); one fit each, the best val mIoU is kept (ties: the stronger)
+    l2_grid: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    #: L-BFGS iterations per fit at most (it stops earlier once the gradient vanishes)
+    max_iter: int = 300
+    #: labeled pixels the head is fitted on at most (evenly spaced over all patches)
+    max_cells: int = 200000
+    #: distance in pixels between two sampled pixels of a patch (both axes)
+    pixel_step: int = 4
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"linear.lr must be > 0, got {self.lr}")
-        if self.patience < 0:
-            raise ValueError(f"linear.patience must be >= 0, got {self.patience}")
+        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
+            raise ValueError(f"linear.l2_grid must hold values >= 0, got {self.l2_grid}")
+        for name in ("max_iter", "max_cells", "pixel_step"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"linear.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -90,6 +99,15 @@ class FinetuneOptimConfig(OptimConfig):
     betas: tuple[float, float] = (0.9, 0.999)
     #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
     weight_decay: float = 0.0
+    #: layer-wise learning-rate decay: the classifier trains at lr, each level closer to the
+    #: input at this factor more (DeepLabV3+: decoder x d, ASPP x d^2, layer4 x d^3 ... the stem
+    #: x d^7); 1 = the same lr everywhere. Multiplies with pretrained_lr_scale
+    layer_decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
 
 
 @dataclass
@@ -108,7 +126,7 @@ class FinetuneTrainConfig(TrainConfig):
     #: fine-tuning augmentation (flips, rot90, shift-scale, HSV, band jitter)
     augment_recipe: Literal["basic", "official"] = "basic"
     #: stop after this many validations without a better val mIoU (0 = train to the step cap;
-    #: linear mode uses linear.patience)
+    #: in lp-ft mode, validations of the fine-tuning stage)
     patience: int = 0
 
     def __post_init__(self) -> None:
@@ -187,11 +205,12 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     #: pretrained weights and the parts loaded
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
-    #: linear (only the 1x1 classifier trains, BN frozen), decoder (backbone frozen) or finetune (all)
-    mode: Literal["linear", "decoder", "finetune"] = "finetune"
-    #: the linear probe: features, head learning rate, patience (mode: linear only)
+    #: linear (only the 1x1 classifier, solved on the frozen network), decoder (backbone
+    #: frozen), finetune (all) or lp-ft (the linear probe's head first, then all from it)
+    mode: Literal["linear", "decoder", "finetune", "lp-ft"] = "finetune"
+    #: the linear probe: features and solver (mode: linear, and lp-ft's first stage)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    #: learning-rate factor of the pretrained parts in finetune mode (1 = same lr)
+    #: learning-rate factor of the pretrained parts in finetune and lp-ft modes (1 = same lr)
     pretrained_lr_scale: float = 1.0
     #: segmentation loss in compact syntax, e.g. ce, dice+ce, 0.5*dice+focal
     loss: str = "ce"
@@ -211,7 +230,7 @@ class FinetuneConfig:
             raise ValueError(
                 f"pretrained_lr_scale must lie in [0, 1], got {self.pretrained_lr_scale}"
             )
-        if self.pretrained_lr_scale == 0.0 and self.mode == "finetune":
+        if self.pretrained_lr_scale == 0.0 and self.mode in ("finetune", "lp-ft"):
             raise ValueError(
                 "pretrained_lr_scale=0 in finetune mode freezes nothing cleanly; "
                 "use mode: decoder to freeze the backbone"

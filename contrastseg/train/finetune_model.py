@@ -8,14 +8,13 @@
   BatchNorm statistics);
 - :func:`start_normalization`: the per-band normalisation (config, stats file, or the
   pretraining checkpoint's);
-- :func:`build_finetune_optimizer`: the optimizer, with the linear head's own learning rate
-  and ``pretrained_lr_scale`` for loaded parts;
+- :func:`build_finetune_optimizer`: the optimizer, with ``pretrained_lr_scale`` for loaded
+  parts and ``optim.layer_decay`` per level (:func:`layer_levels`);
+- :func:`frozen_batchnorms`: the BatchNorm layers ``pretrained.freeze_bn`` keeps in eval mode;
 - :func:`labeled_split`: a split of the labeled data, with errors that say what to set.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 from torch import nn
 
@@ -136,26 +135,74 @@ def build_start_model(config: FinetuneConfig, num_classes: int, bands: int):
     return model, model_config, payload, report, loaded_parts
 
 
+#: Backbone stages from the output to the input, for ``optim.layer_decay`` (the stem last).
+_BACKBONE_LEVELS = ("layer4", "layer3", "layer2", "layer1")
+
+
+def layer_levels(model: nn.Module) -> dict[str, int]:
+    """The depth of every parameter counted from the output, for layer-wise lr decay.
+
+    The classifier is level 0; then each part from the output to the input (DeepLabV3+:
+    decoder 1, ASPP 2), the backbone's stages ``layer4`` .. ``layer1`` one level each and its
+    stem (``conv1``, ``bn1``) the deepest level.
+    """
+    order: list[str] = []
+    for part in reversed(model.parts):
+        if part == "backbone":
+            order += [f"backbone.{stage}" for stage in _BACKBONE_LEVELS] + ["backbone"]
+        else:
+            order.append(part)
+    levels = {}
+    for name, _ in model.named_parameters():
+        hit = next((i for i, prefix in enumerate(order, 1) if name.startswith(prefix + ".")), None)
+        levels[name] = 0 if name.startswith("classifier.") or hit is None else hit
+    return levels
+
+
+def frozen_batchnorms(
+    model: nn.Module, config: FinetuneConfig, loaded: set[str]
+) -> list[nn.Module]:
+    """The BatchNorm layers of the loaded parts when ``pretrained.freeze_bn`` (kept in eval
+    mode: their running statistics stay the pretrained ones), else none."""
+    if not config.pretrained.freeze_bn:
+        return []
+    return [
+        m
+        for name, part in model.named_children()
+        if name in loaded
+        for m in part.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+
+
 def build_finetune_optimizer(model: nn.Module, config: FinetuneConfig, report: LoadReport | None):
+    """The optimizer of ``config.optim``; in finetune and lp-ft modes each parameter's lr is
+    multiplied by ``pretrained_lr_scale`` when a file loaded it and by ``optim.layer_decay``
+    to the power of its level (:func:`layer_levels`)."""
     settings = config.optim
-    if config.mode == "linear":  # the head's own learning rate
-        settings = dataclasses.replace(settings, lr=config.linear.lr)
     optimizer = build_optimizer(model, settings)
-    scale = config.pretrained_lr_scale
-    if report is not None and config.mode == "finetune" and scale != 1.0:
-        names = {id(p): n for n, p in model.named_parameters()}
-        loaded = set(report.loaded)
-        groups = []
-        for group in optimizer.param_groups:
-            settings = {k: v for k, v in group.items() if k != "params"}
-            pre = [p for p in group["params"] if names[id(p)] in loaded]
-            fresh = [p for p in group["params"] if names[id(p)] not in loaded]
-            groups += [
-                {**settings, "params": fresh},
-                {**settings, "params": pre, "lr": settings["lr"] * scale},
-            ]
-        optimizer.param_groups.clear()
-        for group in groups:
-            if group["params"]:
-                optimizer.add_param_group(group)
+    if config.mode not in ("finetune", "lp-ft"):
+        return optimizer
+    scale = config.pretrained_lr_scale if report is not None else 1.0
+    decay = settings.layer_decay
+    if scale == 1.0 and decay == 1.0:
+        return optimizer
+    names = {id(p): n for n, p in model.named_parameters()}
+    loaded = set(report.loaded) if report is not None else set()
+    levels = layer_levels(model)
+    groups = []
+    for group in optimizer.param_groups:
+        base = {k: v for k, v in group.items() if k != "params"}
+        factors: dict[float, list] = {}
+        for p in group["params"]:
+            name = names[id(p)]
+            factor = decay ** levels[name] * (scale if name in loaded else 1.0)
+            factors.setdefault(factor, []).append(p)
+        groups += [
+            {**base, "params": params, "lr": base["lr"] * factor}
+            for factor, params in sorted(factors.items(), reverse=True)
+        ]
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
     return optimizer

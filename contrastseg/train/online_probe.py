@@ -8,12 +8,20 @@ hundred pretraining steps and on any checkpoint:
 1. the frozen network (eval mode: its BatchNorm statistics as trained) computes the probed
    features of at most ``max_patches`` labeled training patches, once: evenly spaced over
    the whole training split (:func:`probe_patch_indices`), so every image contributes;
-2. the label under each feature cell's centre pixel is its target (ignored pixels are left
-   out; at most ``max_cells`` cells, evenly spaced), and a softmax regression (a 1x1
-   convolution) is fitted on the standardised cached features by ``steps`` full-batch Adam
-   steps from zero: no network forward in the loop;
+2. the features, bilinearly upsampled as the segmenter's logits are, are read at a regular
+   grid of labeled pixels (``pixel_step``; at most ``max_cells`` samples, evenly spaced), and
+   the softmax regression (a 1x1 convolution) is solved to convergence on them by the solver
+   that ``finetune --mode linear`` uses (:mod:`contrastseg.train.linear_fit`): one L-BFGS
+   fit per L2 strength of ``l2_grid``, fitted on three quarters of the patches and chosen on
+   the pixels of the other quarter (never on the validation images): no network forward in
+   the loop;
 3. the network with that head segments the probe's validation images by sliding-window
    inference (logits averaged where windows overlap), scored as OA / mIoU / kappa / mean F1.
+
+When the probed features are the decoder's, the encoder features (what a default fine-tune
+transfers: ``pretrained.parts: backbone+aspp``) are probed beside them (``encoder_too``) and
+logged as ``probe/encoder/*``: a decoder that probes well says little about a fine-tune that
+throws it away.
 
 During pretraining it is an evaluation hook of the training loop (``probe.every`` steps; the
 random streams of the run are not touched, so a resumed run stays bitwise equal), whose
@@ -29,7 +37,7 @@ NaN of float files into 0 after normalisation, the band mean pretraining fills i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +52,14 @@ from contrastseg.data.presets import apply_preset, preset_mapping
 from contrastseg.data.splits import SplitOverlap
 from contrastseg.data.stats import normalization_values, stored_normalization
 from contrastseg.methods import get_method
-from contrastseg.metrics import even_indices
+from contrastseg.metrics import ConfusionMatrix, even_indices
 from contrastseg.models.backbone import resnet_depth
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.pretrained import load_pretrained, read_state_dict
 from contrastseg.models.registry import build_model
 from contrastseg.train.evaluate import Segmenter, evaluate_dataset
 from contrastseg.train.finetune_config import EvalConfig
+from contrastseg.train.linear_fit import cache_pixels, fit_probe_head
 from contrastseg.train.probe import LOAD_PARTS, check_trained, default_features, trained_parts
 from contrastseg.train.runtime import modes_kept
 from contrastseg.utils.configtools import ConfigError, to_dict
@@ -69,8 +78,10 @@ class ProbeResult:
         features: the probed features (``decoder``, ``encoder`` or ``backbone``).
         channels: their channels.
         stride: their output stride.
-        cells: labeled feature cells the head was fitted on.
+        cells: labeled pixels the head was fitted on.
         seconds: wall time of the whole probe.
+        l2: the L2 strength chosen for the head.
+        others: metrics of the heads on other features probed beside (``encoder``), by kind.
     """
 
     metrics: dict[str, Any]
@@ -79,20 +90,28 @@ class ProbeResult:
     stride: int
     cells: int
     seconds: float
+    l2: float = 0.0
+    others: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float]:
-        """``probe/<metric>`` values for the log (missing metrics as 0)."""
-        return {
-            **{f"probe/{k}": float(self.metrics.get(k) or 0.0) for k in METRICS},
-            "probe/seconds": self.seconds,
-        }
+        """``probe/<metric>`` values for the log (missing metrics as 0), and
+        ``probe/<features>/<metric>`` for the features probed beside."""
+        values = {f"probe/{k}": float(self.metrics.get(k) or 0.0) for k in METRICS}
+        for kind, metrics in self.others.items():
+            values.update({f"probe/{kind}/{k}": float(metrics.get(k) or 0.0) for k in METRICS})
+        return {**values, "probe/seconds": self.seconds}
 
     def summary(self) -> str:
         m = self.metrics
+        beside = "".join(
+            f"; {kind} features: mIoU {100 * (o['miou'] or 0):.2f}, kappa {100 * (o['kappa'] or 0):.2f}"
+            for kind, o in self.others.items()
+        )
         return (
             f"mIoU {100 * (m['miou'] or 0):.2f}, OA {100 * (m['overall_accuracy'] or 0):.2f}, "
             f"kappa {100 * (m['kappa'] or 0):.2f} on {self.features} features "
-            f"({self.channels} channels, stride {self.stride}; head fitted on {self.cells} cells)"
+            f"({self.channels} channels, stride {self.stride}; head fitted on {self.cells} "
+            f"pixels, L2 {self.l2:g}){beside}"
         )
 
 
@@ -221,51 +240,58 @@ def probe_patch_indices(count: int, max_patches: int) -> list[int]:
     return even_indices(count, max_patches).tolist()
 
 
-def _cell_targets(labels: Tensor, shape: tuple[int, int], stride: int) -> Tensor:
-    """The label at the centre pixel of each feature cell: ``(B, H, W) -> (B, h, w)``."""
-    h, w = shape
-    rows = (torch.arange(h, device=labels.device) * stride + stride // 2).clamp_max(
-        labels.shape[1] - 1
-    )
-    cols = (torch.arange(w, device=labels.device) * stride + stride // 2).clamp_max(
-        labels.shape[2] - 1
-    )
-    return labels[:, rows][:, :, cols]
+def _fit_head(
+    probed: ProbedNetwork,
+    config: ProbeConfig,
+    train_set: LabeledDataset,
+    chosen: list[int],
+    scale: float | None,
+    mean: list[float] | None,
+    std: list[float] | None,
+    device: torch.device,
+) -> tuple[nn.Conv2d, float, int]:
+    """The probe's head on ``probed.features``: ``(head, chosen L2, pixels fitted on)``.
 
-
-def fit_head(
-    features: Tensor, targets: Tensor, num_classes: int, steps: int, lr: float
-) -> nn.Conv2d:
-    """Softmax regression of ``targets`` on ``features`` as a 1x1 convolution.
-
-    Args:
-        features: ``(N, C)`` float32 cached features.
-        targets: ``(N,)`` class ids.
-        num_classes: ``K``.
-        steps: full-batch Adam steps from a zero start (deterministic).
-        lr: Adam's learning rate (on standardised features).
-
-    Returns:
-        ``Conv2d(C, K, 1)`` whose weights include the standardisation.
+    With several L2 strengths, every fourth probe patch is held out and the strength whose
+    head labels its pixels best (mIoU) is chosen; the head is fitted on the other patches.
     """
-    mean = features.mean(0)
-    std = features.std(0).clamp_min(1e-6)
-    x = (features - mean) / std
-    weight = torch.zeros(num_classes, x.shape[1], requires_grad=True)
-    bias = torch.zeros(num_classes, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(x @ weight.T + bias, targets)
-            loss.backward()
-            optimizer.step()
-    head = nn.Conv2d(x.shape[1], num_classes, 1)
-    with torch.no_grad():
-        folded = weight / std  # (x - m) / s @ W^T + b == x @ (W / s)^T + (b - (m / s) @ W^T)
-        head.weight.copy_(folded[:, :, None, None])
-        head.bias.copy_(bias - (mean / std) @ weight.T)
-    return head
+
+    def batches(indices: list[int]):
+        for first in range(0, len(indices), config.batch_size):
+            items = [train_set[i] for i in indices[first : first + config.batch_size]]
+            images = torch.stack([image for image, _ in items]).to(device)
+            labels = torch.stack([mask for _, mask in items]).to(device)
+            yield to_float(images, scale, mean, std), labels
+
+    def cache(indices: list[int]) -> tuple[Tensor, Tensor]:
+        return cache_pixels(
+            probed.forward_features, batches(indices), train_set.ignore_index,
+            config.pixel_step, config.max_cells,
+        )  # fmt: skip
+
+    grid = list(config.l2_grid)
+    held = chosen[3::4] if len(grid) > 1 and len(chosen) >= 2 else []
+    fitted = [i for i in chosen if i not in set(held)]
+    x, y = cache(fitted)
+    if len(y) == 0:
+        raise ConfigError("probe.data: the probe's training patches hold no labeled pixel")
+    score = None
+    if held:
+        x_held, y_held = cache(held)
+        classes, ignore = train_set.num_classes, train_set.ignore_index
+
+        def score(head: nn.Conv2d) -> float:
+            if len(y_held) == 0:
+                return 0.0
+            logits = x_held @ head.weight[:, :, 0, 0].T + head.bias
+            confusion = ConfusionMatrix(classes, ignore)
+            confusion.update(logits.argmax(1), y_held)
+            return confusion.compute(config.exclude)["miou"] or 0.0
+
+    else:
+        grid = grid[len(grid) // 2 : len(grid) // 2 + 1]  # nothing to choose on: the middle
+    fit = fit_probe_head(x, y, train_set.num_classes, grid, score, config.max_iter)
+    return fit.head, fit.l2, fit.cells
 
 
 @torch.no_grad()
@@ -281,47 +307,40 @@ def run_probe(
 ) -> ProbeResult:
     """Fit the probe's head on the frozen ``net`` and score the validation images.
 
-    The network is put in eval mode and back in its previous mode afterwards; no random
-    generator of the caller is used (the global ones are restored).
+    With ``config.encoder_too`` and decoder ``features``, the encoder features are probed the
+    same way beside them (``ProbeResult.others``). The network is put in eval mode and back in
+    its previous mode afterwards; no random generator of the caller is used (the global ones
+    are restored).
     """
     start = time.perf_counter()
     train_set, val_set = datasets
-    probed = ProbedNetwork(net, nn.Identity(), features)  # the head is fitted below
-    stride = net.feature_stride(features)
-    cached, targets = [], []
     chosen = probe_patch_indices(len(train_set), config.max_patches)
+    kinds = [features] + (["encoder"] if config.encoder_too and features == "decoder" else [])
+    results: dict[str, tuple[dict[str, Any], float, int]] = {}
+    settings = EvalConfig(
+        window=config.window, stride=config.stride, batch_size=config.batch_size, overlays=0
+    )
     with modes_kept(net), torch.random.fork_rng(devices=[]):
-        for first in range(0, len(chosen), config.batch_size):
-            items = [train_set[i] for i in chosen[first : first + config.batch_size]]
-            images = torch.stack([image for image, _ in items]).to(device)
-            labels = torch.stack([mask for _, mask in items]).to(device)
-            feats = probed.forward_features(to_float(images, scale, mean, std)).float()
-            cells = _cell_targets(labels, feats.shape[-2:], stride)
-            keep = cells != train_set.ignore_index
-            cached.append(feats.permute(0, 2, 3, 1)[keep].cpu())
-            targets.append(cells[keep].long().cpu())
-        x, y = torch.cat(cached), torch.cat(targets)
-        if len(y) == 0:
-            raise ConfigError("probe.data: the probe's training patches hold no labeled pixel")
-        if len(y) > config.max_cells:  # an even, deterministic subset bounds the fit's cost
-            keep = even_indices(len(y), config.max_cells)
-            x, y = x[keep], y[keep]
-        probed.head = fit_head(x, y, train_set.num_classes, config.steps, config.lr).to(device)
-        segmenter = Segmenter(
-            probed, None, list(val_set.classes), list(val_set.palette), None, scale, mean,
-            std, device, {},
-        )  # fmt: skip
-        settings = EvalConfig(
-            window=config.window, stride=config.stride, batch_size=config.batch_size, overlays=0
-        )
-        confusion = evaluate_dataset(segmenter, val_set, settings)
+        for kind in kinds:
+            probed = ProbedNetwork(net, nn.Identity(), kind)
+            head, l2, cells = _fit_head(probed, config, train_set, chosen, scale, mean, std, device)
+            probed.head = head.to(device)
+            segmenter = Segmenter(
+                probed, None, list(val_set.classes), list(val_set.palette), None, scale, mean,
+                std, device, {},
+            )  # fmt: skip
+            confusion = evaluate_dataset(segmenter, val_set, settings)
+            results[kind] = (confusion.compute(config.exclude), l2, cells)
+    metrics, l2, cells = results.pop(features)
     return ProbeResult(
-        confusion.compute(config.exclude),
+        metrics,
         features,
         net.feature_channels(features),
-        stride,
-        len(y),
+        net.feature_stride(features),
+        cells,
         time.perf_counter() - start,
+        l2,
+        {kind: value[0] for kind, value in results.items()},
     )
 
 

@@ -12,10 +12,10 @@ from contrastseg.config import ProbeConfig, load_pretrain_config
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.models import DeepLabV3Plus
+from contrastseg.train.linear_fit import fit_probe_head
 from contrastseg.train.model import PretrainModel
 from contrastseg.train.online_probe import (
     ProbedNetwork,
-    fit_head,
     probe_datasets,
     probe_patch_indices,
     run_probe,
@@ -59,7 +59,7 @@ def _probe_config(root, **settings):
 
 def test_features_that_are_the_one_hot_label_are_probed_to_miou_100(tmp_path, monkeypatch):
     _one_hot_folder(tmp_path)
-    config = _probe_config(tmp_path)
+    config = _probe_config(tmp_path, pixel_step=1, l2_grid=[1e-3])
     net = DeepLabV3Plus(None, "resnet18", 3, aspp_channels=8, decoder_channels=8)
     # the frozen features are the input itself (the one-hot of the label), at stride 1
     monkeypatch.setattr(ProbedNetwork, "forward_features", lambda self, x: x)
@@ -70,6 +70,16 @@ def test_features_that_are_the_one_hot_label_are_probed_to_miou_100(tmp_path, mo
     assert result.metrics["miou"] == pytest.approx(1.0)
     assert result.metrics["kappa"] == pytest.approx(1.0)
     assert result.cells == 2 * 9 * 16 * 16  # every pixel of the 18 training patches
+    assert result.l2 == 1e-3
+    # with an L2 grid, every 4th patch (4 of 18) is held out to choose the strength, and
+    # pixel_step 4 reads 4 x 4 pixels of each 16 px patch
+    chosen = run_probe(
+        net, "decoder", _probe_config(tmp_path), probe_datasets(config), None, None, None,
+        torch.device("cpu"),
+    )  # fmt: skip
+    assert chosen.cells == 14 * 4 * 4
+    assert chosen.l2 in (1e-2, 1e-3, 1e-4)
+    assert chosen.metrics["miou"] == pytest.approx(1.0)
 
 
 def test_random_features_score_near_chance(tmp_path, monkeypatch):
@@ -94,7 +104,7 @@ def test_fit_head_folds_the_standardisation_into_the_convolution():
     x = torch.randn(200, 4, generator=g) * torch.tensor([1.0, 10.0, 0.1, 3.0]) + 5
     scores = (x - 5) / torch.tensor([1.0, 10.0, 0.1, 3.0]) @ torch.randn(4, 3, generator=g)
     y = scores.argmax(1)  # linearly separable, on features of very different scales
-    head = fit_head(x, y, 3, steps=300, lr=0.1)
+    head = fit_probe_head(x, y, 3, [1e-4]).head
     logits = head(x[:, :, None, None])[:, :, 0, 0]
     assert (logits.argmax(1) == y).float().mean() > 0.95  # a separable problem is solved
 
@@ -180,7 +190,10 @@ def test_the_head_is_fitted_on_patches_of_every_training_image(tmp_path, monkeyp
         root=str(tmp_path), mask_format="index", classes=["x", "y", "z"], train=["a", "b", "c"],
         val=["d"], patch_size=16,
     )  # fmt: skip
-    config = ProbeConfig(every=1, data=data, window=48, max_patches=3, max_cells=10**6)
+    config = ProbeConfig(
+        every=1, data=data, window=48, max_patches=3, max_cells=10**6, pixel_step=1,
+        encoder_too=False,
+    )  # fmt: skip
     net = DeepLabV3Plus(None, "resnet18", 3, aspp_channels=8, decoder_channels=8)
     monkeypatch.setattr(ProbedNetwork, "forward_features", lambda self, x: x)
     monkeypatch.setattr(DeepLabV3Plus, "feature_stride", lambda self, features: 1)
@@ -199,6 +212,14 @@ def test_the_head_is_fitted_on_patches_of_every_training_image(tmp_path, monkeyp
     assert read[0] == datasets[0].patch_ids[0] and read[-1] == datasets[0].patch_ids[-1]
     assert result.cells == 3 * 16 * 16
     assert result.metrics["miou"] == pytest.approx(1.0)  # every class was seen
+    # the encoder features, probed beside the decoder's, read the same patches once more
+    first = list(read)
+    read.clear()
+    config.encoder_too = True
+    beside = run_probe(net, "decoder", config, datasets, None, None, None, torch.device("cpu"))
+    assert read == first * 2
+    assert set(beside.others) == {"encoder"}
+    assert beside.scalars()["probe/encoder/miou"] == pytest.approx(1.0)
 
 
 def test_probe_patch_indices_are_evenly_spaced_and_distinct():
@@ -312,7 +333,7 @@ def test_nan_nodata_pixels_are_probed_as_the_band_mean(tmp_path):
             root=str(tmp_path / name), mask_format="index", classes=["x", "y", "z"],
             train=["a", "b"], val=["c"], patch_size=32, nodata=nodata,
         )  # fmt: skip
-        config = ProbeConfig(every=1, data=data, window=32, stride=16, max_patches=8, steps=20)
+        config = ProbeConfig(every=1, data=data, window=32, stride=16, max_patches=8, max_iter=20)
         results[name] = run_probe(
             net, "decoder", config, probe_datasets(config), None, mean, std, torch.device("cpu")
         )

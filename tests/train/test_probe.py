@@ -54,9 +54,10 @@ def _probe(tmp_path: Path, *extra: str):
     )
 
 
-def _last_checkpoint(run_dir: Path) -> dict:
-    (last,) = list_checkpoints(run_dir / "checkpoints")
-    return torch.load(last, weights_only=True)
+def _selected(run_dir: Path) -> dict:
+    """The probe's checkpoint (a linear probe is solved, not trained: best.pt is all it writes)."""
+    assert not list_checkpoints(run_dir / "checkpoints")
+    return torch.load(run_dir / "best.pt", weights_only=True)
 
 
 def test_every_frozen_tensor_comes_from_the_checkpoint(tmp_path, checkpoints):
@@ -64,7 +65,7 @@ def test_every_frozen_tensor_comes_from_the_checkpoint(tmp_path, checkpoints):
     # decoder features and loads backbone, ASPP and decoder, BatchNorm statistics included
     result = _probe(tmp_path, f"pretrained.path={checkpoints['glcnet']}")
     source = torch.load(checkpoints["glcnet"], weights_only=True)["model"]
-    trained = _last_checkpoint(result.run_dir)
+    trained = _selected(result.run_dir)
     assert trained["model_config"]["classifier_features"] == "decoder"
     frozen = {k: v for k, v in trained["model"].items() if not k.startswith("classifier.")}
     assert set(frozen) == set(source)  # no frozen tensor that the checkpoint lacks
@@ -78,7 +79,7 @@ def test_every_frozen_tensor_comes_from_the_checkpoint(tmp_path, checkpoints):
 
 def test_a_simclr_checkpoint_is_probed_on_encoder_features(tmp_path, checkpoints):
     result = _probe(tmp_path, f"pretrained.path={checkpoints['simclr']}")
-    trained = _last_checkpoint(result.run_dir)
+    trained = _selected(result.run_dir)
     assert trained["model_config"]["classifier_features"] == "encoder"
     assert trained["model"]["classifier.weight"].shape == (6, 32, 1, 1)  # ASPP channels
     assert result.load_report is not None
@@ -108,7 +109,7 @@ def test_untrained_or_unloaded_frozen_parts_are_refused(tmp_path, checkpoints):
 def test_an_exported_backbone_is_probed_on_backbone_features(tmp_path, checkpoints):
     exported = export_weights(checkpoints["glcnet"], tmp_path / "backbone.pth")
     result = _probe(tmp_path, f"pretrained.path={exported}")
-    trained = _last_checkpoint(result.run_dir)
+    trained = _selected(result.run_dir)
     assert trained["model_config"]["classifier_features"] == "backbone"
     assert trained["model"]["classifier.weight"].shape == (6, 512, 1, 1)
     source = torch.load(exported, weights_only=True)
@@ -118,7 +119,7 @@ def test_an_exported_backbone_is_probed_on_backbone_features(tmp_path, checkpoin
 
 def test_a_random_start_estimates_its_batchnorm_statistics(tmp_path):
     result = _probe(tmp_path)
-    trained = _last_checkpoint(result.run_dir)["model"]
+    trained = _selected(result.run_dir)["model"]
     initial = DeepLabV3Plus(6, "resnet18", 4, aspp_channels=32, decoder_channels=24).state_dict()
     means = [k for k in trained if k.endswith("running_mean")]
     assert {k.split(".")[0] for k in means} == {"backbone", "aspp", "decoder"}
@@ -194,10 +195,12 @@ def test_one_hot_features_are_probed_to_miou_100(tmp_path, monkeypatch):
         "data.preset=null", f"data.root={tmp_path / 'data'}", "data.mask_format=index",
         "data.classes=[a, b, c]", "data.train=[a, b]", "data.val=[c]", "data.test=[d]",
         "model.decoder_channels=3", "train.max_steps=400", "train.augment=false",
-        "data.patch_size=32", "eval.window=64", "eval.stride=64", "eval.every=5",
-        "linear.patience=3",
+        "data.patch_size=32", "eval.window=64", "eval.stride=64",
+        "linear.l2_grid=[0.01, 0.0001]",
     )  # fmt: skip
     assert result.val_metrics["miou"] == pytest.approx(1.0)
     assert result.test_metrics is not None and result.test_metrics["miou"] == pytest.approx(1.0)
-    assert result.step < 400  # patience stopped it once nothing improved any more
-    assert "has not improved for 3 validation(s)" in (result.run_dir / "train.log").read_text()
+    assert result.step == 0  # solved, not trained: no optimizer step
+    log = (result.run_dir / "train.log").read_text()
+    assert "val mIoU % by L2: 0.01: 100.00, 0.0001: 100.00" in log
+    assert "L2 0.01 selected" in log  # a tie goes to the stronger regularisation

@@ -23,3 +23,17 @@ TINY_FINETUNE = [
     "optim.lr=0.01",
     *SMALL_MODEL,
 ]
+# a 2-step GLCNet pretraining on 4 demo scenes of 64 px (the start of the fine-tuning tests)
+TINY_PRETRAIN = [
+    "run.name=tiny", "run.progress=false", "run.image_every=0", "train.max_steps=2",
+    "train.batch_size=4", "train.num_workers=0", "data.demo.n_scenes=4", "data.demo.size=64",
+    "data.patch_size=48", "views.size=32", "method.region_size=8", *SMALL_MODEL,
+]  # fmt: skip
+
+
+def pretrain_tiny(root):
+    """The checkpoint of a :data:`TINY_PRETRAIN` run under ``root``."""
+    from contrastseg.config import load_pretrain_config
+    from contrastseg.train.pretrain import run_pretrain
+
+    return run_pretrain(load_pretrain_config(None, [f"run.root={root}", *TINY_PRETRAIN])).checkpoint
