@@ -275,3 +275,59 @@ def test_downstream_fraction_check_names_a_start_where_more_labels_do_not_help()
         "finetune glcnet: 10 % (49.0) does not beat 1 % (50.0)"
     ]
     assert downstream.fraction_order({"runs": runs[:3]}) == []
+
+
+def _budget_runs():
+    """Synthetic downstream records: random and two budgets, 3 seeds, finetune and linear."""
+    runs = []
+    gains = {"glcnet-100": [1.0, 3.0, -1.0], "glcnet-1000": [6.0, 8.0, 7.0]}
+    for seed in range(3):
+        base = 0.40 + 0.01 * seed
+        runs.append(
+            {
+                "mode": "finetune",
+                "fraction": 0.01,
+                "name": "random",
+                "features": "decoder",
+                "seed": seed,
+                "kappa": base,
+                "protocol": "ft",
+                "lr": 1e-3,
+            }
+        )
+        for name, gain in gains.items():
+            runs.append({"mode": "finetune", "fraction": 0.01, "name": name, "features":
+                         "decoder", "seed": seed, "kappa": base + gain[seed] / 100,
+                         "protocol": "lpft+all", "lr": 3e-4})  # fmt: skip
+    return runs, gains
+
+
+def test_budget_rows_pair_each_seed_with_random_and_state_the_verdict(tmp_path):
+    pytest.importorskip("matplotlib")
+    budget = _load("budget")
+    downstream = _load("downstream")
+    runs, gains = _budget_runs()
+    rows = budget.budget_rows(runs, {"glcnet-100": 100, "glcnet-1000": 1000}, 0.6)
+    by_start = {r["start"]: r for r in rows}
+    for name, values in gains.items():
+        row = by_start[name]
+        mean, low, high = downstream.t_interval(values)
+        assert row["gain_mean"] == pytest.approx(mean)
+        assert (row["gain_low"], row["gain_high"]) == pytest.approx((low, high))
+        assert row["seeds_above"] == sum(v > 0 for v in values)
+    assert by_start["glcnet-1000"]["pretrain_minutes"] == pytest.approx(10.0)
+    assert by_start["random"]["gain_mean"] is None
+    report = {"rows": rows, "settings": {"method": "glcnet"}, "step_seconds": 0.6, "curve": [
+        {"step": 100, "decoder": {"kappa": 0.3}, "encoder": {"kappa": 0.2}},
+        {"step": 200, "decoder": {"kappa": 0.35}, "encoder": {"kappa": 0.22}},
+    ]}  # fmt: skip
+    # +7 [+4.5, +9.5]: the 1000-step budget meets the goal; the 100-step one does not
+    assert budget.verdict(report).startswith("at 1 % labels, glcnet-1000 (1000 steps)")
+    assert "goal of +5 is met" in budget.verdict(report)
+    weak = {**report, "rows": [r for r in rows if r["start"] != "glcnet-1000"]}
+    assert "no budget fine-tunes +5 kappa" in budget.verdict(weak)
+    assert "glcnet-100 +1.00" in budget.verdict(weak)
+    text = budget.markdown(report)
+    assert text.splitlines()[0].startswith("| mode | labels | start |")
+    png = budget.figure(report, tmp_path / "budget.png")
+    assert png.stat().st_size > 10_000
