@@ -423,8 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument(
         "--mode",
-        choices=["linear", "decoder", "finetune"],
-        help="linear probe (1x1 head on frozen features), frozen backbone, or everything",
+        choices=["linear", "decoder", "finetune", "lp-ft"],
+        help="linear probe (1x1 head solved on frozen features), frozen backbone, everything, "
+        "or lp-ft (the probe's head first, then everything)",
     )
     finetune.add_argument(
         "--features",

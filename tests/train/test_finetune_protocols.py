@@ -142,3 +142,9 @@ def test_bn_module_is_in_eval_mode_only_where_asked():
     set_train_mode(net, norms)
     assert all(not m.training for m in norms)
     assert net.aspp.training and net.backbone.conv1.training
+
+
+def test_the_cli_offers_lp_ft():
+    from contrastseg.cli import build_parser
+
+    assert build_parser().parse_args(["finetune", "--mode", "lp-ft"]).mode == "lp-ft"
