@@ -45,7 +45,8 @@ class MethodConfig:
     name: str = DEFAULT_METHOD
     #: NT-Xent temperature
     temperature: float = 0.5
-    #: leave the positive out of the NT-Xent denominator (the official GLCNet code)
+    #: leave the positive out of the NT-Xent denominator and add 1e-8 to it (the official
+    #: GLCNet code)
     decoupled: bool = False
     #: gather embeddings from every process, so negatives come from the global batch
     gather: bool = True

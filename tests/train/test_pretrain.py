@@ -163,6 +163,16 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
         run_pretrain(tiny(tmp_path, "train.max_steps=2", "model.arch=resnet50", "run.resume=auto"))
 
 
+def test_a_checkpoint_with_another_queue_size_is_refused(tmp_path):
+    run_pretrain(tiny(tmp_path, "train.max_steps=1", "method.name=global_style"))
+    with pytest.raises(
+        ValueError,
+        match=r"different architecture or method.*missing keys \(3\): global_loss\.queue",
+    ):
+        run_pretrain(tiny(tmp_path, "train.max_steps=2", "method.name=global_style",
+                          "method.queue_size=8", "run.resume=auto"))  # fmt: skip
+
+
 def test_nan_loss_stops_with_step_and_parts_and_keeps_checkpoints(tmp_path, monkeypatch):
     original = PretrainModel.forward
     calls = {"n": 0}
