@@ -30,7 +30,9 @@ How it is computed, and why:
   positive masked with a large finite negative rather than ``-inf``, so rows that are
   entirely masked stay finite and have finite (zero) gradients;
 * memory is O(N_local x N_global): the logits, their gradient and a few same-sized
-  temporaries, never a ``(2N, 2N, D)`` tensor (see ``benchmarks/losses.py``).
+  temporaries, never a ``(2N, 2N, D)`` tensor (see ``benchmarks/losses.py``); ``K`` extra
+  negatives add their own ``(2N, K)`` logits, reduced to one log-sum-exp per anchor and
+  added with ``logaddexp``.
 
 Distributed convention (``gather=True`` under ``torch.distributed``): each rank's anchors
 meet the embeddings of all ranks, gathered with gradients
