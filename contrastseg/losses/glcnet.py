@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from contrastseg.losses.ntxent import masked_nt_xent, nt_xent
+from contrastseg.losses.ntxent import MaskedNTXent, NegativeQueue, queued_nt_xent
 from contrastseg.losses.style import style_vector
 
 
@@ -33,7 +33,9 @@ def _project_pair(head: nn.Module, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tens
 
 
 class _ProjectedContrast(nn.Module):
-    """Shared set-up of the two GLCNet branches: a projection head and NT-Xent settings."""
+    """Shared set-up of the two GLCNet branches: a projection head, NT-Xent settings, and the
+    branch's optional queue of negatives from earlier batches (``queue``, registered after
+    the head, so its rows are in the state dict and in checkpoints)."""
 
     def __init__(
         self,
@@ -41,6 +43,7 @@ class _ProjectedContrast(nn.Module):
         temperature: float = 0.5,
         gather: bool = True,
         decoupled: bool = False,
+        queue: NegativeQueue | None = None,
     ) -> None:
         super().__init__()
         if not float(temperature) > 0.0:
@@ -49,6 +52,15 @@ class _ProjectedContrast(nn.Module):
         self.temperature = float(temperature)
         self.gather = bool(gather)
         self.decoupled = bool(decoupled)
+        self.queue = queue
+
+    def contrast(self, z1: Tensor, z2: Tensor, valid: Tensor | None = None) -> MaskedNTXent:
+        """NT-Xent of this branch's embeddings (and its queue's rows as extra negatives, after
+        which this batch joins the queue; see :func:`~contrastseg.losses.queued_nt_xent`)."""
+        return queued_nt_xent(
+            z1, z2, self.queue, valid, self.temperature, gather=self.gather,
+            decoupled=self.decoupled,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, gather={self.gather}, decoupled={self.decoupled}"
@@ -63,6 +75,7 @@ class GlobalStyleLoss(_ProjectedContrast):
         temperature: NT-Xent temperature (GLCNet: 0.5).
         gather: contrast against all ranks' images under ``torch.distributed``.
         decoupled: positive left out of the denominator (official GLCNet code).
+        queue: embeddings of earlier batches as extra negatives (None = none).
 
     Shapes: ``forward(enc1 (B, C, H, W), enc2 (B, C, H', W')) -> ()``.
 
@@ -79,7 +92,7 @@ class GlobalStyleLoss(_ProjectedContrast):
                 f"got {tuple(enc1.shape)} and {tuple(enc2.shape)}"
             )
         z1, z2 = self.embed(enc1, enc2)
-        return nt_xent(z1, z2, self.temperature, gather=self.gather, decoupled=self.decoupled)
+        return self.contrast(z1, z2).loss
 
     def embed(self, enc1: Tensor, enc2: Tensor) -> tuple[Tensor, Tensor]:
         """The ``(B, D)`` embeddings of both views' style vectors (what :meth:`forward` contrasts)."""
@@ -124,6 +137,7 @@ class LocalMatchingLoss(_ProjectedContrast):
         temperature: NT-Xent temperature (GLCNet: 0.5).
         gather: contrast against all ranks' regions under ``torch.distributed``.
         decoupled: positive left out of the denominator (official GLCNet code).
+        queue: region embeddings of earlier batches (valid pairs only) as extra negatives.
 
     Shapes: ``forward(regions1 (B, n, C), regions2 (B, n, C), valid (B, n) bool) -> ()``.
     """
@@ -137,8 +151,9 @@ class LocalMatchingLoss(_ProjectedContrast):
         temperature: float = 0.5,
         gather: bool = True,
         decoupled: bool = False,
+        queue: NegativeQueue | None = None,
     ) -> None:
-        super().__init__(head, temperature, gather, decoupled)
+        super().__init__(head, temperature, gather, decoupled, queue)
         self.empty_batches = 0
 
     def compute(self, regions1: Tensor, regions2: Tensor, valid: Tensor) -> LocalMatchingOutput:
@@ -176,9 +191,7 @@ class LocalMatchingLoss(_ProjectedContrast):
             torch.zeros((), dtype=regions2.dtype, device=regions2.device),
         )
         z1, z2 = _project_pair(self.head, r1, r2)
-        out = masked_nt_xent(
-            z1, z2, valid, self.temperature, gather=self.gather, decoupled=self.decoupled
-        )
+        out = self.contrast(z1, z2, valid)
         if not bool(out.num_valid > 0):
             self.empty_batches += 1
             warnings.warn(

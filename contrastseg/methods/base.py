@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from contrastseg.augment.views import ViewPair
+from contrastseg.losses.ntxent import NegativeQueue
 from contrastseg.metrics import embedding_health
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.utils.configtools import ConfigError
@@ -44,14 +45,22 @@ class MethodConfig:
     name: str = DEFAULT_METHOD
     #: NT-Xent temperature
     temperature: float = 0.5
-    #: leave the positive out of the NT-Xent denominator (the official GLCNet code)
+    #: leave the positive out of the NT-Xent denominator and add 1e-8 to it (the official
+    #: GLCNet code)
     decoupled: bool = False
     #: gather embeddings from every process, so negatives come from the global batch
     gather: bool = True
+    #: embeddings of earlier batches kept per branch as extra NT-Xent negatives (a MoCo-style
+    #: queue, no gradient); 0 = off
+    queue_size: int = 0
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
+        if self.queue_size < 0:
+            raise ValueError(
+                f"method.queue_size must be >= 0 (0 = no queue), got {self.queue_size}"
+            )
 
     def check_views(self, views_size: int) -> None:
         """Refuse settings that cannot work with views of this size (none here)."""
@@ -120,6 +129,11 @@ class RegionsConfig(MethodConfig):
                 f"method.region_size ({self.region_size}) is larger than views.size "
                 f"({views_size}): a region must fit inside a view"
             )
+
+
+def negative_queue(config: MethodConfig, dim: int) -> NegativeQueue | None:
+    """A branch's queue of ``config.queue_size`` negatives of dimension ``dim`` (None at 0)."""
+    return NegativeQueue(config.queue_size, dim) if config.queue_size else None
 
 
 def check_widths(name: str, widths: list[int]) -> None:

@@ -26,6 +26,7 @@ from contrastseg.methods.base import (
     MethodConfig,
     check_widths,
     health,
+    negative_queue,
     register_method,
 )
 from contrastseg.methods.global_style import global_branch, global_style_loss
@@ -77,8 +78,9 @@ class Dense(Method):
         self.decoder_stride = net.decoder_stride  # the grid the cells are matched on
         head = ProjectionHead([net.decoder_channels, *config.dense_head], config.head_batch_norm)
         self.dense_loss = LocalMatchingLoss(
-            head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled
-        )
+            head, temperature=config.temperature, gather=config.gather,
+            decoupled=config.decoupled, queue=negative_queue(config, config.dense_head[-1]),
+        )  # fmt: skip
         self.global_loss = global_style_loss(config, net) if config.lam > 0 else None
 
     def prepare(self, pair: ViewPair, generator: Any, num_source_pixels: int) -> dict[str, Any]:

@@ -8,12 +8,12 @@ from typing import Any
 from torch import Tensor
 
 from contrastseg.losses.glcnet import GlobalStyleLoss
-from contrastseg.losses.ntxent import nt_xent
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
     check_widths,
     health,
+    negative_queue,
     register_method,
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
@@ -39,8 +39,9 @@ def global_style_loss(config: GlobalStyleConfig, net: SegmentationNet) -> Global
     """The global style loss with its head, as ``config`` describes it."""
     head = ProjectionHead([2 * net.encoder_channels, *config.global_head], config.head_batch_norm)
     return GlobalStyleLoss(
-        head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled
-    )
+        head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled,
+        queue=negative_queue(config, config.global_head[-1]),
+    )  # fmt: skip
 
 
 def global_branch(
@@ -48,7 +49,7 @@ def global_branch(
 ) -> dict[str, Tensor]:
     """``{"global": loss, "health/global/...": ...}`` of the global style branch."""
     z1, z2 = loss.embed(feats1.encoder, feats2.encoder)
-    value = nt_xent(z1, z2, loss.temperature, gather=loss.gather, decoupled=loss.decoupled)
+    value = loss.contrast(z1, z2).loss
     return {"global": value, **health("global", z1, z2)}
 
 

@@ -16,6 +16,7 @@ from contrastseg.methods.base import (
     RegionsConfig,
     check_widths,
     health,
+    negative_queue,
     register_method,
 )
 from contrastseg.models.base import DECODER_STRIDE, DeepLabFeatures, SegmentationNet
@@ -57,8 +58,9 @@ def local_matching_loss(config: LocalConfig, net: SegmentationNet) -> LocalMatch
         linear_first=config.local_head_layout == "official",
     )
     return LocalMatchingLoss(
-        head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled
-    )
+        head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled,
+        queue=negative_queue(config, config.local_head[-1]),
+    )  # fmt: skip
 
 
 def prepare_regions(

@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from contrastseg.losses.ntxent import nt_xent
+from contrastseg.losses.ntxent import queued_nt_xent
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
     check_widths,
     health,
+    negative_queue,
     register_method,
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
@@ -50,6 +51,7 @@ class SimCLR(Method):
         self.global_head = ProjectionHead(
             [net.encoder_channels, *config.global_head], config.head_batch_norm
         )
+        self.global_queue = negative_queue(config, config.global_head[-1])
 
     def forward(
         self, feats1: DeepLabFeatures, feats2: DeepLabFeatures, **inputs: Any
@@ -57,5 +59,7 @@ class SimCLR(Method):
         c = self.config
         z = self.global_head(torch.cat([feats1.encoder.mean((2, 3)), feats2.encoder.mean((2, 3))]))
         z1, z2 = z.chunk(2)
-        loss = nt_xent(z1, z2, c.temperature, gather=c.gather, decoupled=c.decoupled)
+        loss = queued_nt_xent(
+            z1, z2, self.global_queue, None, c.temperature, gather=c.gather, decoupled=c.decoupled
+        ).loss
         return {"total": loss, "global": loss, **health("global", z1, z2)}

@@ -21,7 +21,8 @@ def simclr_algorithm_1(z1: np.ndarray, z2: np.ndarray, t: float, decoupled: bool
     """SimCLR (Chen et al. 2020) Algorithm 1, transcribed with loops in float64.
 
     The 2N views are interleaved as in the paper: view 2k-1 is z1[k], view 2k is z2[k].
-    ``decoupled`` drops the positive from the denominator (k != i and k != j).
+    ``decoupled`` drops the positive from the denominator (k != i and k != j) and adds the
+    official GLCNet code's ``1e-8`` to it.
     """
     n = len(z1)
     z = np.empty((2 * n, z1.shape[1]))
@@ -35,7 +36,7 @@ def simclr_algorithm_1(z1: np.ndarray, z2: np.ndarray, t: float, decoupled: bool
     def ell(i: int, j: int) -> float:
         den = sum(
             math.exp(s[i, k] / t) for k in range(2 * n) if k != i and not (decoupled and k == j)
-        )
+        ) + (1e-8 if decoupled else 0.0)
         return -math.log(math.exp(s[i, j] / t) / den)
 
     return sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)

@@ -1,5 +1,6 @@
 """The method registry: one config class per method, names found or refused, heads registered once."""
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -33,7 +34,8 @@ def test_method_name_selects_the_config_class_and_its_keys():
     config = load_pretrain_config(None, ["method.name=simclr", "method.global_head=[128, 32]"])
     assert isinstance(config.method, SimCLRConfig)
     assert set(to_dict(config.method)) == {
-        "name", "temperature", "decoupled", "gather", "global_head", "head_batch_norm",
+        "name", "temperature", "decoupled", "gather", "queue_size", "global_head",
+        "head_batch_norm",
     }  # fmt: skip
     assert config.method.global_head == [128, 32]
     assert isinstance(load_pretrain_config(None, []).method, GLCNetConfig)
@@ -88,3 +90,39 @@ def test_heads_of_0_1_0_checkpoints_load(name):
     assert list(upgrade_heads(old)) == list(new)
     for key, value in upgrade_heads(old).items():
         torch.testing.assert_close(new[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "queues"),
+    [
+        ("simclr", {"global_queue": 64}),
+        ("global_style", {"global_loss.queue": 64}),
+        ("local", {"local_loss.queue": 32}),
+        ("glcnet", {"global_loss.queue": 64, "local_loss.queue": 32}),
+        ("dense", {"global_loss.queue": 64, "dense_loss.queue": 32}),
+    ],
+)
+def test_queue_size_gives_every_branch_a_queue_of_its_embedding_width(name, queues):
+    heads = {"global_head": [128, 64], "local_head": [48, 32], "dense_head": [48, 32]}
+    keys = {f.name for f in dataclasses.fields(get_method(name).config_class)}
+    own = {k: v for k, v in heads.items() if k in keys}
+    plain = PretrainModel(MODEL, method_config(name, **own), 3).heads_state_dict()
+    assert not any("queue" in key for key in plain)  # queue_size 0: the heads of today
+    model = PretrainModel(MODEL, method_config(name, queue_size=100, **own), 3)
+    state = model.heads_state_dict()
+    extra = {key for key in state if key not in plain}
+    assert extra == {f"{q}.{b}" for q in queues for b in ("embeddings", "ptr", "count")}
+    for prefix, dim in queues.items():
+        assert state[f"{prefix}.embeddings"].shape == (100, dim)
+        assert state[f"{prefix}.embeddings"].dtype == torch.float32
+    # the parameters, and so the optimizer state's order, are those of today
+    today = PretrainModel(MODEL, method_config(name, **own), 3).method
+    assert [k for k, _ in model.method.named_parameters()] == [
+        k for k, _ in today.named_parameters()
+    ]
+
+
+def test_queue_size_must_not_be_negative():
+    with pytest.raises(ConfigError, match=r"method\.queue_size must be >= 0"):
+        load_pretrain_config(None, ["method.queue_size=-1"])
+    assert load_pretrain_config(None, ["method.queue_size=0"]).method.queue_size == 0

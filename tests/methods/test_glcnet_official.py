@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,6 +103,59 @@ def test_decoupled_loss_equals_the_official_loss() -> None:
     valid = torch.ones(12, dtype=torch.bool)
     local = masked_nt_xent(r1, r2, valid, 0.5, gather=False, decoupled=True).loss
     torch.testing.assert_close(local, official_ntxent(r1, r2), rtol=1e-7, atol=1e-7)
+
+
+def official_ntxent_numpy(zi: np.ndarray, zj: np.ndarray, tau: float) -> float:
+    """``NTXentLoss.forward`` (``utils/contrast_loss.py``, lines 68-93) in numpy, float64.
+
+    ``sim = exp(cos / tau)`` over the 2bs views; the positive of view i is view i +- bs; the
+    negatives are every view but i and its positive; ``loss = mean(-log(sim_pos /
+    (sum(sim_neg) + eps)))`` with the constructor's default ``eps=1e-8`` (line 42).
+    """
+    zi = zi / np.linalg.norm(zi, axis=1, keepdims=True)
+    zj = zj / np.linalg.norm(zj, axis=1, keepdims=True)
+    bs = len(zi)
+    z_all = np.concatenate([zi, zj])
+    sim = np.exp(z_all @ z_all.T / tau)
+    losses = []
+    for i in range(2 * bs):
+        pos = (i + bs) % (2 * bs)
+        neg = sum(sim[i, k] for k in range(2 * bs) if k not in (i, pos))
+        losses.append(-np.log(sim[i, pos] / (neg + 1e-8)))
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_decoupled_loss_adds_the_official_1e_8(dtype) -> None:
+    # Two pairs pointing opposite ways, at tau 0.05: each view's two negatives (the other
+    # pair) have cos near -1, so exp(cos / tau) is near exp(-20) = 2e-9 and the official
+    # + 1e-8 is most of the denominator (1e-7 or 1e-9 would give another loss).
+    rng = np.random.default_rng(3)
+    e = rng.normal(size=16)
+    signs = np.array([1.0, -1.0])[:, None]
+    zi = signs * e + 0.1 * rng.normal(size=(2, 16))
+    zj = signs * e + 0.1 * rng.normal(size=(2, 16))
+    expected = official_ntxent_numpy(zi, zj, 0.05)
+    rel = 1e-10 if dtype == torch.float64 else 1e-5
+    t1, t2 = torch.tensor(zi, dtype=dtype), torch.tensor(zj, dtype=dtype)
+    ours = nt_xent(t1, t2, 0.05, gather=False, decoupled=True)
+    assert ours.item() == pytest.approx(expected, rel=rel)
+    masked = masked_nt_xent(t1, t2, torch.ones(2, dtype=torch.bool), 0.05, decoupled=True)
+    assert masked.loss.item() == pytest.approx(expected, rel=rel)
+    # the same formula without its eps is far from it: the eps is what this case tests
+    z_all = np.concatenate([zi, zj]) / np.linalg.norm(np.concatenate([zi, zj]), axis=1)[:, None]
+    logits = z_all @ z_all.T / 0.05
+    no_eps = [
+        np.log(np.exp(logits[i, [k for k in range(4) if k not in (i, (i + 2) % 4)]]).sum())
+        - logits[i, (i + 2) % 4]
+        for i in range(4)
+    ]
+    assert abs(np.mean(no_eps) - expected) > 0.5
+    # the default form (positive in the denominator, no eps) is not changed by it
+    assert nt_xent(t1, t2, 0.05, gather=False).item() == pytest.approx(
+        float(np.mean([np.log(np.exp(logits[i, [k for k in range(4) if k != i]]).sum())
+                       - logits[i, (i + 2) % 4] for i in range(4)])), rel=rel, abs=1e-5
+    )  # fmt: skip
 
 
 def test_our_default_heads_are_unchanged() -> None:

@@ -99,12 +99,15 @@ def _params(path):
     return torch.load(path, weights_only=True)
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+# queue_size 20: 8 global and up to 32 local keys a step, so both queues fill and wrap
+@pytest.mark.parametrize("queue", [[], ["method.queue_size=20"]], ids=["no_queue", "queue"])
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch, queue):
     common = [
         "train.max_steps=7",
         "run.checkpoint_every=2",
         "train.deterministic=true",
         "run.keep_last=10",
+        *queue,
     ]
     full = run_pretrain(tiny(tmp_path / "a", *common))
     # the second run is killed in its step 6 (after the step-4 checkpoint, mid-epoch 2)
@@ -141,6 +144,14 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
         records[name] = [json.loads(line) for line in lines]
     assert [r["step"] for r in records["b"]] == list(range(1, 8))
     assert [r["loss/total"] for r in records["b"]] == [r["loss/total"] for r in records["a"]]
+    if queue:  # the checkpoints hold both branches' queues, full, as the run left them
+        step4 = _params(tmp_path / "b" / "tiny" / "checkpoints" / "step_00000004.pt")
+        for branch in ("global_loss", "local_loss"):
+            assert step4["heads"][f"{branch}.queue.count"].item() == 20
+            rows = step4["heads"][f"{branch}.queue.embeddings"]
+            assert rows.shape == (20, 64) and rows.dtype == torch.float32
+            torch.testing.assert_close(rows.norm(dim=1), torch.ones(20))  # normalised keys
+            assert not torch.equal(rows, a["heads"][f"{branch}.queue.embeddings"])  # it moves
 
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path):
@@ -150,6 +161,16 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
         match=r"different architecture.*shape mismatches.*layer1\.0\.conv1\.weight|different architecture.*missing keys \(\d+\): backbone\.layer",
     ):
         run_pretrain(tiny(tmp_path, "train.max_steps=2", "model.arch=resnet50", "run.resume=auto"))
+
+
+def test_a_checkpoint_with_another_queue_size_is_refused(tmp_path):
+    run_pretrain(tiny(tmp_path, "train.max_steps=1", "method.name=global_style"))
+    with pytest.raises(
+        ValueError,
+        match=r"different architecture or method.*missing keys \(3\): global_loss\.queue",
+    ):
+        run_pretrain(tiny(tmp_path, "train.max_steps=2", "method.name=global_style",
+                          "method.queue_size=8", "run.resume=auto"))  # fmt: skip
 
 
 def test_nan_loss_stops_with_step_and_parts_and_keeps_checkpoints(tmp_path, monkeypatch):
