@@ -271,9 +271,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from contrastseg.models.pretrained import export_weights
+    from contrastseg.utils.outputs import check_output_file
 
     try:
-        path = export_weights(_newest_checkpoint(args.checkpoint), args.out, args.part)
+        source = _newest_checkpoint(args.checkpoint)
+        # its own input never, another existing file only with --overwrite: checked first
+        check_output_file(args.out, [source], args.overwrite)
+        path = export_weights(source, args.out, args.part)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     print(f"wrote {path} ({args.part})")
@@ -487,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the backbone in torchvision key names (or the encoder / all weights)",
     )
     export.add_argument("checkpoint", help="pretraining or fine-tuning checkpoint, or a run folder")
-    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--out", required=True, help="file to write (never the input itself)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export.add_argument(
         "--part",
         choices=["backbone", "encoder", "all"],
