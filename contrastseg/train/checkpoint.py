@@ -19,10 +19,13 @@ continues from the newest intact one.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import random
 import re
+import socket
+import time
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -33,6 +36,7 @@ import torch
 from torch import Tensor
 
 from contrastseg.utils.configtools import ConfigError
+from contrastseg.utils.dist import is_main_process
 
 CHECKPOINT_FORMAT = "contrastseg.pretrain"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -257,10 +261,95 @@ def newest_intact(existing: list[Path]) -> Path | None:
     return None
 
 
+#: The lock file of a run folder: ``<pid> <host>`` of the process writing the folder.
+LOCK_NAME = ".run.lock"
+#: A lock file without a readable holder younger than this is being written, not stale.
+_LOCK_GRACE_S = 10.0
+#: Run folders (resolved) whose lock this process holds -> their lock file.
+_HELD: dict[Path, Path] = {}
+
+
+class RunFolderLocked(ConfigError):
+    """Another live process writes the run folder (its lock file names it)."""
+
+
+def _lock_holder(lock: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = lock.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def lock_run_folder(run_dir: str | os.PathLike[str]) -> Path:
+    """Take the lock of a run folder for this process (``<run_dir>/.run.lock``), creating the folder.
+
+    A lock of this process is taken again; a lock left by a dead process of this host (a
+    killed run) is taken over. The lock goes when :func:`release_run_folders` is called or
+    the process exits.
+
+    Returns:
+        The lock file.
+
+    Raises:
+        RunFolderLocked: a live process (or one on another host, which cannot be checked)
+            holds it; the message names its pid and host and the lock file.
+    """
+    run_dir = Path(run_dir)
+    lock = run_dir / LOCK_NAME
+    me = (os.getpid(), socket.gethostname())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is None:
+                try:
+                    age = time.time() - lock.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # released meanwhile
+                if age < _LOCK_GRACE_S:
+                    raise RunFolderLocked(
+                        f"{run_dir} is being taken by another process (its lock {lock} is "
+                        "being written); choose another run.name or wait for it"
+                    ) from None
+            elif holder != me and (holder[1] != me[1] or _process_alive(holder[0])):
+                where = (
+                    ""
+                    if holder[1] == me[1]
+                    else f" (another host: if no run is active there, delete {lock})"
+                )
+                raise RunFolderLocked(
+                    f"{run_dir} is in use by process {holder[0]} on {holder[1]}{where}: two "
+                    "runs writing one folder would mix their checkpoints and logs; choose "
+                    "another run.name or wait for that run to end"
+                ) from None
+            lock.unlink(missing_ok=True)  # a dead process's lock, or this process's own
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{me[0]} {me[1]}\n")
+        if not _HELD:
+            atexit.register(release_run_folders)
+        _HELD[run_dir.resolve()] = lock
+        return lock
+    raise RunFolderLocked(f"{run_dir}: could not take its lock {lock}; try again")
+
+
+def release_run_folders() -> None:
+    """Remove the run-folder locks this process holds (a no-op when it holds none)."""
+    while _HELD:
+        _, lock = _HELD.popitem()
+        if _lock_holder(lock) == (os.getpid(), socket.gethostname()):
+            lock.unlink(missing_ok=True)
+
+
 def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
     """The checkpoint a run continues from, or ``None`` for a fresh run.
 
-    Temporary files of killed writes are removed from the run folder and its checkpoints.
+    The run folder (``ckpt_dir``'s parent) is locked first, on the main process (see
+    :func:`lock_run_folder`; the lock is let go again when this raises). Temporary files of
+    killed writes are removed from the run folder and its checkpoints.
 
     Args:
         setting: ``run.resume``: ``never``, ``auto`` (the newest intact checkpoint of the
@@ -271,10 +360,30 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
         ckpt_dir: the run's checkpoint folder.
 
     Raises:
+        RunFolderLocked: another live process writes the run folder.
         ConfigError: a fresh run into a folder that holds checkpoints; ``auto`` without a
             name; an explicit checkpoint older than others in the folder (resuming it would
             mix two runs and prune the newer checkpoints).
     """
+    run_dir = ckpt_dir.parent
+    if not is_main_process():
+        return _resume_source(setting, named, ckpt_dir)
+    existed = run_dir.is_dir()
+    lock = lock_run_folder(run_dir)
+    try:
+        return _resume_source(setting, named, ckpt_dir)
+    except BaseException:
+        _HELD.pop(run_dir.resolve(), None)
+        lock.unlink(missing_ok=True)
+        if not existed:  # a refused run leaves nothing behind
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
     remove_stale_tmp(ckpt_dir)
     remove_stale_tmp(ckpt_dir.parent)
     existing = list_checkpoints(ckpt_dir)
