@@ -11,28 +11,14 @@ import tifffile
 from PIL import Image
 
 import contrastseg.train.evaluate as evaluate
-from contrastseg.data import write_demo_dataset
 from contrastseg.train.evaluate import run_predict
-from contrastseg.train.finetune import run_finetune
-from contrastseg.train.finetune_config import load_finetune_config
 
-TINY = [
-    "run.progress=false", "data.demo.n_scenes=4", "data.demo.size=64", "data.patch_size=32",
-    "train.batch_size=4", "train.num_workers=0", "train.max_steps=1", "eval.window=32",
-    "eval.stride=24", "eval.overlays=0", "model.arch=resnet18", "model.aspp_channels=16",
-    "model.decoder_channels=16", "model.low_level_channels=8",
-]  # fmt: skip
 DEAD_PID = 2**22 + 12345  # above Linux's pid_max: no such process
 
 
-@pytest.fixture(scope="module")
-def best(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ft")
-    data = write_demo_dataset(root / "demo", n_scenes=4, size=64, bands=4)
-    config = load_finetune_config(
-        None, [*TINY, f"data.root={data}", f"run.root={root}", "run.name=ft"]
-    )
-    return run_finetune(config).run_dir / "best.pt"
+@pytest.fixture
+def best(finetuned_best) -> Path:
+    return finetuned_best
 
 
 def _scene(path: Path) -> Path:
