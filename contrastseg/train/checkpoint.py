@@ -165,6 +165,8 @@ def read_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
     Raises:
         FileNotFoundError: no such file.
         CorruptCheckpoint: damaged bytes (see :func:`verify_file`).
+        NonFiniteTensor: a float tensor holds NaN or Inf (the message names the file and the
+            first such tensor).
         ValueError: not a ``torch.save`` file of tensors and plain values (a text file, a
             pickle of arbitrary objects ...); the message names the file.
     """
@@ -176,12 +178,28 @@ def read_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
     if zipped or checksum_path(path).is_file():
         verify_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = _load_error(err)
         raise ValueError(
             f"{path} is not a readable {what} (expected a torch.save file of tensors): {first}"
         ) from err
+    # NaN/Inf weights would be probed, evaluated or fine-tuned into meaningless numbers
+    check_finite(
+        obj, f"{path}: ", f"this {what} cannot be used: the run that wrote it had diverged by "
+        "then; take an earlier checkpoint"
+    )  # fmt: skip
+    return obj
+
+
+def _load_error(err: Exception) -> str:
+    """The cause in torch.load's message, without its advice to load untrusted code."""
+    text = str(err).strip()
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|$)", text, re.M)
+        cause = found.group(1).rstrip(".") if found else "objects other than tensors"
+        return f"it holds pickled objects, which are never loaded since they can run code ({cause})"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
