@@ -192,6 +192,9 @@ def evaluate_dataset(
         overlay_dir: where ``image | truth | prediction`` PNGs of the first
             ``settings.overlays`` images go; None = none.
         amp: autocast setting for the forward passes.
+
+    Raises:
+        ValueError: no pixel was scored (every mask pixel ignored or nodata).
     """
     predict = segmenter.predictor(amp)
     confusion = ConfusionMatrix(len(segmenter.classes), dataset.ignore_index, segmenter.device)
@@ -210,6 +213,12 @@ def evaluate_dataset(
                     Path(overlay_dir) / f"{safe_name(dataset.patch_ids[i])}.png",
                     image.numpy(), mask.numpy(), prediction[0].cpu().numpy(), palette,
                 )  # fmt: skip
+    if int(confusion.matrix.sum()) == 0:
+        raise ValueError(
+            f"the {len(dataset)} image(s) of split {dataset.split!r} scored 0 pixels: every mask "
+            f"pixel is ignore_index {dataset.ignore_index} or nodata, so there is no score (a "
+            "mIoU of 0 here would be taken for one)"
+        )
     return confusion
 
 
