@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.data.demo import demo_scenes
 from contrastseg.data.files import pair_files
-from contrastseg.data.nodata import file_nodata, mark_invalid
+from contrastseg.data.nodata import check_files, file_nodata, mark_invalid
 from contrastseg.data.palettes import Palette, check_index_mask
 from contrastseg.data.presets import apply_preset
 from contrastseg.data.readers import Window, image_size, read_image
@@ -118,6 +118,8 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             )
         #: Bands of the returned images.
         self.num_bands = len(cfg.bands) if cfg.bands is not None else counts[0]
+        names = [it.image for it in self.items]
+        check_files(names, {n: self._nodata(n) for n in names})  # one dtype, NaN found now
         labeled = self._check_masks()
         if labeled == 0:
             raise ValueError(
