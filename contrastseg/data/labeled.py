@@ -141,6 +141,12 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         ]
         if cfg.label_fraction < 1.0 and split == "train" and not self.whole_images:
             self._apply_label_fraction()
+        elif cfg.label_list and split == "train" and not self.whole_images:
+            warnings.warn(
+                f"label_list {cfg.label_list!r} is not used: label_fraction is 1.0, so every "
+                "training patch is used (set label_fraction below 1 to draw or read the list)",
+                stacklevel=2,
+            )
         if self.skipped_bad:
             warnings.warn(
                 f"skipped {len(self.skipped_bad)} unreadable pair(s): {self.skipped_bad[:10]}",

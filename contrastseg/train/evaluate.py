@@ -147,7 +147,16 @@ def load_finetune_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if fmt != FINETUNE_FORMAT:
         raise ValueError(f"{path} is not a contrastseg fine-tuning checkpoint (format={fmt!r})")
+    missing = [k for k in _FINETUNE_KEYS if k not in payload]
+    if missing:
+        raise ValueError(
+            f"{path} is a damaged or foreign fine-tuning checkpoint: it lacks {', '.join(missing)}"
+        )
     return payload
+
+
+#: What :func:`load_segmenter` reads from a fine-tuning checkpoint.
+_FINETUNE_KEYS = ("config", "model_config", "num_classes", "in_channels", "model", "classes")
 
 
 def load_segmenter(

@@ -1,0 +1,98 @@
+"""Audit: every user mistake ends in one clear line (the traceback only under --debug)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import contrastseg.data.stats as stats_module
+from contrastseg.cli import MAX_MESSAGE, main
+from contrastseg.data import LabeledDataset, write_demo_dataset
+from contrastseg.train.finetune_config import load_finetune_config
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("contrastseg: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_no_command_is_a_clear_message_and_status_2(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: contrastseg") and "no command given: choose one of" in err
+
+
+def test_an_os_error_is_one_line_naming_the_path_and_debug_shows_the_traceback(tmp_path, capsys):
+    root = tmp_path / "a-file"
+    root.write_text("not a folder")
+    args = ["pretrain", "--set", f"run.root={root}", "--set", "train.max_steps=1"]
+    assert main(args) == 1
+    assert f"{root}/quickstart: Not a directory" in _one_error_line(capsys)
+    assert main(["--debug", *args]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("contrastseg: error:")
+    assert main([*args, "--debug"]) == 1  # after the command too
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_messages_are_capped_in_length(capsys):
+    assert main(["config", "--set", f"run.name={'x/' * 5000}"]) == 2
+    line = _one_error_line(capsys)
+    assert len(line) < MAX_MESSAGE + 100 and "more characters" in line
+
+
+def test_a_checkpoint_lacking_model_config_is_one_line(finetuned_best, tmp_path, capsys):
+    payload = torch.load(finetuned_best, weights_only=True)
+    del payload["model_config"]
+    torch.save(payload, tmp_path / "best.pt")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "best.pt")]) == 2
+    assert "best.pt is a damaged or foreign fine-tuning checkpoint: it lacks model_config" in (
+        _one_error_line(capsys)
+    )
+
+
+def test_stats_out_a_folder_is_refused_before_computing(tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("computed before the --out check")
+
+    monkeypatch.setattr(stats_module, "compute_band_stats", never)
+    assert main(["stats", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in _one_error_line(capsys)
+
+
+def test_stats_refuse_to_write_a_zero_std_naming_the_band(tmp_path, capsys):
+    image = np.random.default_rng(0).integers(0, 255, (2, 32, 32), dtype=np.uint8)
+    image[1] = 7  # a constant band
+    tifffile.imwrite(
+        tmp_path / "flat.tif", image, photometric="minisblack", planarconfig="separate"
+    )
+    out = tmp_path / "stats.yaml"
+    assert main(["stats", str(tmp_path / "flat.tif"), "--out", str(out)]) == 2
+    line = _one_error_line(capsys)
+    assert "band(s) [1] have a std of 0" in line and "flat.tif" in line
+    assert not out.exists()
+
+
+def test_a_label_list_that_is_a_folder_is_one_error_and_leaves_no_tmp(tmp_path):
+    root = write_demo_dataset(tmp_path / "demo", n_scenes=4, size=64, bands=4)
+    folder = tmp_path / "ids"
+    folder.mkdir()
+    overrides = [f"data.root={root}", "data.label_fraction=0.5", f"data.label_list={folder}"]
+    config = load_finetune_config(None, [*overrides, "data.patch_size=32"]).data
+    with pytest.raises(ValueError, match=r"ids' is a folder; name the list file"):
+        LabeledDataset(config, "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "ids"]
+
+
+def test_a_label_list_with_fraction_one_is_a_warning(tmp_path):
+    root = write_demo_dataset(tmp_path / "demo", n_scenes=4, size=64, bands=4)
+    config = load_finetune_config(
+        None, [f"data.root={root}", "data.label_fraction=1.0", f"data.label_list={tmp_path}/i"]
+    ).data
+    with pytest.warns(UserWarning, match=r"is not used: label_fraction is 1\.0"):
+        LabeledDataset(config, "train")
