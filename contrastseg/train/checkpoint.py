@@ -24,6 +24,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import socket
 import time
 import warnings
@@ -479,6 +480,8 @@ def save_atomic(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
         NonFiniteTensor: a float tensor of ``payload`` (parameter, buffer, optimizer state)
             holds NaN or Inf; nothing is written, and the message names the tensor and the
             newest checkpoint already in the folder.
+        OSError: the file could not be written (full disk, read-only folder): its
+            ``filename`` is ``path`` and the message says what was kept.
     """
     path = Path(path)
     try:
@@ -488,20 +491,40 @@ def save_atomic(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
         if older:
             raise NonFiniteTensor(f"{err}; the newest checkpoint {older[-1]} is intact") from None
         raise
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             torch.save(dict(payload), handle)
             handle.flush()
             os.fsync(handle.fileno())
         checksum_path(path).unlink(missing_ok=True)  # never a stale sidecar on new data
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        older = [p for p in list_checkpoints(path.parent) if p != path]
+        kept = f"; the newest checkpoint {older[-1]} is intact" if older else ""
+        kept += "; the older file there is kept" if path.exists() else ""
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        try:
+            reason += f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there)"
+        except OSError:
+            pass
+        raise OSError(
+            getattr(err, "errno", None) or 0,
+            f"not written: {one_line_reason(reason)}{kept}",
+            str(path),
+        ) from err
     finally:
         if tmp.exists():
             tmp.unlink()
     write_checksum(path)
     return path
+
+
+def one_line_reason(text: str) -> str:
+    """The first line of an error text (torch's messages run over several)."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
 
 
 def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list[Path]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 import contrastseg.train.evaluate as evaluate
@@ -83,3 +84,25 @@ def test_an_output_folder_that_is_a_file_is_one_line(best, tmp_path):
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(ValueError, match=r"--out .*taken: cannot create the output folder"):
         run_predict(best, [scene], tmp_path / "taken")
+
+
+def test_a_full_disk_at_a_checkpoint_names_it_and_what_was_kept(tmp_path, monkeypatch):
+    from contrastseg.cli import describe_error
+    from contrastseg.train import checkpoint as ckpt
+
+    payload = {"format": "contrastseg.pretrain", "model": {"w": torch.ones(3)}, "step": 1}
+    ckpt.save_atomic(payload, ckpt.checkpoint_path(tmp_path, 1))
+
+    def full(*args, **kwargs):  # what torch.save raises when the disk fills up
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    target = ckpt.checkpoint_path(tmp_path, 2)
+    with pytest.raises(OSError) as caught:
+        ckpt.save_atomic(payload, target)
+    line = describe_error(caught.value)
+    assert line.startswith(f"{target}: not written: [enforce fail") and "MiB free there" in line
+    assert "step_00000001.pt is intact" in line and "\n" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step_00000001.pt", "step_00000001.pt.sha256"
+    ]  # fmt: skip
