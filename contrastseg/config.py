@@ -397,6 +397,8 @@ def resolve_config_path(path: str | os.PathLike[str]) -> Path:
     candidate = Path(path)
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        raise ValueError(f"--config {path} is a folder; name the YAML file")
     names = [str(path), f"{path}.yaml"]
     if candidate.parent.name == "configs":
         names += [candidate.name, f"{candidate.name}.yaml"]

@@ -243,8 +243,7 @@ def image_dtype(path: str | os.PathLike[str]) -> np.dtype:
     Raises:
         FileNotFoundError / ValueError: as :func:`image_size`.
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+    _check_file(path)
     if _is_tiff(path):
         return np.dtype(_tiff_reader(path).dtype).newbyteorder("=")
     try:
@@ -256,6 +255,13 @@ def image_dtype(path: str | os.PathLike[str]) -> np.dtype:
         raise _bad_file(path, err) from err
 
 
+def _check_file(path: str | os.PathLike[str]) -> None:
+    if Path(path).is_dir():
+        raise ValueError(f"image file {str(path)!r} is a folder, not an image file")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+
+
 def image_size(path: str | os.PathLike[str]) -> ImageSize:
     """Height, width and band count of an image, from its header only.
 
@@ -263,8 +269,7 @@ def image_size(path: str | os.PathLike[str]) -> ImageSize:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a readable image (the message names it).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+    _check_file(path)
     if _is_tiff(path):
         reader = _tiff_reader(path)
         return ImageSize(reader.height, reader.width, reader.bands)

@@ -172,6 +172,8 @@ def load_stats_yaml(path: str | os.PathLike[str]) -> BandStats:
             lengths, or a std that is not positive.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"band statistics file {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"band statistics file {str(path)!r} does not exist")
     try:

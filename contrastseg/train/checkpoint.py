@@ -172,6 +172,8 @@ def read_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
             pickle of arbitrary objects ...); the message names the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     with open(path, "rb") as handle:

@@ -47,6 +47,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                name = key_node.start_mark.name
+                raise ConfigError(
+                    ("" if name.startswith("<") else f"{name}: ")
+                    + f"line {line}: a key must be a name, got a {type(key).__name__}"
+                ) from None
             if key in seen:
                 name = key_node.start_mark.name
                 raise ConfigError(

@@ -96,3 +96,22 @@ def test_a_label_list_with_fraction_one_is_a_warning(tmp_path):
     ).data
     with pytest.warns(UserWarning, match=r"is not used: label_fraction is 1\.0"):
         LabeledDataset(config, "train")
+
+
+def test_a_folder_is_called_a_folder_not_missing(tmp_path, capsys):
+    from contrastseg.data.readers import image_size
+    from contrastseg.train.checkpoint import read_torch_file
+
+    with pytest.raises(ValueError, match="is a folder, not an image file"):
+        image_size(tmp_path)
+    with pytest.raises(ValueError, match="is a folder, not a file"):
+        read_torch_file(tmp_path)
+    assert main(["config", "--config", str(tmp_path)]) == 2
+    assert "is a folder; name the YAML file" in _one_error_line(capsys)
+
+
+def test_a_yaml_key_that_is_not_a_name_is_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("? [1, 2]\n: x\n")
+    assert main(["config", "--config", str(config)]) == 2
+    assert "c.yaml: line 1: a key must be a name, got a list" in _one_error_line(capsys)
