@@ -115,3 +115,15 @@ def test_a_yaml_key_that_is_not_a_name_is_one_line(tmp_path, capsys):
     config.write_text("? [1, 2]\n: x\n")
     assert main(["config", "--config", str(config)]) == 2
     assert "c.yaml: line 1: a key must be a name, got a list" in _one_error_line(capsys)
+
+
+def test_explicit_empty_classes_and_palette_are_not_replaced_by_the_preset(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  preset: demo\n  classes: []\n  palette: []\n")
+    assert main(["finetune", "--config", str(config)]) == 2
+    assert "classes: [] and palette: [] leave preset 'demo' without classes" in (
+        _one_error_line(capsys)
+    )
+    # one of them emptied: the explicit value wins, the other comes from the preset
+    data = load_finetune_config(None, ["data.preset=demo", "data.classes=[]"]).data
+    assert data.classes == [] and len(data.palette) == 6
