@@ -273,8 +273,7 @@ def newest_intact(existing: list[Path]) -> Path | None:
             if checksum_path(path).is_file():
                 os.replace(checksum_path(path), checksum_path(aside))
             warnings.warn(
-                f"{err}; skipped it (renamed {aside.name}) and resuming from the newest intact "
-                "checkpoint before it",
+                f"{err}; skipped it (renamed {aside.name}), looking for an older intact one",
                 stacklevel=3,
             )
             continue
@@ -382,9 +381,10 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
 
     Raises:
         RunFolderLocked: another live process writes the run folder.
-        ConfigError: a fresh run into a folder that holds checkpoints; ``auto`` without a
-            name; an explicit checkpoint older than others in the folder (resuming it would
-            mix two runs and prune the newer checkpoints).
+        ConfigError: a fresh run into a folder that holds checkpoints, or the ``best.pt`` /
+            ``best_probe.pt`` of an earlier run; ``auto`` without a name, or with only damaged
+            checkpoints; an explicit checkpoint older than others in the folder (resuming it
+            would mix two runs and prune the newer checkpoints).
     """
     run_dir = ckpt_dir.parent
     if not is_main_process():
@@ -404,6 +404,21 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
         raise
 
 
+#: Results a run keeps apart from its step checkpoints (fine-tuning, pretraining probe).
+RESULT_FILES = ("best.pt", "best_probe.pt")
+
+
+def _refuse_orphan_results(run_dir: Path) -> None:
+    """A fresh run must not replace the results of an earlier run of the same folder."""
+    found = [name for name in RESULT_FILES if (run_dir / name).is_file()]
+    if found:
+        raise ConfigError(
+            f"{run_dir} holds {' and '.join(found)} of an earlier run but no step checkpoint "
+            "to continue it from: a fresh run would replace it with its own first result; "
+            "choose another run.name, or move it away"
+        )
+
+
 def _resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
     remove_stale_tmp(ckpt_dir)
     remove_stale_tmp(ckpt_dir.parent)
@@ -414,6 +429,7 @@ def _resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
                 f"{ckpt_dir.parent} already holds checkpoints (newest {existing[-1].name}); "
                 "pass --resume (run.resume=auto) to continue that run, or choose another run.name"
             )
+        _refuse_orphan_results(ckpt_dir.parent)
         return None
     if setting == "auto":
         if not named:
@@ -421,7 +437,16 @@ def _resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
                 "run.resume=auto needs a run.name: without one every run gets a new "
                 "timestamped folder and there is nothing to resume"
             )
-        return newest_intact(existing)
+        source = newest_intact(existing)
+        if source is None and existing:
+            raise ConfigError(
+                f"every step checkpoint in {ckpt_dir} is damaged (set aside as *.corrupt): "
+                "there is nothing intact to resume from, and starting afresh here would replace "
+                "the run's results; move the run folder away or choose another run.name"
+            )
+        if source is None:
+            _refuse_orphan_results(ckpt_dir.parent)
+        return source
     path = Path(setting)
     resumed = checkpoint_step(path)
     newer = [p for p in existing if resumed is not None and checkpoint_step(p) > resumed]

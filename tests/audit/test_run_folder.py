@@ -8,14 +8,17 @@ import subprocess
 import sys
 
 import pytest
+from tiny_runs import TINY_FINETUNE  # tests/train, on the path through conftest.py
 
 from contrastseg.cli import main
 from contrastseg.config import load_pretrain_config
 from contrastseg.train.checkpoint import (
     LOCK_NAME,
     RunFolderLocked,
+    checkpoint_path,
     release_run_folders,
     resume_source,
+    save_atomic,
 )
 from contrastseg.train.finetune_config import load_finetune_config
 
@@ -93,3 +96,37 @@ def test_a_stale_lock_is_taken_over_and_a_refused_run_leaves_no_folder(tmp_path)
     with pytest.raises(ValueError, match=r"needs a run\.name"):
         resume_source("auto", False, tmp_path / "fresh" / "checkpoints")
     assert not (tmp_path / "fresh").exists()
+
+
+def _damaged_checkpoint(ckpt_dir):
+    path = save_atomic({"format": "contrastseg.finetune", "step": 1}, checkpoint_path(ckpt_dir, 1))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_resume_whose_only_checkpoint_is_damaged_is_refused_keeping_best_pt(tmp_path):
+    run_dir = tmp_path / "r"
+    _damaged_checkpoint(run_dir / "checkpoints")
+    (run_dir / "best.pt").write_bytes(b"val mIoU 0.10")
+    with pytest.warns(UserWarning, match="looking for an older intact one"):
+        with pytest.raises(ValueError, match=r"every step checkpoint .* is damaged"):
+            resume_source("auto", True, run_dir / "checkpoints")
+    assert (run_dir / "best.pt").read_bytes() == b"val mIoU 0.10"
+    assert not (run_dir / LOCK_NAME).exists()
+
+
+def test_a_fresh_run_never_replaces_the_results_of_an_earlier_one(tmp_path, capsys):
+    for name in ("best.pt", "best_probe.pt"):
+        run_dir = tmp_path / name.replace(".", "_")
+        run_dir.mkdir()
+        (run_dir / name).write_bytes(b"an earlier run's result")
+        for setting in ("never", "auto"):
+            with pytest.raises(ValueError, match=rf"holds {name} of an earlier run"):
+                resume_source(setting, True, run_dir / "checkpoints")
+    # end to end: fine-tuning into a folder that holds only best.pt stops before writing
+    args = ["finetune", "--name", "best_pt", "--set", f"run.root={tmp_path}"]
+    args += [a for s in TINY_FINETUNE for a in ("--set", s)]
+    assert main(args) == 2
+    assert "holds best.pt of an earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "best_pt").iterdir()) == ["best.pt"]
