@@ -127,3 +127,14 @@ def test_explicit_empty_classes_and_palette_are_not_replaced_by_the_preset(tmp_p
     # one of them emptied: the explicit value wins, the other comes from the preset
     data = load_finetune_config(None, ["data.preset=demo", "data.classes=[]"]).data
     assert data.classes == [] and len(data.palette) == 6
+
+
+def test_a_yaml_anchor_bomb_gives_a_short_message(tmp_path, capsys):
+    levels = ['&l0 ["xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx", "xxxxxxxx"]']
+    levels += [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 7)]  # 6 x 9**6 strings
+    config = tmp_path / "bomb.yaml"
+    config.write_text(f"data:\n  roots:\n    - [{', '.join(levels)}]\n")
+    assert main(["config", "--config", str(config)]) == 2
+    line = _one_error_line(capsys)
+    assert "'data.roots[0]'" in line and "expected str" in line
+    assert len(line) < 1500 and "more characters" not in line
