@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from contrastseg.utils.configtools import ConfigError
-from contrastseg.utils.dist import is_main_process
+from contrastseg.utils.dist import is_distributed, is_main_process
 
 CHECKPOINT_FORMAT = "contrastseg.pretrain"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -387,10 +387,21 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
             would mix two runs and prune the newer checkpoints).
     """
     run_dir = ckpt_dir.parent
-    if not is_main_process():
-        return _resume_source(setting, named, ckpt_dir)
     existed = run_dir.is_dir()
-    lock = lock_run_folder(run_dir)
+    lock, problem = None, None
+    if is_main_process():
+        try:
+            lock = lock_run_folder(run_dir)
+        except RunFolderLocked as err:
+            problem = str(err)
+    if is_distributed():  # every process stops with rank 0's message, none waits for it
+        shared = [problem]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        raise RunFolderLocked(problem)
+    if lock is None:
+        return _resume_source(setting, named, ckpt_dir)
     try:
         return _resume_source(setting, named, ckpt_dir)
     except BaseException:
