@@ -45,9 +45,41 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The longest error message printed (a YAML anchor bomb can make one of many megabytes).
+MAX_MESSAGE = 2000
+#: ``--debug``: print the traceback above the one-line message.
+_DEBUG = False
+
+
 def _error(message: str, code: int = 2) -> int:
-    print(f"contrastseg: error: {message}", file=sys.stderr)
+    """Print one ``contrastseg: error:`` line (capped); call it inside the ``except`` block."""
+    if _DEBUG and sys.exc_info()[0] is not None:
+        import traceback
+
+        traceback.print_exc()
+    print(f"contrastseg: error: {one_line(message)}", file=sys.stderr)
     return code
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` on one line, at most ``limit`` characters (the cut says how much is left)."""
+    text = " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+    if len(text) > limit:
+        rest = len(text) - limit
+        text = text[:limit] + f"... ({rest} more characters; --debug shows the traceback)"
+    return text
+
+
+def describe_error(err: BaseException) -> str:
+    """An expected error as one message naming the path or key (see :func:`main`)."""
+    if isinstance(err, OSError) and err.filename is not None:
+        what = err.strerror or type(err).__name__
+        other = f" -> {err.filename2}" if err.filename2 is not None else ""
+        return f"{err.filename}{other}: {what}"
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) or not isinstance(err, ValueError):
+        return f"{type(err).__name__}: {text}"
+    return text
 
 
 def _literal(value: str) -> str:
@@ -271,9 +303,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from contrastseg.models.pretrained import export_weights
+    from contrastseg.utils.outputs import check_output_file
 
     try:
-        path = export_weights(_newest_checkpoint(args.checkpoint), args.out, args.part)
+        source = _newest_checkpoint(args.checkpoint)
+        # its own input never, another existing file only with --overwrite: checked first
+        check_output_file(args.out, [source], args.overwrite)
+        path = export_weights(source, args.out, args.part)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     print(f"wrote {path} ({args.part})")
@@ -347,7 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"contrastseg {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an error, not only its line"
+    )
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[debug], **k)  # type: ignore[method-assign]
     info = sub.add_parser(
         "info", help="print versions, the device a run would use and thread count"
     )
@@ -488,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the backbone in torchvision key names (or the encoder / all weights)",
     )
     export.add_argument("checkpoint", help="pretraining or fine-tuning checkpoint, or a run folder")
-    export.add_argument("--out", required=True, help="file to write")
+    export.add_argument("--out", required=True, help="file to write (never the input itself)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export.add_argument(
         "--part",
         choices=["backbone", "encoder", "all"],
@@ -561,21 +607,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user's files, settings or machine cause: one line each, no traceback."""
+    import re
+
+    import yaml
+    from PIL import Image
+
+    return (OSError, ValueError, re.error, yaml.YAMLError, Image.DecompressionBombError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``contrastseg`` console script."""
+    """Entry point of the ``contrastseg`` console script.
+
+    Every expected error (a missing or unwritable file, a full disk, a bad setting, an
+    unreadable image or checkpoint ...) ends as one ``contrastseg: error:`` line naming the
+    path or key, exit status 2 (1 for OS errors); ``--debug`` adds the traceback.
+    """
+    global _DEBUG
     parser = build_parser()
     args = parser.parse_args(argv)
+    _DEBUG = bool(getattr(args, "debug", False))
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help()
-        return 0
+        parser.print_usage(sys.stderr)
+        commands = ", ".join(sorted(_commands(parser)))
+        return _error(f"no command given: choose one of {commands} (contrastseg --help)")
     # our warnings (a setting ignored, a file skipped) are messages to the user: one line,
     # without the source line Python adds for developers
     previous, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return handler(args)
+    except _expected_errors() as err:
+        return _error(describe_error(err), 1 if isinstance(err, OSError) else 2)
     finally:
         warnings.formatwarning = previous
+        _DEBUG = False
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

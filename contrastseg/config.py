@@ -344,6 +344,24 @@ class RunConfig:
                 raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.image_every < 0:
             raise ValueError(f"run.image_every must be >= 0, got {self.image_every}")
+        check_run_name(self.name)
+
+
+def check_run_name(name: str) -> None:
+    """Refuse a ``run.name`` that is not one folder name inside ``run.root``.
+
+    ``../x``, ``a/b``, ``/abs/path``, ``.`` and ``..`` would write (and overwrite
+    ``config.yaml``, append to ``train.log``) outside the run root or into it; checked when
+    the config is built, before anything is written.
+    """
+    if not name:
+        return  # empty: a timestamped name
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if name in (".", "..") or any(sep in name for sep in separators) or "\0" in name:
+        raise ValueError(
+            f"run.name must be one folder name inside run.root (no '/', '\\', '.' or '..'), "
+            f"got {name!r}; use run.root to write elsewhere"
+        )
 
 
 @dataclass
@@ -402,6 +420,8 @@ def resolve_config_path(path: str | os.PathLike[str]) -> Path:
     candidate = Path(path)
     if candidate.is_file():
         return candidate
+    if candidate.is_dir():
+        raise ValueError(f"--config {path} is a folder; name the YAML file")
     names = [str(path), f"{path}.yaml"]
     if candidate.parent.name == "configs":
         names += [candidate.name, f"{candidate.name}.yaml"]

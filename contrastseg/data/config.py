@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from contrastseg.data.files import compile_regex
+
 #: File name patterns an unlabeled or labeled dataset picks up by default (case-insensitive).
 DEFAULT_PATTERNS = ["*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg"]
 
@@ -218,3 +220,5 @@ class LabeledDataConfig:
             )
         _check_bands("bands", self.bands)
         _check_scale("scale", self.scale)
+        for key in ("image_regex", "mask_regex"):
+            compile_regex(getattr(self, key), key)

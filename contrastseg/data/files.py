@@ -23,6 +23,38 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p.lower()) for p in patterns)
 
 
+def walk_once(top: str | os.PathLike[str]):
+    """``os.walk(top, followlinks=True)`` that enters every real folder once.
+
+    A symlink back up the tree (``sub -> .``) or two links to one folder would otherwise
+    list the same files again under each path (until the OS refuses the path as too deep).
+    Hidden folders are skipped; the caller may prune ``dirnames`` further.
+    """
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        try:
+            stat = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, dirnames, filenames
+
+
+def compile_regex(pattern: str, key: str) -> re.Pattern[str] | None:
+    """``re.compile(pattern)`` (None for an empty one), an error naming the setting."""
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{key} {pattern!r} is not a valid regular expression: {err}") from None
+
+
 def find_images(
     roots: Sequence[str | os.PathLike[str]],
     patterns: Sequence[str],
@@ -46,8 +78,7 @@ def find_images(
             continue
         if not path.is_dir():
             raise FileNotFoundError(f"data root {str(root)!r} does not exist")
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for dirpath, _, filenames in walk_once(path):
             for f in filenames:
                 if f.startswith(".") or not _matches(f, patterns):
                     continue
@@ -68,8 +99,7 @@ def _folders(root: Path, folder: str) -> list[tuple[str, Path]]:
         path = Path(folder) if Path(folder).is_absolute() else root / folder
         return [("", path)] if path.is_dir() else []
     out = []
-    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, dirnames, _ in walk_once(root):
         if folder in dirnames:
             prefix = Path(dirpath).relative_to(root).as_posix()
             out.append(("" if prefix == "." else prefix + "/", Path(dirpath) / folder))
@@ -92,9 +122,9 @@ def _key(inner: str, suffix: str, regex: re.Pattern[str] | None, path: str) -> s
 
 
 def _collect(
-    root: Path, folder: str, patterns: Sequence[str], suffix: str, regex: str
+    root: Path, folder: str, patterns: Sequence[str], suffix: str, regex: str, kind: str
 ) -> tuple[dict[str, str], list[str]]:
-    compiled = re.compile(regex) if regex else None
+    compiled = compile_regex(regex, f"{kind}_regex")
     keyed: dict[str, str] = {}
     unmatched: list[str] = []
     for prefix, directory in _folders(root, folder):
@@ -132,13 +162,15 @@ def pair_files(
     Raises:
         FileNotFoundError: ``root`` or the image/mask folders do not exist, or hold no files.
         ValueError: files without a partner (all of them are listed, up to 20 per side),
-            files the regex does not match, or two files with the same key.
+            files the regex does not match, two files with the same key, or an invalid regex.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
-    images, bad_images = _collect(root, image_dir, image_patterns, image_suffix, image_regex)
-    masks, bad_masks = _collect(root, mask_dir, mask_patterns, mask_suffix, mask_regex)
+    images, bad_images = _collect(
+        root, image_dir, image_patterns, image_suffix, image_regex, "image"
+    )
+    masks, bad_masks = _collect(root, mask_dir, mask_patterns, mask_suffix, mask_regex, "mask")
     if not images:
         raise FileNotFoundError(
             f"no images matching {list(image_patterns)} in folder(s) {image_dir!r} under {str(root)!r}"

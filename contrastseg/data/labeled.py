@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.data.demo import demo_scenes
 from contrastseg.data.files import pair_files
-from contrastseg.data.nodata import file_nodata, mark_invalid
+from contrastseg.data.nodata import check_files, file_nodata, mark_invalid
 from contrastseg.data.palettes import Palette, check_index_mask
 from contrastseg.data.presets import apply_preset
 from contrastseg.data.readers import Window, image_size, read_image
@@ -38,8 +38,9 @@ def patch_id(key: str, window: Window) -> str:
     return f"{key}:{window.row}:{window.col}"
 
 
-#: Masks whose values were all checked: (path, size, mtime, label settings), per process.
-_CHECKED_MASKS: set[tuple[Any, ...]] = set()
+#: Masks whose values were all checked: (path, size, mtime, label settings) -> the count of
+#: their labeled (not ignored) pixels, per process.
+_CHECKED_MASKS: dict[tuple[Any, ...], int] = {}
 
 
 class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -117,7 +118,22 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             )
         #: Bands of the returned images.
         self.num_bands = len(cfg.bands) if cfg.bands is not None else counts[0]
-        self._check_masks()
+        names = [it.image for it in self.items]
+        check_files(names, {n: self._nodata(n) for n in names})  # one dtype, NaN found now
+        labeled = self._check_masks()
+        if labeled == 0:
+            raise ValueError(
+                f"the {len(self.items)} mask(s) of split {split!r} hold no labeled pixel (every "
+                f"pixel is ignore_index {self.ignore_index}"
+                + (
+                    f" or one of ignore_values {list(cfg.ignore_values)}"
+                    if cfg.ignore_values
+                    else ""
+                )
+                + "): there is nothing to "
+                + ("train on" if split == "train" else "score")
+                + f", e.g. {self.items[0].mask}"
+            )
         self.windows = self._plan_windows()
         self.patch_ids = [
             it.key if self.whole_images else patch_id(it.key, w)
@@ -125,6 +141,12 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         ]
         if cfg.label_fraction < 1.0 and split == "train" and not self.whole_images:
             self._apply_label_fraction()
+        elif cfg.label_list and split == "train" and not self.whole_images:
+            warnings.warn(
+                f"label_list {cfg.label_list!r} is not used: label_fraction is 1.0, so every "
+                "training patch is used (set label_fraction below 1 to draw or read the list)",
+                stacklevel=2,
+            )
         if self.skipped_bad:
             warnings.warn(
                 f"skipped {len(self.skipped_bad)} unreadable pair(s): {self.skipped_bad[:10]}",
@@ -182,30 +204,39 @@ class LabeledDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             self.config.mask_format == "auto" and self._palette is not None
         )
 
-    def _check_masks(self) -> None:
+    def _check_masks(self) -> int | None:
         """Read every mask of the split once, so a colour outside the palette (or a value
         outside the classes) stops the run now, not when its patch is first drawn.
 
         A mask that passed is remembered by path, size and mtime (and the label settings),
         so the other splits and later datasets of this process do not read it again.
+
+        Returns:
+            The count of labeled (not ignored) pixels over the masks, or None when there
+            are in-memory (demo) masks, which are not counted.
         """
         cfg = self.config
         settings = (
             cfg.mask_format, tuple(cfg.palette), tuple(cfg.ignore_colors),
             tuple(cfg.ignore_values), cfg.ignore_index, self.num_classes,
         )  # fmt: skip
+        labeled: int | None = 0
         for item in self.items:
             if item.mask in self._arrays:
-                continue  # demo scenes: labels made in memory
+                labeled = None  # demo scenes: labels made in memory
+                continue
             stat = os.stat(item.mask)
             key = (os.path.abspath(item.mask), stat.st_size, stat.st_mtime_ns, settings)
-            if key in _CHECKED_MASKS:
-                continue
-            whole = Window(0, 0, item.height, item.width)
-            self.labels(
-                self._read(item.mask, whole, None, self._expand_palette()), f"mask {item.mask!r}"
-            )
-            _CHECKED_MASKS.add(key)
+            if key not in _CHECKED_MASKS:
+                whole = Window(0, 0, item.height, item.width)
+                labels = self.labels(
+                    self._read(item.mask, whole, None, self._expand_palette()),
+                    f"mask {item.mask!r}",
+                )
+                _CHECKED_MASKS[key] = int((labels != self.ignore_index).sum())
+            if labeled is not None:
+                labeled += _CHECKED_MASKS[key]
+        return labeled
 
     def _plan_windows(self) -> list[tuple[int, Window]]:
         windows = []

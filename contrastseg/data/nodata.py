@@ -15,13 +15,14 @@ nodata. Before they reach a network they are replaced by a neutral value (the ba
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from contrastseg.data.readers import Window, image_nodata
+from contrastseg.data.readers import Window, image_dtype, image_nodata, image_size, read_image
 
 
 def file_nodata(name: str, configured: float | None) -> float | None:
@@ -67,6 +68,50 @@ def check_nan(
             f"{name!r} has {count} NaN pixel(s){where} but declares no nodata value (no "
             "GDAL_NODATA tag): set data.nodata (nan, or the file's fill value) to leave them "
             "out, or fix the file"
+        )
+
+
+#: Files whose NaN scan passed: (path, size, mtime) -> dtype, per process.
+_SCANNED: dict[tuple[str, int, int], np.dtype] = {}
+#: Rows read at a time by the NaN scan.
+SCAN_ROWS = 1024
+
+
+def check_files(names: Sequence[str], nodata: Mapping[str, float | None]) -> None:
+    """Check the image files of a dataset when it is indexed, before any step.
+
+    - All files have one dtype: pixel values are scaled by their dtype's range, so a mix of
+      uint8 and uint16 files would put them on scales 256 times apart (and not batch).
+    - A float file without a nodata value holds no NaN pixel: read strip by strip
+      (``SCAN_ROWS`` rows) once per file and process, so the error comes now, naming the
+      file and the strip, not when a patch holding them is first drawn hours in.
+
+    In-memory sources (``demo:...``) are skipped.
+
+    Raises:
+        ValueError: the message names the files (or the file and its window).
+    """
+    dtypes: dict[str, str] = {}
+    for name in names:
+        if name.startswith("demo:"):
+            continue
+        stat = os.stat(name)
+        key = (os.path.abspath(name), stat.st_size, stat.st_mtime_ns)
+        dtype = _SCANNED.get(key)
+        if dtype is None:
+            dtype = image_dtype(name)
+            if nodata.get(name) is None and np.issubdtype(dtype, np.floating):
+                size = image_size(name)
+                for row in range(0, size.height, SCAN_ROWS):
+                    window = Window(row, 0, min(SCAN_ROWS, size.height - row), size.width)
+                    check_nan(read_image(name, window), None, name, window)
+            _SCANNED[key] = dtype
+        dtypes.setdefault(dtype.name, name)
+    if len(dtypes) > 1:
+        examples = ", ".join(f"{d} (e.g. {n!r})" for d, n in sorted(dtypes.items()))
+        raise ValueError(
+            f"the images have different dtypes: {examples}; values are scaled by their dtype's "
+            "range, so one dataset needs one dtype: convert the files to one"
         )
 
 

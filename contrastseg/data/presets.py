@@ -140,7 +140,15 @@ def resolve_preset(section: Mapping[str, Any], default: str | None = None) -> di
         return dict(section)
     base = preset_mapping(name)
     defaults = to_dict(LabeledDataConfig())
-    if set(defaults) <= set(section) and not section.get("classes") and not section.get("palette"):
+    complete = set(defaults) <= set(section)
+    explicit = [k for k in ("classes", "palette") if k in section and not section[k]]
+    if not complete and len(explicit) == 2:
+        # both emptied on purpose: the preset's would come back later (see below), unasked
+        raise ValueError(
+            f"classes: [] and palette: [] leave preset {name!r} without classes: give class "
+            "names or a palette, or leave both out to use the preset's"
+        )
+    if complete and not section.get("classes") and not section.get("palette"):
         section = {k: v for k, v in section.items() if k not in base or v != defaults.get(k)}
     return {**merge_mappings(base, section), "preset": base["preset"]}
 

@@ -226,6 +226,42 @@ def _pil_size(path: str | os.PathLike[str]) -> ImageSize:
         return ImageSize(height, width, len(img.getbands()))
 
 
+def _bomb(path: str | os.PathLike[str], err: Exception) -> ValueError:
+    return ValueError(
+        f"{str(path)!r} declares more pixels than Pillow decodes ({err}); a PNG/JPEG is decoded "
+        "whole: store so large an image as a tiled GeoTIFF (read by windows)"
+    )
+
+
+#: Pillow modes and the dtype :func:`read_image` returns for them (others: uint8).
+_PIL_DTYPES = {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I": "int32", "F": "float32"}
+
+
+def image_dtype(path: str | os.PathLike[str]) -> np.dtype:
+    """The dtype :func:`read_image` returns for a file, from its header only.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`image_size`.
+    """
+    _check_file(path)
+    if _is_tiff(path):
+        return np.dtype(_tiff_reader(path).dtype).newbyteorder("=")
+    try:
+        with Image.open(path) as img:
+            return np.dtype(_PIL_DTYPES.get(img.mode, "uint8"))
+    except Image.DecompressionBombError as err:
+        raise _bomb(path, err) from err
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise _bad_file(path, err) from err
+
+
+def _check_file(path: str | os.PathLike[str]) -> None:
+    if Path(path).is_dir():
+        raise ValueError(f"image file {str(path)!r} is a folder, not an image file")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+
+
 def image_size(path: str | os.PathLike[str]) -> ImageSize:
     """Height, width and band count of an image, from its header only.
 
@@ -233,13 +269,14 @@ def image_size(path: str | os.PathLike[str]) -> ImageSize:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not a readable image (the message names it).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+    _check_file(path)
     if _is_tiff(path):
         reader = _tiff_reader(path)
         return ImageSize(reader.height, reader.width, reader.bands)
     try:
         return _pil_size(path)
+    except Image.DecompressionBombError as err:
+        raise _bomb(path, err) from err
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise _bad_file(path, err) from err
 
@@ -325,6 +362,8 @@ def _decode_pil(path: str | os.PathLike[str], expand_palette: bool) -> np.ndarra
                 array = np.asarray(img).astype(np.uint16)
             else:
                 array = np.asarray(img)
+    except Image.DecompressionBombError as err:
+        raise _bomb(path, err) from err
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
         raise _bad_file(path, err) from err
     if array.ndim == 2:

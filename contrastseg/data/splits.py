@@ -85,11 +85,18 @@ def draw_label_fraction(patch_ids: Sequence[str], fraction: float, seed: int) ->
 def write_id_list(path: str | os.PathLike[str], ids: Iterable[str], header: str = "") -> Path:
     """Write one id per line (``#`` lines are comments); returns the path."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"label_list {str(path)!r} is a folder; name the list file to read or write"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# {line}" for line in header.splitlines()] + list(ids)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # never a stray .tmp next to the list
     return path
 
 

@@ -172,6 +172,8 @@ def load_stats_yaml(path: str | os.PathLike[str]) -> BandStats:
             lengths, or a std that is not positive.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"band statistics file {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"band statistics file {str(path)!r} does not exist")
     try:
@@ -277,7 +279,8 @@ def run_stats_command(
 
     Raises:
         ValueError: ``max_samples`` or ``window_size`` below 1, NaN pixels without a nodata
-            value, or unreadable data.
+            value, unreadable data, ``out`` a folder (before computing), or a band whose std
+            is 0 (nothing is written).
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(
@@ -291,6 +294,8 @@ def run_stats_command(
         nodata=nodata,
         seed=seed,
     )
+    if out and Path(out).is_dir():  # refused before the (long) computation
+        raise ValueError(f"--out {out} is a folder; name the YAML file to write")
     sources, _, _ = list_sources(config)
     stats = compute_band_stats(config, max_samples, scale, seed, window_size)
     names = stats.bands if stats.bands is not None else list(range(len(stats.mean)))
@@ -303,6 +308,15 @@ def run_stats_command(
         print(f"{b:>4}  {m:>10.6f}  {s:>10.6f}")
     if not all(math.isfinite(v) for v in stats.mean + stats.std):
         print("warning: non-finite statistics (NaN or inf pixels in the data)")
+    flat = [b for b, v in zip(names, stats.std, strict=True) if v <= 0]
+    if out and flat:  # pretrain refuses such a file: never write it
+        files = ", ".join(repr(src.name) for src in sources[:3])
+        files += f" and {len(sources) - 3} more" if len(sources) > 3 else ""
+        raise ValueError(
+            f"band(s) {flat} have a std of 0 (every sampled pixel holds the same value) in "
+            f"{files}: normalising by them would divide by 0, so {out} was not written; leave "
+            "them out with --bands, or sample more windows (--max-samples)"
+        )
     if out:
         print(f"wrote {write_stats_yaml(stats, out)}")
     return 0

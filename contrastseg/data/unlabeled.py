@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from contrastseg.data.config import UnlabeledDataConfig
 from contrastseg.data.demo import demo_scenes
 from contrastseg.data.files import find_images
-from contrastseg.data.nodata import file_nodata, mark_invalid
+from contrastseg.data.nodata import check_files, file_nodata, mark_invalid
 from contrastseg.data.readers import Window, image_size, read_image
 
 
@@ -135,6 +135,7 @@ class UnlabeledDataset(Dataset[torch.Tensor]):
         self._check_bands()
         self._nodata = {src.name: file_nodata(src.name, config.nodata) for src in self.sources}
         self.nodata = self._common_nodata()
+        check_files([s.name for s in self.sources], self._nodata)  # one dtype, NaN found now
         self.skipped_nodata = 0
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._build_index()

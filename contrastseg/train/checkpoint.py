@@ -19,10 +19,14 @@ continues from the newest intact one.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import random
 import re
+import shutil
+import socket
+import time
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -33,6 +37,7 @@ import torch
 from torch import Tensor
 
 from contrastseg.utils.configtools import ConfigError
+from contrastseg.utils.dist import is_distributed, is_main_process
 
 CHECKPOINT_FORMAT = "contrastseg.pretrain"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -161,10 +166,14 @@ def read_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
     Raises:
         FileNotFoundError: no such file.
         CorruptCheckpoint: damaged bytes (see :func:`verify_file`).
+        NonFiniteTensor: a float tensor holds NaN or Inf (the message names the file and the
+            first such tensor).
         ValueError: not a ``torch.save`` file of tensors and plain values (a text file, a
             pickle of arbitrary objects ...); the message names the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     with open(path, "rb") as handle:
@@ -172,12 +181,28 @@ def read_torch_file(path: str | os.PathLike[str], what: str = "checkpoint") -> A
     if zipped or checksum_path(path).is_file():
         verify_file(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = _load_error(err)
         raise ValueError(
             f"{path} is not a readable {what} (expected a torch.save file of tensors): {first}"
         ) from err
+    # NaN/Inf weights would be probed, evaluated or fine-tuned into meaningless numbers
+    check_finite(
+        obj, f"{path}: ", f"this {what} cannot be used: the run that wrote it had diverged by "
+        "then; take an earlier checkpoint"
+    )  # fmt: skip
+    return obj
+
+
+def _load_error(err: Exception) -> str:
+    """The cause in torch.load's message, without its advice to load untrusted code."""
+    text = str(err).strip()
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|$)", text, re.M)
+        cause = found.group(1).rstrip(".") if found else "objects other than tensors"
+        return f"it holds pickled objects, which are never loaded since they can run code ({cause})"
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
@@ -248,8 +273,7 @@ def newest_intact(existing: list[Path]) -> Path | None:
             if checksum_path(path).is_file():
                 os.replace(checksum_path(path), checksum_path(aside))
             warnings.warn(
-                f"{err}; skipped it (renamed {aside.name}) and resuming from the newest intact "
-                "checkpoint before it",
+                f"{err}; skipped it (renamed {aside.name}), looking for an older intact one",
                 stacklevel=3,
             )
             continue
@@ -257,10 +281,95 @@ def newest_intact(existing: list[Path]) -> Path | None:
     return None
 
 
+#: The lock file of a run folder: ``<pid> <host>`` of the process writing the folder.
+LOCK_NAME = ".run.lock"
+#: A lock file without a readable holder younger than this is being written, not stale.
+_LOCK_GRACE_S = 10.0
+#: Run folders (resolved) whose lock this process holds -> their lock file.
+_HELD: dict[Path, Path] = {}
+
+
+class RunFolderLocked(ConfigError):
+    """Another live process writes the run folder (its lock file names it)."""
+
+
+def _lock_holder(lock: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = lock.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def lock_run_folder(run_dir: str | os.PathLike[str]) -> Path:
+    """Take the lock of a run folder for this process (``<run_dir>/.run.lock``), creating the folder.
+
+    A lock of this process is taken again; a lock left by a dead process of this host (a
+    killed run) is taken over. The lock goes when :func:`release_run_folders` is called or
+    the process exits.
+
+    Returns:
+        The lock file.
+
+    Raises:
+        RunFolderLocked: a live process (or one on another host, which cannot be checked)
+            holds it; the message names its pid and host and the lock file.
+    """
+    run_dir = Path(run_dir)
+    lock = run_dir / LOCK_NAME
+    me = (os.getpid(), socket.gethostname())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is None:
+                try:
+                    age = time.time() - lock.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # released meanwhile
+                if age < _LOCK_GRACE_S:
+                    raise RunFolderLocked(
+                        f"{run_dir} is being taken by another process (its lock {lock} is "
+                        "being written); choose another run.name or wait for it"
+                    ) from None
+            elif holder != me and (holder[1] != me[1] or _process_alive(holder[0])):
+                where = (
+                    ""
+                    if holder[1] == me[1]
+                    else f" (another host: if no run is active there, delete {lock})"
+                )
+                raise RunFolderLocked(
+                    f"{run_dir} is in use by process {holder[0]} on {holder[1]}{where}: two "
+                    "runs writing one folder would mix their checkpoints and logs; choose "
+                    "another run.name or wait for that run to end"
+                ) from None
+            lock.unlink(missing_ok=True)  # a dead process's lock, or this process's own
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{me[0]} {me[1]}\n")
+        if not _HELD:
+            atexit.register(release_run_folders)
+        _HELD[run_dir.resolve()] = lock
+        return lock
+    raise RunFolderLocked(f"{run_dir}: could not take its lock {lock}; try again")
+
+
+def release_run_folders() -> None:
+    """Remove the run-folder locks this process holds (a no-op when it holds none)."""
+    while _HELD:
+        _, lock = _HELD.popitem()
+        if _lock_holder(lock) == (os.getpid(), socket.gethostname()):
+            lock.unlink(missing_ok=True)
+
+
 def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
     """The checkpoint a run continues from, or ``None`` for a fresh run.
 
-    Temporary files of killed writes are removed from the run folder and its checkpoints.
+    The run folder (``ckpt_dir``'s parent) is locked first, on the main process (see
+    :func:`lock_run_folder`; the lock is let go again when this raises). Temporary files of
+    killed writes are removed from the run folder and its checkpoints.
 
     Args:
         setting: ``run.resume``: ``never``, ``auto`` (the newest intact checkpoint of the
@@ -271,10 +380,57 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
         ckpt_dir: the run's checkpoint folder.
 
     Raises:
-        ConfigError: a fresh run into a folder that holds checkpoints; ``auto`` without a
-            name; an explicit checkpoint older than others in the folder (resuming it would
-            mix two runs and prune the newer checkpoints).
+        RunFolderLocked: another live process writes the run folder.
+        ConfigError: a fresh run into a folder that holds checkpoints, or the ``best.pt`` /
+            ``best_probe.pt`` of an earlier run; ``auto`` without a name, or with only damaged
+            checkpoints; an explicit checkpoint older than others in the folder (resuming it
+            would mix two runs and prune the newer checkpoints).
     """
+    run_dir = ckpt_dir.parent
+    existed = run_dir.is_dir()
+    lock, problem = None, None
+    if is_main_process():
+        try:
+            lock = lock_run_folder(run_dir)
+        except RunFolderLocked as err:
+            problem = str(err)
+    if is_distributed():  # every process stops with rank 0's message, none waits for it
+        shared = [problem]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem is not None:
+        raise RunFolderLocked(problem)
+    if lock is None:
+        return _resume_source(setting, named, ckpt_dir)
+    try:
+        return _resume_source(setting, named, ckpt_dir)
+    except BaseException:
+        _HELD.pop(run_dir.resolve(), None)
+        lock.unlink(missing_ok=True)
+        if not existed:  # a refused run leaves nothing behind
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+#: Results a run keeps apart from its step checkpoints (fine-tuning, pretraining probe).
+RESULT_FILES = ("best.pt", "best_probe.pt")
+
+
+def _refuse_orphan_results(run_dir: Path) -> None:
+    """A fresh run must not replace the results of an earlier run of the same folder."""
+    found = [name for name in RESULT_FILES if (run_dir / name).is_file()]
+    if found:
+        raise ConfigError(
+            f"{run_dir} holds {' and '.join(found)} of an earlier run but no step checkpoint "
+            "to continue it from: a fresh run would replace it with its own first result; "
+            "choose another run.name, or move it away"
+        )
+
+
+def _resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
     remove_stale_tmp(ckpt_dir)
     remove_stale_tmp(ckpt_dir.parent)
     existing = list_checkpoints(ckpt_dir)
@@ -284,6 +440,7 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
                 f"{ckpt_dir.parent} already holds checkpoints (newest {existing[-1].name}); "
                 "pass --resume (run.resume=auto) to continue that run, or choose another run.name"
             )
+        _refuse_orphan_results(ckpt_dir.parent)
         return None
     if setting == "auto":
         if not named:
@@ -291,7 +448,16 @@ def resume_source(setting: str, named: bool, ckpt_dir: Path) -> Path | None:
                 "run.resume=auto needs a run.name: without one every run gets a new "
                 "timestamped folder and there is nothing to resume"
             )
-        return newest_intact(existing)
+        source = newest_intact(existing)
+        if source is None and existing:
+            raise ConfigError(
+                f"every step checkpoint in {ckpt_dir} is damaged (set aside as *.corrupt): "
+                "there is nothing intact to resume from, and starting afresh here would replace "
+                "the run's results; move the run folder away or choose another run.name"
+            )
+        if source is None:
+            _refuse_orphan_results(ckpt_dir.parent)
+        return source
     path = Path(setting)
     resumed = checkpoint_step(path)
     newer = [p for p in existing if resumed is not None and checkpoint_step(p) > resumed]
@@ -352,6 +518,8 @@ def save_atomic(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
         NonFiniteTensor: a float tensor of ``payload`` (parameter, buffer, optimizer state)
             holds NaN or Inf; nothing is written, and the message names the tensor and the
             newest checkpoint already in the folder.
+        OSError: the file could not be written (full disk, read-only folder): its
+            ``filename`` is ``path`` and the message says what was kept.
     """
     path = Path(path)
     try:
@@ -361,20 +529,40 @@ def save_atomic(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
         if older:
             raise NonFiniteTensor(f"{err}; the newest checkpoint {older[-1]} is intact") from None
         raise
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             torch.save(dict(payload), handle)
             handle.flush()
             os.fsync(handle.fileno())
         checksum_path(path).unlink(missing_ok=True)  # never a stale sidecar on new data
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        older = [p for p in list_checkpoints(path.parent) if p != path]
+        kept = f"; the newest checkpoint {older[-1]} is intact" if older else ""
+        kept += "; the older file there is kept" if path.exists() else ""
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        try:
+            reason += f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there)"
+        except OSError:
+            pass
+        raise OSError(
+            getattr(err, "errno", None) or 0,
+            f"not written: {one_line_reason(reason)}{kept}",
+            str(path),
+        ) from err
     finally:
         if tmp.exists():
             tmp.unlink()
     write_checksum(path)
     return path
+
+
+def one_line_reason(text: str) -> str:
+    """The first line of an error text (torch's messages run over several)."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
 
 
 def prune_checkpoints(directory: str | os.PathLike[str], keep_last: int) -> list[Path]:

@@ -26,10 +26,11 @@ from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import to_float
 from contrastseg.data.nodata import file_nodata
 from contrastseg.data.readers import GDAL_NODATA_TAG, image_size
-from contrastseg.inference import ArraySink, predict_file, sliding_window_logits
+from contrastseg.inference import ArraySink, StripSink, predict_file, sliding_window_logits
 from contrastseg.metrics import ConfusionMatrix
 from contrastseg.models import SegmentationNet, build_model, model_class
 from contrastseg.models.pretrained import load_torch_file
+from contrastseg.train.checkpoint import remove_stale_tmp
 from contrastseg.train.finetune_config import EvalConfig, FinetuneConfig
 from contrastseg.train.report import class_palette, colorize, safe_name, write_overlay, write_report
 from contrastseg.train.runtime import modes_kept, resolve_amp_dtype
@@ -152,7 +153,16 @@ def load_finetune_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     if fmt != FINETUNE_FORMAT:
         raise ValueError(f"{path} is not a contrastseg fine-tuning checkpoint (format={fmt!r})")
+    missing = [k for k in _FINETUNE_KEYS if k not in payload]
+    if missing:
+        raise ValueError(
+            f"{path} is a damaged or foreign fine-tuning checkpoint: it lacks {', '.join(missing)}"
+        )
     return payload
+
+
+#: What :func:`load_segmenter` reads from a fine-tuning checkpoint.
+_FINETUNE_KEYS = ("config", "model_config", "num_classes", "in_channels", "model", "classes")
 
 
 def load_segmenter(
@@ -197,6 +207,9 @@ def evaluate_dataset(
         overlay_dir: where ``image | truth | prediction`` PNGs of the first
             ``settings.overlays`` images go; None = none.
         amp: autocast setting for the forward passes.
+
+    Raises:
+        ValueError: no pixel was scored (every mask pixel ignored or nodata).
     """
     predict = segmenter.predictor(amp)
     confusion = ConfusionMatrix(len(segmenter.classes), dataset.ignore_index, segmenter.device)
@@ -215,6 +228,12 @@ def evaluate_dataset(
                     Path(overlay_dir) / f"{safe_name(dataset.patch_ids[i])}.png",
                     image.numpy(), mask.numpy(), prediction[0].cpu().numpy(), palette,
                 )  # fmt: skip
+    if int(confusion.matrix.sum()) == 0:
+        raise ValueError(
+            f"the {len(dataset)} image(s) of split {dataset.split!r} scored 0 pixels: every mask "
+            f"pixel is ignore_index {dataset.ignore_index} or nodata, so there is no score (a "
+            "mIoU of 0 here would be taken for one)"
+        )
     return confusion
 
 
@@ -289,8 +308,11 @@ def run_predict(
     """``contrastseg predict``: label maps (and colour previews) of image files of any size.
 
     Images are streamed strip by strip (:func:`~contrastseg.inference.predict_file`); GeoTIFF
-    label maps are written through a memory-mapped file, so neither the image nor its label
-    map needs to fit in memory. PNG label maps are assembled in memory (one byte per pixel).
+    label maps are written row by row into the file (:class:`TiffRowSink`, plain writes, no
+    memory map), so neither the image nor its label map needs to fit in memory. PNG label
+    maps are assembled in memory (one byte per pixel). Every file is written under a
+    temporary name in the output folder and renamed when complete; temporary files that a
+    killed run left there are removed first.
 
     Args:
         checkpoint: a fine-tuning checkpoint.
@@ -315,7 +337,11 @@ def run_predict(
     # the largest value of the dtype is never a class id: it marks nodata pixels
     dtype = np.uint8 if len(segmenter.classes) < 256 else np.uint16
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot create the output folder: {err.strerror}") from err
+    remove_stale_tmp(out)  # the temporary files of a killed predict into this folder
     written: list[Path] = []
     used: set[str] = set()
     for source in inputs:
@@ -370,37 +396,108 @@ def _predict_one(
         if preview_path is None
         else preview_path.with_name(f".{preview_path.name}.{os.getpid()}.tmp")
     )
+    step = max(1, -(-max(size.height, size.width) // preview_size))
+    sink: ArraySink | TiffRowSink | None = None
     try:
         if target.suffix == ".tif":
             tags = geotiff_tags(source)
             if nodata is not None:  # the label map keeps the input's nodata pixels as nodata
                 tags = [*tags, (GDAL_NODATA_TAG, "s", 0, str(nodata_label), False)]
-            labels = tifffile.memmap(
-                tmp, shape=(size.height, size.width), dtype=dtype, photometric="minisblack",
-                extratags=tags,
-            )  # fmt: skip
+            with _writing(target):
+                sink = TiffRowSink(tmp, size.height, size.width, dtype, tags, step, target)
         else:
-            labels = np.zeros((size.height, size.width), dtype=dtype)
+            sink = ArraySink(np.zeros((size.height, size.width), dtype=dtype))
         predict_file(
-            segmenter.predictor(segmenter.config.train.amp), source, ArraySink(labels),
+            segmenter.predictor(segmenter.config.train.amp), source, sink,
             settings.window, settings.stride, settings.batch_size, settings.flip,
             segmenter.config.data.bands, segmenter.prepare, segmenter.device,
             nodata, nodata_label,
         )  # fmt: skip
-        if target.suffix == ".tif":
-            labels.flush()
-        else:
-            Image.fromarray(labels).save(tmp, format="PNG")
+        with _writing(target):
+            if isinstance(sink, TiffRowSink):
+                sink.close()
+                small = sink.preview
+            else:
+                Image.fromarray(sink.array).save(tmp, format="PNG")
+                small = sink.array[::step, ::step]
         if preview_path is not None and tmp_preview is not None:
-            step = max(1, -(-max(size.height, size.width) // preview_size))
-            Image.fromarray(colorize(np.asarray(labels[::step, ::step]), palette)).save(
-                tmp_preview, format="PNG"
-            )
-        del labels
-        os.replace(tmp, target)
+            with _writing(preview_path):
+                Image.fromarray(colorize(small, palette)).save(tmp_preview, format="PNG")
+        with _writing(target):
+            os.replace(tmp, target)
         if preview_path is not None and tmp_preview is not None:
-            os.replace(tmp_preview, preview_path)
+            with _writing(preview_path):
+                os.replace(tmp_preview, preview_path)
     finally:
+        if isinstance(sink, TiffRowSink):
+            sink.close(flush=False)
         tmp.unlink(missing_ok=True)
         if tmp_preview is not None:
             tmp_preview.unlink(missing_ok=True)
+
+
+class OutputNotWritten(ValueError):
+    """An output file could not be written (full disk, read-only folder ...); names the file."""
+
+
+def _not_written(target: Path, err: OSError) -> OutputNotWritten:
+    kept = "; the older file there is kept" if target.exists() else ""
+    return OutputNotWritten(f"cannot write {target}: {err.strerror or err}{kept}")
+
+
+@contextlib.contextmanager
+def _writing(target: Path):
+    """Turn an ``OSError`` of writing ``target`` (or its temporary file) into one that names it."""
+    try:
+        yield
+    except OSError as err:
+        raise _not_written(target, err) from err
+
+
+class TiffRowSink(StripSink):
+    """Label rows written into an uncompressed (Geo)TIFF with plain file writes, no memory map.
+
+    The file is laid out as ``tifffile.memmap`` lays it out (one contiguous image after the
+    tags), but the rows go in with ``write``: a full disk is an ``OSError`` naming the file
+    rather than a SIGBUS of a memory-mapped page, and the data is fsynced before it counts.
+    Every ``step``-th row and column is kept for the preview.
+    """
+
+    def __init__(
+        self, path: Path, height: int, width: int, dtype: Any, tags: list, step: int, name: Path
+    ) -> None:
+        self.path, self.width, self.dtype, self.step = path, width, np.dtype(dtype), step
+        self.name = name  # the final file, named in messages
+        result = tifffile.imwrite(
+            path, shape=(height, width), dtype=self.dtype, photometric="minisblack",
+            extratags=tags, returnoffset=True, data=None,
+        )  # fmt: skip
+        if result is None:  # pragma: no cover - an uncompressed single page always has one
+            raise ValueError(f"{path}: tifffile wrote no contiguous image")
+        self.offset = int(result[0])
+        self.handle: Any = open(path, "r+b")  # closed by close()
+        self.rows: list[np.ndarray] = []
+
+    def write(self, row: int, labels: np.ndarray) -> None:
+        data = np.ascontiguousarray(labels, dtype=self.dtype.newbyteorder("<"))
+        with _writing(self.name):
+            self.handle.seek(self.offset + row * self.width * self.dtype.itemsize)
+            self.handle.write(data.tobytes())
+        first = -row % self.step  # the first kept row of this strip
+        self.rows.extend(np.array(r[:: self.step]) for r in data[first :: self.step])
+
+    @property
+    def preview(self) -> np.ndarray:
+        """Every ``step``-th row and column of the label map."""
+        return np.stack(self.rows) if self.rows else np.zeros((0, 0), self.dtype)
+
+    def close(self, flush: bool = True) -> None:
+        """Flush and fsync (errors of a full disk surface here), then close; idempotent."""
+        if self.handle.closed:
+            return
+        try:
+            if flush:
+                self.handle.flush()
+                os.fsync(self.handle.fileno())
+        finally:
+            self.handle.close()

@@ -24,6 +24,7 @@ from its :meth:`TrainingTask.on_step_end`, :meth:`TrainingTask.on_log` or
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -267,7 +268,11 @@ class TrainingLoop:
         state, settings = self.state, self.settings
         out = task.train_step(batch)
         total = out["total"]
-        finite = torch.isfinite(total.detach()).float()
+        # the forward pass updated the BatchNorm statistics: an overflow there is a divergence
+        # of this step too, even while the loss still looks finite
+        buffers = [b for b in state.model.buffers() if b.is_floating_point()]
+        checks = [torch.isfinite(total.detach()).all(), *(torch.isfinite(b).all() for b in buffers)]
+        finite = torch.stack(checks).all().float()
         if settings.world_size > 1:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not bool(finite):
@@ -275,9 +280,19 @@ class TrainingLoop:
             intact = (
                 f" and the newest checkpoint {self.checkpoint} is intact" if self.checkpoint else ""
             )
+            bad = next(
+                (n for n, b in state.model.named_buffers()
+                 if b.is_floating_point() and not bool(torch.isfinite(b).all())),
+                None,
+            )  # fmt: skip
+            what = (
+                f"the BatchNorm statistics {bad} are not finite (loss {parts})"
+                if bad is not None and math.isfinite(float(total.detach()))
+                else f"the loss is not finite ({parts})"
+            )
             raise TrainingDiverged(
-                f"step {state.step + 1}: the loss is not finite ({parts}); stopping before the "
-                f"update, so the weights are untouched{intact}. {settings.hint}"
+                f"step {state.step + 1}: {what}; stopping before the update, so the weights are "
+                f"untouched{intact}. {settings.hint}"
             )
         optimizer_step(
             total,

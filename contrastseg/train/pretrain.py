@@ -43,6 +43,7 @@ from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
     changed_settings,
     load_checkpoint,
+    release_run_folders,
     resume_note,
     resume_source,
     save_atomic,
@@ -427,6 +428,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
     try:
         return _run(config, context)
     finally:
+        release_run_folders()  # the run folder's lock, taken by resume_source
         teardown_process(context)
 
 

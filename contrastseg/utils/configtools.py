@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                name = key_node.start_mark.name
+                raise ConfigError(
+                    ("" if name.startswith("<") else f"{name}: ")
+                    + f"line {line}: a key must be a name, got a {type(key).__name__}"
+                ) from None
             if key in seen:
                 name = key_node.start_mark.name
                 raise ConfigError(
@@ -90,11 +99,22 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 200
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 10
+_SHORT.maxlevel = 2
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a readable size (a YAML anchor bomb expands to megabytes)."""
+    return _SHORT.repr(value)
+
+
 def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
     """Check ``value`` against the annotation ``tp`` and convert lists to tuples etc."""
     origin = get_origin(tp)
     bad = ConfigError(
-        f"{_where(key, source)}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        f"{_where(key, source)}: expected {_type_name(tp)}, got {_short(value)} ({type(value).__name__})"
     )
     if tp is Any:
         return value
@@ -118,7 +138,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             value = words[0] if words else value
         if value not in get_args(tp):
             raise ConfigError(
-                f"{_where(key, source)}: {value!r} is not one of {', '.join(map(repr, get_args(tp)))}"
+                f"{_where(key, source)}: {_short(value)} is not one of {', '.join(map(repr, get_args(tp)))}"
             )
         return value
     if origin in (Union, types.UnionType):
@@ -148,7 +168,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
             return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(
-                f"{_where(key, source)}: expected {len(args)} values ({_type_name(tp)}), got {value!r}"
+                f"{_where(key, source)}: expected {len(args)} values ({_type_name(tp)}), got {_short(value)}"
             )
         return tuple(
             _coerce(v, a, f"{key}[{i}]", source)
@@ -183,7 +203,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
         if not math.isfinite(value) and not (math.isnan(value) and _nan_allowed(key)):
-            raise ConfigError(f"{_where(key, source)}: expected a finite number, got {value!r}")
+            raise ConfigError(
+                f"{_where(key, source)}: expected a finite number, got {_short(value)}"
+            )
         return float(value)
     if tp is str:
         if not isinstance(value, str):

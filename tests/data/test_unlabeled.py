@@ -181,9 +181,8 @@ def test_mostly_nodata_patches_are_skipped_and_nan_needs_a_nodata_value(tmp_path
     floats[0, 3, 4:9] = np.nan
     (tmp_path / "nan").mkdir()
     tifffile.imwrite(tmp_path / "nan" / "f.tif", floats[0])
-    nan_data = UnlabeledDataset(UnlabeledDataConfig(roots=[str(tmp_path / "nan")], patch_size=32))
     with pytest.raises(ValueError, match=r"f\.tif' has 5 NaN pixel\(s\) in window"):
-        nan_data[0]
+        UnlabeledDataset(UnlabeledDataConfig(roots=[str(tmp_path / "nan")], patch_size=32))
     declared = UnlabeledDataset(
         UnlabeledDataConfig(roots=[str(tmp_path / "nan")], patch_size=32, nodata=float("nan"))
     )

@@ -143,7 +143,7 @@ def test_export_refuses_non_finite_weights_naming_the_tensor(tmp_path):
     ckpt = pretrain_checkpoint(tmp_path / "ckpt.pt", model)
     with pytest.raises(
         ValueError,
-        match=r"ckpt\.pt: layer2\.0\.bn1\.running_var holds 1 non-finite value\(s\) of 128",
+        match=r"ckpt\.pt: model\.backbone\.layer2\.0\.bn1\.running_var holds 1 non-finite value\(s\) of 128",
     ):
         export_weights(ckpt, tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()

@@ -208,9 +208,9 @@ def test_an_overflowing_batchnorm_buffer_stops_the_run_before_its_checkpoint(tmp
 
     monkeypatch.setattr(PretrainModel, "forward", inf_variance_on_third)
     with pytest.raises(
-        ValueError,
-        match=r"step_00000003\.pt: not written: model\.backbone\.layer3\.1\.bn2\.running_var holds 1 "
-        r"non-finite.*lower optim\.lr.*newest checkpoint .*step_00000002\.pt is intact",
+        TrainingDiverged,
+        match=r"step 3: the BatchNorm statistics net\.backbone\.layer3\.1\.bn2\.running_var are "
+        r"not finite.*newest checkpoint .*step_00000002\.pt is intact.*Lower optim\.lr",
     ):
         run_pretrain(tiny(tmp_path, "train.max_steps=4", "run.checkpoint_every=1"))
     names = sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir())
