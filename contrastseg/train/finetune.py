@@ -53,6 +53,7 @@ from contrastseg.losses.segmentation import build_loss, count_labels
 from contrastseg.models.pretrained import LoadReport
 from contrastseg.train.checkpoint import (
     changed_settings,
+    release_run_folders,
     resume_note,
     resume_source,
     save_atomic,
@@ -201,12 +202,17 @@ class FinetuneTask(TrainingTask):
         self.monitor: RunMonitor | None = None
         self.total_steps, self.epochs, self.best_path = total_steps, epochs, best_path
         self.steps_per_epoch = max(1, -(-total_steps // max(epochs, 1)))  # set exactly below
+        # labeled pixels of the epoch's batches, summed on the device (one sync per epoch)
+        self.labeled = torch.zeros((), dtype=torch.int64, device=device)
+        self.batches = 0
 
     def log_name(self, key: str) -> str:
         return "loss/train" if key == "total" else super().log_name(key)
 
     def on_epoch_start(self, epoch: int) -> None:
         set_train_mode(self.model, self.frozen)
+        self.labeled.zero_()
+        self.batches = 0
 
     def train_step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
         images, masks = batch
@@ -219,6 +225,8 @@ class FinetuneTask(TrainingTask):
             x, y = official_augment(x, y, self.generator, self.mean, self.std, self.ignore_index)
         elif config.train.augment:
             x, y = augment_batch(x, y, self.generator)
+        self.labeled += (y != self.ignore_index).sum()
+        self.batches += 1
         with autocast_context(self.device, self.amp_dtype):
             logits = self.forward(x.contiguous(memory_format=self.memory_format))
         return {"total": self.criterion(logits.float(), y)}
@@ -231,6 +239,12 @@ class FinetuneTask(TrainingTask):
 
     def on_epoch_end(self, epoch: int, step: int) -> bool:
         config = self.config
+        if self.batches and int(self.labeled) == 0:
+            raise ConfigError(
+                f"epoch {epoch + 1}: its training masks hold no labeled pixel (every pixel is "
+                f"ignore_index {self.ignore_index} or nodata): there is nothing to train on; "
+                "check data.label_fraction / label_list, ignore_values and the masks"
+            )
         if step < self.total_steps and (
             config.eval.every_steps is not None or (epoch + 1) % config.eval.every
         ):
@@ -513,6 +527,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             monitor.info("no test split configured (data.test): the test report is skipped")
     finally:
         monitor.close()
+        release_run_folders()  # the run folder's lock, taken by resume_source
     history = task.history
     return FinetuneResult(
         run_dir, best_path, int(best["epoch"]), val_metrics, test_metrics, step, history, report

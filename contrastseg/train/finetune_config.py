@@ -187,8 +187,9 @@ class FinetuneRunConfig(RunConfig):
     log_every: int = 10
     #: write a checkpoint at the first epoch end after every N steps (and always at the end)
     checkpoint_every: int = 200
-    #: keep the newest K step checkpoints (best.pt is kept apart)
-    keep_last: int = 1
+    #: keep the newest K step checkpoints (best.pt is kept apart; 2, so a resume falls back
+    #: past a damaged newest one)
+    keep_last: int = 2
     #: unused by fine-tuning (overlays come with each report)
     image_every: int = 0
 

@@ -148,3 +148,15 @@ def test_the_cli_offers_lp_ft():
     from contrastseg.cli import build_parser
 
     assert build_parser().parse_args(["finetune", "--mode", "lp-ft"]).mode == "lp-ft"
+
+
+def test_an_epoch_without_labeled_pixels_stops(tmp_path, monkeypatch):
+    from contrastseg.train import finetune as ft
+
+    original = ft.FinetuneTask.train_step
+    monkeypatch.setattr(
+        ft.FinetuneTask, "train_step",
+        lambda self, b: original(self, (b[0], torch.full_like(b[1], 255))),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"epoch 1: its training masks hold no labeled pixel"):
+        run_finetune(_config(tmp_path, "run.name=x"))
