@@ -163,14 +163,16 @@ def stage_downstream(args: argparse.Namespace) -> None:
     """The downstream protocol for every fraction (its seeds), start and mode asked for."""
     found = checkpoints(args)
     names = args.starts if args.starts is not None else [*found, "random"]
-    missing = [n for n in names if n != "random" and n not in found]
+    bare = {n.partition(":")[0] for n in names}  # NAME:FEATURES probes NAME on FEATURES
+    missing = sorted(n for n in bare if n != "random" and n not in found)
     if missing:
         raise SystemExit(f"not pretrained yet: {', '.join(missing)} (run --stage pretrain)")
-    given = [f"{n}={found[n]}" for n in names if n != "random"]
+    given = [f"{n}={found[n]}" for n in sorted(bare) if n != "random"]
     for fraction in args.fractions:
         seeds = [str(s) for s in range(args.seeds_by_fraction[fraction])]
         for mode in args.modes:
-            out = Path(args.work_dir) / f"downstream-{mode}-{fraction:g}-{'_'.join(names)}.json"
+            label = "_".join(n.replace(":", "-") for n in names)
+            out = Path(args.work_dir) / f"downstream-{mode}-{fraction:g}-{label}.json"
             extra = [
                 "--methods", *names, *[x for g in given for x in ("--checkpoint", g)],
                 "--modes", mode, "--fractions", str(fraction), "--seeds", *seeds,

@@ -186,6 +186,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             args.seed,
             args.exclude or (),
             args.nodata,
+            overwrite=args.overwrite,
         )
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
@@ -273,6 +274,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         checkpoint = _best_checkpoint(args.checkpoint)
         out = Path(args.out) if args.out else Path(checkpoint).parent / f"eval-{args.split}"
+        if (out / "metrics.json").exists() and not args.overwrite:
+            raise ValueError(
+                f"{out} already holds an evaluation report (metrics.json); pass --overwrite "
+                "to replace it, or choose another --out"
+            )
         run_evaluate(checkpoint, out, _eval_overrides(args), args.split, args.device)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
@@ -293,6 +299,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             _eval_overrides(args),
             args.device,
             preview=not args.no_preview,
+            overwrite=args.overwrite,
         )
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
@@ -321,10 +328,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from contrastseg.train.online_probe import probe_checkpoint
+    from contrastseg.utils.outputs import check_output_file
 
     try:
         config = _load_config(args)
         path = _newest_checkpoint(args.checkpoint)
+        if args.out:  # its own input never, another existing file only with --overwrite
+            check_output_file(args.out, [path], args.overwrite)
         result = probe_checkpoint(path, config, args.features, config.train.device)
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
@@ -506,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
             "metrics.txt, a confusion-matrix image and prediction overlays."
         ),
     )
+    evaluate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report of an earlier evaluation in the --out folder",
+    )
     add_inference_arguments(evaluate)
     evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
     evaluate.add_argument("--data-root", help="evaluate on this dataset folder instead")
@@ -515,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict",
         help="label maps (index PNG or GeoTIFF) and colour previews for images of any size",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace label maps and previews that exist in --out",
     )
     add_inference_arguments(predict)
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
@@ -555,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(the demo scenes)."
         ),
     )
+    probe.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_config_arguments(probe)
     probe.add_argument(
         "--checkpoint", required=True, help="weights file, or a run folder (its newest checkpoint)"
@@ -590,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
             "streamed over a random sample of windows; the YAML goes into normalize.stats_file."
         ),
     )
+    stats.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     stats.add_argument("data", nargs="*", help="folders or image files (none: the demo scenes)")
     stats.add_argument("--out", metavar="FILE", help="YAML file to write")
     stats.add_argument("--bands", type=int, nargs="+", help="band indices to use, in order")

@@ -260,12 +260,14 @@ def run_stats_command(
     seed: int = 0,
     exclude: Sequence[str] = (),
     nodata: float | None = None,
+    overwrite: bool = False,
 ) -> int:
     """``contrastseg stats DATA...``: print per-band mean/std and write them as YAML.
 
     Args:
         paths: folders or image files; empty = the built-in demo scenes.
         out: YAML file to write; None = print only.
+        overwrite: replace an existing ``out`` (otherwise refused before computing).
         bands: band indices (0-based) to use, in order; None = all.
         max_samples: at most this many windows (random, with ``seed``); None = every pixel.
         window_size: side of the non-overlapping windows the images are tiled into.
@@ -296,6 +298,8 @@ def run_stats_command(
     )
     if out and Path(out).is_dir():  # refused before the (long) computation
         raise ValueError(f"--out {out} is a folder; name the YAML file to write")
+    if out and Path(out).exists() and not overwrite:
+        raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
     sources, _, _ = list_sources(config)
     stats = compute_band_stats(config, max_samples, scale, seed, window_size)
     names = stats.bands if stats.bands is not None else list(range(len(stats.mean)))

@@ -304,6 +304,7 @@ def run_predict(
     device: str = "auto",
     preview: bool = True,
     preview_size: int = 2048,
+    overwrite: bool = False,
 ) -> list[Path]:
     """``contrastseg predict``: label maps (and colour previews) of image files of any size.
 
@@ -323,6 +324,8 @@ def run_predict(
         overrides: ``eval.window=...``, ``eval.flip=true``, ... (see :func:`run_evaluate`).
         device: ``auto``, ``cpu``, ``cuda``, ...
         preview: also write a colourised preview (downsampled to ``preview_size``).
+        overwrite: replace label maps and previews that exist (otherwise every output is
+            checked first and an existing one is refused before anything is predicted).
 
     Returns:
         The label map paths, in input order.
@@ -344,6 +347,7 @@ def run_predict(
     remove_stale_tmp(out)  # the temporary files of a killed predict into this folder
     written: list[Path] = []
     used: set[str] = set()
+    planned = []
     for source in inputs:
         name = safe_name(Path(source).stem)
         while name in used:
@@ -353,6 +357,15 @@ def run_predict(
         kind = ("tif" if is_tiff else "png") if fmt == "auto" else fmt
         target = out / f"{name}_labels.{kind}"
         preview_path = out / f"{name}_preview.png" if preview else None
+        planned.append((source, target, preview_path))
+    existing = [p for _, *paths in planned for p in paths if p is not None and p.exists()]
+    if existing and not overwrite:  # checked before anything is predicted
+        shown = ", ".join(str(p) for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise ValueError(
+            f"{len(existing)} output file(s) already exist in {out} ({shown}); pass "
+            "--overwrite to replace them, or choose another --out"
+        )
+    for source, target, preview_path in planned:
         try:
             _predict_one(segmenter, source, target, dtype, palette, preview_path, preview_size)
         except (ValueError, OSError) as err:  # OSError covers FileNotFoundError

@@ -45,3 +45,44 @@ def test_export_refuses_an_existing_file_unless_overwrite(tmp_path, capsys):
     assert checksum_path(out).read_text().split()[0] == _sha(out)
     assert main(["export", str(ckpt), "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_predict_refuses_existing_outputs_before_predicting_unless_overwrite(
+    finetuned_best, tmp_path, capsys
+):
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((40, 40, 4), np.uint8)).save(image)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "scene_labels.png").write_bytes(b"the user's map")
+    args = ["predict", "--checkpoint", str(finetuned_best), str(image), "--out", str(out)]
+    assert main(args) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert (out / "scene_labels.png").read_bytes() == b"the user's map"
+    assert not (out / "scene_preview.png").exists()  # nothing was predicted
+    assert main([*args, "--overwrite"]) == 0
+    assert Image.open(out / "scene_labels.png").size == (40, 40)
+
+
+def test_evaluate_probe_and_stats_refuse_an_existing_report_unless_overwrite(
+    finetuned_best, tmp_path, capsys
+):
+    report = tmp_path / "ev"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    evaluate = ["evaluate", "--checkpoint", str(finetuned_best), "--out", str(report)]
+    assert main(evaluate) == 2
+    assert "already holds an evaluation report" in capsys.readouterr().err
+    assert (report / "metrics.json").read_text() == "{}"
+    mine = tmp_path / "mine.json"
+    mine.write_text("the user's file")
+    probe = ["probe", "--checkpoint", str(finetuned_best), "--out", str(mine)]
+    assert main(probe) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    stats = ["stats", "--max-samples", "4", "--out", str(mine)]
+    assert main(stats) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert mine.read_text() == "the user's file"

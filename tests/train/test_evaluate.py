@@ -72,8 +72,11 @@ def test_a_failed_prediction_leaves_no_file_and_names_the_input(finetuned, tmp_p
     # an older result under the final name is not replaced by a failed run
     (pred / "three_labels.tif").write_bytes(b"old result")
     with pytest.raises(ValueError, match=r"three\.tif"):
-        run_predict(finetuned / "best.pt", [tmp_path / "three.tif"], pred)
+        run_predict(finetuned / "best.pt", [tmp_path / "three.tif"], pred, overwrite=True)
     assert (pred / "three_labels.tif").read_bytes() == b"old result"
+    # without overwrite the older result is refused before anything is predicted
+    with pytest.raises(ValueError, match=r"already exist.*three_labels\.tif.*--overwrite"):
+        run_predict(finetuned / "best.pt", [tmp_path / "three.tif"], pred)
 
 
 def test_evaluate_and_predict_take_a_run_folder(finetuned, tmp_path, capsys):
