@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fraction-seeds", nargs="+", default=["0.01=5", "0.1=3"],
         help="FRACTION=N: seeds 0..N-1 at that label fraction",
     )  # fmt: skip
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="downstream stage: only these seeds "
+        "(to split the seeds of --fraction-seeds over processes; a later call with every seed "
+        "reuses their runs, selects and scores the test split)"
+    )  # fmt: skip
     parser.add_argument("--modes", nargs="+", default=["finetune", "linear"])
     parser.add_argument(
         "--starts", nargs="*", default=None, help="downstream stage: only these starts "
@@ -169,9 +174,11 @@ def stage_downstream(args: argparse.Namespace) -> None:
         raise SystemExit(f"not pretrained yet: {', '.join(missing)} (run --stage pretrain)")
     given = [f"{n}={found[n]}" for n in sorted(bare) if n != "random"]
     for fraction in args.fractions:
-        seeds = [str(s) for s in range(args.seeds_by_fraction[fraction])]
+        seeds = [str(s) for s in args.seeds or range(args.seeds_by_fraction[fraction])]
         for mode in args.modes:
             label = "_".join(n.replace(":", "-") for n in names)
+            if args.seeds:
+                label += "-seeds" + "_".join(seeds)
             out = Path(args.work_dir) / f"downstream-{mode}-{fraction:g}-{label}.json"
             extra = [
                 "--methods", *names, *[x for g in given for x in ("--checkpoint", g)],
@@ -245,14 +252,44 @@ def measure_step_seconds(args: argparse.Namespace, steps: int = 20) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def collect_runs(work: Path) -> tuple[list[dict], list[dict]]:
+    """The selected, test-scored runs of every start in ``work``, read from the runs themselves.
+
+    Per mode, fraction and start, the setting (protocol, lr) with the best val mIoU averaged
+    over the seeds that ran every setting is selected (as :func:`downstream.select_setting`),
+    and its runs whose test split was scored (``test_record.json`` beside their ``best.pt``)
+    are returned; so the report does not depend on which process ran which seed, and a run
+    whose test score is missing is simply left out (its row shows fewer seeds).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for path in sorted(work.glob("*/record.json")):
+        record = json.loads(path.read_text())
+        if record.get("mode") in ("finetune", "linear", "decoder"):
+            key = (record["mode"], record["fraction"], record["start"])
+            groups.setdefault(key, []).append(record)
+    runs, selection = [], []
+    for (mode, fraction, start), group in sorted(groups.items()):
+        settings = {(r.get("protocol", "ft"), r["lr"]) for r in group}
+        done = {(r["seed"], r.get("protocol", "ft"), r["lr"]) for r in group}
+        seeds = sorted({r["seed"] for r in group if all((r["seed"], *k) in done for k in settings)})
+        complete = [r for r in group if r["seed"] in seeds]
+        (protocol, lr), by_setting = downstream.select_setting(complete)
+        selection.append({"mode": mode, "fraction": fraction, "start": start, "lr": lr,
+                          "protocol": protocol, "seeds": seeds,
+                          "val_miou_by_setting": by_setting})  # fmt: skip
+        for record in complete:
+            if (record.get("protocol", "ft"), record["lr"]) != (protocol, lr):
+                continue
+            scored = Path(record["best_checkpoint"]).parent / "test_record.json"
+            if scored.is_file():
+                scores = json.loads(scored.read_text())["scores"]
+                runs.append({**{k: v for k, v in record.items() if k != "overrides"}, **scores})
+    return runs, selection
+
+
 def combine(args: argparse.Namespace) -> dict:
-    """One report from every downstream JSON and the curve in the work folder."""
-    runs, selection, sources = [], [], []
-    for path in sorted(Path(args.work_dir).glob("downstream-*.json")):
-        report = json.loads(path.read_text())
-        runs += report["runs"]
-        selection += report["selection"]
-        sources.append(path.name)
+    """One report from every run and the curve in the work folder."""
+    runs, selection = collect_runs(Path(args.work_dir))
     steps = {name: s for name, _, s in pretrained_starts(args)}
     step_seconds = args.step_seconds
     rows = budget_rows(runs, steps, step_seconds)
@@ -262,7 +299,6 @@ def combine(args: argparse.Namespace) -> dict:
         "machine": machine_info(torch.device(args.device)),
         "settings": {k: v for k, v in vars(args).items() if k not in ("seeds_by_fraction",)},
         "step_seconds": step_seconds,
-        "sources": sources,
         "rows": rows,
         "curve": json.loads(curve_path.read_text()) if curve_path.is_file() else [],
         "selection": selection,
