@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", choices=["demo", "dubai"], default="dubai")
     parser.add_argument("--root", default="../shared/data/dubai-aerial")
     parser.add_argument("--val", default="Tile 2/*")
+    parser.add_argument(
+        "--test-subset", nargs="+", default=None, help="score only these keys of the test split"
+    )  # fmt: skip
     parser.add_argument("--work-dir", default="runs/budget")
     parser.add_argument("--out", default=str(RESULTS / "budget_dubai.json"))
     parser.add_argument("--budgets", nargs="+", type=int, default=[100, 1000, 3000])
@@ -200,6 +203,8 @@ def _argv(args: argparse.Namespace, extra: list[str]) -> list[str]:
         "--window", str(args.window), "--threads", str(args.threads), "--device", args.device,
         "--work-dir", args.work_dir, "--scene-size", "96" if args.quick else "256", *extra,
     ]  # fmt: skip
+    if args.test_subset:
+        settings += ["--test-subset", *args.test_subset]
     return [*settings, "--verbose"] if args.verbose else settings
 
 
@@ -252,7 +257,7 @@ def measure_step_seconds(args: argparse.Namespace, steps: int = 20) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def collect_runs(work: Path) -> tuple[list[dict], list[dict]]:
+def collect_runs(work: Path, test: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """The selected, test-scored runs of every start in ``work``, read from the runs themselves.
 
     Per mode, fraction and start, the setting (protocol, lr) with the best val mIoU averaged
@@ -281,7 +286,9 @@ def collect_runs(work: Path) -> tuple[list[dict], list[dict]]:
             if (record.get("protocol", "ft"), record["lr"]) != (protocol, lr):
                 continue
             scored = Path(record["best_checkpoint"]).parent / "test_record.json"
-            if scored.is_file():
+            if scored.is_file() and (
+                test is None or json.loads(scored.read_text())["test_overrides"] == test
+            ):
                 scores = json.loads(scored.read_text())["scores"]
                 runs.append({**{k: v for k, v in record.items() if k != "overrides"}, **scores})
     return runs, selection
@@ -289,7 +296,8 @@ def collect_runs(work: Path) -> tuple[list[dict], list[dict]]:
 
 def combine(args: argparse.Namespace) -> dict:
     """One report from every run and the curve in the work folder."""
-    runs, selection = collect_runs(Path(args.work_dir))
+    test = downstream.Splits(_downstream_args(args)).restore  # the split every row is scored on
+    runs, selection = collect_runs(Path(args.work_dir), test)
     steps = {name: s for name, _, s in pretrained_starts(args)}
     step_seconds = args.step_seconds
     rows = budget_rows(runs, steps, step_seconds)
@@ -299,6 +307,7 @@ def combine(args: argparse.Namespace) -> dict:
         "machine": machine_info(torch.device(args.device)),
         "settings": {k: v for k, v in vars(args).items() if k not in ("seeds_by_fraction",)},
         "step_seconds": step_seconds,
+        "test_split": test,
         "rows": rows,
         "curve": json.loads(curve_path.read_text()) if curve_path.is_file() else [],
         "selection": selection,

@@ -145,7 +145,8 @@ class Splits:
         if not data.train:
             keys = sorted({item.key for item in LabeledDataset(config.data, "train").items})
             self.grid.append(f"data.train={json.dumps([_escape(k) for k in keys])}")
-        self.restore = [f"data.test={json.dumps(self.test)}"]
+        # the split scored: the test split, or the subset of it that --test-subset names
+        self.restore = [f"data.test={json.dumps(args.test_subset or self.test)}"]
         self._steps: dict[float, int] = {}
 
     def steps_per_epoch(self, fraction: float, args: argparse.Namespace) -> int:
@@ -633,6 +634,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="torch threads (default: torch's; pin to 1 per process on a shared CPU)",
     )  # fmt: skip
     parser.add_argument("--val", default="", help="dubai: key pattern of the validation split")
+    parser.add_argument(
+        "--test-subset", nargs="+", default=None, metavar="PATTERN",
+        help="score only these keys of the test split (e.g. 'Tile 8/*_00[159]': 3 of its 9 "
+        "images); the test images stay out of every training split all the same",
+    )  # fmt: skip
     parser.add_argument("--work-dir", default=None, help="keep runs here (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true", help="print the engine's reports")
     parser.add_argument(

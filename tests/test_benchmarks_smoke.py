@@ -331,3 +331,36 @@ def test_budget_rows_pair_each_seed_with_random_and_state_the_verdict(tmp_path):
     assert text.splitlines()[0].startswith("| mode | labels | start |")
     png = budget.figure(report, tmp_path / "budget.png")
     assert png.stat().st_size > 10_000
+
+
+def test_budget_report_selects_on_val_over_complete_seeds_and_reads_the_test_scores(tmp_path):
+    budget = _load("budget")
+    test = ['data.test=["Tile 8/*"]']
+
+    def run(name, seed, protocol, val, kappa=None, other_test=False):
+        folder = tmp_path / f"{name}-{seed}-{protocol}"
+        folder.mkdir()
+        record = {"mode": "finetune", "fraction": 0.01, "start": name, "name": name,
+                  "features": "decoder", "seed": seed, "protocol": protocol, "lr": 1e-3,
+                  "val_miou": val, "best_checkpoint": str(folder / "best.pt")}  # fmt: skip
+        (folder / "record.json").write_text(json.dumps(record))
+        if kappa is not None:
+            split = ['data.test=["elsewhere"]'] if other_test else test
+            scores = {"kappa": kappa, "miou": kappa, "overall_accuracy": kappa, "mean_f1": kappa}
+            (folder / "test_record.json").write_text(
+                json.dumps({"test_overrides": split, "scores": scores})
+            )
+
+    run("g", 0, "ft", 0.30, 0.40)
+    run("g", 0, "lpft+all", 0.40, 0.50)
+    run("g", 1, "ft", 0.30, 0.41)
+    run("g", 1, "lpft+all", 0.36, 0.52)
+    run("g", 2, "lpft+all", 0.10, 0.90)  # seed 2 lacks ft: left out of selection and table
+    run("r", 0, "ft", 0.35, 0.45, other_test=True)  # scored on another split: left out
+    runs, selection = budget.collect_runs(tmp_path, test)
+    chosen = {s["start"]: s for s in selection}
+    assert chosen["g"]["protocol"] == "lpft+all" and chosen["g"]["seeds"] == [0, 1]
+    assert sorted((r["start"], r["seed"], r["kappa"]) for r in runs) == [
+        ("g", 0, 0.50),
+        ("g", 1, 0.52),
+    ]
