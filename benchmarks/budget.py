@@ -405,7 +405,11 @@ def figure(report: dict, path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    curve = report.get("curve") or []
+    fig, axes = plt.subplots(
+        1, 2 if curve else 1, figsize=(11 if curve else 6.5, 4.2), squeeze=False
+    )
+    left = axes[0][0]
     minutes = report["step_seconds"] is not None
     series: dict[tuple, list[dict]] = {}
     for row in report["rows"]:
@@ -442,15 +446,15 @@ def figure(report: dict, path: str | Path) -> Path:
     left.set_ylabel("test kappa - random start (points)")
     left.set_title("gain over random (mean, 95 % interval over seeds)")
     left.legend(fontsize=7)
-    curve = report.get("curve") or []
-    for kind in ("decoder", "encoder"):
-        points = [(p["step"], 100 * p[kind]["kappa"]) for p in curve if kind in p]
-        if points:
-            right.plot(*zip(*points, strict=True), marker=".", label=f"{kind} features")
-    right.set_xlabel("pretraining step")
-    right.set_ylabel("online probe kappa % (val)")
-    right.set_title("online probe over the longest pretraining")
-    if curve:
+    if curve:  # the probe of every kept checkpoint of the longest pretraining
+        right = axes[0][1]
+        for kind in ("decoder", "encoder"):
+            points = [(p["step"], 100 * p[kind]["kappa"]) for p in curve if kind in p]
+            if points:
+                right.plot(*zip(*points, strict=True), marker=".", label=f"{kind} features")
+        right.set_xlabel("pretraining step")
+        right.set_ylabel("online probe kappa % (val)")
+        right.set_title("online probe over the longest pretraining")
         right.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
