@@ -70,7 +70,7 @@ def test_a_full_disk_is_one_error_naming_the_file_and_keeps_the_older_one(
 
     monkeypatch.setattr(evaluate.TiffRowSink, "__init__", init)
     with pytest.raises(ValueError) as caught:
-        run_predict(best, [scene], out)
+        run_predict(best, [scene], out, overwrite=True)  # replaced only on success
     message = str(caught.value)
     assert "\n" not in message
     assert f"cannot write {out / 'scene_labels.tif'}: No space left on device" in message
