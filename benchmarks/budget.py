@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage", choices=["pretrain", "downstream", "curve", "report", "all"])
     parser.add_argument("--render", metavar="JSON", help="print a written report and stop")
     parser.add_argument("--figure", metavar="PNG", help="with --render or report: draw it here")
+    parser.add_argument(
+        "--merge", metavar="JSON", help="report: also the runs of an earlier report (same test "
+        "split and downstream settings) for the (mode, fraction, start) groups not in --work-dir",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="demo scenes, tiny budgets")
     parser.add_argument("--data", choices=["demo", "dubai"], default="dubai")
     parser.add_argument("--root", default="../shared/data/dubai-aerial")
@@ -294,10 +298,48 @@ def collect_runs(work: Path, test: list[str] | None = None) -> tuple[list[dict],
     return runs, selection
 
 
+#: what every run of one mode must share for runs of two reports to sit in one table
+SAME_PROTOCOL = ("eval_every_steps", "steps_per_epoch", "decoder")
+
+
+def merge_report(
+    runs: list[dict], selection: list[dict], earlier: dict, test: list[str]
+) -> tuple[list[dict], list[dict]]:
+    """``runs`` and ``selection`` plus those of an ``earlier`` report for every (mode, fraction,
+    start) group the work folder lacks: so a new budget joins a table whose random start and
+    other budgets ran in an earlier session. Refused unless the earlier report was scored on
+    the same test split and its runs of each mode and fraction share the new runs' validation
+    cadence, batches per epoch and decoder (:data:`SAME_PROTOCOL`)."""
+    if earlier.get("test_split") != test:
+        raise SystemExit(
+            f"--merge: the earlier report was scored on {earlier.get('test_split')}, "
+            f"this one on {test}: their rows are not comparable"
+        )
+    have = {(s["mode"], s["fraction"], s["start"]) for s in selection}
+    added = [r for r in earlier["runs"] if (r["mode"], r["fraction"], r["start"]) not in have]
+    for new in runs:
+        for old in added:
+            if (old["mode"], old["fraction"]) != (new["mode"], new["fraction"]):
+                continue
+            differ = [k for k in SAME_PROTOCOL if old.get(k) != new.get(k)]
+            if differ:
+                raise SystemExit(
+                    f"--merge: {old['start']} (earlier) and {new['start']} ({new['mode']}) differ "
+                    + ", ".join(f"in {k}: {old.get(k)!r} vs {new.get(k)!r}" for k in differ)
+                )
+    selection = selection + [
+        s for s in earlier["selection"] if (s["mode"], s["fraction"], s["start"]) not in have
+    ]
+    return runs + added, selection
+
+
 def combine(args: argparse.Namespace) -> dict:
     """One report from every run and the curve in the work folder."""
     test = downstream.Splits(_downstream_args(args)).restore  # the split every row is scored on
     runs, selection = collect_runs(Path(args.work_dir), test)
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        runs, selection = merge_report(runs, selection, earlier, test)
     steps = {name: s for name, _, s in pretrained_starts(args)}
     step_seconds = args.step_seconds
     rows = budget_rows(runs, steps, step_seconds)

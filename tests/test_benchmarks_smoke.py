@@ -364,3 +364,36 @@ def test_budget_report_selects_on_val_over_complete_seeds_and_reads_the_test_sco
         ("g", 0, 0.50),
         ("g", 1, 0.52),
     ]
+
+
+def test_budget_merge_adds_the_earlier_reports_missing_starts_and_refuses_other_protocols():
+    budget = _load("budget")
+    test = ['data.test=["Tile 8/*"]']
+
+    def record(start, seed, kappa, every=20):
+        return {"mode": "finetune", "fraction": 0.01, "start": start, "name": start,
+                "features": "decoder", "seed": seed, "protocol": "ft", "lr": 1e-3,
+                "kappa": kappa, "eval_every_steps": every, "steps_per_epoch": 5,
+                "decoder": "deeplabv3plus"}  # fmt: skip
+
+    def chosen(start):
+        return {"mode": "finetune", "fraction": 0.01, "start": start, "protocol": "ft"}
+
+    new = [record("g-1000", s, 0.5) for s in range(3)]
+    earlier = {
+        "test_split": test,
+        "runs": [record("random", s, 0.4) for s in range(3)] + [record("g-1000", 0, 0.9)],
+        "selection": [chosen("random"), chosen("g-1000")],
+    }
+    runs, selection = budget.merge_report(new, [chosen("g-1000")], earlier, test)
+    # the work folder's g-1000 wins over the earlier one; random comes from the earlier report
+    assert (
+        sorted((r["start"], r["kappa"]) for r in runs)
+        == [("g-1000", 0.5)] * 3 + [("random", 0.4)] * 3
+    )
+    assert [s["start"] for s in selection] == ["g-1000", "random"]
+    with pytest.raises(SystemExit, match="scored on"):
+        budget.merge_report(new, [chosen("g-1000")], {**earlier, "test_split": ["x"]}, test)
+    other = {**earlier, "runs": [record("random", s, 0.4, every=25) for s in range(3)]}
+    with pytest.raises(SystemExit, match="eval_every_steps: 25 vs 20"):
+        budget.merge_report(new, [chosen("g-1000")], other, test)
