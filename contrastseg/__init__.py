@@ -6,7 +6,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_pretrained"]
+#: the Python API (contrastseg.api), one function per subcommand
+API = ("pretrain", "finetune", "evaluate", "predict", "export", "probe")
+
+__all__ = ["__version__", "load_pretrained", *API]
 
 
 def __getattr__(name: str) -> Any:
@@ -15,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from contrastseg.models.pretrained import load_pretrained
 
         return load_pretrained
+    if name in API:
+        from contrastseg import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'contrastseg' has no attribute {name!r}")

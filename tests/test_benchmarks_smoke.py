@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -397,3 +398,19 @@ def test_budget_merge_adds_the_earlier_reports_missing_starts_and_refuses_other_
     other = {**earlier, "runs": [record("random", s, 0.4, every=25) for s in range(3)]}
     with pytest.raises(SystemExit, match="eval_every_steps: 25 vs 20"):
         budget.merge_report(new, [chosen("g-1000")], other, test)
+
+
+def test_figures_are_drawn_from_the_committed_results(tmp_path):
+    pytest.importorskip("matplotlib")
+    figures = _load("figures")
+    report = json.loads((BENCHMARKS / "results" / "downstream_dubai.json").read_text())
+    series = figures.series_by_start(report["runs"], "finetune")
+    # the series is the mean and spread of the runs' own kappas (a second, plain computation)
+    kappas = [100 * r["kappa"] for r in report["runs"]
+              if (r["mode"], r["start"], r["fraction"]) == ("finetune", "glcnet", 0.01)]  # fmt: skip
+    fraction, mean, std = series["glcnet"][0]
+    assert fraction == 0.01 and mean == pytest.approx(np.mean(kappas))
+    assert std == pytest.approx(np.std(kappas, ddof=1))
+    for name in ("downstream", "recipe", "budget"):
+        path = figures.draw(name, tmp_path)
+        assert path == tmp_path / f"{name}.png" and path.stat().st_size > 10_000
