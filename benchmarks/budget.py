@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", default="glcnet", help="the method pretrained at every budget")
     parser.add_argument("--middle-methods", nargs="*", default=["simclr", "dense"])
     parser.add_argument(
+        "--middle-budget", type=int, help="the budget of --middle-methods (default: the median)"
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, help="pretrain stage: only these START names "
         "(e.g. glcnet-3000 simclr-1000)"
     )  # fmt: skip
@@ -133,7 +136,7 @@ def pretrained_starts(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     middle methods at the middle budget."""
     budgets = sorted(args.budgets)
     starts = [(f"{args.method}-{b}", args.method, b) for b in budgets]
-    middle = budgets[len(budgets) // 2]
+    middle = args.middle_budget or budgets[len(budgets) // 2]
     starts += [(f"{m}-{middle}", m, middle) for m in args.middle_methods]
     return starts
 

@@ -338,21 +338,37 @@ def export(
     out: PathLike,
     *,
     part: Literal["backbone", "encoder", "all"] = "backbone",
+    format: Literal["torch", "onnx"] = "torch",
     overwrite: bool = False,
 ) -> Path:
     """``contrastseg export``: write the backbone in torchvision key names (or the encoder,
-    or every tensor) of a checkpoint or run folder (its newest checkpoint).
+    or every tensor) of a checkpoint or run folder (its newest checkpoint); with
+    ``format="onnx"``, the whole fine-tuned segmenter as an ONNX model for deployment
+    (:func:`contrastseg.deploy.export_onnx`: any input size, the checkpoint's bands,
+    scale and normalisation in its metadata).
 
     Args:
         checkpoint: a pretraining or fine-tuning checkpoint, or a run folder.
         out: the file written; never the input itself, another existing file only with
             ``overwrite``.
-        part: ``backbone`` (torchvision ResNet keys), ``encoder`` (backbone + ASPP), ``all``.
+        part: ``backbone`` (torchvision ResNet keys), ``encoder`` (backbone + ASPP), ``all``
+            (``format="torch"`` only).
+        format: ``torch`` (a state dict) or ``onnx`` (a fine-tuning checkpoint or its run
+            folder's ``best.pt``).
         overwrite: replace an existing ``out``.
     """
     from contrastseg.models.pretrained import export_weights
     from contrastseg.utils.outputs import check_output_file
 
+    if format == "onnx":
+        from contrastseg.deploy import export_onnx
+
+        if part != "backbone":
+            raise ValueError(f"--part {part} is for state dicts; --format onnx exports the "
+                             "whole fine-tuned segmenter")  # fmt: skip
+        return export_onnx(best_checkpoint(checkpoint), out, overwrite)
+    if format != "torch":
+        raise ValueError(f"--format must be torch or onnx, got {format!r}")
     source = newest_checkpoint(checkpoint)
     check_output_file(out, [source], overwrite)  # checked before any work
     return Path(export_weights(source, out, part))
