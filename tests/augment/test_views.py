@@ -181,7 +181,8 @@ def test_bad_inputs_raise_clear_errors(images, match):
 def test_subset_and_where_paths_agree():
     # The CPU computes only the selected samples, other devices compute all and select.
     from contrastseg.augment import intensity
-    from contrastseg.augment.views import _apply
+
+    _apply = intensity.apply_to_selected
 
     images = torch.rand(5, 3, 9, 9)
     mask = torch.tensor([True, False, True, True, False])
