@@ -59,11 +59,20 @@ def load_baseline(commit: str, folder: str) -> Callable[[ViewsConfig], Callable]
     """
     archive = Path(folder) / "baseline.tar"
     with archive.open("wb") as out:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "archive", commit, "contrastseg"], stdout=out, check=True
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit, "contrastseg"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    if done.returncode != 0:
+        raise SystemExit(
+            f"--baseline {commit}: git archive failed in {ROOT} ({done.stderr.strip()}); "
+            "run from a git checkout that holds that commit"
         )
     with tarfile.open(archive) as tar:
-        tar.extractall(folder, filter="data")
+        # our own git archive; the "data" filter where this Python has it (3.10.12+)
+        tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     current = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "contrastseg"}
     for name in current:
         del sys.modules[name]
