@@ -18,10 +18,7 @@ path. ``--keep-freed-memory`` reruns the benchmark with glibc told to keep freed
 (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, what jemalloc or tcmalloc do by
 default), for both paths alike.
 
-Engines: the same GLCNet views made by ``views.engine: native`` (this package's ops, one
-resampling per view) and ``views.engine: kornia`` (a sequence of ``kornia.augmentation``
-modules per view), both batched on ``--device``, timed call by call alternately; the ratio
-is Kornia's time over the native one (median over adjacent pairs of calls).
+The view pipeline against the native engine it replaced: ``benchmarks/view_pipeline.py``.
 
 With ``--device cuda`` the batched path also reports its share of an approximate ResNet-50
 GLCNet training step (DeepLabV3+ forward of both views, encoder + decoder, backward, Adam
@@ -193,7 +190,6 @@ def main() -> None:
     dev_images = images.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     views = PairedViews(config)
-    kornia_views = PairedViews(ViewsConfig(engine="kornia"))
     pair = views(dev_images, gen)
     n_src = args.source * args.source
 
@@ -204,9 +200,6 @@ def main() -> None:
         match_regions(
             pair.index1, pair.index2, NUM_REGIONS, REGION_SIZE, gen, num_source_pixels=n_src
         )
-
-    def kornia_engine_views() -> None:
-        kornia_views(dev_images, gen)
 
     def batched_both() -> None:
         p = views(dev_images, gen)
@@ -250,17 +243,6 @@ def main() -> None:
             statistics.median(fault_s) / per_sample_n,
         )
     t_both = timed["views+matching"][0]
-    # Engines: both batched on the device, same batch.
-    t_native, t_kornia, _, _ = _alternate(
-        batched_views, device, kornia_engine_views, device, repeats
-    )
-    engine_ratio = statistics.median(k / n for n, k in zip(t_native, t_kornia, strict=True))
-    engines = {
-        "native_ms_per_image": 1e3 * statistics.median(t_native) / batch,
-        "kornia_ms_per_image": 1e3 * statistics.median(t_kornia) / batch,
-        "kornia_over_native": engine_ratio,
-    }
-
     rows = []
     results = {}
     for name, (tb, ts, ratio) in timed.items():
@@ -284,8 +266,6 @@ def main() -> None:
             "per_sample_page_faults_per_image": pf_s,
         }
 
-    results["engines"] = engines
-
     step = None
     if device.type == "cuda":
         step = train_step_seconds(batch, config.size, device, repeats)
@@ -308,10 +288,6 @@ def main() -> None:
             "page faults/img (batched / per-sample)",
         ],
         rows,
-    )
-    print(
-        f"views engines (batched, {device}): native {engines['native_ms_per_image']:.3f} ms/img, "
-        f"kornia {engines['kornia_ms_per_image']:.3f} ms/img, kornia / native = {engine_ratio:.2f}x"
     )
     if step is not None:
         print(

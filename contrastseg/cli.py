@@ -167,7 +167,7 @@ def _cmd_views(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
-    print(f"views ({config.views.engine} engine): " + "; ".join(describe_views(config.views)))
+    print("views: " + "; ".join(describe_views(config.views)))
     print(f"wrote {path}")
     return 0
 

@@ -1,11 +1,11 @@
 """Paired views with index tracking, matched local regions and region pooling (GLCNet).
 
 ``PairedViews`` makes two augmented views of a batch on its device and, for every view
-pixel, the source pixel it came from (with this package's ops, or as ``kornia.augmentation``
-pipelines with ``views.engine: kornia``; our multi-band ops are the ``RandomBand*`` Kornia
-classes); ``match_regions`` draws window pairs centred on the same source pixel in both views; ``pool_regions`` averages a feature map over those
-windows; ``draw_view_grid`` (and ``preview_views``, which runs it all) writes a PNG to
-check it by eye.
+pixel, the source pixel it came from (each view a pipeline of ``kornia.augmentation``
+modules resampled once; our multi-band ops are the ``RandomBand*`` Kornia classes in
+:mod:`contrastseg.augment.ops`); ``match_regions`` draws window pairs centred on the same
+source pixel in both views; ``pool_regions`` averages a feature map over those windows;
+``draw_view_grid`` (and ``preview_views``, which runs it all) writes a PNG to check it by eye.
 """
 
 from contrastseg.augment.config import (
@@ -20,7 +20,7 @@ from contrastseg.augment.config import (
     RotationConfig,
     ViewsConfig,
 )
-from contrastseg.augment.kornia_ops import (
+from contrastseg.augment.ops import (
     RandomBandColorJitter,
     RandomBandGaussianNoise,
     RandomBandGrayscale,

@@ -5,14 +5,18 @@ resized crops (scale 0.4-1.0, ratio 3/4-4/3); view 1 is the crop only, view 2 ad
 independent flips, rot90 (p 0.8, k in {1, 2, 3}), ColorJitter (p 0.8), band-mean
 "grayscale" (p 0.1), Gaussian blur (p 0.5) and Gaussian noise (p 0.5). It differs from the
 official code's view 2 in every op after the crop (README, "Recipe");
-``ViewsConfig.preset("glcnet_official")`` is the official one (Kornia engine), and
+``ViewsConfig.preset("glcnet_official")`` is the official one, and
 ``ViewsConfig.preset("simclr")`` SimCLR's symmetric strong pipeline (Chen et al., ICML
 2020, appendix A) on both views.
+
+Plain data: the sections hold values and check them; the Kornia modules are built from them
+once, by :mod:`contrastseg.augment.pipeline`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -137,12 +141,11 @@ class GrayscaleConfig:
 
     Attributes:
         p: probability of the replacement.
-        mode: ``mean`` (the mean over bands) or ``random_band`` (one band drawn per sample;
-            Kornia engine only).
+        mode: ``mean`` (the mean over bands) or ``random_band`` (one band drawn per sample).
     """
 
     p: float = 0.0  #: probability of replacing every band by the band mean
-    #: ``mean`` = mean over bands; ``random_band`` = one band drawn per sample (engine kornia)
+    #: ``mean`` = mean over bands; ``random_band`` = one band drawn per sample
     mode: Literal["mean", "random_band"] = "mean"
 
     def __post_init__(self) -> None:
@@ -191,11 +194,11 @@ class NoiseConfig:
 
 @dataclass
 class PipelineConfig:
-    """The ops of one view, applied in the order of the fields (geometry first, then intensity).
+    """The ops of one view, in the order of the fields, then the ``extra`` ops.
 
-    With ``views.engine: native`` all geometric ops (crop, flips, rot90, rotation) are composed
-    into one affine map and the image is resampled once. With ``views.engine: kornia`` each op is
-    a ``kornia.augmentation`` module applied in turn, followed by the ``extra`` ops.
+    Every op is a ``kornia.augmentation`` module. The geometric ones (crop, flips, rot90,
+    rotation and geometric ``extra`` ops) are composed into one source-to-view matrix and the
+    image is resampled once; then the intensity ops run in order.
     """
 
     crop: CropConfig = field(default_factory=CropConfig)  #: random resized crop
@@ -206,17 +209,18 @@ class PipelineConfig:
     grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)  #: band mean
     blur: BlurConfig = field(default_factory=BlurConfig)  #: Gaussian blur
     noise: NoiseConfig = field(default_factory=NoiseConfig)  #: Gaussian noise
-    #: kornia.augmentation ops appended after the built-in ones (engine kornia), each
-    #: ``{name: <class>, <argument>: <value>, ...}``
+    #: kornia.augmentation ops appended after the built-in ones, each
+    #: ``{name: <class>, <argument>: <value>, ...}``; geometric ones join the single warp
     extra: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.extra = list(self.extra)
         if self.extra:
-            from contrastseg.augment.kornia_ops import make_op
+            # Names and argument names checked here (nothing built), so a typo fails at load.
+            from contrastseg.augment.ops.registry import check_op_spec
 
             for i, spec in enumerate(self.extra):
-                make_op(spec, where=f"extra[{i}]")  # bad names and arguments fail here, not mid-run
+                check_op_spec(spec, where=f"extra[{i}]")
 
 
 def _glcnet_t2() -> PipelineConfig:
@@ -263,9 +267,8 @@ class ViewsConfig:
             hue act; ``None`` when the data has no RGB triple (those two ops are skipped).
         value_range: ``(low, high)`` the intensity ops clamp to, as torchvision does for
             images in ``[0, 1]``; ``None`` for no clamping (e.g. standardised bands).
-        engine: ``native`` (this package's ops: one resampling per view, fastest) or
-            ``kornia`` (a sequence of ``kornia.augmentation`` modules per view, which takes
-            the ``extra`` ops).
+        engine: removed (there is one view pipeline); a value from an old config is
+            ignored with a warning.
         t1: pipeline of view 1 (the crop only, as in GLCNet).
         t2: pipeline of view 2 (ours: crop, flips, rot90, colour, grayscale, blur, noise).
     """
@@ -278,8 +281,8 @@ class ViewsConfig:
         0.0,
         1.0,
     )  #: clamp range of intensity ops, None = no clamp
-    #: ``native`` = own ops, one resampling; ``kornia`` = kornia.augmentation modules, takes ``extra``
-    engine: Literal["native", "kornia"] = "native"
+    #: removed: one view pipeline of Kornia modules; a value is ignored with a warning
+    engine: str | None = None
     t1: PipelineConfig = field(default_factory=PipelineConfig)  #: pipeline of view 1
     t2: PipelineConfig = field(default_factory=_glcnet_t2)  #: pipeline of view 2
 
@@ -300,20 +303,14 @@ class ViewsConfig:
                 raise ValueError(
                     f"views.value_range must be (low, high) with low < high or None, got {self.value_range}"
                 )
-        if self.engine not in ("native", "kornia"):
-            raise ValueError(f"views.engine must be 'native' or 'kornia', got {self.engine!r}")
-        if self.engine == "native":
-            for name, pipe in (("t1", self.t1), ("t2", self.t2)):
-                if pipe.extra:
-                    raise ValueError(
-                        f"views.{name}.extra needs views.engine: kornia (the native engine has "
-                        f"only the built-in ops), got {len(pipe.extra)} extra op(s)"
-                    )
-                if pipe.grayscale.mode != "mean":
-                    raise ValueError(
-                        f"views.{name}.grayscale.mode {pipe.grayscale.mode!r} needs "
-                        "views.engine: kornia (the native engine has only 'mean')"
-                    )
+        if self.engine is not None:
+            warnings.warn(
+                f"views.engine = {self.engine!r} is ignored: views.engine was removed (every view "
+                "is one pipeline of Kornia modules resampled once); delete the key",
+                FutureWarning,
+                stacklevel=3,  # the caller of __init__ (the dataclass's own is generated code)
+            )
+            self.engine = None
 
     @classmethod
     def preset(
@@ -321,7 +318,7 @@ class ViewsConfig:
     ) -> ViewsConfig:
         """A named recipe: ``glcnet`` (the defaults), ``glcnet_official`` or ``simclr``.
 
-        ``glcnet_official`` is view 2 of the official GLCNet code (Kornia engine; its HSV
+        ``glcnet_official`` is view 2 of the official GLCNet code (its HSV
         jitter assumes RGB in bands 0-2 and values in [0, 1]); ``simclr`` the strong
         pipeline on both views.
 
@@ -336,7 +333,7 @@ class ViewsConfig:
             return cls(**overrides)  # type: ignore[arg-type]
         kwargs: dict[str, object]
         if name == "glcnet_official":
-            kwargs = {"engine": "kornia", "t2": _glcnet_official_t2()}
+            kwargs = {"t2": _glcnet_official_t2()}
             kwargs.update(overrides)
             return cls(**kwargs)  # type: ignore[arg-type]
         if name == "simclr":

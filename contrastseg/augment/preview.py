@@ -40,7 +40,7 @@ def describe_views(config: ViewsConfig) -> list[str]:
 
     Built-in ops with probability 0 are left out; ``extra`` ops are listed with their arguments.
     """
-    from contrastseg.augment.kornia_ops import op_label
+    from contrastseg.augment.ops.registry import op_label
 
     lines = []
     for name, pipe in (("t1", config.t1), ("t2", config.t2)):

@@ -11,7 +11,7 @@ third, per-band brightness / contrast factors in [0.99, 1.01] and 0.1 % impulse 
 Deviations, on purpose: the mask is warped with nearest-neighbour sampling and the border
 it gains is ``ignore_index`` (the official code interpolates class ids bilinearly and
 fills the border with class 0); the hue wraps modulo 180 units (see
-:class:`~contrastseg.augment.kornia_ops.RandomGLCNetColor`).
+:class:`~contrastseg.augment.ops.glcnet.RandomGLCNetColor`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastseg.augment.kornia_ops import band_brightness_contrast, pixel_impulses, rgb_hsv_shift
+from contrastseg.augment.ops.glcnet import band_brightness_contrast, pixel_impulses, rgb_hsv_shift
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> Tensor:

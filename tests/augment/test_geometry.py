@@ -1,4 +1,4 @@
-"""Tests of contrastseg/augment/geometry.py against torch.flip/rot90, kornia and roi_align."""
+"""Tests of contrastseg/augment/geometry.py: the single resample and its index map."""
 
 import math
 
@@ -7,53 +7,66 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from contrastseg.augment.config import CropConfig
-from contrastseg.augment.geometry import compose_view_affine, sample_crop_boxes, warp_with_index
+from contrastseg.augment.geometry import warp_with_index
 
 H = W = 24
 
 
+def _turn(degrees, c):
+    """Source -> view turn by ``degrees`` about ``(c, c)``, as torch.rot90 turns (90 = one step)."""
+    t = math.radians(degrees)
+    cos, sin = round(math.cos(t), 12), round(math.sin(t), 12)
+    return torch.tensor(
+        [[cos, sin, c - c * (cos + sin)], [-sin, cos, c - c * (cos - sin)], [0, 0, 1]],
+        dtype=torch.float64,
+    )
+
+
 def _affine(boxes, size, hflip=False, vflip=False, k=0, angle=0.0):
-    b = boxes.shape[0]
-    return compose_view_affine(
-        boxes,
-        size,
-        torch.full((b,), hflip),
-        torch.full((b,), vflip),
-        torch.full((b,), k),
-        torch.full((b,), float(angle)),
+    """View pixel -> source pixel map of ``rotate(rot90(flip(resize(box))))``, written out here.
+
+    The box ``x0, y0, w, h`` (pixel edges) is resized to ``size``: ``u = (x - x0 + 0.5) S / w - 0.5``.
+    """
+    c = (size - 1) / 2
+    flip = torch.diag(torch.tensor([-1.0 if hflip else 1.0, -1.0 if vflip else 1.0, 1.0]))
+    flip[0, 2], flip[1, 2] = (size - 1 if hflip else 0), (size - 1 if vflip else 0)
+    turn = _turn(angle, c) @ _turn(90 * k, c) @ flip.double()
+    maps = []
+    for x0, y0, w, h in boxes.double().tolist():
+        resize = torch.tensor(
+            [
+                [size / w, 0, (0.5 - x0) * size / w - 0.5],
+                [0, size / h, (0.5 - y0) * size / h - 0.5],
+                [0, 0, 1],
+            ],
+            dtype=torch.float64,
+        )
+        maps.append(torch.linalg.inv(turn @ resize)[:2].float())
+    return torch.stack(maps)
+
+
+def _random_affines(b, height, width, size, g, angles=True):
+    u = torch.rand(b, 8, generator=g, dtype=torch.float64)
+    w = (0.2 + 0.8 * u[:, 0]) * width
+    h = (0.2 + 0.8 * u[:, 1]) * height
+    boxes = torch.stack([(width - w) * u[:, 2], (height - h) * u[:, 3], w, h], dim=1)
+    return torch.cat(
+        [
+            _affine(
+                boxes[i : i + 1],
+                size,
+                bool(u[i, 4] < 0.5),
+                bool(u[i, 5] < 0.5),
+                int(u[i, 6] * 4),
+                float(u[i, 7] * 360 - 180) if angles else 0.0,
+            )
+            for i in range(b)
+        ]
     )
 
 
 def _full_box(b=2):
     return torch.tensor([[0.0, 0.0, W, H]]).expand(b, 4)
-
-
-def test_crop_boxes_respect_scale_ratio_and_bounds():
-    g = torch.Generator().manual_seed(0)
-    cfg = CropConfig(scale=(0.2, 0.6), ratio=(0.5, 2.0))
-    boxes = sample_crop_boxes(4000, 60, 80, cfg, g, torch.device("cpu"))
-    x0, y0, w, h = boxes.unbind(1)
-    assert (x0 >= 0).all() and (y0 >= 0).all()
-    assert (x0 + w <= 80 + 1e-3).all() and (y0 + h <= 60 + 1e-3).all()
-    area = w * h / (60 * 80)
-    assert area.min() >= 0.2 - 1e-4 and area.max() <= 0.6 + 1e-4
-    ratio = w / h
-    assert ratio.min() >= 0.5 - 1e-4 and ratio.max() <= 2.0 + 1e-4
-    # log-uniform ratio: about half the boxes are wider than tall.
-    assert 0.4 < (ratio > 1).float().mean() < 0.6
-
-
-def test_crop_boxes_fall_back_like_torchvision():
-    # A 10 x 100 strip cannot hold any box with ratio <= 2 and area >= 0.9: torchvision's
-    # fallback is the whole height with the widest allowed ratio.
-    g = torch.Generator().manual_seed(0)
-    boxes = sample_crop_boxes(
-        8, 10, 100, CropConfig(scale=(0.9, 1.0), ratio=(0.5, 2.0)), g, torch.device("cpu")
-    )
-    torch.testing.assert_close(boxes[:, 2], torch.full((8,), 20.0))
-    torch.testing.assert_close(boxes[:, 3], torch.full((8,), 10.0))
-    assert ((boxes[:, 0] >= 0) & (boxes[:, 0] <= 80)).all()
 
 
 @pytest.mark.parametrize(
@@ -140,13 +153,7 @@ def ramp(b, height, width):
 def test_random_geometry_obeys_half_pixel_rule(size):
     g = torch.Generator().manual_seed(size)
     b, height, width = 16, 45, 53
-    boxes = sample_crop_boxes(
-        b, height, width, CropConfig(scale=(0.05, 1.0)), g, torch.device("cpu")
-    )
-    u = torch.rand(b, 4, generator=g)
-    affine = compose_view_affine(
-        boxes, size, u[:, 0] < 0.5, u[:, 1] < 0.5, (u[:, 2] * 4).long(), u[:, 3] * 360 - 180
-    )
+    affine = _random_affines(b, height, width, size, g)
     view, index = warp_with_index(ramp(b, height, width), affine, size)
     _check_ramp(view, index, height, width)
     # Arbitrary angles leave corners outside the source: index 0 and image value 0 there.
@@ -171,15 +178,20 @@ def test_large_source_positions_stay_exact():
 def test_inside_only_shortcut_equals_the_checked_path():
     g = torch.Generator().manual_seed(1)
     b, height, width, size = 12, 30, 41, 24
-    boxes = sample_crop_boxes(
-        b, height, width, CropConfig(scale=(0.02, 1.0)), g, torch.device("cpu")
-    )
-    u = torch.rand(b, 3, generator=g)
-    affine = compose_view_affine(
-        boxes, size, u[:, 0] < 0.5, u[:, 1] < 0.5, (u[:, 2] * 4).long(), torch.zeros(b)
-    )
+    affine = _random_affines(b, height, width, size, g, angles=False)
     images = torch.rand(b, 3, height, width)
     checked = warp_with_index(images, affine, size, may_leave_source=True)
     fast = warp_with_index(images, affine, size, may_leave_source=False)
     assert (checked[1] > 0).all()  # crops, flips and rot90 never leave the source
     assert torch.equal(checked[1], fast[1]) and torch.equal(checked[0], fast[0])
+
+
+def test_a_projective_map_divides_by_its_third_row():
+    # A pure scaling written projectively (third row 2 * identity's) equals the affine map.
+    images = torch.rand(2, 2, 30, 30)
+    affine = _affine(torch.tensor([[3.0, 4.0, 20.0, 18.0]] * 2), 16)
+    projective = 2 * torch.cat([affine, torch.tensor([[[0.0, 0.0, 1.0]]] * 2)], dim=1)
+    view_a, index_a = warp_with_index(images, affine, 16)
+    view_p, index_p = warp_with_index(images, projective, 16)
+    torch.testing.assert_close(view_p, view_a, atol=1e-5, rtol=0)
+    assert torch.equal(index_p, index_a)

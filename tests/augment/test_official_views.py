@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from contrastseg.augment.config import ViewsConfig
-from contrastseg.augment.kornia_ops import RandomGLCNetColor, RandomOpenCVBlur
-from contrastseg.augment.kornia_views import build_ops
+from contrastseg.augment.ops import RandomGLCNetColor, RandomOpenCVBlur
+from contrastseg.augment.pipeline import build_ops
 from contrastseg.augment.views import PairedViews
 
 N = 20000

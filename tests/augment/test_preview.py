@@ -95,7 +95,7 @@ def test_preview_lists_the_extra_ops_above_the_grid(tmp_path):
     from contrastseg.augment.preview import describe_views
 
     extra = [{"name": "RandomErasing", "p": 0.5}]
-    cfg = ViewsConfig(size=32, engine="kornia", t2=PipelineConfig(extra=extra))
+    cfg = ViewsConfig(size=32, t2=PipelineConfig(extra=extra))
     assert describe_views(cfg) == ["t1: crop", "t2: crop + RandomErasing(p=0.5)"]
     assert describe_views(ViewsConfig())[1] == (
         "t2: crop, hflip, vflip, rot90, color, grayscale, blur, noise"
