@@ -275,7 +275,9 @@ def evaluate(
         out: report folder (default ``<checkpoint folder>/eval-<split>``); an existing report
             there is refused unless ``overwrite``.
         data_root: score another dataset folder of the same classes.
-        window, stride, flip: sliding-window settings (default: the checkpoint's).
+        window: sliding-window side in pixels (default: the checkpoint's ``eval.window``).
+        stride: step between windows (default: the checkpoint's ``eval.stride``).
+        flip: also predict the flipped images and average (test-time augmentation).
         overrides: further ``--set`` strings of the stored config.
         device: ``auto``, ``cpu``, ``cuda``, ...
         overwrite: replace an existing report.
@@ -315,7 +317,9 @@ def predict(
         inputs: image files.
         out: output folder; existing label maps there are refused unless ``overwrite``.
         format: ``tif`` (GeoTIFF), ``png`` (index PNG), ``auto`` (tif for TIFF inputs).
-        window, stride, flip: sliding-window settings (default: the checkpoint's).
+        window: sliding-window side in pixels (default: the checkpoint's ``eval.window``).
+        stride: step between windows (default: the checkpoint's ``eval.stride``).
+        flip: also predict the flipped images and average (test-time augmentation).
         overrides: further ``--set`` strings of the stored config.
         device: ``auto``, ``cpu``, ``cuda``, ...
         preview: also write colour previews.
@@ -395,7 +399,9 @@ def probe(
         features: the features probed (``auto``: the deepest part the file trained).
         out: also write the result as JSON here (never over the checkpoint; an existing file
             only with ``overwrite``).
-        overrides, **sections: ``--set`` overrides of ``config``.
+        overwrite: replace an existing ``out``.
+        overrides: ``--set`` strings applied to ``config``.
+        **sections: overrides as keyword sections, e.g. ``probe={"max_patches": 8}``.
     """
     from contrastseg.train.online_probe import probe_checkpoint
     from contrastseg.utils.outputs import check_output_file
