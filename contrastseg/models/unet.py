@@ -12,7 +12,8 @@ more blocks). encoder features = the backbone's last stage (``layer4``); parts: 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from contrastseg.models.backbone import ResNetBackbone
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
+from contrastseg.models.config import ModelConfig
 
 
 class UNetBlock(nn.Module):
@@ -68,6 +70,26 @@ class UNetDecoder(nn.Module):
         return x
 
 
+@dataclass
+class UNetConfig(ModelConfig):
+    """U-Net: three decoder blocks from the last stage to the ``layer1`` skip (stride 4)."""
+
+    #: channels of the decoder features (the stride-4 block)
+    decoder_channels: int = 64
+    #: widths of the stride-16 and stride-8 decoder blocks
+    unet_channels: tuple[int, int] = (256, 128)
+
+    network = "unet"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.unet_channels = tuple(self.unet_channels)  # type: ignore[assignment]
+        if len(self.unet_channels) != 2 or min(self.unet_channels) < 1:
+            raise ValueError(
+                f"model.unet_channels must be two positive widths, got {list(self.unet_channels)}"
+            )
+
+
 class UNet(SegmentationNet):
     """U-Net on a torchvision ResNet, decoder to stride 4, for any number of bands.
 
@@ -84,6 +106,7 @@ class UNet(SegmentationNet):
     """
 
     name = "unet"
+    config_class = UNetConfig
     parts = ("backbone", "decoder")
     encoder_parts = ("backbone",)
 
@@ -108,5 +131,6 @@ class UNet(SegmentationNet):
         self._init_classifier(num_classes, in_channels, classifier_features)
 
     @classmethod
-    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
-        return {"block_channels": tuple(get("unet_channels", (256, 128)))}
+    def config_kwargs(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        settings["block_channels"] = settings.pop("unet_channels")
+        return settings

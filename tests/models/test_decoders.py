@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from contrastseg.config import ModelConfig
-from contrastseg.models import MODELS, DeepLabV3Plus, build_model, part_names
+from contrastseg.models import (
+    MODELS,
+    DeepLabV3Plus,
+    ModelConfig,
+    build_model,
+    model_config,
+    part_names,
+)
 from contrastseg.models.pretrained import export_weights, load_pretrained
 
 SMALL = {"decoder_channels": 16, "aspp_channels": 16, "low_level_channels": 8}
@@ -14,7 +20,7 @@ SMALL.update(unet_channels=(16, 16), fpn_channels=16)
 
 
 def small(name: str, arch: str = "resnet18", output_stride: int = 16, **kw) -> ModelConfig:
-    return ModelConfig(name=name, arch=arch, output_stride=output_stride, **{**SMALL, **kw})
+    return model_config(name=name, arch=arch, output_stride=output_stride, **{**SMALL, **kw})
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
@@ -55,7 +61,7 @@ def test_deeplab_state_dict_keys_and_shapes_are_unchanged():
         5, "resnet18", 4, aspp_channels=16, decoder_channels=16, low_level_channels=8
     )
     assert [f"{k} {tuple(v.shape)}" for k, v in net.state_dict().items()] == recorded
-    default = build_model(ModelConfig(arch="resnet18"), 4)
+    default = build_model(model_config(arch="resnet18"), 4)
     assert isinstance(default, DeepLabV3Plus) and default.decoder_channels == 256
 
 
@@ -128,7 +134,7 @@ def test_unet_decoder_matches_smp_unet():
     smp = _smp()
     torch.manual_seed(0)
     ours = build_model(
-        ModelConfig(name="unet", arch="resnet18", output_stride=32, unet_channels=(32, 16),
+        model_config(name="unet", arch="resnet18", output_stride=32, unet_channels=(32, 16),
                     decoder_channels=8), 4, num_classes=3,
     ).eval()  # fmt: skip
     _randomise_norms(ours)
@@ -153,7 +159,7 @@ def test_fpn_decoder_matches_smp_fpn():
     smp = _smp()
     torch.manual_seed(0)
     ours = build_model(
-        ModelConfig(name="fpn", arch="resnet18", output_stride=32, fpn_channels=32,
+        model_config(name="fpn", arch="resnet18", output_stride=32, fpn_channels=32,
                     decoder_channels=64), 4, num_classes=3,
     ).eval()  # fmt: skip
     _randomise_norms(ours)
