@@ -28,6 +28,8 @@ from contrastseg.models.deeplab import (
     DeepLabV3PlusConfig,
     aspp_rates,
 )
+from contrastseg.models.deeplabv3 import DeepLabV3, DeepLabV3Config
+from contrastseg.models.fcn import FCN, FCNConfig
 from contrastseg.models.fpn import FPN, FPNConfig
 from contrastseg.models.heads import GlobalProjectionHead, LocalProjectionHead, ProjectionHead
 from contrastseg.models.registry import MODELS, build_model, model_class, part_names
@@ -39,14 +41,18 @@ __all__ = [
     "CLASSIFIER_FEATURES",
     "DECODER_STRIDE",
     "DEFAULT_MODEL",
+    "FCN",
     "FPN",
     "MODELS",
     "OUTPUT_STRIDES",
     "Decoder",
     "DeepLabFeatures",
     "DeepLabOutput",
+    "DeepLabV3",
+    "DeepLabV3Config",
     "DeepLabV3Plus",
     "DeepLabV3PlusConfig",
+    "FCNConfig",
     "FPNConfig",
     "GlobalProjectionHead",
     "LocalProjectionHead",

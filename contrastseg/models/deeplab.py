@@ -191,7 +191,21 @@ class DeepLabV3PlusConfig(ModelConfig):
             )
 
 
-class DeepLabV3Plus(SegmentationNet):
+class ASPPNet(SegmentationNet):
+    """A network whose encoder features are the ASPP output on the backbone (DeepLabV3, V3+)."""
+
+    aspp: ASPP
+
+    def _needs_two_samples(self) -> bool:
+        # the ASPP image-pooling BatchNorm sees one value per channel and image
+        return self.aspp.branches[-1].conv[1].training
+
+    def _encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        stages = self.backbone.stages(x)
+        return stages, self.aspp(stages[-1])
+
+
+class DeepLabV3Plus(ASPPNet):
     """DeepLabV3+ with a torchvision ResNet backbone, for any number of bands.
 
     Args:
@@ -271,14 +285,6 @@ class DeepLabV3Plus(SegmentationNet):
         self.decoder_channels = decoder_channels
         self._init_classifier(num_classes, in_channels, classifier_features)
         set_batchnorm_momentum(self, bn_momentum)
-
-    def _needs_two_samples(self) -> bool:
-        # the ASPP image-pooling BatchNorm sees one value per channel and image
-        return self.aspp.branches[-1].conv[1].training
-
-    def _encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        stages = self.backbone.stages(x)
-        return stages, self.aspp(stages[-1])
 
     def _decode(self, stages: list[Tensor], encoder: Tensor) -> Tensor:
         return self.decoder(encoder, stages[0])

@@ -19,6 +19,8 @@ from contrastseg.models.config import (
     model_config_from_mapping,
 )
 from contrastseg.models.deeplab import DeepLabV3Plus
+from contrastseg.models.deeplabv3 import DeepLabV3
+from contrastseg.models.fcn import FCN
 from contrastseg.models.fpn import FPN
 from contrastseg.models.unet import UNet
 
@@ -27,6 +29,8 @@ MODELS: dict[str, type[SegmentationNet]] = {
     "deeplabv3plus": DeepLabV3Plus,
     "unet": UNet,
     "fpn": FPN,
+    "fcn": FCN,
+    "deeplabv3": DeepLabV3,
 }
 for _name, _cls in MODELS.items():  # the config class each network file declares
     assert _cls.name == _name and _cls.config_class.network == _name, _name

