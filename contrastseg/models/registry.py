@@ -22,6 +22,7 @@ from contrastseg.models.deeplab import DeepLabV3Plus
 from contrastseg.models.deeplabv3 import DeepLabV3
 from contrastseg.models.fcn import FCN
 from contrastseg.models.fpn import FPN
+from contrastseg.models.pspnet import PSPNet
 from contrastseg.models.unet import UNet
 
 #: The networks ``model.name`` chooses from (the first is the default): one line per network.
@@ -31,6 +32,7 @@ MODELS: dict[str, type[SegmentationNet]] = {
     "fpn": FPN,
     "fcn": FCN,
     "deeplabv3": DeepLabV3,
+    "pspnet": PSPNet,
 }
 for _name, _cls in MODELS.items():  # the config class each network file declares
     assert _cls.name == _name and _cls.config_class.network == _name, _name

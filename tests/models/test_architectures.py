@@ -86,3 +86,46 @@ def test_fcn_variants_fuse_their_skips(variant, skips):
             expected = F.interpolate(expected, size=skip.shape[-2:], mode="bilinear")
             expected = expected + F.conv2d(skip, conv.weight, conv.bias)
         torch.testing.assert_close(net.forward_features(x).decoder, expected)
+
+
+def test_pspnet_decoder_matches_smp_pspnet():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(0)
+    ours = build_model(
+        model_config("pspnet", arch="resnet18", output_stride=32, decoder_channels=24,
+                     bottleneck_kernel=1), 4, num_classes=3,
+    ).eval()  # fmt: skip
+    randomise_norms(ours)
+    theirs = smp.PSPNet("resnet18", encoder_weights=None, in_channels=4, classes=3,
+                        encoder_depth=5, psp_out_channels=24, upsampling=32).eval()  # fmt: skip
+    # our backbone.* is smp's encoder.*, the decoder keys are smp's; smp's head is a 3x3 conv
+    state = {
+        ("encoder." + k.removeprefix("backbone.") if k.startswith("backbone.") else k): v
+        for k, v in ours.state_dict().items()
+        if not k.startswith("classifier.")
+    }
+    missing, unexpected = theirs.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("segmentation_head.") for k in missing)
+    x = torch.randn(2, 4, 96, 128)
+    with torch.no_grad():
+        expected = theirs.decoder(theirs.encoder(x))
+        got = ours.forward_features(x)
+    assert got.decoder.shape == expected.shape == (2, 24, 3, 4)
+    torch.testing.assert_close(got.decoder, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pspnet_pyramid_pools_each_bin_and_keeps_its_input():
+    net = build_model(model_config("pspnet", arch="resnet18", bins=[1, 2]), 3, 2).eval()
+    x = torch.randn(1, 512, 4, 6)
+    with torch.no_grad():
+        out = net.decoder.psp(x)
+    assert out.shape == (1, 512 + 2 * 256, 4, 6)
+    assert torch.equal(out[:, 512:], x)  # the input, concatenated last
+    # bin 1: the global mean through the 1x1 conv (bias, no BN), ReLU, constant over the map
+    conv = net.decoder.psp.blocks[0].pool[1][0]
+    mean = x.mean(dim=(2, 3))
+    expected = torch.relu(mean @ conv.weight[:, :, 0, 0].T + conv.bias)
+    torch.testing.assert_close(out[0, :256], expected[0, :, None, None].expand(256, 4, 6))
+    # bin 2: each quadrant's mean, before the conv
+    pooled = net.decoder.psp.blocks[1].pool[0](x)
+    torch.testing.assert_close(pooled[0, :, 0, 0], x[0, :, :2, :3].mean(dim=(1, 2)))
