@@ -34,6 +34,7 @@ from contrastseg.models.fpn import FPN, FPNConfig
 from contrastseg.models.heads import GlobalProjectionHead, LocalProjectionHead, ProjectionHead
 from contrastseg.models.pspnet import PSPNet, PSPNetConfig
 from contrastseg.models.registry import MODELS, build_model, model_class, part_names
+from contrastseg.models.resunet import ResUNet, ResUNetConfig
 from contrastseg.models.unet import UNet, UNetConfig
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "PSPNetConfig",
     "ProjectionHead",
     "ResNetBackbone",
+    "ResUNet",
+    "ResUNetConfig",
     "SegmentationNet",
     "UNet",
     "UNetConfig",

@@ -23,6 +23,7 @@ from contrastseg.models.deeplabv3 import DeepLabV3
 from contrastseg.models.fcn import FCN
 from contrastseg.models.fpn import FPN
 from contrastseg.models.pspnet import PSPNet
+from contrastseg.models.resunet import ResUNet
 from contrastseg.models.unet import UNet
 
 #: The networks ``model.name`` chooses from (the first is the default): one line per network.
@@ -33,6 +34,7 @@ MODELS: dict[str, type[SegmentationNet]] = {
     "fcn": FCN,
     "deeplabv3": DeepLabV3,
     "pspnet": PSPNet,
+    "resunet": ResUNet,
 }
 for _name, _cls in MODELS.items():  # the config class each network file declares
     assert _cls.name == _name and _cls.config_class.network == _name, _name

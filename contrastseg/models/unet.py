@@ -48,18 +48,24 @@ class UNetDecoder(nn.Module):
         stage_channels: channels of ``layer1`` ... ``layer4``.
         channels: output channels of the three blocks, deepest first (the last is the
             decoder features' width).
+        block: the block class (:class:`UNetBlock`; ResUNet's residual block).
 
     Shapes: ``stages`` = ``[layer1 (B, c1, H/4, W/4), ..., layer4]`` -> ``(B, channels[-1], H/4, W/4)``.
     """
 
-    def __init__(self, stage_channels: Sequence[int], channels: Sequence[int]) -> None:
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        channels: Sequence[int],
+        block: type[nn.Module] = UNetBlock,
+    ) -> None:
         super().__init__()
         if len(channels) != 3:
             raise ValueError(f"a U-Net decoder has 3 blocks, got {len(channels)} widths")
         inputs = [stage_channels[3], *channels[:-1]]
         skips = [stage_channels[2], stage_channels[1], stage_channels[0]]
         self.blocks = nn.ModuleList(
-            UNetBlock(i, s, o) for i, s, o in zip(inputs, skips, channels, strict=True)
+            block(i, s, o) for i, s, o in zip(inputs, skips, channels, strict=True)
         )
         self.out_channels = channels[-1]
 
@@ -107,6 +113,8 @@ class UNet(SegmentationNet):
 
     name = "unet"
     config_class = UNetConfig
+    #: the decoder block (a subclass changes it: ResUNet)
+    block: type[nn.Module] = UNetBlock
     parts = ("backbone", "decoder")
     encoder_parts = ("backbone",)
 
@@ -124,7 +132,7 @@ class UNet(SegmentationNet):
         super().__init__()
         self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
         self.decoder = UNetDecoder(
-            self.backbone.stage_channels, [*block_channels, decoder_channels]
+            self.backbone.stage_channels, [*block_channels, decoder_channels], self.block
         )
         self.encoder_channels = self.backbone.out_channels
         self.decoder_channels = decoder_channels

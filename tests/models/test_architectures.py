@@ -129,3 +129,30 @@ def test_pspnet_pyramid_pools_each_bin_and_keeps_its_input():
     # bin 2: each quadrant's mean, before the conv
     pooled = net.decoder.psp.blocks[1].pool[0](x)
     torch.testing.assert_close(pooled[0, :, 0, 0], x[0, :, :2, :3].mean(dim=(1, 2)))
+
+
+def test_resunet_block_is_a_residual_unit_with_a_projection_shortcut():
+    net = build_model(
+        model_config("resunet", arch="resnet18", unet_channels=(16, 8), decoder_channels=8), 3, 2
+    ).eval()
+    randomise_norms(net)
+    block = net.decoder.blocks[2]
+    x, skip = torch.randn(1, 8, 4, 5), torch.randn(1, 64, 8, 10)
+
+    def bn(t, m):
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    # transcription: upsample (nearest), concatenate, conv-BN-ReLU-conv-BN + conv1x1-BN, ReLU
+    z = torch.cat([x.repeat_interleave(2, -2).repeat_interleave(2, -1), skip], dim=1)
+    a = F.relu(bn(F.conv2d(z, block.conv1[0].weight, padding=1), block.conv1[1]))
+    a = bn(F.conv2d(a, block.conv2[0].weight, padding=1), block.conv2[1])
+    expected = F.relu(a + bn(F.conv2d(z, block.shortcut[0].weight), block.shortcut[1]))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, skip), expected)
+    # the rest is the U-Net: the same keys but for the residual units' shortcuts
+    unet = build_model(
+        model_config("unet", arch="resnet18", unet_channels=(16, 8), decoder_channels=8), 3, 2
+    )
+    extra = set(net.state_dict()) - set(unet.state_dict())
+    assert extra and all(".shortcut." in k for k in extra)
+    assert set(unet.state_dict()) <= set(net.state_dict())
