@@ -32,6 +32,7 @@ from contrastseg.models.deeplabv3 import DeepLabV3, DeepLabV3Config
 from contrastseg.models.fcn import FCN, FCNConfig
 from contrastseg.models.fpn import FPN, FPNConfig
 from contrastseg.models.heads import GlobalProjectionHead, LocalProjectionHead, ProjectionHead
+from contrastseg.models.parsenet import ParseNet, ParseNetConfig
 from contrastseg.models.pspnet import PSPNet, PSPNetConfig
 from contrastseg.models.registry import MODELS, build_model, model_class, part_names
 from contrastseg.models.resunet import ResUNet, ResUNetConfig
@@ -61,6 +62,8 @@ __all__ = [
     "ModelConfig",
     "PSPNet",
     "PSPNetConfig",
+    "ParseNet",
+    "ParseNetConfig",
     "ProjectionHead",
     "ResNetBackbone",
     "ResUNet",

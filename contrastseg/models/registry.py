@@ -22,6 +22,7 @@ from contrastseg.models.deeplab import DeepLabV3Plus
 from contrastseg.models.deeplabv3 import DeepLabV3
 from contrastseg.models.fcn import FCN
 from contrastseg.models.fpn import FPN
+from contrastseg.models.parsenet import ParseNet
 from contrastseg.models.pspnet import PSPNet
 from contrastseg.models.resunet import ResUNet
 from contrastseg.models.unet import UNet
@@ -35,6 +36,7 @@ MODELS: dict[str, type[SegmentationNet]] = {
     "deeplabv3": DeepLabV3,
     "pspnet": PSPNet,
     "resunet": ResUNet,
+    "parsenet": ParseNet,
 }
 for _name, _cls in MODELS.items():  # the config class each network file declares
     assert _cls.name == _name and _cls.config_class.network == _name, _name

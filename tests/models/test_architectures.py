@@ -156,3 +156,30 @@ def test_resunet_block_is_a_residual_unit_with_a_projection_shortcut():
     extra = set(net.state_dict()) - set(unet.state_dict())
     assert extra and all(".shortcut." in k for k in extra)
     assert set(unet.state_dict()) <= set(net.state_dict())
+
+
+def test_parsenet_fuses_l2_normalised_scaled_local_and_global_features():
+    net = build_model(model_config("parsenet", arch="resnet18", scale_init=3.0), 3, 2).eval()
+    assert net.decoder_channels == 1024 and net.decoder_stride == 8
+    # every position holds one of two vectors: (3, 4, 0 ...) on the left, (0, 0, 5, 12, 0 ...) right
+    x = torch.zeros(1, 512, 2, 4)
+    x[0, :2, :, :2] = torch.tensor([3.0, 4.0])[:, None, None]
+    x[0, 2:4, :, 2:] = torch.tensor([5.0, 12.0])[:, None, None]
+    with torch.no_grad():
+        out = net.decoder([x])
+    assert out.shape == (1, 1024, 2, 4)
+    local, context = out[0, :512], out[0, 512:]
+    torch.testing.assert_close(local[:2, 0, 0], 3.0 * torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(local[2:4, 1, 3], 3.0 * torch.tensor([5 / 13, 12 / 13]))
+    assert local[2:].abs().sum() > 0 and local[4:].abs().sum() == 0
+    # the context: the mean vector (1.5, 2, 2.5, 6) / |.|, scaled, the same at every position
+    mean = torch.tensor([1.5, 2.0, 2.5, 6.0])
+    expected = 3.0 * mean / mean.norm()
+    torch.testing.assert_close(context[:4], expected[:, None, None].expand(4, 2, 4))
+    assert context[4:].abs().sum() == 0
+    # the scales are learned per channel
+    net.decoder.global_scale.data[0] = 7.0
+    with torch.no_grad():
+        torch.testing.assert_close(
+            net.decoder([x])[0, 512], torch.full((2, 4), 7.0 * 1.5 / mean.norm())
+        )
