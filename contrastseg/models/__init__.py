@@ -36,6 +36,7 @@ from contrastseg.models.parsenet import ParseNet, ParseNetConfig
 from contrastseg.models.pspnet import PSPNet, PSPNetConfig
 from contrastseg.models.registry import MODELS, build_model, model_class, part_names
 from contrastseg.models.resunet import ResUNet, ResUNetConfig
+from contrastseg.models.segnet import SegNet, SegNetConfig
 from contrastseg.models.unet import UNet, UNetConfig
 
 __all__ = [
@@ -68,6 +69,8 @@ __all__ = [
     "ResNetBackbone",
     "ResUNet",
     "ResUNetConfig",
+    "SegNet",
+    "SegNetConfig",
     "SegmentationNet",
     "UNet",
     "UNetConfig",

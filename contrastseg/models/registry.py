@@ -25,6 +25,7 @@ from contrastseg.models.fpn import FPN
 from contrastseg.models.parsenet import ParseNet
 from contrastseg.models.pspnet import PSPNet
 from contrastseg.models.resunet import ResUNet
+from contrastseg.models.segnet import SegNet
 from contrastseg.models.unet import UNet
 
 #: The networks ``model.name`` chooses from (the first is the default): one line per network.
@@ -37,6 +38,7 @@ MODELS: dict[str, type[SegmentationNet]] = {
     "pspnet": PSPNet,
     "resunet": ResUNet,
     "parsenet": ParseNet,
+    "segnet": SegNet,
 }
 for _name, _cls in MODELS.items():  # the config class each network file declares
     assert _cls.name == _name and _cls.config_class.network == _name, _name

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from contrastseg.config import load_pretrain_config
 from contrastseg.models import FCN, DeepLabV3, build_model, model_config
 from contrastseg.models.deeplabv3 import torchvision_key
 from contrastseg.models.fcn import TORCHVISION_KEYS as FCN_KEYS
@@ -183,3 +184,68 @@ def test_parsenet_fuses_l2_normalised_scaled_local_and_global_features():
         torch.testing.assert_close(
             net.decoder([x])[0, 512], torch.full((2, 4), 7.0 * 1.5 / mean.norm())
         )
+
+
+def test_segnet_backbone_is_torchvision_vgg16_bn_features():
+    theirs = torchvision.models.vgg16_bn(weights=None).eval()
+    randomise_norms(theirs)
+    net = build_model(model_config("segnet"), 3, 2).eval()
+    missing, unexpected = net.backbone.load_state_dict(theirs.state_dict(), strict=False)
+    assert not missing and all(k.startswith("classifier.") for k in unexpected)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward_features(x).encoder, theirs.features(x))
+
+
+def test_segnet_unpooling_returns_every_value_to_its_argmax_position():
+    net = build_model(model_config("segnet"), 3, 2).eval()
+    x = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = net.backbone.features[:6](x)  # stage 1 before its max-pool: (1, 64, 32, 48)
+        pooled = net.backbone.pooled_stages(x)
+        unpooled = F.max_unpool2d(
+            pooled.outputs[0], pooled.indices[0], 2, 2, output_size=before.shape[-2:]
+        )
+    # transcription: in every 2x2 window the maximum stays where it was, the rest is zero
+    windows = (
+        before.reshape(1, 64, 16, 2, 24, 2).permute(0, 1, 2, 4, 3, 5).reshape(1, 64, 16, 24, 4)
+    )
+    winner = windows.argmax(dim=-1)
+    expected = torch.zeros_like(windows).scatter_(
+        -1, winner[..., None], windows.max(-1, keepdim=True).values
+    )
+    expected = expected.reshape(1, 64, 16, 24, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(before.shape)
+    assert torch.equal(unpooled, expected)
+    assert torch.equal(pooled.outputs[0], windows.max(-1).values)
+    # the decoder unpools each stage with its own indices, deepest first, to full resolution
+    with torch.no_grad():
+        features = net.forward_features(x).decoder
+    assert features.shape == (1, 64, 32, 48) and net.feature_stride("decoder") == 1
+
+
+def test_segnet_refuses_a_resnet():
+    with pytest.raises(
+        ValueError, match=r"model\.arch must be vgg16_bn for SegNet, got .resnet18."
+    ):
+        load_pretrain_config(None, ["model.name=segnet", "model.arch=resnet18"])
+    with pytest.raises(
+        ValueError,
+        match=r"model.output_stride must be 32 for SegNet \(VGG16-BN is not dilated\), got 16",
+    ):
+        load_pretrain_config(None, ["model.name=segnet", "model.arch=vgg16_bn"])
+    with pytest.raises(ValueError, match=r"model\.arch must be vgg16_bn"):
+        build_model({"name": "segnet", "arch": "resnet50"}, 3)
+
+
+def test_segnet_starts_from_a_torchvision_vgg16_bn_file_with_any_band_count(tmp_path):
+    theirs = torchvision.models.vgg16_bn(weights=None)
+    path = tmp_path / "vgg16_bn.pt"
+    torch.save(theirs.state_dict(), path)
+    net = build_model(model_config("segnet", backbone_weights=str(path)), 4, 2)
+    first = theirs.features[0].weight
+    # bands 0..3 take the R, G, B, R kernels, scaled by 3 / 4
+    expected = first[:, [0, 1, 2, 0]] * 0.75
+    torch.testing.assert_close(net.backbone.features[0].weight.detach(), expected)
+    torch.testing.assert_close(
+        net.backbone.features[40].weight.detach(), theirs.features[40].weight
+    )
