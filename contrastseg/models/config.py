@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from contrastseg.models.backbones import check_arch
 from contrastseg.utils.configtools import ConfigError, from_dict
 
 #: ``model.name`` when the config names none (and a fine-tune has no checkpoint to take it from).
@@ -35,8 +36,8 @@ class ModelConfig:
 
     #: network (each has its own keys below); fine-tuning from a checkpoint: set it to swap the decoder, null = the checkpoint's (else deeplabv3plus)
     name: str | None = None
-    #: backbone: resnet18, resnet34, resnet50 or resnet101
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
+    #: backbone: resnet18, resnet34, resnet50, resnet101 (torchvision keys) or timm/NAME, any timm model with features_only (e.g. timm/convnext_tiny; the [timm] extra)
+    arch: str = "resnet50"
     #: input bands; None = the data's band count
     in_channels: int | None = None
     #: output stride of the backbone (8 or 16: the last stages dilated; ASPP rates scale with it)
@@ -61,6 +62,7 @@ class ModelConfig:
             raise ValueError(
                 f"model.name is {self.name!r} but {type(self).__name__} configures {self.network!r}"
             )
+        self.check_arch()
         if self.in_channels is not None and self.in_channels < 1:
             raise ValueError(f"model.in_channels must be >= 1, got {self.in_channels}")
         for f in dataclasses.fields(self):
@@ -69,6 +71,10 @@ class ModelConfig:
                 raise ValueError(f"model.{f.name} must be >= 1, got {value}")
             if f.name.endswith("dropout") and isinstance(value, float) and not 0 <= value < 1:
                 raise ValueError(f"model.{f.name} must lie in [0, 1), got {value}")
+
+    def check_arch(self) -> None:
+        """Refuse a backbone this network cannot be built on (here: not a ResNet or timm model)."""
+        check_arch(self.arch)
 
     @classmethod
     def config_variant(

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import (
     CLASSIFIER_FEATURES,
     DECODER_STRIDE,
@@ -259,11 +259,11 @@ class DeepLabV3Plus(ASPPNet):
         dilation_convention: str = "torchvision",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(
+        self.backbone = build_backbone(
             arch,
             in_channels,
             output_stride,
-            weights=backbone_weights,
+            backbone_weights,
             dilation_convention=dilation_convention,
         )
         self.aspp = ASPP(

@@ -19,7 +19,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import conv_bn_relu
 from contrastseg.models.config import ModelConfig
 from contrastseg.models.deeplab import ASPP, ASPPNet, aspp_rates
@@ -93,7 +93,7 @@ class DeepLabV3(ASPPNet):
         classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
+        self.backbone = build_backbone(arch, in_channels, output_stride, backbone_weights)
         self.aspp = ASPP(
             self.backbone.out_channels,
             aspp_channels,

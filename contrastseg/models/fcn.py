@@ -28,7 +28,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.config import ModelConfig
 
@@ -122,7 +122,7 @@ class FCN(SegmentationNet):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"FCN variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-        self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
+        self.backbone = build_backbone(arch, in_channels, output_stride, backbone_weights)
         last = self.backbone.out_channels
         channels = decoder_channels or last // 4
         self.head = nn.Sequential(

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.config import ModelConfig
 
@@ -165,7 +165,7 @@ class FPN(SegmentationNet):
         classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
+        self.backbone = build_backbone(arch, in_channels, output_stride, backbone_weights)
         self.decoder = FPNDecoder(
             self.backbone.stage_channels, pyramid_channels, decoder_channels, dropout
         )

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.config import ModelConfig
 
@@ -90,7 +90,7 @@ class ParseNet(SegmentationNet):
         classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
+        self.backbone = build_backbone(arch, in_channels, output_stride, backbone_weights)
         self.decoder = ParseNetDecoder(self.backbone.out_channels, scale_init)
         self.decoder_stride = output_stride
         self.encoder_channels = self.backbone.out_channels

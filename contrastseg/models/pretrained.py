@@ -179,7 +179,8 @@ def export_weights(
         out: the file to write (``torch.save`` of a plain dict of tensors).
         part: ``backbone``: the ResNet in torchvision key names (``conv1.weight``, ``bn1.*``,
             ``layer1.0.conv1.weight`` ...), loadable with ``strict=False`` into
-            ``torchvision.models.resnetXX()`` with only ``fc.*`` missing; ``encoder``: the
+            ``torchvision.models.resnetXX()`` with only ``fc.*`` missing (a VGG16-BN in
+            torchvision's ``vgg16_bn`` names, a ``timm/<name>`` backbone in timm's names); ``encoder``: the
             parts in front of the encoder features (DeepLabV3+ ``backbone.*`` and ``aspp.*``,
             U-Net / FPN ``backbone.*``); ``all``: every tensor (the classifier too, for a
             fine-tuning checkpoint).
@@ -201,6 +202,9 @@ def export_weights(
             for k, v in state.items()
             if k.startswith("backbone.") and not k.startswith("backbone.fc.")
         }
+        if weights and all(k.startswith("model.") for k in weights):
+            # a timm backbone keeps the timm model under ``model``: timm's own key names
+            weights = {k.removeprefix("model."): v for k, v in weights.items()}
     elif part == "encoder":
         # a checkpoint holds the parts of one network only, so the union of every network's
         # encoder parts selects that network's

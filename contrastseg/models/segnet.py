@@ -48,9 +48,11 @@ class SegNetConfig(ModelConfig):
 
     network = "segnet"
 
+    def check_arch(self) -> None:
+        check_vgg(self.arch)
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_vgg(self.arch)
         if self.output_stride != 32:
             raise ValueError(
                 f"model.output_stride must be 32 for SegNet (VGG16-BN is not dilated), "

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
 from contrastseg.models.config import ModelConfig
 
@@ -130,7 +130,7 @@ class UNet(SegmentationNet):
         classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
+        self.backbone = build_backbone(arch, in_channels, output_stride, backbone_weights)
         self.decoder = UNetDecoder(
             self.backbone.stage_channels, [*block_channels, decoder_channels], self.block
         )

@@ -16,18 +16,27 @@ PRETRAIN = [*TINY, "train.max_steps=2", "data.patch_size=48", "views.size=32",
 FINETUNE = [*TINY, "train.max_steps=1", "data.patch_size=32", "data.label_fraction=1.0",
             "eval.window=32", "eval.stride=32", "eval.overlays=0"]  # fmt: skip
 #: settings a network needs besides its name (SegNet: its one backbone)
-OWN = {"segnet": ["model.arch=vgg16_bn", "model.output_stride=32"]}
-#: SegNet's VGG16-BN reaches stride 32 without dilation: 64 px views (a 2 x 2 map)
-OWN_PRETRAIN = {"segnet": ["data.patch_size=64", "views.size=64"]}
+OWN = {
+    "segnet": ["model.arch=vgg16_bn", "model.output_stride=32"],
+    "unet+timm": ["model.arch=timm/convnext_atto", "model.output_stride=32"],
+}
+#: SegNet's VGG16-BN and the ConvNeXt reach stride 32 undilated: 64 px views (a 2 x 2 map)
+OWN_PRETRAIN = {
+    "segnet": ["data.patch_size=64", "views.size=64"],
+    "unet+timm": ["data.patch_size=64", "views.size=64"],
+}
 
 
 def sets(values: list[str]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [*MODELS, "unet+timm"])
 def test_pretrain_then_finetune_every_architecture(tmp_path, name, capsys):
-    own = OWN.get(name, [])
+    if name == "unet+timm":  # a timm encoder through the same engines
+        pytest.importorskip("timm")
+    own, own_pretrain = OWN.get(name, []), OWN_PRETRAIN.get(name, [])
+    name = name.removesuffix("+timm")
     root = f"run.root={tmp_path}"
     argv = [
         "pretrain",
@@ -38,7 +47,7 @@ def test_pretrain_then_finetune_every_architecture(tmp_path, name, capsys):
                 "run.name=pre",
                 f"model.name={name}",
                 *own,
-                *OWN_PRETRAIN.get(name, []),
+                *own_pretrain,
             ]
         ),
     ]
