@@ -72,6 +72,7 @@ from _common import machine_info, print_table, write_json
 from contrastseg.config import load_pretrain_config
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.presets import apply_preset
+from contrastseg.models import MODELS
 from contrastseg.models.pretrained import read_state_dict
 from contrastseg.train.checkpoint import checkpoint_path
 from contrastseg.train.evaluate import run_evaluate
@@ -619,10 +620,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument(
         "--decoder",
-        choices=["deeplabv3plus", "unet", "fpn"],
+        choices=list(MODELS),
         default="deeplabv3plus",
-        help="the network fine-tuned (pretraining uses DeepLabV3+; unet / fpn load its backbone "
-        "and train a fresh decoder)",
+        help="the network fine-tuned, any model.name (pretraining uses DeepLabV3+; another "
+        "loads its backbone and trains a fresh decoder; segnet needs a VGG16-BN backbone)",
     )
     parser.add_argument("--width", type=int, default=64, help="ASPP and decoder channels")
     parser.add_argument("--patch", type=int, default=128)

@@ -472,8 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     finetune.add_argument(
         "--decoder",
-        choices=["deeplabv3plus", "unet", "fpn"],
-        help="the segmentation network (model.name; default: the pretrained checkpoint's); "
+        help="the segmentation network, any model.name (README: Architectures; default: the "
+        "pretrained checkpoint's; an unknown name is refused with the close matches); "
         "another one than the checkpoint's keeps its backbone and starts the decoder fresh",
     )
     finetune.add_argument(

@@ -25,6 +25,7 @@ from contrastseg.augment.config import ViewsConfig
 from contrastseg.data.config import LabeledDataConfig, UnlabeledDataConfig
 from contrastseg.data.presets import preset_mapping, resolve_preset
 from contrastseg.methods.base import MethodConfig, method_config
+from contrastseg.models.config import ModelConfig, model_config
 from contrastseg.utils.configtools import (
     ConfigError,
     apply_overrides,
@@ -45,6 +46,7 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "load_pretrain_config",
+    "model_config",
 ]
 
 T = TypeVar("T")
@@ -71,71 +73,6 @@ class NormalizeConfig:
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ValueError(
                 f"normalize.mean has {len(self.mean)} values but normalize.std has {len(self.std)}"
-            )
-
-
-@dataclass
-class ModelConfig:
-    """The segmentation network: a ResNet backbone and a DeepLabV3+, U-Net or FPN decoder."""
-
-    #: network: deeplabv3plus, unet or fpn (fine-tuning from a checkpoint: set it to swap the decoder; null = the checkpoint's, else deeplabv3plus)
-    name: Literal["deeplabv3plus", "unet", "fpn"] | None = None
-    #: backbone: resnet18, resnet34, resnet50 or resnet101
-    arch: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = "resnet50"
-    #: input bands; None = the data's band count
-    in_channels: int | None = None
-    #: output stride of the backbone (ASPP rates scale with it)
-    output_stride: Literal[8, 16, 32] = 16
-    #: optional ResNet weights file in torchvision key names to start from
-    backbone_weights: str | None = None
-    #: channels of the ASPP branches and output (the DeepLabV3+ encoder features)
-    aspp_channels: int = 256
-    #: channels of the decoder features (stride 4); null = the network's default (DeepLabV3+ 256, U-Net 64, FPN 128)
-    decoder_channels: int | None = None
-    #: channels the stride-4 skip is reduced to (DeepLabV3+)
-    low_level_channels: int = 48
-    #: depthwise-separable 3x3 convolutions in ASPP and decoder (DeepLabV3+)
-    separable: bool = False
-    #: dropout after the ASPP fusion (DeepLabV3+)
-    aspp_dropout: float = 0.5
-    #: dropout after the decoder's second and third convolutions, its two 3x3 ones (DeepLabV3+; [0, 0] = none; official fine-tuning: [0.5, 0.1])
-    decoder_dropout: tuple[float, float] = (0.0, 0.0)
-    #: momentum of every BatchNorm of the network in PyTorch's convention, the weight of the new batch statistic: running = (1 - m) * running + m * batch (DeepLabV3+; torch's 0.1; official: 0.9 in this same convention)
-    bn_momentum: float = 0.1
-    #: dilated ResNet stages: torchvision (the first block's 3x3 conv keeps the previous dilation: layer4.0.conv2 dilation 1 at stride 16) or official (it gets the stage's: 2, as the official ResNet.py) (DeepLabV3+)
-    dilation_convention: Literal["torchvision", "official"] = "torchvision"
-    #: widths of the U-Net's stride-16 and stride-8 decoder blocks
-    unet_channels: tuple[int, int] = (256, 128)
-    #: width of the FPN's pyramid levels P2 ... P5
-    fpn_channels: int = 256
-    #: spatial dropout on the FPN's merged features
-    fpn_dropout: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.in_channels is not None and self.in_channels < 1:
-            raise ValueError(f"model.in_channels must be >= 1, got {self.in_channels}")
-        for name in ("aspp_channels", "decoder_channels", "low_level_channels", "fpn_channels"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {value}")
-        self.unet_channels = tuple(self.unet_channels)  # type: ignore[assignment]
-        if len(self.unet_channels) != 2 or min(self.unet_channels) < 1:
-            raise ValueError(
-                f"model.unet_channels must be two positive widths, got {list(self.unet_channels)}"
-            )
-        for name in ("aspp_dropout", "fpn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"model.{name} must lie in [0, 1), got {getattr(self, name)}")
-        self.decoder_dropout = tuple(self.decoder_dropout)  # type: ignore[assignment]
-        if len(self.decoder_dropout) != 2 or not all(0.0 <= p < 1.0 for p in self.decoder_dropout):
-            raise ValueError(
-                "model.decoder_dropout must be two probabilities in [0, 1) (after the decoder's "
-                f"second and third convolutions), got {list(self.decoder_dropout)}"
-            )
-        if not 0.0 < self.bn_momentum <= 1.0:
-            raise ValueError(
-                "model.bn_momentum must lie in (0, 1] (PyTorch's convention: the weight of the "
-                f"new batch statistic), got {self.bn_momentum}"
             )
 
 
@@ -374,8 +311,8 @@ class PretrainConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     #: per-band normalisation after the views
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    #: the network that is pretrained (model.name: deeplabv3plus, unet or fpn)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    #: the network that is pretrained (model.name picks it and its keys)
+    model: ModelConfig = field(default_factory=model_config)
     #: the self-supervised method (method.name picks it and its keys)
     method: MethodConfig = field(default_factory=method_config)
     #: optimizer and schedule

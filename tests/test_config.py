@@ -48,7 +48,7 @@ def test_overrides_are_typed_and_checked(tmp_path):
         ({"trian": {}}, r"unknown key 'trian' in .*cfg\.yaml; the top level accepts: data"),
         (
             {"model": {"arch": "resnet152"}},
-            r"'model.arch' in .*cfg\.yaml: 'resnet152' is not one of 'resnet18'",
+            r"model\.arch must be one of resnet18, .* or timm/<name> .*got 'resnet152' \(section 'model' in .*cfg\.yaml\)",
         ),
         (
             {"train": {"batch_size": 2.5}},

@@ -1,16 +1,17 @@
 """Self-supervised methods, one file each, found by name (``method.name``).
 
 ============== ======================================================== =================
-name           what is contrasted                                       trains
+name           what is contrasted                                       trains features
 ============== ======================================================== =================
-simclr         mean-pooled encoder features of the two views            backbone + ASPP
-global_style   style vectors (channel mean, variance) of the encoder    backbone + ASPP
-local          decoder features pooled over matched regions             + decoder
-glcnet         ``lam * global_style + (1 - lam) * local``               + decoder
-dense          every matched decoder cell (exact correspondences)       + decoder
+simclr         mean-pooled encoder features of the two views            encoder
+global_style   style vectors (channel mean, variance) of the encoder    encoder
+local          decoder features pooled over matched regions             encoder, decoder
+glcnet         ``lam * global_style + (1 - lam) * local``               encoder, decoder
+dense          every matched decoder cell (exact correspondences)       encoder, decoder
 ============== ======================================================== =================
 
-A new method is one file here: a :class:`MethodConfig` subclass with its keys, a
+Each network maps the trained features to its parts (DeepLabV3+: ``encoder`` = backbone +
+ASPP; U-Net: backbone). A new method is one file here: a :class:`MethodConfig` subclass with its keys, a
 :class:`Method` subclass decorated with :func:`register_method`, and an import below.
 """
 

@@ -7,7 +7,8 @@ losses. The training engine knows nothing else about it:
 
 1. :meth:`Method.prepare` (no gradient) computes what the method needs from the view pair
    besides the images, e.g. matched regions from the index maps;
-2. the engine runs the network on both views (the decoder only if :attr:`Method.uses_decoder`);
+2. the engine runs the network on both views (the decoder only if :attr:`Method.uses_decoder`,
+   i.e. when the method trains ``decoder`` features, :attr:`Method.trained_features`);
 3. :meth:`Method.forward` returns a dict with the scalar ``"total"`` to back-propagate, one
    entry per loss part (logged as ``loss/<name>``) and detached diagnostics whose names hold
    a ``/`` (logged as they are, e.g. ``regions/valid_fraction``).
@@ -19,7 +20,6 @@ its config class, see :meth:`MethodConfig.config_variant`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from contrastseg.augment.views import ViewPair
 from contrastseg.losses.ntxent import NegativeQueue
 from contrastseg.metrics import embedding_health
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
-from contrastseg.utils.configtools import ConfigError
+from contrastseg.models.config import unknown_name
 
 _REGISTRY: dict[str, type[Method]] = {}
 DEFAULT_METHOD = "glcnet"
@@ -151,15 +151,30 @@ class Method(nn.Module):
     Attributes:
         name: the registry name (``method.name``).
         config_class: the method's config dataclass.
-        uses_decoder: the network runs its decoder for this method.
-        trained_parts: the network parts the method's losses train (what a linear probe of
-            its checkpoints may read, see :mod:`contrastseg.train.probe`).
+        trained_features: the features the method's losses train: ``encoder`` (the global
+            branch) and/or ``decoder`` (local and dense branches); each network maps them to
+            its parts (:meth:`parts_trained`), what a linear probe of its checkpoints may
+            read (see :mod:`contrastseg.train.probe`).
+        uses_decoder: the network runs its decoder for this method (``decoder`` among the
+            trained features; set from them).
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    trained_features: ClassVar[tuple[str, ...]] = ("encoder",)
     uses_decoder: ClassVar[bool] = False
-    trained_parts: ClassVar[tuple[str, ...]] = ("backbone", "aspp")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.trained_features) - {"encoder", "decoder"}
+        if unknown:
+            raise TypeError(f"{cls.__name__}.trained_features: unknown features {sorted(unknown)}")
+        cls.uses_decoder = "decoder" in cls.trained_features
+
+    @classmethod
+    def parts_trained(cls, network: SegmentationNet | type[SegmentationNet]) -> tuple[str, ...]:
+        """The parts of ``network`` (a network or its class) this method's losses train."""
+        return network.trained_parts(cls.trained_features)
 
     def __init__(self, config: MethodConfig, net: SegmentationNet) -> None:
         super().__init__()
@@ -207,12 +222,7 @@ def get_method(name: str, key: str = "method.name", source: str | None = None) -
         ConfigError: no such method (the message lists the close matches and every name).
     """
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
-        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        raise ConfigError(
-            f"{key!r}{' in ' + source if source else ''}: unknown method {name!r}{hint}; "
-            f"available: {', '.join(available_methods())}"
-        )
+        raise unknown_name("method", name, available_methods(), repr(key), source)
     return _REGISTRY[name]
 
 

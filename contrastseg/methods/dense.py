@@ -70,8 +70,7 @@ class Dense(Method):
 
     name = "dense"
     config_class = DenseConfig
-    uses_decoder = True
-    trained_parts = ("backbone", "aspp", "decoder")
+    trained_features = ("encoder", "decoder")
 
     def __init__(self, config: DenseConfig, net: SegmentationNet) -> None:
         super().__init__(config, net)

@@ -103,8 +103,7 @@ class Local(Method):
 
     name = "local"
     config_class = LocalConfig
-    uses_decoder = True
-    trained_parts = ("backbone", "aspp", "decoder")
+    trained_features = ("encoder", "decoder")
 
     def __init__(self, config: LocalConfig, net: SegmentationNet) -> None:
         super().__init__(config, net)

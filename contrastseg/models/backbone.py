@@ -18,6 +18,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from contrastseg.models.state import WRAPPER_PREFIXES, read_weights, strip_prefixes
 from contrastseg.utils.state import state_dict_mismatches
 
 ARCHITECTURES: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -28,8 +29,9 @@ OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 #: code's ``models/deeplab_utils/ResNet.py``: that convolution gets the stage's dilation too).
 DILATION_CONVENTIONS: tuple[str, ...] = ("torchvision", "official")
 
-# Prefixes that wrappers put in front of plain ResNet keys (DDP, smp, lightly, our models).
-_KNOWN_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+#: Prefixes in front of a backbone's own keys in the files of segmenters and wrappers (DDP,
+#: torch.compile, smp, lightly, our models), removed by :func:`read_backbone_state`.
+BACKBONE_PREFIXES = (*WRAPPER_PREFIXES, "backbone.", "encoder.", "model.")
 
 
 def adapt_first_conv_weight(weight: Tensor, in_channels: int) -> Tensor:
@@ -157,33 +159,59 @@ def check_same_resnet(model_keys: Iterable[str], file_keys: Iterable[str], path:
         )
 
 
-def _strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _KNOWN_PREFIXES:
-                if key.startswith(prefix):
-                    key = key[len(prefix) :]
-                    changed = True
-        out[key] = value
-    return out
+def read_backbone_state(
+    path: str | os.PathLike[str],
+    in_channels: int,
+    first_conv: str,
+    drop: tuple[str, ...] = (),
+) -> dict[str, Tensor]:
+    """A backbone's state dict from a weights file, in the backbone's own (torchvision) key names.
+
+    Reads what :func:`~contrastseg.models.state.read_weights` reads (the one reader); of a
+    whole segmenter the ``backbone.*`` keys are kept; the prefixes of
+    :data:`BACKBONE_PREFIXES` are removed, keys starting with
+    one of ``drop`` (a classifier: ResNet ``fc.``, VGG ``classifier.``) dropped, and a
+    3-band ``first_conv`` kernel adapted to ``in_channels`` (:func:`adapt_first_conv_weight`).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: no state dict in the file, or a first convolution of another band count
+            than 3 or ``in_channels``.
+    """
+    path = os.fspath(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {path}")
+    state, _ = read_weights(path)
+    if any(k.startswith("backbone.") for k in state):
+        # a whole segmenter (e.g. a contrastseg pretraining checkpoint): keep its backbone
+        state = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    state = strip_prefixes(state, BACKBONE_PREFIXES)
+    state = {k: v for k, v in state.items() if not k.startswith(drop)}
+    conv1 = state.get(first_conv)
+    if conv1 is not None and conv1.shape[1] != in_channels:
+        if conv1.shape[1] != 3:
+            raise ValueError(
+                f"{path}: {first_conv} has {conv1.shape[1]} input bands; the model has "
+                f"{in_channels} and only 3-band weights can be adapted"
+            )
+        state[first_conv] = adapt_first_conv_weight(conv1, in_channels)
+    return state
 
 
-def _unwrap_checkpoint(obj: object, path: str) -> Mapping[str, Tensor]:
-    """Find the state dict inside what ``torch.load`` returned."""
-    if isinstance(obj, Mapping):
-        for key in ("backbone", "state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
-                return _unwrap_checkpoint(inner, path)
-        if obj and all(isinstance(v, Tensor) for v in obj.values()):
-            return obj  # type: ignore[return-value]
-    raise ValueError(
-        f"{path}: expected a ResNet state dict (or a checkpoint holding one under 'backbone', "
-        f"'state_dict' or 'model'), got {type(obj).__name__}"
-    )
+def load_checked(backbone: nn.Module, state: Mapping[str, Tensor], path: object) -> None:
+    """Load ``state`` into ``backbone`` strictly, refusing missing, extra or misshapen keys first.
+
+    Raises:
+        ValueError: keys or shapes differ (the message lists them, naming the file, the
+            backbone's ``arch`` and ``in_channels``).
+    """
+    problems = state_dict_mismatches(backbone.state_dict(), state)
+    if problems:
+        raise ValueError(
+            f"{path} does not fit a {backbone.arch} backbone with {backbone.in_channels} bands: "
+            + " | ".join(problems)
+        )
+    backbone.load_state_dict(state, strict=True)
 
 
 class ResNetBackbone(nn.Module):
@@ -275,34 +303,9 @@ class ResNetBackbone(nn.Module):
             ValueError: the file holds no ResNet state dict, or keys / shapes do not match
                 this architecture (the message lists them).
         """
-        from contrastseg.models.pretrained import load_torch_file  # imports this module
-
-        path = os.fspath(path)
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"backbone weights file not found: {path}")
-        obj = load_torch_file(path)
-        state = _unwrap_checkpoint(obj, path)
-        if any(k.startswith("backbone.") for k in state):
-            # a whole segmenter (e.g. a contrastseg pretraining checkpoint): keep its backbone
-            state = {k: v for k, v in state.items() if k.startswith("backbone.")}
-        state = _strip_prefixes(state)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        conv1 = state.get("conv1.weight")
-        if conv1 is not None and conv1.shape[1] != self.in_channels:
-            if conv1.shape[1] != 3:
-                raise ValueError(
-                    f"{path}: conv1.weight has {conv1.shape[1]} input bands; the model has "
-                    f"{self.in_channels} and only 3-band weights can be adapted"
-                )
-            state["conv1.weight"] = adapt_first_conv_weight(conv1, self.in_channels)
+        state = read_backbone_state(path, self.in_channels, "conv1.weight", ("fc.",))
         check_same_resnet(self.state_dict(), state, path)
-        problems = state_dict_mismatches(self.state_dict(), state)
-        if problems:
-            raise ValueError(
-                f"{path} does not fit a {self.arch} backbone with {self.in_channels} bands: "
-                + " | ".join(problems)
-            )
-        self.load_state_dict(state, strict=True)
+        load_checked(self, state, path)
 
     def stages(self, x: Tensor) -> list[Tensor]:
         """The outputs of ``layer1`` ... ``layer4`` (strides 4, 8, then 16 / 32 or dilated)."""

@@ -18,13 +18,15 @@ fine-tuned, probed and exported without code that names its parts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Iterable
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.config import ModelConfig
 
 #: Features a classifier (or a linear probe) can read, deepest first.
 CLASSIFIER_FEATURES = ("decoder", "encoder", "backbone")
@@ -68,6 +70,8 @@ class SegmentationNet(nn.Module):
 
     #: registry name (``model.name``)
     name: ClassVar[str]
+    #: the network's ``model`` config class (its own keys and their defaults)
+    config_class: ClassVar[type[ModelConfig]]
     #: every part (attribute and state-dict prefix), input to output
     parts: ClassVar[tuple[str, ...]]
     #: the parts in front of the encoder features
@@ -80,10 +84,40 @@ class SegmentationNet(nn.Module):
     decoder_channels: int
 
     @classmethod
-    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
-        """Constructor arguments of this network's own settings, read with ``get(key, default)``
-        from a ``model`` config (the common ones, arch, stride, bands, widths, are not here)."""
-        return {}
+    def config_kwargs(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments from the config's keys (all but ``name`` and ``in_channels``);
+        a network whose arguments are named otherwise than its config keys renames them here."""
+        return settings
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ModelConfig,
+        in_channels: int,
+        num_classes: int | None = None,
+        classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
+        backbone_weights: bool = True,
+    ) -> SegmentationNet:
+        """The network a config of :attr:`config_class` describes (see :func:`build_model`)."""
+        settings = {
+            f.name: getattr(config, f.name)
+            for f in dataclasses.fields(config)
+            if f.name not in ("name", "in_channels")
+        }
+        if not backbone_weights:
+            settings["backbone_weights"] = None
+        return cls(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            classifier_features=classifier_features,
+            **cls.config_kwargs(settings),
+        )
+
+    @classmethod
+    def trained_parts(cls, features: Iterable[str]) -> tuple[str, ...]:
+        """The parts a method that trains ``features`` (``encoder``, ``decoder``) trains, in order."""
+        wanted = {p for f in features for p in cls.feature_parts(f)}
+        return tuple(p for p in cls.parts if p in wanted)
 
     def _init_classifier(
         self,

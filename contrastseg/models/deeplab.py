@@ -9,14 +9,15 @@ exposed without computing anything that is not asked for.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import (
     CLASSIFIER_FEATURES,
     DECODER_STRIDE,
@@ -25,6 +26,7 @@ from contrastseg.models.base import (
     SegmentationNet,
 )
 from contrastseg.models.base import conv_bn_relu as _conv_bn_relu
+from contrastseg.models.config import ModelConfig
 
 __all__ = [
     "ASPP",
@@ -34,6 +36,7 @@ __all__ = [
     "DeepLabFeatures",
     "DeepLabOutput",
     "DeepLabV3Plus",
+    "DeepLabV3PlusConfig",
     "aspp_rates",
     "set_batchnorm_momentum",
 ]
@@ -150,7 +153,59 @@ class Decoder(nn.Module):
         return self.fuse(torch.cat([up, self.reduce(low_level)], dim=1))
 
 
-class DeepLabV3Plus(SegmentationNet):
+@dataclass
+class DeepLabV3PlusConfig(ModelConfig):
+    """DeepLabV3+: ASPP on the backbone (the encoder features), a stride-4 decoder with the ``layer1`` skip."""
+
+    #: channels of the decoder features (stride 4)
+    decoder_channels: int = 256
+    #: channels of the ASPP branches and output (the encoder features)
+    aspp_channels: int = 256
+    #: channels the stride-4 skip is reduced to
+    low_level_channels: int = 48
+    #: depthwise-separable 3x3 convolutions in ASPP and decoder
+    separable: bool = False
+    #: dropout after the ASPP fusion
+    aspp_dropout: float = 0.5
+    #: dropout after the decoder's second and third convolutions, its two 3x3 ones ([0, 0] = none; official fine-tuning: [0.5, 0.1])
+    decoder_dropout: tuple[float, float] = (0.0, 0.0)
+    #: momentum of every BatchNorm of the network in PyTorch's convention, the weight of the new batch statistic: running = (1 - m) * running + m * batch (torch's 0.1; official: 0.9 in this same convention)
+    bn_momentum: float = 0.1
+    #: dilated ResNet stages: torchvision (the first block's 3x3 conv keeps the previous dilation: layer4.0.conv2 dilation 1 at stride 16) or official (it gets the stage's: 2, as the official ResNet.py)
+    dilation_convention: Literal["torchvision", "official"] = "torchvision"
+
+    network = "deeplabv3plus"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.decoder_dropout = tuple(self.decoder_dropout)  # type: ignore[assignment]
+        if len(self.decoder_dropout) != 2 or not all(0.0 <= p < 1.0 for p in self.decoder_dropout):
+            raise ValueError(
+                "model.decoder_dropout must be two probabilities in [0, 1) (after the decoder's "
+                f"second and third convolutions), got {list(self.decoder_dropout)}"
+            )
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ValueError(
+                "model.bn_momentum must lie in (0, 1] (PyTorch's convention: the weight of the "
+                f"new batch statistic), got {self.bn_momentum}"
+            )
+
+
+class ASPPNet(SegmentationNet):
+    """A network whose encoder features are the ASPP output on the backbone (DeepLabV3, V3+)."""
+
+    aspp: ASPP
+
+    def _needs_two_samples(self) -> bool:
+        # the ASPP image-pooling BatchNorm sees one value per channel and image
+        return self.aspp.branches[-1].conv[1].training
+
+    def _encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        stages = self.backbone.stages(x)
+        return stages, self.aspp(stages[-1])
+
+
+class DeepLabV3Plus(ASPPNet):
     """DeepLabV3+ with a torchvision ResNet backbone, for any number of bands.
 
     Args:
@@ -182,6 +237,7 @@ class DeepLabV3Plus(SegmentationNet):
     """
 
     name = "deeplabv3plus"
+    config_class = DeepLabV3PlusConfig
     parts = ("backbone", "aspp", "decoder")
     encoder_parts = ("backbone", "aspp")
 
@@ -203,11 +259,11 @@ class DeepLabV3Plus(SegmentationNet):
         dilation_convention: str = "torchvision",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(
+        self.backbone = build_backbone(
             arch,
             in_channels,
             output_stride,
-            weights=backbone_weights,
+            backbone_weights,
             dilation_convention=dilation_convention,
         )
         self.aspp = ASPP(
@@ -229,27 +285,6 @@ class DeepLabV3Plus(SegmentationNet):
         self.decoder_channels = decoder_channels
         self._init_classifier(num_classes, in_channels, classifier_features)
         set_batchnorm_momentum(self, bn_momentum)
-
-    @classmethod
-    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
-        keys = (
-            "aspp_channels",
-            "low_level_channels",
-            "separable",
-            "aspp_dropout",
-            "decoder_dropout",
-            "bn_momentum",
-            "dilation_convention",
-        )
-        return {k: get(k, None) for k in keys if get(k, None) is not None}
-
-    def _needs_two_samples(self) -> bool:
-        # the ASPP image-pooling BatchNorm sees one value per channel and image
-        return self.aspp.branches[-1].conv[1].training
-
-    def _encode(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        stages = self.backbone.stages(x)
-        return stages, self.aspp(stages[-1])
 
     def _decode(self, stages: list[Tensor], encoder: Tensor) -> Tensor:
         return self.decoder(encoder, stages[0])

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet
+from contrastseg.models.config import ModelConfig
 
 
 class ConvGNReLU(nn.Module):
@@ -115,6 +117,20 @@ class FPNDecoder(nn.Module):
         return self.dropout(sum(pyramid[1:], pyramid[0]))
 
 
+@dataclass
+class FPNConfig(ModelConfig):
+    """FPN: pyramid P5 ... P2 on the four stages, merged at stride 4."""
+
+    #: channels of the decoder features (the segmentation blocks)
+    decoder_channels: int = 128
+    #: width of the pyramid levels P2 ... P5
+    fpn_channels: int = 256
+    #: spatial dropout on the merged features
+    fpn_dropout: float = 0.2
+
+    network = "fpn"
+
+
 class FPN(SegmentationNet):
     """FPN on a torchvision ResNet, decoder features at stride 4, for any number of bands.
 
@@ -132,6 +148,7 @@ class FPN(SegmentationNet):
     """
 
     name = "fpn"
+    config_class = FPNConfig
     parts = ("backbone", "decoder")
     encoder_parts = ("backbone",)
 
@@ -148,7 +165,7 @@ class FPN(SegmentationNet):
         classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
+        self.backbone = build_backbone(arch, in_channels, output_stride, backbone_weights)
         self.decoder = FPNDecoder(
             self.backbone.stage_channels, pyramid_channels, decoder_channels, dropout
         )
@@ -157,5 +174,7 @@ class FPN(SegmentationNet):
         self._init_classifier(num_classes, in_channels, classifier_features)
 
     @classmethod
-    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
-        return {"pyramid_channels": get("fpn_channels", 256), "dropout": get("fpn_dropout", 0.2)}
+    def config_kwargs(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        settings["pyramid_channels"] = settings.pop("fpn_channels")
+        settings["dropout"] = settings.pop("fpn_dropout")
+        return settings

@@ -24,7 +24,6 @@ it did not use; a shape mismatch is an error.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,13 +32,14 @@ from torch import Tensor, nn
 
 from contrastseg.models.backbone import check_same_resnet
 from contrastseg.models.registry import ALL_ENCODER_PARTS, ALL_PARTS, PART_SELECTIONS, part_names
-from contrastseg.train.checkpoint import check_finite, read_torch_file, save_atomic
+from contrastseg.models.state import load_torch_file, read_weights
+from contrastseg.train.checkpoint import check_finite, save_atomic
 
 #: The part selections :func:`load_pretrained` accepts (``--parts``).
 PARTS: tuple[str, ...] = PART_SELECTIONS
 EXPORT_PARTS = ("backbone", "encoder", "all")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_FORMATS = ("contrastseg.pretrain", "contrastseg.finetune")
+__all__ = ["EXPORT_PARTS", "PARTS", "LoadReport", "export_weights", "load_pretrained",
+           "load_torch_file", "read_state_dict"]  # fmt: skip
 
 
 @dataclass
@@ -80,24 +80,12 @@ class LoadReport:
         return text
 
 
-def load_torch_file(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(path, weights_only=True)`` onto the CPU, with errors that name the file.
-
-    The bytes are checked first against the file's ``.sha256`` sidecar (or its zip CRCs),
-    so a damaged file is refused instead of loading altered weights.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: damaged bytes, or not a readable ``torch.save`` file of tensors and plain
-            values (a text file, a pickle of arbitrary objects ...).
-    """
-    return read_torch_file(path, "weights file")
-
-
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The network state dict (``backbone.*``, ...) in a weights file, and the checkpoint around it.
 
-    Plain torchvision ResNet keys are returned under ``backbone.``, wrapper prefixes removed.
+    Read by :func:`~contrastseg.models.state.read_weights` (the one reader: the files it
+    takes, wrapper prefixes removed); plain torchvision ResNet keys are returned under
+    ``backbone.``.
 
     Returns:
         ``(state, payload)``: ``state`` with network key names; ``payload`` the whole
@@ -107,26 +95,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], di
         FileNotFoundError: no such file.
         ValueError: not a readable ``torch.save`` file of tensors (the message names it).
     """
-    obj = load_torch_file(path)
-    payload: dict[str, Any] = {}
-    if isinstance(obj, Mapping) and obj.get("format") in _FORMATS:
-        payload, obj = dict(obj), obj["model"]
-    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if (
-        not isinstance(obj, Mapping)
-        or not obj
-        or not all(isinstance(v, Tensor) for v in obj.values())
-    ):
-        raise ValueError(
-            f"{path}: expected a state dict of tensors or a contrastseg checkpoint, "
-            f"got {type(obj).__name__}"
-        )
-    state = {}
-    for key, value in obj.items():
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
-        state[key] = value
+    state, payload = read_weights(path)
     if not any(k.split(".", 1)[0] in ALL_PARTS for k in state):
         # plain torchvision ResNet keys (an exported backbone); a classifier ``fc`` stays in
         # the state as backbone.fc.* and is reported as unexpected by load_pretrained
@@ -210,7 +179,8 @@ def export_weights(
         out: the file to write (``torch.save`` of a plain dict of tensors).
         part: ``backbone``: the ResNet in torchvision key names (``conv1.weight``, ``bn1.*``,
             ``layer1.0.conv1.weight`` ...), loadable with ``strict=False`` into
-            ``torchvision.models.resnetXX()`` with only ``fc.*`` missing; ``encoder``: the
+            ``torchvision.models.resnetXX()`` with only ``fc.*`` missing (a VGG16-BN in
+            torchvision's ``vgg16_bn`` names, a ``timm/<name>`` backbone in timm's names); ``encoder``: the
             parts in front of the encoder features (DeepLabV3+ ``backbone.*`` and ``aspp.*``,
             U-Net / FPN ``backbone.*``); ``all``: every tensor (the classifier too, for a
             fine-tuning checkpoint).
@@ -232,6 +202,9 @@ def export_weights(
             for k, v in state.items()
             if k.startswith("backbone.") and not k.startswith("backbone.fc.")
         }
+        if weights and all(k.startswith("model.") for k in weights):
+            # a timm backbone keeps the timm model under ``model``: timm's own key names
+            weights = {k.removeprefix("model."): v for k, v in weights.items()}
     elif part == "encoder":
         # a checkpoint holds the parts of one network only, so the union of every network's
         # encoder parts selects that network's

@@ -7,24 +7,42 @@ ask the network (or its class) for its parts instead of keeping lists of key pre
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from contrastseg.models.base import SegmentationNet
+from contrastseg.models.config import (
+    DEFAULT_MODEL,
+    ModelConfig,
+    config_class,
+    model_config_from_mapping,
+)
 from contrastseg.models.deeplab import DeepLabV3Plus
+from contrastseg.models.deeplabv3 import DeepLabV3
+from contrastseg.models.fcn import FCN
 from contrastseg.models.fpn import FPN
+from contrastseg.models.parsenet import ParseNet
+from contrastseg.models.pspnet import PSPNet
+from contrastseg.models.resunet import ResUNet
+from contrastseg.models.segnet import SegNet
 from contrastseg.models.unet import UNet
 
-if TYPE_CHECKING:
-    from contrastseg.config import ModelConfig
-
-#: The networks ``model.name`` chooses from (the first is the default).
+#: The networks ``model.name`` chooses from (the first is the default): one line per network.
 MODELS: dict[str, type[SegmentationNet]] = {
     "deeplabv3plus": DeepLabV3Plus,
     "unet": UNet,
     "fpn": FPN,
+    "fcn": FCN,
+    "deeplabv3": DeepLabV3,
+    "pspnet": PSPNet,
+    "resunet": ResUNet,
+    "parsenet": ParseNet,
+    "segnet": SegNet,
 }
-DEFAULT_MODEL = "deeplabv3plus"
+for _name, _cls in MODELS.items():  # the config class each network file declares
+    assert _cls.name == _name and _cls.config_class.network == _name, _name
+assert next(iter(MODELS)) == DEFAULT_MODEL
 #: Every part name of every network, input to output (a state-dict prefix each).
 ALL_PARTS: tuple[str, ...] = tuple(dict.fromkeys(p for c in MODELS.values() for p in c.parts))
 #: Every part that sits in front of some network's encoder features.
@@ -40,12 +58,10 @@ def model_class(name: str | None) -> type[SegmentationNet]:
     """The network class of ``model.name`` (``None`` = DeepLabV3+).
 
     Raises:
-        ValueError: an unknown name (the message lists the known ones).
+        ValueError: an unknown name (a ``ConfigError``; the message lists the close matches
+            and the known names).
     """
-    name = DEFAULT_MODEL if name is None else name
-    if name not in MODELS:
-        raise ValueError(f"model.name: unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name]
+    return MODELS[config_class(name).network]
 
 
 def part_names(
@@ -68,12 +84,6 @@ def part_names(
     raise ValueError(f"parts must be one of {', '.join(PART_SELECTIONS)}, got {selection!r}")
 
 
-def _value(config: ModelConfig | Mapping[str, Any], key: str, default: Any = None) -> Any:
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default)
-
-
 def build_model(
     config: ModelConfig | Mapping[str, Any],
     in_channels: int,
@@ -81,11 +91,13 @@ def build_model(
     classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     backbone_weights: bool = True,
 ) -> SegmentationNet:
-    """The network ``config.name`` names, built from a :class:`~contrastseg.config.ModelConfig`.
+    """The network ``config.name`` names, built from its :class:`~contrastseg.models.ModelConfig`.
 
     Args:
-        config: a ``ModelConfig`` or its dict (``config["model"]`` of a checkpoint; keys of
-            other networks are ignored, missing keys take their defaults).
+        config: a ``ModelConfig`` (of the network's class) or a mapping (``config["model"]``
+            of a checkpoint, also one with the flat keys of every network that checkpoints
+            before the per-network config classes hold; keys of other networks are ignored,
+            missing keys take their defaults).
         in_channels: input bands.
         num_classes: classifier outputs; ``None`` = no classifier (pretraining).
         classifier_features: what the classifier reads (see :data:`CLASSIFIER_FEATURES`).
@@ -94,17 +106,9 @@ def build_model(
     Raises:
         ValueError: an unknown ``model.name`` or an impossible setting.
     """
-    cls = model_class(_value(config, "name"))
-    common: dict[str, Any] = {
-        "num_classes": num_classes,
-        "arch": _value(config, "arch", "resnet50"),
-        "in_channels": in_channels,
-        "output_stride": _value(config, "output_stride", 16),
-        "backbone_weights": _value(config, "backbone_weights") if backbone_weights else None,
-        "classifier_features": classifier_features,
-    }
-    decoder_channels = _value(config, "decoder_channels")
-    if decoder_channels is not None:
-        common["decoder_channels"] = decoder_channels
-    extra = cls.config_kwargs(lambda key, default=None: _value(config, key, default))
-    return cls(**common, **extra)
+    if type(config) is ModelConfig:  # the shared keys only: the named network's defaults
+        config = dataclasses.asdict(config)
+    config = model_config_from_mapping(config)
+    return MODELS[config.network].from_config(
+        config, in_channels, num_classes, classifier_features, backbone_weights
+    )

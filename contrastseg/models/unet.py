@@ -12,15 +12,17 @@ more blocks). encoder features = the backbone's last stage (``layer4``); parts: 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from contrastseg.models.backbone import ResNetBackbone
+from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
+from contrastseg.models.config import ModelConfig
 
 
 class UNetBlock(nn.Module):
@@ -46,18 +48,24 @@ class UNetDecoder(nn.Module):
         stage_channels: channels of ``layer1`` ... ``layer4``.
         channels: output channels of the three blocks, deepest first (the last is the
             decoder features' width).
+        block: the block class (:class:`UNetBlock`; ResUNet's residual block).
 
     Shapes: ``stages`` = ``[layer1 (B, c1, H/4, W/4), ..., layer4]`` -> ``(B, channels[-1], H/4, W/4)``.
     """
 
-    def __init__(self, stage_channels: Sequence[int], channels: Sequence[int]) -> None:
+    def __init__(
+        self,
+        stage_channels: Sequence[int],
+        channels: Sequence[int],
+        block: type[nn.Module] = UNetBlock,
+    ) -> None:
         super().__init__()
         if len(channels) != 3:
             raise ValueError(f"a U-Net decoder has 3 blocks, got {len(channels)} widths")
         inputs = [stage_channels[3], *channels[:-1]]
         skips = [stage_channels[2], stage_channels[1], stage_channels[0]]
         self.blocks = nn.ModuleList(
-            UNetBlock(i, s, o) for i, s, o in zip(inputs, skips, channels, strict=True)
+            block(i, s, o) for i, s, o in zip(inputs, skips, channels, strict=True)
         )
         self.out_channels = channels[-1]
 
@@ -66,6 +74,26 @@ class UNetDecoder(nn.Module):
         for block, skip in zip(self.blocks, (stages[2], stages[1], stages[0]), strict=True):
             x = block(x, skip)
         return x
+
+
+@dataclass
+class UNetConfig(ModelConfig):
+    """U-Net: three decoder blocks from the last stage to the ``layer1`` skip (stride 4)."""
+
+    #: channels of the decoder features (the stride-4 block)
+    decoder_channels: int = 64
+    #: widths of the stride-16 and stride-8 decoder blocks
+    unet_channels: tuple[int, int] = (256, 128)
+
+    network = "unet"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.unet_channels = tuple(self.unet_channels)  # type: ignore[assignment]
+        if len(self.unet_channels) != 2 or min(self.unet_channels) < 1:
+            raise ValueError(
+                f"model.unet_channels must be two positive widths, got {list(self.unet_channels)}"
+            )
 
 
 class UNet(SegmentationNet):
@@ -84,6 +112,9 @@ class UNet(SegmentationNet):
     """
 
     name = "unet"
+    config_class = UNetConfig
+    #: the decoder block (a subclass changes it: ResUNet)
+    block: type[nn.Module] = UNetBlock
     parts = ("backbone", "decoder")
     encoder_parts = ("backbone",)
 
@@ -99,14 +130,15 @@ class UNet(SegmentationNet):
         classifier_features: Literal["decoder", "encoder", "backbone"] = "decoder",
     ) -> None:
         super().__init__()
-        self.backbone = ResNetBackbone(arch, in_channels, output_stride, weights=backbone_weights)
+        self.backbone = build_backbone(arch, in_channels, output_stride, backbone_weights)
         self.decoder = UNetDecoder(
-            self.backbone.stage_channels, [*block_channels, decoder_channels]
+            self.backbone.stage_channels, [*block_channels, decoder_channels], self.block
         )
         self.encoder_channels = self.backbone.out_channels
         self.decoder_channels = decoder_channels
         self._init_classifier(num_classes, in_channels, classifier_features)
 
     @classmethod
-    def config_kwargs(cls, get: Callable[[str, Any], Any]) -> dict[str, Any]:
-        return {"block_channels": tuple(get("unet_channels", (256, 128)))}
+    def config_kwargs(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        settings["block_channels"] = settings.pop("unet_channels")
+        return settings

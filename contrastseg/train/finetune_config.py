@@ -28,6 +28,7 @@ from contrastseg.config import (
     RunConfig,
     TrainConfig,
     load_config,
+    model_config,
 )
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.losses.segmentation import build_loss
@@ -203,7 +204,7 @@ class FinetuneConfig:
     #: per-band normalisation; all empty = the pretraining checkpoint's normalisation
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     #: the network built without a checkpoint; with one, its architecture wins unless model.name names another decoder (its backbone is kept)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=model_config)
     #: pretrained weights and the parts loaded
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
     #: linear (only the 1x1 classifier, solved on the frozen network), decoder (backbone

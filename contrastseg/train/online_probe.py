@@ -56,7 +56,7 @@ from contrastseg.metrics import ConfusionMatrix, even_indices
 from contrastseg.models.backbone import resnet_depth
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.pretrained import load_pretrained, read_state_dict
-from contrastseg.models.registry import build_model
+from contrastseg.models.registry import build_model, model_class
 from contrastseg.train.evaluate import Segmenter, evaluate_dataset
 from contrastseg.train.finetune_config import EvalConfig
 from contrastseg.train.linear_fit import cache_pixels, fit_probe_head
@@ -202,7 +202,7 @@ def probe_features(config: PretrainConfig) -> str:
         ConfigError: features behind a part the method never trains (it would stay random).
     """
     method, model = config.method.name, config.model.name
-    trained = get_method(method).trained_parts
+    trained = get_method(method).parts_trained(model_class(model))
     features = config.probe.features
     if features == "auto":
         features = default_features(trained, model)

@@ -64,11 +64,12 @@ def trained_parts(
     present = parts_in_state(state)
     config = payload.get("config") or {}
     method = config.get("method", {}).get("name")
+    source = (config.get("model") or {}).get("name") if payload else None
     if payload.get("format") == "contrastseg.pretrain" and method in available_methods():
-        trained = tuple(p for p in get_method(method).trained_parts if p in present)
+        parts = get_method(method).parts_trained(model_class(source))
+        trained = tuple(p for p in parts if p in present)
     else:
         trained = tuple(p for p in ALL_PARTS if p in present)
-    source = (config.get("model") or {}).get("name") if payload else None
     if payload and model_class(source) is not model_class(model):
         trained = tuple(p for p in trained if p == "backbone")
     return trained

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from contrastseg.config import ModelConfig, load_pretrain_config
+from contrastseg.config import load_pretrain_config, model_config
 from contrastseg.methods import (
     GLCNetConfig,
     SimCLRConfig,
@@ -20,7 +20,7 @@ from contrastseg.train.model import PretrainModel, upgrade_heads
 from contrastseg.utils.configtools import ConfigError, to_dict
 
 LAYOUT_0_1_0 = Path(__file__).resolve().parents[1] / "train" / "heads_layout_0_1_0.json"
-MODEL = ModelConfig(arch="resnet18", aspp_channels=32, decoder_channels=24, low_level_channels=8)
+MODEL = model_config(arch="resnet18", aspp_channels=32, decoder_channels=24, low_level_channels=8)
 
 
 def test_every_method_is_registered_with_its_own_config():

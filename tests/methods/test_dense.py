@@ -7,7 +7,7 @@ import torch
 
 from contrastseg.augment.config import ViewsConfig
 from contrastseg.augment.views import PairedViews
-from contrastseg.config import ModelConfig, load_pretrain_config
+from contrastseg.config import load_pretrain_config, model_config
 from contrastseg.methods import method_config
 from contrastseg.train.model import PretrainModel
 from contrastseg.train.pretrain import run_pretrain
@@ -32,7 +32,7 @@ def test_dense_loss_equals_nt_xent_over_the_matched_cells():
     torch.manual_seed(0)
     config = method_config("dense", lam=0.0, cells_per_image=8, head_batch_norm=False, gather=False)
     model = PretrainModel(
-        ModelConfig(arch="resnet18", aspp_channels=16, decoder_channels=12), config, 3
+        model_config(arch="resnet18", aspp_channels=16, decoder_channels=12), config, 3
     )
     model.eval()
     views = PairedViews(ViewsConfig(size=32, rgb_bands=None))
@@ -64,7 +64,7 @@ def test_dense_with_the_global_branch_weighs_both():
     torch.manual_seed(0)
     config = method_config("dense", lam=0.25, cells_per_image=4, gather=False)
     model = PretrainModel(
-        ModelConfig(arch="resnet18", aspp_channels=16, decoder_channels=12), config, 3
+        model_config(arch="resnet18", aspp_channels=16, decoder_channels=12), config, 3
     )
     pair = PairedViews(ViewsConfig(size=32, rgb_bands=None))(
         torch.rand(4, 3, 40, 40), torch.Generator().manual_seed(1)

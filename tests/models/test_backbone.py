@@ -137,7 +137,9 @@ def test_load_weights_errors(tmp_path):
         ResNetBackbone("resnet18", weights=path)
     junk = tmp_path / "junk.pth"
     torch.save({"step": 3}, junk)
-    with pytest.raises(ValueError, match=r"junk\.pth: expected a ResNet state dict"):
+    with pytest.raises(
+        ValueError, match=r"junk\.pth: expected a state dict of tensors \(a ResNet.s"
+    ):
         ResNetBackbone("resnet18", weights=junk)
 
 

@@ -1,24 +1,39 @@
 """DeepLabV3+, U-Net and FPN on one backbone: shapes, declared parts, key stability, smp oracles."""
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from contrastseg.config import ModelConfig
-from contrastseg.models import MODELS, DeepLabV3Plus, build_model, part_names
+from contrastseg.models import (
+    MODELS,
+    DeepLabV3Plus,
+    ModelConfig,
+    build_model,
+    model_config,
+    part_names,
+)
 from contrastseg.models.pretrained import export_weights, load_pretrained
 
 SMALL = {"decoder_channels": 16, "aspp_channels": 16, "low_level_channels": 8}
 SMALL.update(unet_channels=(16, 16), fpn_channels=16)
+#: networks whose decoder features have stride 4; the others at their own (FCN, DeepLabV3)
+STRIDE_4 = ("deeplabv3plus", "unet", "fpn")
+#: networks with encoder parts beyond the backbone (their width 16 in SMALL)
+OWN_ENCODER = ("deeplabv3plus", "deeplabv3", "fcn")
 
 
 def small(name: str, arch: str = "resnet18", output_stride: int = 16, **kw) -> ModelConfig:
-    return ModelConfig(name=name, arch=arch, output_stride=output_stride, **{**SMALL, **kw})
+    if name == "segnet":  # VGG16-BN only, stride 32
+        arch, output_stride = "vgg16_bn", 32
+    return model_config(name=name, arch=arch, output_stride=output_stride, **{**SMALL, **kw})
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize(
+    "name, arch",
+    [(n, a) for n in MODELS for a in ("resnet18", "resnet50") if n != "segnet" or a == "resnet18"],
+)  # SegNet has one backbone, VGG16-BN
 def test_shapes_for_every_model_stride_and_band_count(name, arch):
     for output_stride in (8, 16):
         for bands in (3, 4):
@@ -27,11 +42,15 @@ def test_shapes_for_every_model_stride_and_band_count(name, arch):
             with torch.no_grad():
                 out = net(x, return_features=True)
             assert out.logits.shape == (2, 5, 48, 80)
-            assert out.decoder.shape == (2, net.decoder_channels, 12, 20)
-            assert net.feature_stride("decoder") == 4
+            stride = net.feature_stride("decoder")  # 4, or the network's own (FCN, DeepLabV3)
+            size = (math.ceil(48 / stride), math.ceil(80 / stride))
+            assert out.decoder.shape == (2, net.decoder_channels, *size)
+            assert stride == (4 if name in STRIDE_4 else stride)
             stride = net.feature_stride("encoder")
-            assert out.encoder.shape == (2, net.encoder_channels, 48 // stride, 80 // stride)
-            expected = 16 if name == "deeplabv3plus" else net.backbone.out_channels
+            rounding = math.floor if name == "segnet" else math.ceil  # VGG's pools floor
+            size = (rounding(48 / stride), rounding(80 / stride))
+            assert out.encoder.shape == (2, net.encoder_channels, *size)
+            expected = 16 if name in OWN_ENCODER else net.backbone.out_channels
             assert net.encoder_channels == expected
 
 
@@ -55,7 +74,7 @@ def test_deeplab_state_dict_keys_and_shapes_are_unchanged():
         5, "resnet18", 4, aspp_channels=16, decoder_channels=16, low_level_channels=8
     )
     assert [f"{k} {tuple(v.shape)}" for k, v in net.state_dict().items()] == recorded
-    default = build_model(ModelConfig(arch="resnet18"), 4)
+    default = build_model(model_config(arch="resnet18"), 4)
     assert isinstance(default, DeepLabV3Plus) and default.decoder_channels == 256
 
 
@@ -128,7 +147,7 @@ def test_unet_decoder_matches_smp_unet():
     smp = _smp()
     torch.manual_seed(0)
     ours = build_model(
-        ModelConfig(name="unet", arch="resnet18", output_stride=32, unet_channels=(32, 16),
+        model_config(name="unet", arch="resnet18", output_stride=32, unet_channels=(32, 16),
                     decoder_channels=8), 4, num_classes=3,
     ).eval()  # fmt: skip
     _randomise_norms(ours)
@@ -153,7 +172,7 @@ def test_fpn_decoder_matches_smp_fpn():
     smp = _smp()
     torch.manual_seed(0)
     ours = build_model(
-        ModelConfig(name="fpn", arch="resnet18", output_stride=32, fpn_channels=32,
+        model_config(name="fpn", arch="resnet18", output_stride=32, fpn_channels=32,
                     decoder_channels=64), 4, num_classes=3,
     ).eval()  # fmt: skip
     _randomise_norms(ours)

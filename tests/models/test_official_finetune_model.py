@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
-from contrastseg.config import ModelConfig, load_pretrain_config
+from contrastseg.config import load_pretrain_config, model_config
 from contrastseg.models.backbone import ResNetBackbone
 from contrastseg.models.deeplab import DeepLabV3Plus
 from contrastseg.models.registry import build_model
@@ -126,7 +126,7 @@ def test_official_configs_build_networks_with_momentum_09_on_every_batchnorm() -
 
 
 def test_default_config_keeps_torch_momentum_and_torchvision_dilation() -> None:
-    model = build_model(ModelConfig(arch="resnet18"), in_channels=3, num_classes=2)
+    model = build_model(model_config(arch="resnet18"), in_channels=3, num_classes=2)
     assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
     assert model.backbone.layer4[0].conv1.dilation == (1, 1)
     # a checkpoint's model config from before these keys builds the same network
@@ -226,11 +226,11 @@ def test_bad_values_are_refused() -> None:
     with pytest.raises(ValueError, match="dilation_convention"):
         ResNetBackbone("resnet18", dilation_convention="caffe")
     with pytest.raises(ValueError, match="decoder_dropout"):
-        ModelConfig(decoder_dropout=(0.5,))  # type: ignore[arg-type]
+        model_config(decoder_dropout=(0.5,))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="decoder_dropout"):
-        ModelConfig(decoder_dropout=(1.0, 0.1))
+        model_config(decoder_dropout=(1.0, 0.1))
     for momentum in (0.0, 1.5):
         with pytest.raises(ValueError, match="bn_momentum"):
-            ModelConfig(bn_momentum=momentum)
+            model_config(bn_momentum=momentum)
     with pytest.raises(ValueError, match="momentum"):
         _small(bn_momentum=0.0)
