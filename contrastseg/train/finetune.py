@@ -35,7 +35,6 @@ is scored once, at the end, with the selected weights. Run folder:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -49,7 +48,12 @@ from torch import Tensor, nn
 from contrastseg import __version__
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import build_loader, to_float
-from contrastseg.losses.segmentation import build_loss, count_labels
+from contrastseg.losses.segmentation import (
+    build_loss,
+    count_labels,
+    needs_class_counts,
+    parse_loss_spec,
+)
 from contrastseg.models.pretrained import LoadReport
 from contrastseg.train.checkpoint import (
     changed_settings,
@@ -334,7 +338,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     net = torch.compile(model) if train.compile else model
     spec = loss_spec(config.loss, config.loss_args)
     counts = None
-    if "balanced" in json.dumps(spec) or any(t in config.loss for t in ("weighted_ce", "wce")):
+    if needs_class_counts(parse_loss_spec(spec)):
         counts = sum(
             count_labels(dataset[i][1], dataset.num_classes, dataset.ignore_index)
             for i in range(len(dataset))
