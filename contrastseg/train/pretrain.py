@@ -18,6 +18,7 @@ resumption). Only rank 0 writes the run folder:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping
@@ -27,7 +28,6 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
-import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -41,11 +41,7 @@ from contrastseg.data.nodata import fill_invalid, valid_pixels
 from contrastseg.data.stats import normalization_values
 from contrastseg.train.checkpoint import (
     CHECKPOINT_FORMAT,
-    changed_settings,
     load_checkpoint,
-    release_run_folders,
-    resume_note,
-    resume_source,
     save_atomic,
 )
 from contrastseg.train.distributed import ProcessContext, setup_process, teardown_process
@@ -60,6 +56,7 @@ from contrastseg.train.model import PretrainModel, upgrade_heads
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.online_probe import check_probe, run_probe
 from contrastseg.train.optim import build_optimizer, build_scheduler
+from contrastseg.train.run import TrainingRun
 from contrastseg.train.runtime import autocast_context, resolve_amp_dtype, seed_everything
 from contrastseg.utils.configtools import ConfigError, to_dict
 from contrastseg.utils.state import state_dict_mismatches
@@ -147,14 +144,6 @@ def best_probe_miou(path: Path) -> float | None:
 def views_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
     """The generator of views and regions of process ``rank``: seeded, different per rank."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
-
-
-def _run_dir(config: PretrainConfig) -> Path:
-    name = (
-        config.run.name
-        or f"{config.method.name}-{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    return Path(config.run.root) / name
 
 
 def _check_architecture(model: PretrainModel, payload: dict, path: Path) -> None:
@@ -376,15 +365,20 @@ def build_pretrain_task(
     rank: int = 0,
     run_dir: Path | None = None,
     monitor: RunMonitor | None = None,
+    normalization: tuple[list[float], list[float]] | None = None,
 ) -> tuple[PretrainTask, TrainState]:
-    """The pretraining step of ``config`` and the state it trains (what a benchmark times too).
+    """The pretraining step of ``config`` and the state it trains.
+
+    Args:
+        normalization: per-band ``(mean, std)`` instead of the config's ``normalize``
+            section (a benchmark without the recipe's statistics file).
 
     Raises:
         ConfigError: settings this machine or data cannot run (stats of another band count,
             SyncBatchNorm without CUDA).
     """
     train = config.train
-    mean, std = normalization_values(config.normalize, bands)
+    mean, std = normalization or normalization_values(config.normalize, bands)
     model = PretrainModel(config.model, config.method, bands).to(device)
     memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -416,6 +410,71 @@ def build_pretrain_task(
     return task, TrainState(model, optimizer, scheduler, scaler, generator)
 
 
+#: The step count of a :class:`PretrainStep`'s schedule, log and checkpoint cadences: never reached.
+_ENDLESS = 10**6
+
+
+class PretrainStep:
+    """The pretraining step of a config outside a run (no folder, no log): what a benchmark times.
+
+    It is the task and the loop :func:`run_pretrain` builds (:func:`build_pretrain_task`,
+    :class:`~contrastseg.train.loop.TrainingLoop`), so a timed step is the engine's own.
+
+    Attributes:
+        task: the step's task (views, the method's inputs, the forward).
+        state: the model, optimizer, schedule, scaler and generator it updates.
+        loop: the loop whose :meth:`~contrastseg.train.loop.TrainingLoop.step` runs a step.
+    """
+
+    def __init__(self, task: PretrainTask, state: TrainState, batch_size: int) -> None:
+        self.task, self.state = task, state
+        settings = LoopSettings(_ENDLESS, _ENDLESS, _ENDLESS, 1, Path(), task.config.optim.grad_clip,
+                                batch_size)  # fmt: skip
+        self.loop = TrainingLoop(state, settings, RunMonitor(Path(), False, _ENDLESS), task.forward)
+        # the same step through the plain model, for a compiled or DDP-wrapped forward
+        self._eager = copy.copy(task)
+        self._eager.forward = task.model
+
+    def prepare(self, batch: Tensor) -> PreparedBatch:
+        """The step's input work alone: to_float, views, index maps, matching, normalisation."""
+        return self.task.prepare(batch)
+
+    def step(self, batch: Tensor, eager: bool = False) -> dict[str, Tensor]:
+        """One optimizer step of a uint batch: prepare, forward, finite check, backward, update.
+
+        Args:
+            batch: ``(B, C, H, W)`` uint images on the device (or the host).
+            eager: through the plain model rather than the compiled / wrapped forward (same
+                math; e.g. under a FLOP counter).
+
+        Returns:
+            The step's losses and diagnostics (``total`` first).
+        """
+        return self.loop.step(self._eager if eager else self.task, batch)
+
+
+def build_pretrain_step(
+    config: PretrainConfig,
+    bands: int,
+    device: torch.device,
+    nodata: Any = None,
+    normalization: tuple[list[float], list[float]] | None = None,
+) -> PretrainStep:
+    """The step :func:`run_pretrain` runs for ``config`` on ``bands``-band data, outside a run.
+
+    Args:
+        config: the pretraining config (its schedule runs as if the run were endless).
+        bands: the data's band count.
+        device: where the step runs.
+        nodata: the data's nodata value (``UnlabeledDataset.nodata``).
+        normalization: per-band ``(mean, std)`` instead of the config's ``normalize``.
+    """
+    task, state = build_pretrain_task(
+        config, bands, _ENDLESS, device, nodata, normalization=normalization
+    )
+    return PretrainStep(task, state, config.train.batch_size)
+
+
 def run_pretrain(config: PretrainConfig) -> PretrainResult:
     """Run (or resume) a pretraining job described by ``config``.
 
@@ -428,7 +487,6 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
     try:
         return _run(config, context)
     finally:
-        release_run_folders()  # the run folder's lock, taken by resume_source
         teardown_process(context)
 
 
@@ -475,62 +533,39 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
     if problem is not None:
         raise ConfigError(problem)
 
-    run_dir = _run_dir(config)
-    ckpt_dir = run_dir / "checkpoints"
-    resume_from = resume_source(config.run.resume, bool(config.run.name), ckpt_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-    task, state = build_pretrain_task(
-        config, bands, total_steps, device, dataset.nodata, steps_per_epoch, ctx.world_size,
-        ctx.rank, run_dir,
-    )  # fmt: skip
-    task.probe_setup = probe_setup  # only rank 0 probes (None elsewhere)
-    settings = LoopSettings(
-        total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
-        ckpt_dir, config.optim.grad_clip, train.batch_size * ctx.world_size, ctx.world_size,
-        ctx.rank,
-    )  # fmt: skip
-    payload, notes = None, []
-    if resume_from is not None:
-        payload = load_checkpoint(resume_from)
-        notes = changed_settings(payload["config"], to_dict(config))
-        _check_architecture(task.model, payload, resume_from)
-        task.model.net.load_state_dict(payload["model"])
-        task.model.load_heads(payload["heads"])
-        task.probe_best = float(payload.get("probe_best", -1.0))
-        # best_probe.pt may be newer than the checkpoint: never replace it by a worse probe
-        stored = best_probe_miou(run_dir / "best_probe.pt") if main else None
-        if stored is not None and stored > task.probe_best:
-            notes.append(
-                f"best_probe.pt holds probe mIoU {stored:.4f}, better than the checkpoint's "
-                f"{task.probe_best:.4f}: only a better probe replaces it"
-            )
-            task.probe_best = stored
-        state.step = int(payload["step"])
-    if state.step >= total_steps and main:
-        print(f"{run_dir}: already at step {state.step} of {total_steps}; nothing to do")
-
-    monitor = RunMonitor(run_dir, main, total_steps, state.step, config.run.progress)
-    task.monitor, task.total_steps = monitor, total_steps
-    loop = TrainingLoop(state, settings, monitor, task.forward)
-    try:
+    default_name = f"{config.method.name}-{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with TrainingRun(config, default_name, main) as run:
+        task, state = build_pretrain_task(
+            config, bands, total_steps, device, dataset.nodata, steps_per_epoch, ctx.world_size,
+            ctx.rank, run.run_dir,
+        )  # fmt: skip
+        task.probe_setup = probe_setup  # only rank 0 probes (None elsewhere)
+        payload = run.resume(load_checkpoint)
         if payload is not None:
-            loop.restore(payload, resume_from)
-        monitor.info(
+            _check_architecture(task.model, payload, run.resume_from)
+            task.model.net.load_state_dict(payload["model"])
+            task.model.load_heads(payload["heads"])
+            task.probe_best = float(payload.get("probe_best", -1.0))
+            # best_probe.pt may be newer than the checkpoint: never replace it by a worse probe
+            stored = best_probe_miou(run.run_dir / "best_probe.pt") if main else None
+            if stored is not None and stored > task.probe_best:
+                run.notes.append(
+                    f"best_probe.pt holds probe mIoU {stored:.4f}, better than the checkpoint's "
+                    f"{task.probe_best:.4f}: only a better probe replaces it"
+                )
+                task.probe_best = stored
+        settings = run.loop_settings(
+            total_steps, train.batch_size * ctx.world_size, ctx.world_size, ctx.rank
+        )
+        loop = run.start(state, settings, task.forward)
+        task.monitor, task.total_steps = run.monitor, total_steps
+        run.announce(
             f"contrastseg {__version__} pretrain: {config.method.name}, {config.model.arch}, "
             f"{bands} band(s), {dataset.summary()}; {steps_per_epoch} steps/epoch, "
             f"{total_steps} steps, batch {train.batch_size} x {ctx.world_size} process(es) on "
-            f"{device}"
-            + (f", amp {task.amp_dtype}" if task.amp_dtype else "")
-            + resume_note(config.run.resume, resume_from, state.step)
+            f"{device}" + (f", amp {task.amp_dtype}" if task.amp_dtype else "")
         )
-        for note in notes:
-            monitor.info(note)
         result = loop.run(task, loader)
         if result.checkpoint is not None:
-            monitor.info(f"done: step {result.step}, checkpoint {result.checkpoint}")
-    finally:
-        monitor.close()
-    return PretrainResult(run_dir, result.step, result.checkpoint, result.history)
+            run.monitor.info(f"done: step {result.step}, checkpoint {result.checkpoint}")
+    return PretrainResult(run.run_dir, result.step, result.checkpoint, result.history)
