@@ -281,6 +281,68 @@ class FinetuneTask(TrainingTask):
             return True
         return False
 
+    def resume(self, payload: dict[str, Any], path: Path) -> None:
+        """Weights, validation history and best record of a step checkpoint of this run.
+
+        Raises:
+            ValueError: ``path`` holds no training state (``best.pt``) or another network.
+        """
+        missing = [k for k in ("optimizer", "scheduler", "rng", "history") if k not in payload]
+        if missing:
+            raise ValueError(
+                f"{path} is not a resumable checkpoint (it lacks {', '.join(missing)}; best.pt "
+                "holds weights only): resume from a step_*.pt in the run's checkpoints folder"
+            )
+        problems = state_dict_mismatches(self.model.state_dict(), payload["model"])
+        if problems:
+            raise ValueError(
+                f"{path} does not fit the model this config builds: " + " | ".join(problems)
+            )
+        self.model.load_state_dict(payload["model"])
+        self.history, self.best = list(payload["history"]), dict(payload["best"])
+        # best.pt is written at every improvement, step checkpoints only every few steps: the
+        # interrupted run may have validated a better model after this checkpoint. Those
+        # weights are on disk and were scored on val, so they stay the best so far (the
+        # record and best.pt then agree whatever the repeated epochs score).
+        if self.best_path.is_file():
+            written = load_finetune_checkpoint(self.best_path).get("best") or {}
+            if written.get("miou", -1.0) > self.best["miou"]:
+                self.best = written
+
+    def report_selected(
+        self, test_set: LabeledDataset | None, run_dir: Path, step: int
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Load ``best.pt`` into the model and write its val and test reports.
+
+        Returns:
+            The val and test metrics (None without a test split).
+        """
+        config, monitor, best, amp = self.config, self.monitor, self.best, self.config.train.amp
+        selected = load_finetune_checkpoint(self.best_path)
+        self.model.load_state_dict(selected["model"])
+        confusion = self.best_confusion
+        if confusion is None:  # selected before a resume: score it again
+            confusion = evaluate_dataset(self.segmenter, self.val_set, config.eval, None, amp)
+        classes, exclude = self.segmenter.classes, config.eval.exclude
+        about = lambda split: {"checkpoint": str(self.best_path), "split": split,  # noqa: E731
+                               "epoch": best["epoch"]}  # fmt: skip
+        val_metrics = write_report(confusion, classes, run_dir / "val", exclude, about("val"))
+        if test_set is None:
+            monitor.info("no test split configured (data.test): the test report is skipped")
+            return val_metrics, None
+        overlays = run_dir / "test" / "overlays"
+        test_metrics = write_report(
+            evaluate_dataset(self.segmenter, test_set, config.eval, overlays, amp),
+            classes, run_dir / "test", exclude, about("test"),
+        )  # fmt: skip
+        keys = ("miou", "overall_accuracy", "kappa", "mean_f1")
+        monitor.scalars(step, {f"test/{k}": test_metrics[k] or 0.0 for k in keys})
+        monitor.info(
+            f"test (weights of epoch {best['epoch']}):\n"
+            + (run_dir / "test" / "metrics.txt").read_text()
+        )
+        return val_metrics, test_metrics
+
     def checkpoint_content(self) -> dict[str, Any]:
         return {**self.content(), "best": dict(self.best), "history": list(self.history)}
 
@@ -381,30 +443,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
         saved_state = run.resume(load_finetune_checkpoint)
         resume = run.resume_from
         if saved_state is not None:
-            missing = [
-                k for k in ("optimizer", "scheduler", "rng", "history") if k not in saved_state
-            ]
-            if missing:
-                raise ValueError(
-                    f"{resume} is not a resumable checkpoint (it lacks {', '.join(missing)}; "
-                    "best.pt holds weights only): resume from a step_*.pt in the run's "
-                    "checkpoints folder"
-                )
-            problems = state_dict_mismatches(model.state_dict(), saved_state["model"])
-            if problems:
-                raise ValueError(
-                    f"{resume} does not fit the model this config builds: " + " | ".join(problems)
-                )
-            model.load_state_dict(saved_state["model"])
-            task.history, task.best = list(saved_state["history"]), dict(saved_state["best"])
-            # best.pt is written at every improvement, step checkpoints only every few steps:
-            # the interrupted run may have validated a better model after this checkpoint.
-            # Those weights are on disk and were scored on val, so they stay the best so far
-            # (the record and best.pt then agree whatever the repeated epochs score).
-            if (run_dir / "best.pt").is_file():
-                written = load_finetune_checkpoint(run_dir / "best.pt").get("best") or {}
-                if written.get("miou", -1.0) > task.best["miou"]:
-                    task.best = written
+            task.resume(saved_state, resume)
         loop = run.start(state, run.loop_settings(total_steps, batch_size), net, ("test/",))
         monitor = task.monitor = run.monitor
         run.announce(
@@ -476,39 +515,11 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             step = loop.run(task, loader).step
         best = task.best
 
-        best_path = run_dir / "best.pt"
-        selected = load_finetune_checkpoint(best_path)
-        model.load_state_dict(selected["model"])
-        best_confusion = task.best_confusion
-        if best_confusion is None:  # selected before a resume: score it again
-            best_confusion = evaluate_dataset(segmenter, val_set, config.eval, None, train.amp)
-        val_metrics = write_report(
-            best_confusion,
-            classes, run_dir / "val", config.eval.exclude, {"checkpoint": str(best_path), "split": "val", "epoch": best["epoch"]},
-        )  # fmt: skip
-        test_metrics = None
-        if test_set is not None:
-            test_metrics = write_report(
-                evaluate_dataset(segmenter, test_set, config.eval, run_dir / "test" / "overlays", train.amp),
-                classes, run_dir / "test", config.eval.exclude, {"checkpoint": str(best_path), "split": "test", "epoch": best["epoch"]},
-            )  # fmt: skip
-            monitor.scalars(
-                step,
-                {
-                    f"test/{k}": test_metrics[k] or 0.0
-                    for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
-                },
-            )
-            monitor.info(
-                f"test (weights of epoch {best['epoch']}):\n"
-                + (run_dir / "test" / "metrics.txt").read_text()
-            )
-        else:
-            monitor.info("no test split configured (data.test): the test report is skipped")
-    history = task.history
+        val_metrics, test_metrics = task.report_selected(test_set, run.run_dir, step)
     return FinetuneResult(
-        run_dir, best_path, int(best["epoch"]), val_metrics, test_metrics, step, history, report
-    )
+        run_dir, task.best_path, int(best["epoch"]), val_metrics, test_metrics, step, task.history,
+        report,
+    )  # fmt: skip
 
 
 def solve_head(
