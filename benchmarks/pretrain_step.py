@@ -3,7 +3,7 @@
 Each case builds the run from the real config (``--config``, default our Potsdam recipe
 ``glcnet_potsdam.yaml``, plus ``--set`` overrides and the case's own: arch, batch size,
 ``train.amp``, ``train.channels_last``, ``train.compile``) and times the engine's own step:
-the ``PretrainTask`` that ``run_pretrain`` builds (``build_pretrain_step``: uint8 batch ->
+the ``PretrainTask`` that ``run_pretrain`` builds (``train/pretrain_task.py``: uint8 batch ->
 ``to_float`` -> ``PairedViews`` -> the method's ``prepare`` (matched regions / points) ->
 per-band normalisation -> autocast ``PretrainModel`` forward (losses)) updated by the shared
 loop's ``TrainingLoop.step`` (finiteness check -> backward -> optimizer and schedule step),
@@ -69,7 +69,7 @@ from _common import machine_info, print_table, rss_peak_bytes, synchronize, time
 from contrastseg.config import PretrainConfig, load_pretrain_config
 from contrastseg.data import UnlabeledDataset, build_loader, set_loader_epoch, write_demo_dataset
 from contrastseg.data.config import DEFAULT_PATTERNS
-from contrastseg.train.pretrain import build_pretrain_step
+from contrastseg.train.pretrain_task import build_pretrain_step
 from contrastseg.train.runtime import seed_everything
 
 #: Dense tensor-core peaks in TFLOP/s (NVIDIA data sheets, SXM unless named): the first

@@ -106,7 +106,7 @@ def circles(graph: nx.DiGraph) -> list[str]:
     for component in nx.strongly_connected_components(graph):
         if len(component) < 2:
             continue
-        cycle = nx.find_cycle(graph.subgraph(component))
+        cycle = nx.find_cycle(graph.subgraph(component), source=min(component))
         path = " -> ".join(f"{a} ({graph.edges[a, b]['lines'][0]})" for a, b in cycle)
         found.append(f"{', '.join(sorted(component))}: e.g. {path} -> {cycle[0][0]}")
     return sorted(found)

@@ -11,7 +11,7 @@ from contrastseg.config import load_pretrain_config
 from contrastseg.data import UnlabeledDataset, build_loader
 from contrastseg.train.checkpoint import LOCK_NAME, RunFolderLocked
 from contrastseg.train.loop import TrainingLoop, TrainingTask, TrainState
-from contrastseg.train.pretrain import build_pretrain_step, build_pretrain_task
+from contrastseg.train.pretrain_task import build_pretrain_step, build_pretrain_task
 from contrastseg.train.run import TrainingRun
 from contrastseg.train.runtime import optimizer_step
 from contrastseg.utils.configtools import to_dict
