@@ -3,7 +3,7 @@
 Each case builds the run from the real config (``--config``, default our Potsdam recipe
 ``glcnet_potsdam.yaml``, plus ``--set`` overrides and the case's own: arch, batch size,
 ``train.amp``, ``train.channels_last``, ``train.compile``) and times the engine's own step:
-the ``PretrainTask`` that ``run_pretrain`` builds (``build_pretrain_task``: uint8 batch ->
+the ``PretrainTask`` that ``run_pretrain`` builds (``train/pretrain_task.py``: uint8 batch ->
 ``to_float`` -> ``PairedViews`` -> the method's ``prepare`` (matched regions / points) ->
 per-band normalisation -> autocast ``PretrainModel`` forward (losses)) updated by the shared
 loop's ``TrainingLoop.step`` (finiteness check -> backward -> optimizer and schedule step),
@@ -69,9 +69,7 @@ from _common import machine_info, print_table, rss_peak_bytes, synchronize, time
 from contrastseg.config import PretrainConfig, load_pretrain_config
 from contrastseg.data import UnlabeledDataset, build_loader, set_loader_epoch, write_demo_dataset
 from contrastseg.data.config import DEFAULT_PATTERNS
-from contrastseg.train.loop import LoopSettings, TrainingLoop
-from contrastseg.train.monitor import RunMonitor
-from contrastseg.train.pretrain import build_pretrain_task
+from contrastseg.train.pretrain_task import build_pretrain_step
 from contrastseg.train.runtime import seed_everything
 
 #: Dense tensor-core peaks in TFLOP/s (NVIDIA data sheets, SXM unless named): the first
@@ -165,25 +163,21 @@ def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     std = config.normalize.std or [0.25] * bands
 
     # The engine's own step: the task run_pretrain builds, updated by the shared loop.
-    task, state = build_pretrain_task(config, bands, 10**6, device, dataset.nodata)
-    task.mean, task.std = mean, std
-    settings = LoopSettings(10**6, 10**6, 10**6, 1, Path(), config.optim.grad_clip, case["batch"])
-    loop = TrainingLoop(state, settings, RunMonitor(Path(), False, 10**6))
-    compiled, amp_dtype = task.forward, task.amp_dtype
+    engine = build_pretrain_step(config, bands, device, dataset.nodata, (mean, std))
+    amp_dtype = engine.task.amp_dtype
 
     def prepare(batch: Tensor) -> None:
-        task.prepare(batch)  # views + the method's inputs + normalisation
+        engine.prepare(batch)  # views + the method's inputs + normalisation
 
-    def step(batch: Tensor, module: torch.nn.Module = compiled) -> None:
-        task.forward = module
-        loop.step(task, batch)  # forward, finite check (a sync), backward, update
+    def step(batch: Tensor, eager: bool = False) -> None:
+        engine.step(batch, eager)  # forward, finite check (a sync), backward, update
 
     batches = iter(loader)
     fixed = next(batches).to(device)
     # Untimed warmup. The first step pays lazy initialisation (and cuDNN autotuning); it runs
     # eager under the FLOP counter, which is also right for compiled cases: same math.
     with FlopCounterMode(display=False) as counter:
-        step(fixed, task.model)
+        step(fixed, eager=True)
     flops = counter.get_total_flops()
     compile_s = None
     if config.train.compile:

@@ -1,4 +1,9 @@
-"""The ``contrastseg`` command line."""
+"""The ``contrastseg`` command line.
+
+Each subcommand is a pair of functions side by side: ``_add_<command>`` declares its parser
+(arguments, help, its handler) and ``_cmd_<command>`` handles it; :func:`build_parser` only
+assembles them, and :func:`main` turns every expected error into one line.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,14 @@ from collections.abc import Callable, Sequence
 from contrastseg import __version__
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    """The ``info`` subcommand's arguments (versions and device)."""
+    info = sub.add_parser(
+        "info", help="print versions, the device a run would use and thread count"
+    )
+    info.set_defaults(handler=_cmd_info)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -100,6 +113,45 @@ def _load_config(args: argparse.Namespace):
     return load_pretrain_config(args.config, overrides)
 
 
+def _add_config_arguments(
+    parser: argparse.ArgumentParser, default: str = "configs/quickstart.yaml"
+) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"YAML config (default: {default}, the built-in demo scenes)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (YAML syntax), e.g. --set train.batch_size=64; repeatable",
+    )
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    """The ``pretrain`` subcommand's arguments (pretraining)."""
+    pretrain = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining (SimCLR / GLCNet); no --config runs the quickstart",
+        description=(
+            "Pretrain a DeepLabV3+ encoder on unlabeled imagery. Without --config it runs "
+            "configs/quickstart.yaml on the built-in synthetic demo scenes. Multi-GPU: "
+            "torchrun --nproc_per_node=N -m contrastseg.cli pretrain --config FILE"
+        ),
+    )
+    _add_config_arguments(pretrain)
+    pretrain.add_argument("--name", help="run name (folder under run.root)")
+    pretrain.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="CHECKPOINT",
+        help="continue the run from its newest checkpoint (or from CHECKPOINT)",
+    )
+    pretrain.set_defaults(handler=_cmd_pretrain)
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from contrastseg.train.pretrain import TrainingDiverged, run_pretrain
 
@@ -133,6 +185,29 @@ def _read_preview_images(paths: Sequence[str], patterns: Sequence[str], count: i
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         images.append(tensor.float() / dtype_scale(tensor.dtype))
     return images
+
+
+def _add_views(sub: argparse._SubParsersAction) -> None:
+    """The ``views`` subcommand's arguments (the views preview)."""
+    views = sub.add_parser(
+        "views",
+        help="write a PNG of original / view 1 / view 2 with matched regions",
+        description=(
+            "Check the augmentations by eye: one row per image with the original, view 1 and "
+            "view 2, each matched region pair outlined in the same colour in both views."
+        ),
+    )
+    _add_config_arguments(views)
+    views.add_argument(
+        "--images",
+        nargs="+",
+        metavar="PATH",
+        help="image files or folders (default: the config's data, e.g. the demo scenes)",
+    )
+    views.add_argument("--count", type=int, default=4, help="number of images (default 4)")
+    views.add_argument("--seed", type=int, default=0, help="seed of the views (default 0)")
+    views.add_argument("--out", default="views.png", help="PNG to write (default views.png)")
+    views.set_defaults(handler=_cmd_views)
 
 
 def _cmd_views(args: argparse.Namespace) -> int:
@@ -172,6 +247,33 @@ def _cmd_views(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_stats(sub: argparse._SubParsersAction) -> None:
+    """The ``stats`` subcommand's arguments (band statistics)."""
+    stats = sub.add_parser(
+        "stats",
+        help="per-band mean and std of a dataset, printed and written as YAML",
+        description=(
+            "Per-band mean and standard deviation (in [0, 1]-scaled units) over image files, "
+            "streamed over a random sample of windows; the YAML goes into normalize.stats_file."
+        ),
+    )
+    stats.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    stats.add_argument("data", nargs="*", help="folders or image files (none: the demo scenes)")
+    stats.add_argument("--out", metavar="FILE", help="YAML file to write")
+    stats.add_argument("--bands", type=int, nargs="+", help="band indices to use, in order")
+    stats.add_argument(
+        "--max-samples", type=int, default=1000, help="windows sampled (0 = every pixel)"
+    )
+    stats.add_argument("--window-size", type=int, default=512, help="window side in pixels")
+    stats.add_argument("--scale", type=float, help="value mapped to 1.0 (default: dtype range)")
+    stats.add_argument("--seed", type=int, default=0, help="seed of the window sample")
+    stats.add_argument("--exclude", nargs="+", metavar="PATTERN", help="paths to leave out")
+    stats.add_argument(
+        "--nodata", type=float, help="value of missing pixels (default: each GeoTIFF's tag)"
+    )
+    stats.set_defaults(handler=_cmd_stats)
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     from contrastseg.data import run_stats_command
 
@@ -205,6 +307,55 @@ def _newest_checkpoint(path: str) -> str:
             raise FileNotFoundError(f"{path} is a folder without step_*.pt checkpoints")
         return str(found[-1])
     return path
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    """The ``finetune`` subcommand's arguments (fine-tuning)."""
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune or linear-probe a DeepLabV3+ on labeled data (a label fraction)",
+        description=(
+            "Train a segmenter on a labeled dataset (a preset or folders) from a pretraining "
+            "checkpoint or from random weights; the model is selected on the val split and "
+            "scored once on the test split. Without --config: configs/finetune_demo.yaml."
+        ),
+    )
+    _add_config_arguments(finetune, "configs/finetune_demo.yaml")
+    finetune.add_argument(
+        "--pretrained",
+        metavar="CKPT",
+        help="pretraining checkpoint, or a pretraining run folder (its newest checkpoint)",
+    )
+    finetune.add_argument(
+        "--parts",
+        choices=["auto", "backbone", "backbone+aspp", "encoder", "all"],
+        help="what to load from --pretrained (default auto: the encoder, i.e. backbone+aspp for "
+        "DeepLabV3+ and the backbone for U-Net / FPN; in linear mode every part in front of "
+        "the probed features)",
+    )
+    finetune.add_argument(
+        "--decoder",
+        help="the segmentation network, any model.name (README: Architectures; default: the "
+        "pretrained checkpoint's; an unknown name is refused with the close matches); "
+        "another one than the checkpoint's keeps its backbone and starts the decoder fresh",
+    )
+    finetune.add_argument(
+        "--mode",
+        choices=["linear", "decoder", "finetune", "lp-ft"],
+        help="linear probe (1x1 head solved on frozen features), frozen backbone, everything, "
+        "or lp-ft (the probe's head first, then everything)",
+    )
+    finetune.add_argument(
+        "--features",
+        choices=["auto", "decoder", "encoder", "backbone"],
+        help="linear mode: the frozen features the head reads (default auto: the deepest part "
+        "the checkpoint's method trained)",
+    )
+    finetune.add_argument("--name", help="run name (folder under run.root)")
+    finetune.add_argument(
+        "--resume", nargs="?", const="auto", metavar="CHECKPOINT", help="continue the run"
+    )
+    finetune.set_defaults(handler=_cmd_finetune)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
@@ -266,6 +417,44 @@ def _best_checkpoint(path: str) -> str:
     return path
 
 
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint and sliding-window arguments of ``evaluate`` and ``predict``."""
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="fine-tuning checkpoint (best.pt), or a fine-tuning run folder (its best.pt)",
+    )
+    parser.add_argument("--window", type=int, help="sliding-window side in pixels")
+    parser.add_argument("--stride", type=int, help="sliding-window step in pixels")
+    parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    parser.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a stored setting"
+    )
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """The ``evaluate`` subcommand's arguments (evaluation)."""
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned checkpoint on whole images (sliding window): OA, mIoU, F1, kappa",
+        description=(
+            "Sliding-window inference over the whole images of a split; writes metrics.json, "
+            "metrics.txt, a confusion-matrix image and prediction overlays."
+        ),
+    )
+    evaluate.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report of an earlier evaluation in the --out folder",
+    )
+    _add_inference_arguments(evaluate)
+    evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
+    evaluate.add_argument("--data-root", help="evaluate on this dataset folder instead")
+    evaluate.add_argument("--out", help="report folder (default: next to the checkpoint)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -285,6 +474,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print((out / "metrics.txt").read_text(), end="")
     print(f"report: {out}")
     return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """The ``predict`` subcommand's arguments (prediction)."""
+    predict = sub.add_parser(
+        "predict",
+        help="label maps (index PNG or GeoTIFF) and colour previews for images of any size",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace label maps and previews that exist in --out",
+    )
+    _add_inference_arguments(predict)
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument(
+        "--format",
+        choices=["auto", "png", "tif"],
+        default="auto",
+        help="label map format (auto: GeoTIFF for TIFF inputs, keeping georeferencing tags)",
+    )
+    predict.add_argument("--no-preview", action="store_true", help="skip the colour previews")
+    predict.set_defaults(handler=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -308,6 +521,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    """The ``export`` subcommand's arguments (weights export)."""
+    export = sub.add_parser(
+        "export",
+        help="write the backbone in torchvision key names (or the encoder / all weights)",
+    )
+    export.add_argument("checkpoint", help="pretraining or fine-tuning checkpoint, or a run folder")
+    export.add_argument("--out", required=True, help="file to write (never the input itself)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    export.add_argument(
+        "--part",
+        choices=["backbone", "encoder", "all"],
+        default="backbone",
+        help="backbone: torchvision ResNet keys; encoder: backbone + ASPP; all: every tensor",
+    )
+    export.set_defaults(handler=_cmd_export)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from contrastseg.models.pretrained import export_weights
     from contrastseg.utils.outputs import check_output_file
@@ -321,6 +552,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return _error(str(err))
     print(f"wrote {path} ({args.part})")
     return 0
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    """The ``probe`` subcommand's arguments (the segmentation probe)."""
+    probe = sub.add_parser(
+        "probe",
+        help="score a checkpoint with the segmentation probe (linear head on frozen features)",
+        description=(
+            "Fit a linear per-pixel classifier on the frozen features of any checkpoint (a "
+            "pretraining or fine-tuning checkpoint, a run folder, an exported backbone or a "
+            "torchvision ResNet file) with the labeled training patches of the config's probe "
+            "section, and score its val images (mIoU, OA, kappa). The same probe runs during "
+            "pretraining with probe.every > 0. Without --config: configs/quickstart.yaml "
+            "(the demo scenes)."
+        ),
+    )
+    probe.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _add_config_arguments(probe)
+    probe.add_argument(
+        "--checkpoint", required=True, help="weights file, or a run folder (its newest checkpoint)"
+    )
+    probe.add_argument(
+        "--features",
+        choices=["auto", "decoder", "encoder", "backbone"],
+        default="auto",
+        help="features probed (default auto: the deepest part the file trained)",
+    )
+    probe.add_argument("--out", help="also write the result as JSON here")
+    probe.set_defaults(handler=_cmd_probe)
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -350,6 +610,23 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    """The ``config`` subcommand's arguments (the resolved config)."""
+    config = sub.add_parser(
+        "config",
+        help="print the resolved pretraining config (or the reference of every key)",
+        description=(
+            "Print the config a run would use, after the file and the --set overrides, as "
+            "YAML; with --reference, the table of every key, its type, default and meaning."
+        ),
+    )
+    _add_config_arguments(config)
+    config.add_argument(
+        "--reference", action="store_true", help="print the configuration reference (Markdown)"
+    )
+    config.set_defaults(handler=_cmd_config)
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -365,22 +642,6 @@ def _cmd_config(args: argparse.Namespace) -> int:
         return _error(str(err))
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
     return 0
-
-
-def _add_config_arguments(
-    parser: argparse.ArgumentParser, default: str = "configs/quickstart.yaml"
-) -> None:
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"YAML config (default: {default}, the built-in demo scenes)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (YAML syntax), e.g. --set train.batch_size=64; repeatable",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,229 +664,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[debug], **k)  # type: ignore[method-assign]
-    info = sub.add_parser(
-        "info", help="print versions, the device a run would use and thread count"
-    )
-    info.set_defaults(handler=_cmd_info)
-
-    pretrain = sub.add_parser(
-        "pretrain",
-        help="self-supervised pretraining (SimCLR / GLCNet); no --config runs the quickstart",
-        description=(
-            "Pretrain a DeepLabV3+ encoder on unlabeled imagery. Without --config it runs "
-            "configs/quickstart.yaml on the built-in synthetic demo scenes. Multi-GPU: "
-            "torchrun --nproc_per_node=N -m contrastseg.cli pretrain --config FILE"
-        ),
-    )
-    _add_config_arguments(pretrain)
-    pretrain.add_argument("--name", help="run name (folder under run.root)")
-    pretrain.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        metavar="CHECKPOINT",
-        help="continue the run from its newest checkpoint (or from CHECKPOINT)",
-    )
-    pretrain.set_defaults(handler=_cmd_pretrain)
-
-    views = sub.add_parser(
-        "views",
-        help="write a PNG of original / view 1 / view 2 with matched regions",
-        description=(
-            "Check the augmentations by eye: one row per image with the original, view 1 and "
-            "view 2, each matched region pair outlined in the same colour in both views."
-        ),
-    )
-    _add_config_arguments(views)
-    views.add_argument(
-        "--images",
-        nargs="+",
-        metavar="PATH",
-        help="image files or folders (default: the config's data, e.g. the demo scenes)",
-    )
-    views.add_argument("--count", type=int, default=4, help="number of images (default 4)")
-    views.add_argument("--seed", type=int, default=0, help="seed of the views (default 0)")
-    views.add_argument("--out", default="views.png", help="PNG to write (default views.png)")
-    views.set_defaults(handler=_cmd_views)
-
-    finetune = sub.add_parser(
-        "finetune",
-        help="fine-tune or linear-probe a DeepLabV3+ on labeled data (a label fraction)",
-        description=(
-            "Train a segmenter on a labeled dataset (a preset or folders) from a pretraining "
-            "checkpoint or from random weights; the model is selected on the val split and "
-            "scored once on the test split. Without --config: configs/finetune_demo.yaml."
-        ),
-    )
-    _add_config_arguments(finetune, "configs/finetune_demo.yaml")
-    finetune.add_argument(
-        "--pretrained",
-        metavar="CKPT",
-        help="pretraining checkpoint, or a pretraining run folder (its newest checkpoint)",
-    )
-    finetune.add_argument(
-        "--parts",
-        choices=["auto", "backbone", "backbone+aspp", "encoder", "all"],
-        help="what to load from --pretrained (default auto: the encoder, i.e. backbone+aspp for "
-        "DeepLabV3+ and the backbone for U-Net / FPN; in linear mode every part in front of "
-        "the probed features)",
-    )
-    finetune.add_argument(
-        "--decoder",
-        help="the segmentation network, any model.name (README: Architectures; default: the "
-        "pretrained checkpoint's; an unknown name is refused with the close matches); "
-        "another one than the checkpoint's keeps its backbone and starts the decoder fresh",
-    )
-    finetune.add_argument(
-        "--mode",
-        choices=["linear", "decoder", "finetune", "lp-ft"],
-        help="linear probe (1x1 head solved on frozen features), frozen backbone, everything, "
-        "or lp-ft (the probe's head first, then everything)",
-    )
-    finetune.add_argument(
-        "--features",
-        choices=["auto", "decoder", "encoder", "backbone"],
-        help="linear mode: the frozen features the head reads (default auto: the deepest part "
-        "the checkpoint's method trained)",
-    )
-    finetune.add_argument("--name", help="run name (folder under run.root)")
-    finetune.add_argument(
-        "--resume", nargs="?", const="auto", metavar="CHECKPOINT", help="continue the run"
-    )
-    finetune.set_defaults(handler=_cmd_finetune)
-
-    def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--checkpoint",
-            required=True,
-            help="fine-tuning checkpoint (best.pt), or a fine-tuning run folder (its best.pt)",
-        )
-        parser.add_argument("--window", type=int, help="sliding-window side in pixels")
-        parser.add_argument("--stride", type=int, help="sliding-window step in pixels")
-        parser.add_argument("--flip", action="store_true", help="flip test-time augmentation")
-        parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-        parser.add_argument(
-            "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a stored setting"
-        )
-
-    evaluate = sub.add_parser(
-        "evaluate",
-        help="score a fine-tuned checkpoint on whole images (sliding window): OA, mIoU, F1, kappa",
-        description=(
-            "Sliding-window inference over the whole images of a split; writes metrics.json, "
-            "metrics.txt, a confusion-matrix image and prediction overlays."
-        ),
-    )
-    evaluate.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the report of an earlier evaluation in the --out folder",
-    )
-    add_inference_arguments(evaluate)
-    evaluate.add_argument("--split", choices=["test", "val", "train"], default="test")
-    evaluate.add_argument("--data-root", help="evaluate on this dataset folder instead")
-    evaluate.add_argument("--out", help="report folder (default: next to the checkpoint)")
-    evaluate.set_defaults(handler=_cmd_evaluate)
-
-    predict = sub.add_parser(
-        "predict",
-        help="label maps (index PNG or GeoTIFF) and colour previews for images of any size",
-    )
-    predict.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace label maps and previews that exist in --out",
-    )
-    add_inference_arguments(predict)
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
-    predict.add_argument("--out", required=True, help="output folder")
-    predict.add_argument(
-        "--format",
-        choices=["auto", "png", "tif"],
-        default="auto",
-        help="label map format (auto: GeoTIFF for TIFF inputs, keeping georeferencing tags)",
-    )
-    predict.add_argument("--no-preview", action="store_true", help="skip the colour previews")
-    predict.set_defaults(handler=_cmd_predict)
-
-    export = sub.add_parser(
-        "export",
-        help="write the backbone in torchvision key names (or the encoder / all weights)",
-    )
-    export.add_argument("checkpoint", help="pretraining or fine-tuning checkpoint, or a run folder")
-    export.add_argument("--out", required=True, help="file to write (never the input itself)")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    export.add_argument(
-        "--part",
-        choices=["backbone", "encoder", "all"],
-        default="backbone",
-        help="backbone: torchvision ResNet keys; encoder: backbone + ASPP; all: every tensor",
-    )
-    export.set_defaults(handler=_cmd_export)
-
-    probe = sub.add_parser(
-        "probe",
-        help="score a checkpoint with the segmentation probe (linear head on frozen features)",
-        description=(
-            "Fit a linear per-pixel classifier on the frozen features of any checkpoint (a "
-            "pretraining or fine-tuning checkpoint, a run folder, an exported backbone or a "
-            "torchvision ResNet file) with the labeled training patches of the config's probe "
-            "section, and score its val images (mIoU, OA, kappa). The same probe runs during "
-            "pretraining with probe.every > 0. Without --config: configs/quickstart.yaml "
-            "(the demo scenes)."
-        ),
-    )
-    probe.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    _add_config_arguments(probe)
-    probe.add_argument(
-        "--checkpoint", required=True, help="weights file, or a run folder (its newest checkpoint)"
-    )
-    probe.add_argument(
-        "--features",
-        choices=["auto", "decoder", "encoder", "backbone"],
-        default="auto",
-        help="features probed (default auto: the deepest part the file trained)",
-    )
-    probe.add_argument("--out", help="also write the result as JSON here")
-    probe.set_defaults(handler=_cmd_probe)
-
-    config = sub.add_parser(
-        "config",
-        help="print the resolved pretraining config (or the reference of every key)",
-        description=(
-            "Print the config a run would use, after the file and the --set overrides, as "
-            "YAML; with --reference, the table of every key, its type, default and meaning."
-        ),
-    )
-    _add_config_arguments(config)
-    config.add_argument(
-        "--reference", action="store_true", help="print the configuration reference (Markdown)"
-    )
-    config.set_defaults(handler=_cmd_config)
-
-    stats = sub.add_parser(
-        "stats",
-        help="per-band mean and std of a dataset, printed and written as YAML",
-        description=(
-            "Per-band mean and standard deviation (in [0, 1]-scaled units) over image files, "
-            "streamed over a random sample of windows; the YAML goes into normalize.stats_file."
-        ),
-    )
-    stats.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    stats.add_argument("data", nargs="*", help="folders or image files (none: the demo scenes)")
-    stats.add_argument("--out", metavar="FILE", help="YAML file to write")
-    stats.add_argument("--bands", type=int, nargs="+", help="band indices to use, in order")
-    stats.add_argument(
-        "--max-samples", type=int, default=1000, help="windows sampled (0 = every pixel)"
-    )
-    stats.add_argument("--window-size", type=int, default=512, help="window side in pixels")
-    stats.add_argument("--scale", type=float, help="value mapped to 1.0 (default: dtype range)")
-    stats.add_argument("--seed", type=int, default=0, help="seed of the window sample")
-    stats.add_argument("--exclude", nargs="+", metavar="PATTERN", help="paths to leave out")
-    stats.add_argument(
-        "--nodata", type=float, help="value of missing pixels (default: each GeoTIFF's tag)"
-    )
-    stats.set_defaults(handler=_cmd_stats)
+    for add in (
+        _add_info, _add_pretrain, _add_views, _add_finetune, _add_evaluate, _add_predict,
+        _add_export, _add_probe, _add_config, _add_stats,
+    ):  # fmt: skip
+        add(sub)
     return parser
 
 

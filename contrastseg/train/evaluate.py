@@ -29,13 +29,13 @@ from contrastseg.data.readers import GDAL_NODATA_TAG, image_size
 from contrastseg.inference import ArraySink, StripSink, predict_file, sliding_window_logits
 from contrastseg.metrics import ConfusionMatrix
 from contrastseg.models import SegmentationNet, build_model, model_class
-from contrastseg.models.pretrained import load_torch_file
 from contrastseg.train.checkpoint import remove_stale_tmp
 from contrastseg.train.finetune_config import EvalConfig, FinetuneConfig
 from contrastseg.train.report import class_palette, colorize, safe_name, write_overlay, write_report
 from contrastseg.train.runtime import modes_kept, resolve_amp_dtype
 from contrastseg.utils.configtools import from_dict, to_dict
 from contrastseg.utils.device import resolve_device
+from contrastseg.utils.weights import read_torch_file
 
 FINETUNE_FORMAT = "contrastseg.finetune"
 #: GeoTIFF tags copied from an input TIFF to its label map (pixel scale, tie points,
@@ -143,7 +143,7 @@ def load_finetune_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         ValueError: unreadable, or not a fine-tuning checkpoint; a pretraining checkpoint gets
             a message saying to fine-tune it first (it has no classifier).
     """
-    payload = load_torch_file(path)
+    payload = read_torch_file(path, "weights file")
     fmt = payload.get("format") if isinstance(payload, dict) else None
     if fmt == "contrastseg.pretrain":
         raise ValueError(

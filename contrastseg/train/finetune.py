@@ -35,7 +35,6 @@ is scored once, at the end, with the selected weights. Run folder:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,19 +42,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from contrastseg import __version__
 from contrastseg.data.labeled import LabeledDataset
 from contrastseg.data.loader import build_loader, to_float
-from contrastseg.losses.segmentation import build_loss, count_labels
+from contrastseg.losses.segmentation import (
+    build_loss,
+    count_labels,
+    needs_class_counts,
+    parse_loss_spec,
+)
 from contrastseg.models.pretrained import LoadReport
 from contrastseg.train.checkpoint import (
-    changed_settings,
-    release_run_folders,
-    resume_note,
-    resume_source,
     save_atomic,
 )
 from contrastseg.train.evaluate import (
@@ -78,8 +77,6 @@ from contrastseg.train.finetune_model import (
 )
 from contrastseg.train.linear_fit import ProbeFit, cache_pixels, fit_probe_head
 from contrastseg.train.loop import (
-    LoopSettings,
-    TrainingLoop,
     TrainingTask,
     TrainState,
 )
@@ -90,6 +87,7 @@ from contrastseg.train.probe import (
     estimate_batchnorm,
 )
 from contrastseg.train.report import write_report
+from contrastseg.train.run import TrainingRun
 from contrastseg.train.runtime import (
     autocast_context,
     modes_kept,
@@ -283,6 +281,68 @@ class FinetuneTask(TrainingTask):
             return True
         return False
 
+    def resume(self, payload: dict[str, Any], path: Path) -> None:
+        """Weights, validation history and best record of a step checkpoint of this run.
+
+        Raises:
+            ValueError: ``path`` holds no training state (``best.pt``) or another network.
+        """
+        missing = [k for k in ("optimizer", "scheduler", "rng", "history") if k not in payload]
+        if missing:
+            raise ValueError(
+                f"{path} is not a resumable checkpoint (it lacks {', '.join(missing)}; best.pt "
+                "holds weights only): resume from a step_*.pt in the run's checkpoints folder"
+            )
+        problems = state_dict_mismatches(self.model.state_dict(), payload["model"])
+        if problems:
+            raise ValueError(
+                f"{path} does not fit the model this config builds: " + " | ".join(problems)
+            )
+        self.model.load_state_dict(payload["model"])
+        self.history, self.best = list(payload["history"]), dict(payload["best"])
+        # best.pt is written at every improvement, step checkpoints only every few steps: the
+        # interrupted run may have validated a better model after this checkpoint. Those
+        # weights are on disk and were scored on val, so they stay the best so far (the
+        # record and best.pt then agree whatever the repeated epochs score).
+        if self.best_path.is_file():
+            written = load_finetune_checkpoint(self.best_path).get("best") or {}
+            if written.get("miou", -1.0) > self.best["miou"]:
+                self.best = written
+
+    def report_selected(
+        self, test_set: LabeledDataset | None, run_dir: Path, step: int
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Load ``best.pt`` into the model and write its val and test reports.
+
+        Returns:
+            The val and test metrics (None without a test split).
+        """
+        config, monitor, best, amp = self.config, self.monitor, self.best, self.config.train.amp
+        selected = load_finetune_checkpoint(self.best_path)
+        self.model.load_state_dict(selected["model"])
+        confusion = self.best_confusion
+        if confusion is None:  # selected before a resume: score it again
+            confusion = evaluate_dataset(self.segmenter, self.val_set, config.eval, None, amp)
+        classes, exclude = self.segmenter.classes, config.eval.exclude
+        about = lambda split: {"checkpoint": str(self.best_path), "split": split,  # noqa: E731
+                               "epoch": best["epoch"]}  # fmt: skip
+        val_metrics = write_report(confusion, classes, run_dir / "val", exclude, about("val"))
+        if test_set is None:
+            monitor.info("no test split configured (data.test): the test report is skipped")
+            return val_metrics, None
+        overlays = run_dir / "test" / "overlays"
+        test_metrics = write_report(
+            evaluate_dataset(self.segmenter, test_set, config.eval, overlays, amp),
+            classes, run_dir / "test", exclude, about("test"),
+        )  # fmt: skip
+        keys = ("miou", "overall_accuracy", "kappa", "mean_f1")
+        monitor.scalars(step, {f"test/{k}": test_metrics[k] or 0.0 for k in keys})
+        monitor.info(
+            f"test (weights of epoch {best['epoch']}):\n"
+            + (run_dir / "test" / "metrics.txt").read_text()
+        )
+        return val_metrics, test_metrics
+
     def checkpoint_content(self) -> dict[str, Any]:
         return {**self.content(), "best": dict(self.best), "history": list(self.history)}
 
@@ -334,7 +394,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     net = torch.compile(model) if train.compile else model
     spec = loss_spec(config.loss, config.loss_args)
     counts = None
-    if "balanced" in json.dumps(spec) or any(t in config.loss for t in ("weighted_ce", "wce")):
+    if needs_class_counts(parse_loss_spec(spec)):
         counts = sum(
             count_labels(dataset[i][1], dataset.num_classes, dataset.ignore_index)
             for i in range(len(dataset))
@@ -346,94 +406,53 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator(device=device).manual_seed(train.seed * 1_000_003 + 17)
 
-    name = config.run.name or f"finetune-{config.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(config.run.root) / name
-    ckpt_dir = run_dir / "checkpoints"
-    resume = resume_source(config.run.resume, bool(config.run.name), ckpt_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    segmenter = Segmenter(
-        model,
-        config,
-        classes,
-        dataset.palette,
-        config.data.bands,
-        config.data.scale,
-        mean,
-        std,
-        device,
-        {},
-    )
+    with TrainingRun(config, f"finetune-{config.mode}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
+        run_dir = run.run_dir
+        segmenter = Segmenter(
+            model,
+            config,
+            classes,
+            dataset.palette,
+            config.data.bands,
+            config.data.scale,
+            mean,
+            std,
+            device,
+            {},
+        )
 
-    def payload_base() -> dict[str, Any]:
-        """What every fine-tuning checkpoint (step_*.pt and best.pt) holds about the segmenter."""
-        return {
-            "format": FINETUNE_FORMAT, "version": __version__, "config": to_dict(config),
-            "model_config": dict(model_config), "in_channels": bands,
-            "num_classes": dataset.num_classes, "classes": classes, "palette": dataset.palette,
-            "ignore_index": dataset.ignore_index, "bands": config.data.bands, "scale": config.data.scale,
-            "normalize": {"mean": mean, "std": std}, "model": model.state_dict(),
-            "pretrained": None if report is None else {
-                "path": report.path, "parts": report.parts, "loaded": len(report.loaded),
-                "missing": report.missing, "unexpected": report.unexpected},
-        }  # fmt: skip
+        def payload_base() -> dict[str, Any]:
+            """What every fine-tuning checkpoint (step_*.pt and best.pt) holds about the segmenter."""
+            return {
+                "format": FINETUNE_FORMAT, "version": __version__, "config": to_dict(config),
+                "model_config": dict(model_config), "in_channels": bands,
+                "num_classes": dataset.num_classes, "classes": classes, "palette": dataset.palette,
+                "ignore_index": dataset.ignore_index, "bands": config.data.bands, "scale": config.data.scale,
+                "normalize": {"mean": mean, "std": std}, "model": model.state_dict(),
+                "pretrained": None if report is None else {
+                    "path": report.path, "parts": report.parts, "loaded": len(report.loaded),
+                    "missing": report.missing, "unexpected": report.unexpected},
+            }  # fmt: skip
 
-    task = FinetuneTask(
-        config, model, net, criterion, generator, eval_modules, segmenter, val_set, mean, std,
-        memory_format, amp_dtype, device, payload_base, total_steps, epochs, run_dir / "best.pt",
-    )  # fmt: skip
-    task.steps_per_epoch = len(loader)
-    state = TrainState(model, optimizer, scheduler, scaler, generator)
-    settings = LoopSettings(
-        total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
-        ckpt_dir, config.optim.grad_clip, batch_size,
-    )  # fmt: skip
-    notes: list[str] = []
-    saved_state = None
-    if resume is not None:
-        saved_state = load_finetune_checkpoint(resume)
-        notes = changed_settings(saved_state.get("config", {}), to_dict(config))
-        missing = [k for k in ("optimizer", "scheduler", "rng", "history") if k not in saved_state]
-        if missing:
-            raise ValueError(
-                f"{resume} is not a resumable checkpoint (it lacks {', '.join(missing)}; best.pt "
-                "holds weights only): resume from a step_*.pt in the run's checkpoints folder"
-            )
-        problems = state_dict_mismatches(model.state_dict(), saved_state["model"])
-        if problems:
-            raise ValueError(
-                f"{resume} does not fit the model this config builds: " + " | ".join(problems)
-            )
-        model.load_state_dict(saved_state["model"])
-        task.history, task.best = list(saved_state["history"]), dict(saved_state["best"])
-        state.step = int(saved_state["step"])
-        # best.pt is written at every improvement, step checkpoints only every few steps: the
-        # interrupted run may have validated a better model after this checkpoint. Those
-        # weights are on disk and were scored on val, so they stay the best so far (the
-        # record and best.pt then agree whatever the repeated epochs score).
-        if (run_dir / "best.pt").is_file():
-            written = load_finetune_checkpoint(run_dir / "best.pt").get("best") or {}
-            if written.get("miou", -1.0) > task.best["miou"]:
-                task.best = written
-
-    monitor = RunMonitor(
-        run_dir, True, total_steps, state.step, config.run.progress, rerun_prefixes=("test/",)
-    )
-    task.monitor = monitor
-    loop = TrainingLoop(state, settings, monitor, net)
-    try:
+        task = FinetuneTask(
+            config, model, net, criterion, generator, eval_modules, segmenter, val_set, mean, std,
+            memory_format, amp_dtype, device, payload_base, total_steps, epochs, run_dir / "best.pt",
+        )  # fmt: skip
+        task.steps_per_epoch = len(loader)
+        state = TrainState(model, optimizer, scheduler, scaler, generator)
+        saved_state = run.resume(load_finetune_checkpoint)
+        resume = run.resume_from
         if saved_state is not None:
-            loop.restore(saved_state, resume)
-        monitor.info(
+            task.resume(saved_state, resume)
+        loop = run.start(state, run.loop_settings(total_steps, batch_size), net, ("test/",))
+        monitor = task.monitor = run.monitor
+        run.announce(
             f"contrastseg {__version__} finetune ({config.mode}): {type(model).name} on "
             f"{model_config['arch']}, {bands} band(s), "
             f"{len(dataset)} labeled patch(es), {len(val_set)} val / {len(test_set) if test_set else 0} test "
             f"image(s); {len(loader)} steps/epoch, {total_steps} steps on {device}"
             + (f"; {report.summary()}" if report else "; random initialisation")
-            + resume_note(config.run.resume, resume, state.step)
         )
-        for note in notes:
-            monitor.info(note)
         if config.mode in ("linear", "lp-ft") and resume is None:
             monitor.info(
                 f"linear probe on frozen {features} features: {model.feature_channels(features)} "
@@ -496,42 +515,11 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
             step = loop.run(task, loader).step
         best = task.best
 
-        best_path = run_dir / "best.pt"
-        selected = load_finetune_checkpoint(best_path)
-        model.load_state_dict(selected["model"])
-        best_confusion = task.best_confusion
-        if best_confusion is None:  # selected before a resume: score it again
-            best_confusion = evaluate_dataset(segmenter, val_set, config.eval, None, train.amp)
-        val_metrics = write_report(
-            best_confusion,
-            classes, run_dir / "val", config.eval.exclude, {"checkpoint": str(best_path), "split": "val", "epoch": best["epoch"]},
-        )  # fmt: skip
-        test_metrics = None
-        if test_set is not None:
-            test_metrics = write_report(
-                evaluate_dataset(segmenter, test_set, config.eval, run_dir / "test" / "overlays", train.amp),
-                classes, run_dir / "test", config.eval.exclude, {"checkpoint": str(best_path), "split": "test", "epoch": best["epoch"]},
-            )  # fmt: skip
-            monitor.scalars(
-                step,
-                {
-                    f"test/{k}": test_metrics[k] or 0.0
-                    for k in ("miou", "overall_accuracy", "kappa", "mean_f1")
-                },
-            )
-            monitor.info(
-                f"test (weights of epoch {best['epoch']}):\n"
-                + (run_dir / "test" / "metrics.txt").read_text()
-            )
-        else:
-            monitor.info("no test split configured (data.test): the test report is skipped")
-    finally:
-        monitor.close()
-        release_run_folders()  # the run folder's lock, taken by resume_source
-    history = task.history
+        val_metrics, test_metrics = task.report_selected(test_set, run.run_dir, step)
     return FinetuneResult(
-        run_dir, best_path, int(best["epoch"]), val_metrics, test_metrics, step, history, report
-    )
+        run_dir, task.best_path, int(best["epoch"]), val_metrics, test_metrics, step, task.history,
+        report,
+    )  # fmt: skip
 
 
 def solve_head(

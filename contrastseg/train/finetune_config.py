@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
 from contrastseg.config import (
     ModelConfig,
     NormalizeConfig,
@@ -31,7 +29,7 @@ from contrastseg.config import (
     model_config,
 )
 from contrastseg.data.config import LabeledDataConfig
-from contrastseg.losses.segmentation import build_loss
+from contrastseg.losses.segmentation import build_loss, parse_loss_spec
 from contrastseg.utils.configtools import ConfigError
 
 __all__ = [
@@ -247,35 +245,17 @@ def loss_spec(loss: str, loss_args: Sequence[str] = ()) -> str | list[dict[str, 
     """``loss`` + ``loss_args`` -> a spec for :func:`~contrastseg.losses.segmentation.build_loss`.
 
     ``"0.5*dice+focal"`` with ``["focal.gamma=2"]`` becomes
-    ``[{"name": "dice", "weight": 0.5}, {"name": "focal", "weight": 1.0, "gamma": 2}]``.
+    ``[{"name": "dice", "weight": 0.5}, {"name": "focal", "weight": 1.0, "gamma": 2}]``
+    (read by :func:`~contrastseg.losses.segmentation.parse_loss_spec`).
 
     Raises:
         ValueError: an argument not written ``term.arg=value`` or naming a term not in ``loss``.
     """
     if not loss_args:
         return loss
-    terms = []
-    for part in loss.split("+"):
-        weight, _, name = part.strip().rpartition("*")
-        try:
-            terms.append({"name": name.strip(), "weight": float(weight) if weight else 1.0})
-        except ValueError as err:
-            raise ValueError(f"cannot read loss term {part.strip()!r} in {loss!r}") from err
-    for text in loss_args:
-        key, eq, raw = text.partition("=")
-        term, dot, arg = key.strip().partition(".")
-        if not eq or not dot or not arg:
-            raise ValueError(
-                f"loss_args entry {text!r}: expected 'term.arg=value', e.g. focal.gamma=2"
-            )
-        hits = [t for t in terms if t["name"] == term]
-        if not hits:
-            raise ValueError(
-                f"loss_args entry {text!r} names term {term!r}, which is not in loss {loss!r}"
-            )
-        for hit in hits:
-            hit[arg.strip()] = yaml.safe_load(raw)
-    return terms
+    return [
+        {"name": t.name, "weight": t.weight, **t.kwargs} for t in parse_loss_spec(loss, loss_args)
+    ]
 
 
 def load_finetune_config(

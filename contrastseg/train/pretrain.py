@@ -1,11 +1,11 @@
 """The pretraining engine behind ``contrastseg pretrain``.
 
-One process per device; ``torchrun`` adds processes (DDP, gathered negatives). Per step
-(:class:`PretrainTask`): uint patches -> device -> [0, 1] floats (nodata filled) -> two views
-+ index maps (``PairedViews``) -> what the method needs from them (matched regions, points)
--> per-band normalisation -> :class:`PretrainModel` (the method's losses); the shared
+One process per device; ``torchrun`` adds processes (DDP, gathered negatives). The step is
+:class:`~contrastseg.train.pretrain_task.PretrainTask` (views, matching, the method's
+losses; its names are re-exported here); the shared
 :class:`~contrastseg.train.loop.TrainingLoop` does the rest (update, logging, checkpoints,
-resumption). Only rank 0 writes the run folder:
+resumption) inside the run skeleton :class:`~contrastseg.train.run.TrainingRun` (run
+folder, resume, monitor, close). Only rank 0 writes the run folder:
 
     runs/<name>/config.yaml      resolved config
     runs/<name>/train.log        plain log
@@ -18,58 +18,42 @@ resumption). Only rank 0 writes the run folder:
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
 
-import torch
 import torch.distributed as dist
-import yaml
-from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from contrastseg import __version__
-from contrastseg.augment import MatchedRegions, PairedViews, ViewPair, draw_view_grid
-from contrastseg.augment.regions import drop_invalid_sources
 from contrastseg.config import PretrainConfig
 from contrastseg.data import UnlabeledDataset, build_loader
-from contrastseg.data.loader import to_float
-from contrastseg.data.nodata import fill_invalid, valid_pixels
-from contrastseg.data.stats import normalization_values
-from contrastseg.train.checkpoint import (
-    CHECKPOINT_FORMAT,
-    changed_settings,
-    load_checkpoint,
-    release_run_folders,
-    resume_note,
-    resume_source,
-    save_atomic,
-)
+from contrastseg.train.checkpoint import load_checkpoint
 from contrastseg.train.distributed import ProcessContext, setup_process, teardown_process
-from contrastseg.train.loop import (
-    LoopSettings,
-    TrainingDiverged,
-    TrainingLoop,
-    TrainingTask,
-    TrainState,
-)
+from contrastseg.train.loop import TrainingDiverged
 from contrastseg.train.model import PretrainModel, upgrade_heads
-from contrastseg.train.monitor import RunMonitor
-from contrastseg.train.online_probe import check_probe, run_probe
-from contrastseg.train.optim import build_optimizer, build_scheduler
-from contrastseg.train.runtime import autocast_context, resolve_amp_dtype, seed_everything
-from contrastseg.utils.configtools import ConfigError, to_dict
+from contrastseg.train.online_probe import check_probe
+from contrastseg.train.pretrain_task import (
+    CollapseStreak,
+    PreparedBatch,
+    PretrainStep,
+    PretrainTask,
+    build_pretrain_step,
+    build_pretrain_task,
+    views_generator,
+)
+from contrastseg.train.run import TrainingRun
+from contrastseg.train.runtime import seed_everything
+from contrastseg.utils.configtools import ConfigError
 from contrastseg.utils.state import state_dict_mismatches
 
 __all__ = [
     "CollapseStreak",
     "PreparedBatch",
     "PretrainResult",
+    "PretrainStep",
     "PretrainTask",
     "TrainingDiverged",
+    "build_pretrain_step",
     "build_pretrain_task",
     "run_pretrain",
     "views_generator",
@@ -93,46 +77,6 @@ class PretrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-@dataclass
-class CollapseStreak:
-    """The collapse rule of one branch: ``patience`` log steps in a row with a spread below ``threshold``.
-
-    Attributes:
-        threshold: ``train.collapse_std``.
-        patience: ``train.collapse_patience``.
-        low: the log steps of the current streak below the threshold.
-        since: the first step of the reported collapse; None while none is reported.
-    """
-
-    threshold: float
-    patience: int
-    low: list[int] = field(default_factory=list)
-    since: int | None = None
-
-    def update(self, step: int, value: float) -> str | None:
-        """Record the spread logged at ``step``.
-
-        Returns:
-            ``"collapsed"`` when the streak reaches ``patience`` (once per streak),
-            ``"recovered"`` at the first value at or above the threshold after a reported
-            collapse, None otherwise. A NaN (too few valid pairs to measure) neither extends
-            nor ends the streak.
-        """
-        if math.isnan(value):
-            return None
-        if value < self.threshold:
-            self.low.append(step)
-            if len(self.low) == self.patience:
-                self.since = self.low[0]
-                return "collapsed"
-            return None
-        self.low = []
-        if self.since is not None:
-            self.since = None
-            return "recovered"
-        return None
-
-
 def best_probe_miou(path: Path) -> float | None:
     """The probe mIoU stored in a ``best_probe.pt``; None when the file is missing or unreadable."""
     if not path.is_file():
@@ -142,19 +86,6 @@ def best_probe_miou(path: Path) -> float | None:
         return float(payload["probe"]["probe/miou"])
     except (ValueError, KeyError, TypeError, OSError, RuntimeError):
         return None
-
-
-def views_generator(seed: int, rank: int, device: torch.device) -> torch.Generator:
-    """The generator of views and regions of process ``rank``: seeded, different per rank."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
-
-
-def _run_dir(config: PretrainConfig) -> Path:
-    name = (
-        config.run.name
-        or f"{config.method.name}-{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    return Path(config.run.root) / name
 
 
 def _check_architecture(model: PretrainModel, payload: dict, path: Path) -> None:
@@ -171,251 +102,6 @@ def _check_architecture(model: PretrainModel, payload: dict, path: Path) -> None
         )
 
 
-def _slice_for_preview(images: Tensor, pair: ViewPair, regions: MatchedRegions | None, n: int):
-    cut = lambda t: t[:n].detach().float().cpu() if t.is_floating_point() else t[:n].cpu()  # noqa: E731
-    return (
-        cut(images),
-        ViewPair(*(cut(t) for t in pair)),
-        None if regions is None else MatchedRegions(*(cut(t) for t in regions)),
-    )
-
-
-class PreparedBatch(NamedTuple):
-    """One batch ready for the network: the images, the view pair, the method's inputs.
-
-    Attributes:
-        images: ``(B, C, H, W)`` float source patches (nodata filled).
-        pair: the views and their index maps (nodata source pixels marked outside).
-        inputs: what the method's ``prepare`` returned (regions, points ...).
-        view1, view2: the normalised views, in the run's memory format.
-    """
-
-    images: Tensor
-    pair: ViewPair
-    inputs: dict[str, Any]
-    view1: Tensor
-    view2: Tensor
-
-
-class PretrainTask(TrainingTask):
-    """The pretraining step: views, the method's inputs, the network and the method's losses.
-
-    Args:
-        config: the run's config.
-        model: the network and method (unwrapped).
-        forward: what the step calls (``model`` or its DDP / compile wrapper).
-        views: the view maker, on the device.
-        generator: the views' random generator (this process's).
-        mean, std: per-band normalisation after the views (None = none).
-        nodata: the data's nodata value (``UnlabeledDataset.nodata``).
-        device, amp_dtype, memory_format: where and how the network runs.
-        run_dir, monitor: where preview images go (None = no previews).
-    """
-
-    def __init__(
-        self,
-        config: PretrainConfig,
-        model: PretrainModel,
-        forward: nn.Module,
-        views: PairedViews,
-        generator: torch.Generator,
-        mean: list[float] | None,
-        std: list[float] | None,
-        nodata: Any,
-        device: torch.device,
-        amp_dtype: torch.dtype | None,
-        memory_format: torch.memory_format,
-        run_dir: Path | None = None,
-        monitor: RunMonitor | None = None,
-    ) -> None:
-        self.config, self.model, self.forward, self.views = config, model, forward, views
-        self.generator, self.mean, self.std, self.nodata = generator, mean, std, nodata
-        self.device, self.amp_dtype, self.memory_format = device, amp_dtype, memory_format
-        self.run_dir, self.monitor = run_dir, monitor
-        self.last: PreparedBatch | None = None
-        self.streaks: dict[str, CollapseStreak] = {}  # per branch: the collapse rule's state
-        self.total_steps = 0  # set by the engine (the probe runs at the last step too)
-        # the probe's features and datasets (check_probe), set at startup by the engine
-        self.probe_setup: tuple[str, tuple] | None = None
-        self.probe_best = -1.0  # best probe mIoU so far (kept in checkpoints)
-        self.probe_seconds, self.started = 0.0, time.perf_counter()
-
-    @torch.no_grad()
-    def prepare(self, batch: Tensor) -> PreparedBatch:
-        """Views, index maps and the method's inputs of a uint batch (no gradient)."""
-        batch = batch.to(self.device, non_blocking=True)
-        valid = valid_pixels(batch, self.nodata)  # None: no nodata pixel
-        # nodata pixels enter the views as the band mean (0 once normalised)
-        images = fill_invalid(to_float(batch, self.config.data.scale), valid, self.mean)
-        pair = self.views(images, self.generator)
-        # no region or point is matched on a nodata source pixel
-        pair = pair._replace(
-            index1=drop_invalid_sources(pair.index1, valid),
-            index2=drop_invalid_sources(pair.index2, valid),
-        )
-        inputs = self.model.prepare(pair, self.generator, images.shape[-2] * images.shape[-1])
-        views = (
-            to_float(view, 1.0, self.mean, self.std).contiguous(memory_format=self.memory_format)
-            for view in (pair.view1, pair.view2)
-        )
-        return PreparedBatch(images, pair, inputs, *views)
-
-    def train_step(self, batch: Tensor) -> dict[str, Tensor]:
-        prepared = self.last = self.prepare(batch)
-        with autocast_context(self.device, self.amp_dtype):
-            return self.forward(prepared.view1, prepared.view2, **prepared.inputs)
-
-    def on_step_end(self, step: int, out: dict[str, Tensor]) -> bool:
-        probe = self.config.probe
-        if probe.every and (step % probe.every == 0 or step == self.total_steps):
-            self.probe(step)
-        every = self.config.run.image_every
-        if self.monitor is not None and self.last is not None and every:
-            if self.monitor.enabled and (step == 1 or step % every == 0):
-                images, pair, inputs = self.last.images, self.last.pair, self.last.inputs
-                png = draw_view_grid(
-                    *_slice_for_preview(images, pair, inputs.get("regions"), 4),
-                    self.run_dir / "views" / f"step_{step:08d}.png",
-                    rgb_bands=self.config.views.rgb_bands,
-                )
-                self.monitor.image(step, "views/pairs", png)
-        return False
-
-    def on_log(self, step: int, values: Mapping[str, float]) -> bool:
-        """Report a branch whose embeddings stayed collapsed for ``collapse_patience`` log steps,
-        and its recovery."""
-        train = self.config.train
-        stop = False
-        for key, value in values.items():
-            if not (key.startswith("health/") and key.endswith("/std")):
-                continue
-            branch = key.split("/")[1]
-            streak = self.streaks.setdefault(
-                branch, CollapseStreak(train.collapse_std, train.collapse_patience)
-            )
-            since = streak.since
-            event = streak.update(step, float(value))
-            if event == "collapsed" and self.monitor is not None:
-                self.monitor.info(
-                    f"step {step}: the {branch} embeddings have collapsed: their spread "
-                    f"{key}={value:.3f} has stayed below train.collapse_std={train.collapse_std} "
-                    f"for {len(streak.low)} log steps (since step {streak.since}), so every image "
-                    "maps to nearly the same embedding and the loss no longer trains the encoder. "
-                    "Try a lower optim.lr, optim.grad_clip, a higher method.temperature, a larger "
-                    "batch or stronger view augmentations"
-                    + ("; stopping (train.stop_on_collapse)" if train.stop_on_collapse else "")
-                )
-            if event == "recovered" and self.monitor is not None:
-                self.monitor.info(
-                    f"step {step}: the {branch} embeddings have recovered: their spread "
-                    f"{key}={value:.3f} is back at or above train.collapse_std="
-                    f"{train.collapse_std} (collapsed since step {since})"
-                )
-            stop = stop or (event == "collapsed" and train.stop_on_collapse)
-        return stop
-
-    @property
-    def collapsed(self) -> dict[str, int]:
-        """Branch -> first step of its reported collapse, for the branches collapsed now."""
-        return {b: s.since for b, s in self.streaks.items() if s.since is not None}
-
-    def status(self) -> dict[str, str]:
-        collapsed = self.collapsed
-        if not collapsed:
-            return {}
-        return {"COLLAPSED": ", ".join(f"{b} since step {s}" for b, s in collapsed.items())}
-
-    def probe(self, step: int) -> None:
-        """The online probe (rank 0): log ``probe/*``, keep ``best_probe.pt`` at a better mIoU."""
-        if self.monitor is None or not self.monitor.enabled:
-            return
-        config = self.config
-        if self.probe_setup is None:  # a task built outside run_pretrain (the engine checks first)
-            self.probe_setup = check_probe(config, self.model.net.in_channels)
-        features, datasets = self.probe_setup
-        result = run_probe(  # keeps the run's random streams and module modes as they are
-            self.model.net, features, config.probe, datasets, config.probe.data.scale,
-            self.mean, self.std, self.device,
-        )  # fmt: skip
-        self.probe_seconds += result.seconds
-        share = self.probe_seconds / max(time.perf_counter() - self.started, 1e-9)
-        values = {**result.scalars(), "probe/share_of_run_time": share}
-        self.monitor.scalars(step, values)
-        better = result.metrics["miou"] is not None and result.metrics["miou"] > self.probe_best
-        self.monitor.info(
-            f"probe at step {step}: {result.summary()}; {result.seconds:.1f} s, "
-            f"{100 * share:.1f} % of the run's time so far" + (" (best so far)" if better else "")
-        )
-        if better:
-            self.probe_best = result.metrics["miou"]
-            payload = {**self.checkpoint_content(), "version": __version__, "step": step,
-                       "probe": values}  # fmt: skip
-            save_atomic(payload, self.run_dir / "best_probe.pt")
-
-    def checkpoint_content(self) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": to_dict(self.config),
-            "in_channels": self.model.net.in_channels,
-            # the values themselves, so the file does not depend on normalize.stats_file
-            "normalize": {"mean": self.mean, "std": self.std},
-            "model": self.model.net.state_dict(),
-            "heads": self.model.heads_state_dict(),
-            "probe_best": self.probe_best,
-        }
-
-
-def build_pretrain_task(
-    config: PretrainConfig,
-    bands: int,
-    total_steps: int,
-    device: torch.device,
-    nodata: Any = None,
-    steps_per_epoch: int = 1,
-    world_size: int = 1,
-    rank: int = 0,
-    run_dir: Path | None = None,
-    monitor: RunMonitor | None = None,
-) -> tuple[PretrainTask, TrainState]:
-    """The pretraining step of ``config`` and the state it trains (what a benchmark times too).
-
-    Raises:
-        ConfigError: settings this machine or data cannot run (stats of another band count,
-            SyncBatchNorm without CUDA).
-    """
-    train = config.train
-    mean, std = normalization_values(config.normalize, bands)
-    model = PretrainModel(config.model, config.method, bands).to(device)
-    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    if train.sync_bn and world_size > 1:
-        if device.type != "cuda":
-            raise ConfigError(
-                "train.sync_bn needs CUDA devices (torch's SyncBatchNorm is CUDA-only)"
-            )
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, total_steps, config.optim, steps_per_epoch)
-    amp_dtype = resolve_amp_dtype(train.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    generator = views_generator(train.seed, rank, device)
-    forward: nn.Module = model
-    if world_size > 1:
-        forward = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not model.uses_decoder,
-        )
-    if train.compile:
-        forward = torch.compile(forward)
-    views = PairedViews(config.views).to(device)
-    task = PretrainTask(
-        config, model, forward, views, generator, mean, std, nodata, device, amp_dtype,
-        memory_format, run_dir, monitor,
-    )  # fmt: skip
-    return task, TrainState(model, optimizer, scheduler, scaler, generator)
-
-
 def run_pretrain(config: PretrainConfig) -> PretrainResult:
     """Run (or resume) a pretraining job described by ``config``.
 
@@ -428,7 +114,6 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
     try:
         return _run(config, context)
     finally:
-        release_run_folders()  # the run folder's lock, taken by resume_source
         teardown_process(context)
 
 
@@ -475,62 +160,39 @@ def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
     if problem is not None:
         raise ConfigError(problem)
 
-    run_dir = _run_dir(config)
-    ckpt_dir = run_dir / "checkpoints"
-    resume_from = resume_source(config.run.resume, bool(config.run.name), ckpt_dir)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-    task, state = build_pretrain_task(
-        config, bands, total_steps, device, dataset.nodata, steps_per_epoch, ctx.world_size,
-        ctx.rank, run_dir,
-    )  # fmt: skip
-    task.probe_setup = probe_setup  # only rank 0 probes (None elsewhere)
-    settings = LoopSettings(
-        total_steps, config.run.log_every, config.run.checkpoint_every, config.run.keep_last,
-        ckpt_dir, config.optim.grad_clip, train.batch_size * ctx.world_size, ctx.world_size,
-        ctx.rank,
-    )  # fmt: skip
-    payload, notes = None, []
-    if resume_from is not None:
-        payload = load_checkpoint(resume_from)
-        notes = changed_settings(payload["config"], to_dict(config))
-        _check_architecture(task.model, payload, resume_from)
-        task.model.net.load_state_dict(payload["model"])
-        task.model.load_heads(payload["heads"])
-        task.probe_best = float(payload.get("probe_best", -1.0))
-        # best_probe.pt may be newer than the checkpoint: never replace it by a worse probe
-        stored = best_probe_miou(run_dir / "best_probe.pt") if main else None
-        if stored is not None and stored > task.probe_best:
-            notes.append(
-                f"best_probe.pt holds probe mIoU {stored:.4f}, better than the checkpoint's "
-                f"{task.probe_best:.4f}: only a better probe replaces it"
-            )
-            task.probe_best = stored
-        state.step = int(payload["step"])
-    if state.step >= total_steps and main:
-        print(f"{run_dir}: already at step {state.step} of {total_steps}; nothing to do")
-
-    monitor = RunMonitor(run_dir, main, total_steps, state.step, config.run.progress)
-    task.monitor, task.total_steps = monitor, total_steps
-    loop = TrainingLoop(state, settings, monitor, task.forward)
-    try:
+    default_name = f"{config.method.name}-{config.model.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with TrainingRun(config, default_name, main) as run:
+        task, state = build_pretrain_task(
+            config, bands, total_steps, device, dataset.nodata, steps_per_epoch, ctx.world_size,
+            ctx.rank, run.run_dir,
+        )  # fmt: skip
+        task.probe_setup = probe_setup  # only rank 0 probes (None elsewhere)
+        payload = run.resume(load_checkpoint)
         if payload is not None:
-            loop.restore(payload, resume_from)
-        monitor.info(
+            _check_architecture(task.model, payload, run.resume_from)
+            task.model.net.load_state_dict(payload["model"])
+            task.model.load_heads(payload["heads"])
+            task.probe_best = float(payload.get("probe_best", -1.0))
+            # best_probe.pt may be newer than the checkpoint: never replace it by a worse probe
+            stored = best_probe_miou(run.run_dir / "best_probe.pt") if main else None
+            if stored is not None and stored > task.probe_best:
+                run.notes.append(
+                    f"best_probe.pt holds probe mIoU {stored:.4f}, better than the checkpoint's "
+                    f"{task.probe_best:.4f}: only a better probe replaces it"
+                )
+                task.probe_best = stored
+        settings = run.loop_settings(
+            total_steps, train.batch_size * ctx.world_size, ctx.world_size, ctx.rank
+        )
+        loop = run.start(state, settings, task.forward)
+        task.monitor, task.total_steps = run.monitor, total_steps
+        run.announce(
             f"contrastseg {__version__} pretrain: {config.method.name}, {config.model.arch}, "
             f"{bands} band(s), {dataset.summary()}; {steps_per_epoch} steps/epoch, "
             f"{total_steps} steps, batch {train.batch_size} x {ctx.world_size} process(es) on "
-            f"{device}"
-            + (f", amp {task.amp_dtype}" if task.amp_dtype else "")
-            + resume_note(config.run.resume, resume_from, state.step)
+            f"{device}" + (f", amp {task.amp_dtype}" if task.amp_dtype else "")
         )
-        for note in notes:
-            monitor.info(note)
         result = loop.run(task, loader)
         if result.checkpoint is not None:
-            monitor.info(f"done: step {result.step}, checkpoint {result.checkpoint}")
-    finally:
-        monitor.close()
-    return PretrainResult(run_dir, result.step, result.checkpoint, result.history)
+            run.monitor.info(f"done: step {result.step}, checkpoint {result.checkpoint}")
+    return PretrainResult(run.run_dir, result.step, result.checkpoint, result.history)

@@ -18,6 +18,7 @@ from contrastseg.train.checkpoint import (
     resume_source,
     save_atomic,
 )
+from contrastseg.utils import weights
 
 
 def payload(step: int, **extra) -> dict:
@@ -105,6 +106,22 @@ def test_non_finite_tensors_are_never_written(tmp_path):
         "step_00000001.pt",
         "step_00000001.pt.sha256",
     ]
+
+
+def test_plain_weights_files_name_no_checkpoint_and_checkpoints_their_newest(tmp_path):
+    # the integrity layer knows no run folders: only the checkpoint writer names the newest
+    save_atomic(payload(1), checkpoint_path(tmp_path, 1))
+    bad = payload(2)
+    bad["model"]["conv.weight"][0, 0] = float("nan")
+    with pytest.raises(NonFiniteTensor) as plain:
+        weights.save_atomic(bad, tmp_path / "export.pt")
+    assert "newest checkpoint" not in str(plain.value)
+    with pytest.raises(NonFiniteTensor, match=r"step_00000001\.pt is intact"):
+        save_atomic(bad, tmp_path / "export.pt")
+    path = weights.save_atomic(payload(3), tmp_path / "export.pt")
+    sidecar = (tmp_path / "export.pt.sha256").read_text()
+    assert sidecar == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  export.pt\n"
+    torch.testing.assert_close(weights.read_torch_file(path)["model"], payload(3)["model"])
 
 
 def test_prune_removes_sidecars_and_resume_removes_orphan_tmp_files(tmp_path):

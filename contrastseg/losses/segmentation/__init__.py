@@ -39,10 +39,13 @@ from contrastseg.losses.segmentation.region import (
     tversky_loss,
 )
 from contrastseg.losses.segmentation.registry import (
+    LossTerm,
     WeightedSumLoss,
     available_losses,
     build_loss,
     loss_arguments,
+    needs_class_counts,
+    parse_loss_spec,
 )
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "HybridFocalLoss",
     "JaccardLoss",
     "LogCoshDiceLoss",
+    "LossTerm",
     "LovaszSoftmaxLoss",
     "SensitivitySpecificityLoss",
     "TverskyLoss",
@@ -79,6 +83,8 @@ __all__ = [
     "log_cosh_dice_loss",
     "loss_arguments",
     "lovasz_softmax_loss",
+    "needs_class_counts",
+    "parse_loss_spec",
     "sensitivity_specificity_loss",
     "tversky_loss",
     "unified_focal_loss",

@@ -20,11 +20,11 @@ Conventions used by every loss of the catalogue:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 ClassWeight = str | Sequence[float] | Tensor | None
 """Class weights: ``None`` (all 1), ``"balanced"`` (from label frequencies) or one value per class."""
@@ -247,3 +247,24 @@ def resolve_class_weight(
             f"class weights have {weight.numel()} values but there are {num_classes} classes"
         )
     return weight
+
+
+class FunctionalLoss(nn.Module):
+    """The module form of a loss function: stores keyword arguments, calls ``fn`` with them.
+
+    A subclass sets ``fn`` (as a ``staticmethod``) and passes its validated arguments to
+    ``__init__``; ``forward(logits, target)`` is ``fn(logits, target, **kwargs)``.
+    """
+
+    fn: Callable[..., Tensor]
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__()
+        self.kwargs = kwargs
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return type(self).fn(logits, target, **self.kwargs)
+
+    def extra_repr(self) -> str:
+        # class counts are a tensor of the data, not a setting
+        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if k != "class_counts")

@@ -8,10 +8,11 @@ conventions of ``_functional`` (ignored pixels, present classes, binary mode).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from contrastseg.losses.segmentation._functional import (
     ClassWeight,
+    FunctionalLoss,
     check_inputs,
     class_logits,
     masked_mean,
@@ -199,24 +200,10 @@ def exp_log_loss(
     return w_dice * dice_term + w_ce * ce_term
 
 
-class _CompoundLoss(nn.Module):
-    """Stores keyword arguments and calls ``fn(logits, target, **kwargs)``."""
+class ComboLoss(FunctionalLoss):
+    """Module form of :func:`combo_loss`."""
 
     fn = staticmethod(combo_loss)
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__()
-        self.kwargs = kwargs
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return type(self).fn(logits, target, **self.kwargs)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items() if k != "class_counts")
-
-
-class ComboLoss(_CompoundLoss):
-    """Module form of :func:`combo_loss`."""
 
     def __init__(
         self,
@@ -228,7 +215,7 @@ class ComboLoss(_CompoundLoss):
         super().__init__(alpha=alpha, beta=beta, clip=clip, ignore_index=ignore_index)
 
 
-class DiceFocalLoss(_CompoundLoss):
+class DiceFocalLoss(FunctionalLoss):
     """Module form of :func:`dice_focal_loss`."""
 
     fn = staticmethod(dice_focal_loss)
@@ -252,7 +239,7 @@ class DiceFocalLoss(_CompoundLoss):
         )
 
 
-class HybridFocalLoss(_CompoundLoss):
+class HybridFocalLoss(FunctionalLoss):
     """Module form of :func:`hybrid_focal_loss`."""
 
     fn = staticmethod(hybrid_focal_loss)
@@ -280,7 +267,7 @@ class HybridFocalLoss(_CompoundLoss):
         )
 
 
-class UnifiedFocalLoss(_CompoundLoss):
+class UnifiedFocalLoss(FunctionalLoss):
     """Module form of :func:`unified_focal_loss`."""
 
     fn = staticmethod(unified_focal_loss)
@@ -304,7 +291,7 @@ class UnifiedFocalLoss(_CompoundLoss):
         )
 
 
-class ExpLogLoss(_CompoundLoss):
+class ExpLogLoss(FunctionalLoss):
     """Module form of :func:`exp_log_loss`."""
 
     fn = staticmethod(exp_log_loss)

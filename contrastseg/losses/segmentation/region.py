@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 from kornia.losses import dice_loss as kornia_dice_loss
 from kornia.losses import tversky_loss as kornia_tversky_loss
-from torch import Tensor, nn
+from torch import Tensor
 
 from contrastseg.losses.segmentation._functional import (
+    FunctionalLoss,
     check_inputs,
     class_logits,
     mean_over_present,
@@ -231,24 +232,10 @@ def log_cosh_dice_loss(
     return torch.log(torch.cosh(dice_loss(logits, target, False, per_image, eps, ignore_index)))
 
 
-class _RegionLoss(nn.Module):
-    """Stores keyword arguments and calls ``fn(logits, target, **kwargs)``."""
+class DiceLoss(FunctionalLoss):
+    """Module form of :func:`dice_loss`."""
 
     fn = staticmethod(dice_loss)
-
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__()
-        self.kwargs = kwargs
-
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return type(self).fn(logits, target, **self.kwargs)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-
-
-class DiceLoss(_RegionLoss):
-    """Module form of :func:`dice_loss`."""
 
     def __init__(
         self,
@@ -260,7 +247,7 @@ class DiceLoss(_RegionLoss):
         super().__init__(squared=squared, per_image=per_image, eps=eps, ignore_index=ignore_index)
 
 
-class JaccardLoss(_RegionLoss):
+class JaccardLoss(FunctionalLoss):
     """Module form of :func:`jaccard_loss`."""
 
     fn = staticmethod(jaccard_loss)
@@ -271,7 +258,7 @@ class JaccardLoss(_RegionLoss):
         super().__init__(per_image=per_image, eps=eps, ignore_index=ignore_index)
 
 
-class SensitivitySpecificityLoss(_RegionLoss):
+class SensitivitySpecificityLoss(FunctionalLoss):
     """Module form of :func:`sensitivity_specificity_loss`."""
 
     fn = staticmethod(sensitivity_specificity_loss)
@@ -288,7 +275,7 @@ class SensitivitySpecificityLoss(_RegionLoss):
         super().__init__(r=r, per_image=per_image, eps=eps, ignore_index=ignore_index)
 
 
-class TverskyLoss(_RegionLoss):
+class TverskyLoss(FunctionalLoss):
     """Module form of :func:`tversky_loss`."""
 
     fn = staticmethod(tversky_loss)
@@ -308,7 +295,7 @@ class TverskyLoss(_RegionLoss):
         )
 
 
-class FocalTverskyLoss(_RegionLoss):
+class FocalTverskyLoss(FunctionalLoss):
     """Module form of :func:`focal_tversky_loss`."""
 
     fn = staticmethod(focal_tversky_loss)
@@ -334,7 +321,7 @@ class FocalTverskyLoss(_RegionLoss):
         )
 
 
-class LogCoshDiceLoss(_RegionLoss):
+class LogCoshDiceLoss(FunctionalLoss):
     """Module form of :func:`log_cosh_dice_loss`."""
 
     fn = staticmethod(log_cosh_dice_loss)

@@ -7,6 +7,9 @@ Accepted specs:
 - a dict ``{"name": "focal_tversky", "gamma": 0.75}``, optionally with ``"weight"``;
 - a list of such strings or dicts, summed.
 
+:func:`parse_loss_spec` reads them (and the ``term.arg=value`` arguments a fine-tuning config
+gives the terms of a string spec); :func:`build_loss` builds the modules.
+
 ``build_loss`` returns a :class:`WeightedSumLoss` whose ``forward`` gives the weighted sum;
 unknown names or arguments raise ``ValueError`` that lists what exists.
 """
@@ -16,9 +19,10 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+import yaml
 from torch import Tensor, nn
 
 from contrastseg.losses.segmentation.compound import (
@@ -103,9 +107,15 @@ _ALIASES = {
 # Filled in by build_loss from its own arguments, never by the spec.
 _CONTEXT = ("ignore_index", "class_counts")
 
-_TERM = re.compile(
-    r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*$"
-)
+_NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+_TERM = re.compile(rf"^\s*(?:(?P<weight>{_NUMBER})\s*\*\s*)?(?P<name>[A-Za-z_]\w*)\s*$")
+_FLOAT = re.compile(rf"[-+]?{_NUMBER}")
+
+
+def _yaml_value(raw: str) -> Any:
+    """A term argument's value read as YAML, ``1e-3`` as a float (YAML 1.2, as configs read it)."""
+    value = yaml.safe_load(raw)
+    return float(value) if isinstance(value, str) and _FLOAT.fullmatch(value) else value
 
 
 def available_losses() -> dict[str, str]:
@@ -166,8 +176,27 @@ def _canonical(name: str) -> str:
     return key
 
 
-def _parse_terms(spec: Any) -> list[tuple[float, str, dict[str, Any]]]:
-    """Spec -> list of ``(weight, name, kwargs)``."""
+class LossTerm(NamedTuple):
+    """One term of a loss spec: ``weight * name(**kwargs)``."""
+
+    weight: float
+    name: str
+    kwargs: dict[str, Any]
+
+
+def parse_loss_spec(spec: Any, args: Sequence[str] = ()) -> list[LossTerm]:
+    """Read a loss spec (see the module docstring) into its terms; the one parser of specs.
+
+    Args:
+        spec: ``"0.5*dice+focal"``, ``{"name": "focal", "gamma": 2.0, "weight": 0.5}`` or a
+            non-empty list of these.
+        args: ``"term.arg=value"`` strings (the value read as YAML) giving arguments to the
+            terms of a string ``spec`` named ``term`` (every such term), e.g. ``focal.gamma=2``;
+            the ``loss_args`` of a fine-tuning config.
+
+    Raises:
+        ValueError: a malformed spec or ``args`` entry, or an entry naming a term not in ``spec``.
+    """
     if isinstance(spec, str):
         terms = []
         for part in spec.split("+"):
@@ -178,8 +207,24 @@ def _parse_terms(spec: Any) -> list[tuple[float, str, dict[str, Any]]]:
                     "'weight*name' joined by '+', e.g. '0.5*dice+ce'"
                 )
             weight = float(match["weight"]) if match["weight"] else 1.0
-            terms.append((weight, match["name"], {}))
+            terms.append(LossTerm(weight, match["name"], {}))
+        for text in args:
+            key, eq, raw = text.partition("=")
+            term, dot, arg = key.strip().partition(".")
+            if not eq or not dot or not arg:
+                raise ValueError(
+                    f"loss_args entry {text!r}: expected 'term.arg=value', e.g. focal.gamma=2"
+                )
+            hits = [t for t in terms if t.name == term]
+            if not hits:
+                raise ValueError(
+                    f"loss_args entry {text!r} names term {term!r}, which is not in loss {spec!r}"
+                )
+            for hit in hits:
+                hit.kwargs[arg.strip()] = _yaml_value(raw)
         return terms
+    if args:
+        raise ValueError(f"term arguments {list(args)} apply to a string loss spec, got {spec!r}")
     if isinstance(spec, Mapping):
         kwargs = dict(spec)
         if "name" not in kwargs:
@@ -192,13 +237,19 @@ def _parse_terms(spec: Any) -> list[tuple[float, str, dict[str, Any]]]:
             raise ValueError(f"loss name must be a string, got {name!r}")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ValueError(f"weight of loss {name!r} must be a number, got {weight!r}")
-        return [(float(weight), name, kwargs)]
+        return [LossTerm(float(weight), name, kwargs)]
     if isinstance(spec, Sequence) and len(spec) > 0:
-        return [term for item in spec for term in _parse_terms(item)]
+        return [term for item in spec for term in parse_loss_spec(item)]
     raise ValueError(
         f"loss spec must be a string like 'dice+ce', a dict with 'name', or a non-empty list of "
         f"these, got {spec!r}"
     )
+
+
+def needs_class_counts(terms: Sequence[LossTerm]) -> bool:
+    """Whether a term weights classes ``"balanced"`` (its own argument or its loss's default),
+    so that counting the training labels once pays off (else each batch's labels count)."""
+    return any("balanced" in {**_LOSSES[_canonical(t.name)][1], **t.kwargs}.values() for t in terms)
 
 
 def _make(
@@ -266,7 +317,7 @@ def build_loss(
     names: list[str] = []
     weights: list[float] = []
     modules: list[nn.Module] = []
-    for weight, name, kwargs in _parse_terms(spec):
+    for weight, name, kwargs in parse_loss_spec(spec):
         modules.append(_make(name, kwargs, ignore_index, class_counts, num_classes))
         label = _canonical(name)
         suffix = 2

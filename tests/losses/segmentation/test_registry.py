@@ -2,7 +2,16 @@ import pytest
 import torch
 from segloss_reference import dice, focal, make_inputs, region_loss, tversky_index
 
-from contrastseg.losses.segmentation import available_losses, build_loss, loss_arguments
+from contrastseg.losses.segmentation import (
+    DiceLoss,
+    FocalLoss,
+    LossTerm,
+    available_losses,
+    build_loss,
+    loss_arguments,
+    needs_class_counts,
+    parse_loss_spec,
+)
 
 
 def test_sum_of_terms_from_string():
@@ -86,3 +95,55 @@ def test_class_weight_length_checked_against_num_classes():
         build_loss({"name": "ce", "class_weight": [1, 2, 3], "weight": 2}, num_classes=4)
     with pytest.raises(ValueError, match="class_counts has 3 entries but num_classes=4"):
         build_loss("weighted_ce", num_classes=4, class_counts=torch.tensor([1, 2, 3]))
+
+
+def test_term_arguments_reach_every_term_of_that_name():
+    terms = parse_loss_spec("0.5*dice + focal + 2e-1*focal", ["focal.gamma=0", "dice.eps=1e-3"])
+    assert terms == [
+        LossTerm(0.5, "dice", {"eps": 1e-3}),  # YAML 1.1 reads 1e-3 as a float here too
+        LossTerm(1.0, "focal", {"gamma": 0}),
+        LossTerm(0.2, "focal", {"gamma": 0}),
+    ]
+    logits, target = make_inputs(seed=35)
+    loss = build_loss([{"name": t.name, "weight": t.weight, **t.kwargs} for t in terms])
+    expected = 0.5 * DiceLoss(eps=1e-3)(logits, target) + 1.2 * focal(logits, target, 0.0)
+    assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("spec", "args", "message"),
+    [
+        ("ce", ["focal.gamma=2"], "names term 'focal', which is not in loss 'ce'"),
+        ("focal", ["focal.gamma"], "expected 'term.arg=value'"),
+        ("focal", ["gamma=2"], "expected 'term.arg=value'"),
+        ({"name": "focal"}, ["focal.gamma=2"], "apply to a string loss spec"),
+    ],
+)
+def test_malformed_term_arguments(spec, args, message):
+    with pytest.raises(ValueError, match=message):
+        parse_loss_spec(spec, args)
+
+
+@pytest.mark.parametrize(
+    ("spec", "args", "expected"),
+    [
+        ("ce", [], False),
+        ("weighted_ce", [], True),  # its default class_weight is "balanced"
+        ("0.5*wce+dice", [], True),  # the alias
+        ("weighted_ce", ["weighted_ce.class_weight=[1, 2]"], False),  # overridden
+        ("focal", ["focal.alpha=balanced"], True),
+        ([{"name": "ce", "class_weight": "balanced"}], [], True),
+        ("exp_log", [], False),  # counts only for balanced weights, as before
+    ],
+)
+def test_label_counts_needed_for_balanced_weights_only(spec, args, expected):
+    assert needs_class_counts(parse_loss_spec(spec, args)) is expected
+
+
+def test_module_forms_show_their_settings_but_not_the_label_counts():
+    counts = torch.tensor([1, 2])
+    assert "class_counts" not in repr(build_loss("dice_focal", class_counts=counts))
+    assert repr(DiceLoss(squared=True)) == (
+        "DiceLoss(squared=True, per_image=False, eps=1e-06, ignore_index=255)"
+    )
+    assert isinstance(FocalLoss(), torch.nn.Module)
