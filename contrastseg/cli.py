@@ -103,14 +103,15 @@ def _literal(value: str) -> str:
 
 
 def _load_config(args: argparse.Namespace):
-    from contrastseg.config import load_pretrain_config
+    """The pretraining config of ``--config``, ``--set``, ``--name`` and ``--resume``."""
+    from contrastseg.api import pretrain_config
 
     overrides = list(args.set or [])
     if getattr(args, "name", None):
         overrides.append(f"run.name={_literal(args.name)}")
     if getattr(args, "resume", None):
         overrides.append(f"run.resume={_literal(args.resume)}")
-    return load_pretrain_config(args.config, overrides)
+    return pretrain_config(args.config, overrides=overrides)
 
 
 def _add_config_arguments(
@@ -153,11 +154,11 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from contrastseg.train.pretrain import TrainingDiverged, run_pretrain
+    from contrastseg.api import pretrain
+    from contrastseg.train.loop import TrainingDiverged
 
     try:
-        config = _load_config(args)
-        result = run_pretrain(config)
+        result = pretrain(_load_config(args))
     except TrainingDiverged as err:
         return _error(str(err), 1)
     except (ValueError, FileNotFoundError) as err:
@@ -294,21 +295,6 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         return _error(str(err))
 
 
-def _newest_checkpoint(path: str) -> str:
-    """A run folder stands for its newest step checkpoint; a file is itself."""
-    from pathlib import Path
-
-    from contrastseg.train.checkpoint import list_checkpoints
-
-    folder = Path(path)
-    if folder.is_dir():
-        found = list_checkpoints(folder / "checkpoints") or list_checkpoints(folder)
-        if not found:
-            raise FileNotFoundError(f"{path} is a folder without step_*.pt checkpoints")
-        return str(found[-1])
-    return path
-
-
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     """The ``finetune`` subcommand's arguments (fine-tuning)."""
     finetune = sub.add_parser(
@@ -359,25 +345,22 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from contrastseg.train.finetune import run_finetune
-    from contrastseg.train.finetune_config import load_finetune_config
+    from contrastseg.api import finetune
     from contrastseg.train.loop import TrainingDiverged
 
     overrides = list(args.set or [])
+    for key, value in (
+        ("pretrained.parts", args.parts),
+        ("model.name", args.decoder),
+        ("mode", args.mode),
+        ("linear.features", args.features),
+        ("run.name", args.name),
+        ("run.resume", args.resume),
+    ):
+        if value:
+            overrides.append(f"{key}={_literal(value)}")
     try:
-        if args.pretrained:
-            overrides.append(f"pretrained.path={_literal(_newest_checkpoint(args.pretrained))}")
-        for key, value in (
-            ("pretrained.parts", args.parts),
-            ("model.name", args.decoder),
-            ("mode", args.mode),
-            ("linear.features", args.features),
-            ("run.name", args.name),
-            ("run.resume", args.resume),
-        ):
-            if value:
-                overrides.append(f"{key}={_literal(value)}")
-        result = run_finetune(load_finetune_config(args.config, overrides))
+        result = finetune(args.config, pretrained=args.pretrained, overrides=overrides)
     except TrainingDiverged as err:
         return _error(str(err), 1)
     except (ValueError, FileNotFoundError) as err:
@@ -386,35 +369,6 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     if result.test_metrics is not None:
         print(f"test report: {result.run_dir / 'test'}")
     return 0
-
-
-def _eval_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = list(args.set or [])
-    if getattr(args, "data_root", None):
-        overrides.append(f"data.root={_literal(args.data_root)}")
-    for key in ("window", "stride"):
-        value = getattr(args, key, None)
-        if value is not None:
-            if value < 1:  # 0 would otherwise read as "not given" and use the stored value
-                raise ValueError(f"--{key} must be a positive number of pixels, got {value}")
-            overrides.append(f"eval.{key}={value}")
-    if args.flip:
-        overrides.append("eval.flip=true")
-    return overrides
-
-
-def _best_checkpoint(path: str) -> str:
-    """A fine-tuning run folder stands for its ``best.pt``; a file is itself."""
-    from pathlib import Path
-
-    folder = Path(path)
-    if folder.is_dir():
-        if not (folder / "best.pt").is_file():
-            raise FileNotFoundError(
-                f"{path} is a folder without best.pt (a fine-tuning run folder has one)"
-            )
-        return str(folder / "best.pt")
-    return path
 
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -456,23 +410,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from contrastseg.train.evaluate import run_evaluate
+    from contrastseg.api import evaluate
 
     try:
-        checkpoint = _best_checkpoint(args.checkpoint)
-        out = Path(args.out) if args.out else Path(checkpoint).parent / f"eval-{args.split}"
-        if (out / "metrics.json").exists() and not args.overwrite:
-            raise ValueError(
-                f"{out} already holds an evaluation report (metrics.json); pass --overwrite "
-                "to replace it, or choose another --out"
-            )
-        run_evaluate(checkpoint, out, _eval_overrides(args), args.split, args.device)
+        result = evaluate(
+            args.checkpoint, split=args.split, out=args.out, data_root=args.data_root,
+            window=args.window, stride=args.stride, flip=args.flip, overrides=args.set or [],
+            device=args.device, overwrite=args.overwrite,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
-    print((out / "metrics.txt").read_text(), end="")
-    print(f"report: {out}")
+    print((result.report_dir / "metrics.txt").read_text(), end="")
+    print(f"report: {result.report_dir}")
     return 0
 
 
@@ -501,19 +450,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from contrastseg.train.evaluate import run_predict
+    from contrastseg.api import predict
 
     try:
-        written = run_predict(
-            _best_checkpoint(args.checkpoint),
-            args.inputs,
-            args.out,
-            args.format,
-            _eval_overrides(args),
-            args.device,
-            preview=not args.no_preview,
-            overwrite=args.overwrite,
-        )
+        written = predict(
+            args.checkpoint, args.inputs, args.out, format=args.format, window=args.window,
+            stride=args.stride, flip=args.flip, overrides=args.set or [], device=args.device,
+            preview=not args.no_preview, overwrite=args.overwrite,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     for path in written:
@@ -525,9 +469,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     """The ``export`` subcommand's arguments (weights export)."""
     export = sub.add_parser(
         "export",
-        help="write the backbone in torchvision key names (or the encoder / all weights)",
+        help="write the backbone in torchvision key names (or the encoder / all weights), or a "
+        "fine-tuned segmenter as ONNX",
     )
     export.add_argument("checkpoint", help="pretraining or fine-tuning checkpoint, or a run folder")
+    export.add_argument(
+        "--format",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="torch: a state dict (--part); onnx: the whole fine-tuned segmenter for deployment, "
+        "any input size, bands and normalisation in its metadata (needs the [onnx] extra)",
+    )
     export.add_argument("--out", required=True, help="file to write (never the input itself)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     export.add_argument(
@@ -540,17 +492,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from contrastseg.models.pretrained import export_weights
-    from contrastseg.utils.outputs import check_output_file
+    from contrastseg.api import export
 
     try:
-        source = _newest_checkpoint(args.checkpoint)
-        # its own input never, another existing file only with --overwrite: checked first
-        check_output_file(args.out, [source], args.overwrite)
-        path = export_weights(source, args.out, args.part)
-    except (ValueError, FileNotFoundError) as err:
+        path = export(args.checkpoint, args.out, part=args.part, format=args.format,
+                      overwrite=args.overwrite)  # fmt: skip
+    except (ValueError, FileNotFoundError, ImportError) as err:
         return _error(str(err))
-    print(f"wrote {path} ({args.part})")
+    print(f"wrote {path} ({'onnx segmenter' if args.format == 'onnx' else args.part})")
     return 0
 
 
@@ -584,29 +533,17 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from contrastseg.train.online_probe import probe_checkpoint
-    from contrastseg.utils.outputs import check_output_file
+    from contrastseg.api import newest_checkpoint, probe
 
     try:
-        config = _load_config(args)
-        path = _newest_checkpoint(args.checkpoint)
-        if args.out:  # its own input never, another existing file only with --overwrite
-            check_output_file(args.out, [path], args.overwrite)
-        result = probe_checkpoint(path, config, args.features, config.train.device)
+        path = newest_checkpoint(args.checkpoint)
+        result = probe(path, _load_config(args), features=args.features, out=args.out,
+                       overwrite=args.overwrite)  # fmt: skip
     except (ValueError, FileNotFoundError) as err:
         return _error(str(err))
     print(f"{path}: {result.summary()}; {result.seconds:.1f} s")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        record = {"checkpoint": str(path), **result.scalars(), "features": result.features,
-                  "channels": result.channels, "stride": result.stride, "cells": result.cells,
-                  "metrics": result.metrics}  # fmt: skip
-        out.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        print(f"wrote {out}")
+        print(f"wrote {args.out}")
     return 0
 
 

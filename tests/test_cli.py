@@ -52,7 +52,7 @@ def test_views_stats_and_config_commands(tmp_path, capsys):
     with Image.open(png) as img:
         assert img.height > img.width / 3  # two rows of original / view 1 / view 2
     capsys.readouterr()
-    kornia = ["views.engine=kornia", "views.t2.extra=[{name: RandomErasing, p: 0.5}]"]
+    kornia = ["views.t2.extra=[{name: RandomErasing, p: 0.5}]"]
     assert main(["views", "--count", "1", "--out", str(png), *_set(kornia)]) == 0
     assert (
         "t2: crop, hflip, vflip, rot90, color, grayscale, blur, noise + RandomErasing(p=0.5)"
@@ -92,7 +92,6 @@ def test_pretrain_with_kornia_views_and_extra_ops(tmp_path, capsys):
     # End to end with the 4-band demo scenes: Kornia pipelines, a random-band grayscale, an
     # extra intensity op and an extra geometric op in view 2.
     kornia = [
-        "views.engine=kornia",
         "views.t2.grayscale.mode=random_band",
         "views.t2.extra=[{name: RandomMotionBlur, kernel_size: 5, angle: 30.0, direction: 0.5},"
         " {name: RandomAffine, degrees: 20.0, p: 0.5}]",

@@ -15,6 +15,7 @@ pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
 import contrastseg  # noqa: E402
+from contrastseg.cli import main  # noqa: E402
 from contrastseg.deploy import export_onnx  # noqa: E402
 from contrastseg.train.evaluate import load_segmenter  # noqa: E402
 
@@ -35,7 +36,8 @@ def test_onnx_model_gives_the_checkpoints_logits_at_any_size_and_records_its_inp
             f"normalize.std={STD}",
         ]
     )
-    path = export_onnx(tuned.best_checkpoint, tmp_path / "model.onnx")
+    path = tmp_path / "model.onnx"  # through the command line: cli -> api.export -> deploy
+    assert main(["export", str(tuned.run_dir), "--out", str(path), "--format", "onnx"]) == 0
     session = ort.InferenceSession(str(path))
     segmenter = load_segmenter(tuned.best_checkpoint, "cpu")
     for shape in [(1, 4, 64, 64), (2, 4, 45, 77)]:  # another batch, and not a multiple of 32

@@ -30,7 +30,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "methods",  # self-supervised methods: models + losses + augment
         "config",  # the top-level config assembled from every section
         "train",  # the engines
-        "cli",
+        "deploy",  # ONNX export of a fine-tuned segmenter (reads it through train.evaluate)
+        "api",  # the Python API: one function per subcommand
+        "cli",  # the command line, a thin layer over the API
         "<root>",
     )
 )

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from contrastseg.models.backbone import check_same_resnet
 from contrastseg.models.registry import ALL_ENCODER_PARTS, ALL_PARTS, PART_SELECTIONS, part_names
 from contrastseg.models.state import load_torch_file, read_weights
-from contrastseg.train.checkpoint import check_finite, save_atomic
+from contrastseg.utils.weights import check_finite, save_atomic
 
 #: The part selections :func:`load_pretrained` accepts (``--parts``).
 PARTS: tuple[str, ...] = PART_SELECTIONS

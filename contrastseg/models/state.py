@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from contrastseg.train.checkpoint import read_torch_file
+from contrastseg.utils.weights import read_torch_file
 
 #: ``format`` of the checkpoints contrastseg writes (their network state dict is ``model``).
 FORMATS = ("contrastseg.pretrain", "contrastseg.finetune")
