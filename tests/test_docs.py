@@ -1,4 +1,5 @@
-"""README's configuration reference is generated from the config dataclasses.
+"""The documentation's configuration reference (docs/configuration.md) is generated from the
+config dataclasses.
 
 Regenerate it after changing a config field: ``python tests/test_docs.py``.
 """
@@ -11,7 +12,7 @@ from contrastseg.config import PretrainConfig
 from contrastseg.train.finetune_config import FinetuneConfig
 from contrastseg.utils.configtools import config_reference_markdown
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"
 
 
@@ -26,13 +27,13 @@ def generated_reference() -> str:
 
 def _section(text: str) -> str:
     match = re.search(re.escape(START) + r"\n(.*?)" + re.escape(END), text, flags=re.S)
-    assert match, f"README.md lacks the {START} ... {END} markers"
+    assert match, f"{REFERENCE} lacks the {START} ... {END} markers"
     return match.group(1)
 
 
 def test_readme_configuration_reference_matches_the_dataclasses():
-    assert _section(README.read_text()) == generated_reference(), (
-        "README.md's configuration reference is out of date: run `python tests/test_docs.py`"
+    assert _section(REFERENCE.read_text()) == generated_reference(), (
+        "docs/configuration.md is out of date: run `python tests/test_docs.py`"
     )
 
 
@@ -44,9 +45,9 @@ def test_reference_lists_every_key_with_its_default():
 
 
 if __name__ == "__main__":
-    text = README.read_text()
+    text = REFERENCE.read_text()
     new = text.replace(
         START + "\n" + _section(text) + END, START + "\n" + generated_reference() + END
     )
-    README.write_text(new)
-    print("README.md configuration reference updated", file=sys.stderr)
+    REFERENCE.write_text(new)
+    print("docs/configuration.md updated", file=sys.stderr)
