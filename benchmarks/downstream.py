@@ -30,7 +30,7 @@ seed), as mean ± standard deviation over seeds and its 95 % t interval.
         --weights imagenet=resnet18-f37072fd.pth --modes finetune linear
     python benchmarks/downstream.py --render benchmarks/results/downstream_dubai.json
 
-``--render`` prints a written report's table as Markdown (the README's table) with the
+``--render`` prints a written report's table as Markdown (the table of docs/benchmarks.md) with the
 check that more labels score higher for every start; the run itself prints that check too.
 
 In ``linear`` mode each start is probed on the features its checkpoint trained (GLCNet:
@@ -519,7 +519,7 @@ def fraction_order(report: dict) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    """The table of a written report as Markdown (what the README shows), and the check that
+    """The table of a written report as Markdown (what docs/benchmarks.md shows), and the check that
     more labels score higher."""
     keep = ["mode", "labels", "start", "features", "protocol", "lr", "kappa %", "mIoU %",
             "OA %", "mean F1 %", "kappa - random (paired)", "95 % interval",

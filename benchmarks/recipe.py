@@ -8,7 +8,7 @@ the per-seed paired kappa difference (official - default). Writes JSON after eve
 an interrupted run leaves what it finished.
 
 The recipes differ in exactly the settings of configs/glcnet_official.yaml and
-configs/finetune_official.yaml (README, "Recipe"); both use the fine-tuning ``--lr`` given
+configs/finetune_official.yaml (docs/recipe.md); both use the fine-tuning ``--lr`` given
 here (1e-4 in both full recipes, too small for a few dozen steps).
 
     python benchmarks/recipe.py --root ../shared/data/dubai-aerial --pretrain-steps 100 \\

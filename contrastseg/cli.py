@@ -321,7 +321,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     )
     finetune.add_argument(
         "--decoder",
-        help="the segmentation network, any model.name (README: Architectures; default: the "
+        help="the segmentation network, any model.name (docs/models.md; default: the "
         "pretrained checkpoint's; an unknown name is refused with the close matches); "
         "another one than the checkpoint's keeps its backbone and starts the decoder fresh",
     )

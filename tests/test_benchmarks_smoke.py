@@ -223,7 +223,7 @@ def test_downstream_protocol_selects_on_val_and_tests_once(tmp_path):
     assert all(r.get("reused") for r in again["grid_runs"])
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/test/metrics.json")} == scored
     assert again["table"]["rows"] == report["table"]["rows"]
-    # the README's table is rendered from the written report
+    # the table of docs/benchmarks.md is rendered from the written report
     text = downstream.markdown(json.loads(out.read_text()))
     assert text.splitlines()[0].startswith("| mode | labels | start |")
     assert len([line for line in text.splitlines() if line.startswith("| ")]) == 1 + 5

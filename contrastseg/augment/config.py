@@ -4,7 +4,7 @@ Defaults are our GLCNet-style recipe (Li et al., TGRS 2022): 224 x 224 views fro
 resized crops (scale 0.4-1.0, ratio 3/4-4/3); view 1 is the crop only, view 2 adds
 independent flips, rot90 (p 0.8, k in {1, 2, 3}), ColorJitter (p 0.8), band-mean
 "grayscale" (p 0.1), Gaussian blur (p 0.5) and Gaussian noise (p 0.5). It differs from the
-official code's view 2 in every op after the crop (README, "Recipe");
+official code's view 2 in every op after the crop (docs/recipe.md);
 ``ViewsConfig.preset("glcnet_official")`` is the official one, and
 ``ViewsConfig.preset("simclr")`` SimCLR's symmetric strong pipeline (Chen et al., ICML
 2020, appendix A) on both views.

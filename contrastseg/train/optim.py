@@ -3,7 +3,7 @@
 Defaults are ours (no decay on biases and norms, per-step cosine to 0, no world-size
 scaling); ``optim.decay_norm_and_bias``, ``optim.scale_lr_with_world_size``,
 ``optim.schedule_unit: epoch`` and ``optim.min_lr`` give the official GLCNet settings
-(README, "Recipe").
+(docs/recipe.md).
 """
 
 from __future__ import annotations

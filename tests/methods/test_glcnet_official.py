@@ -82,7 +82,7 @@ def test_official_local_head_gives_the_official_embeddings() -> None:
     _copy_linears([conv41, proj1[0], proj1[2]], ours)
     features = torch.randn(2, 256, 8, 8)  # decoder map of 32 x 32 views (stride 4)
     # Windows on the stride-4 grid, where our area-weighted cell mean equals the mean of
-    # the upsampled map exactly (the official code upsamples bilinearly; see README, Recipe).
+    # the upsampled map exactly (the official code upsamples bilinearly; see docs/recipe.md).
     boxes = torch.tensor([[[4, 8, 20, 24], [0, 0, 16, 16]], [[12, 4, 28, 20], [16, 16, 32, 32]]])
     predict = F.interpolate(conv41(features), scale_factor=4, mode="nearest")
     official = []
