@@ -167,8 +167,16 @@ class TrainConfig:
     deterministic: bool = False
     #: SyncBatchNorm across processes (CUDA only)
     sync_bn: bool = False
+    #: torch CPU threads of this process (torch.set_num_threads); None = auto, what torch
+    #: picks (one per core). On a CPU shared with other jobs, fewer threads than cores run
+    #: faster: threads that wait on each other stall every operation.
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(
+                f"train.num_threads must be >= 1 or null (auto), got {self.num_threads}"
+            )
         if self.epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -47,6 +47,7 @@ from contrastseg.train.checkpoint import (
 )
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.runtime import (
+    SlowdownWatch,
     iterate_keeping_rng,
     optimizer_step,
     reduce_mean,
@@ -193,6 +194,7 @@ class TrainingLoop:
         self.forward = forward if forward is not None else state.model
         self.checkpoint: Path | None = None
         self.history: list[dict[str, float]] = []
+        self.slowdown = SlowdownWatch()
 
     # --- state -------------------------------------------------------------------------
     def restore(self, payload: Mapping[str, Any], source: Path) -> None:
@@ -381,6 +383,9 @@ class TrainingLoop:
         loss = values.get("loss/total", values.get("loss/train", float("nan")))
         rate = values["throughput/images_per_s"]
         self.monitor.advance(steps, {"loss": f"{loss:.4f}", "img/s": f"{rate:.1f}", **status})
+        slow = self.slowdown.update(rate, values["throughput/data_wait_fraction"])
+        if slow is not None:
+            self.monitor.info(slow)
         if self.monitor.bar is None:
             self.monitor.info(
                 f"step {step}/{self.settings.total_steps} loss {loss:.4f} "

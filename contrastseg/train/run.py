@@ -42,6 +42,7 @@ from contrastseg.train.checkpoint import (
 )
 from contrastseg.train.loop import LoopSettings, TrainingLoop, TrainState
 from contrastseg.train.monitor import RunMonitor
+from contrastseg.train.runtime import apply_num_threads
 from contrastseg.utils.configtools import to_dict
 
 
@@ -74,6 +75,7 @@ class TrainingRun:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.payload: dict[str, Any] | None = None
         self.notes: list[str] = []
+        self.threads = apply_num_threads(config.train.num_threads)  # before any work
         self.monitor: RunMonitor | None = None
         self.resume_from = resume_source(
             config.run.resume, bool(config.run.name), self.checkpoint_dir
@@ -148,6 +150,7 @@ class TrainingRun:
         """Log the start line (``headline`` and what was resumed), then the notes."""
         step = int(self.payload["step"]) if self.payload is not None else 0
         self.monitor.info(headline + resume_note(self.config.run.resume, self.resume_from, step))
+        self.monitor.info(self.threads)
         for note in self.notes:
             self.monitor.info(note)
 

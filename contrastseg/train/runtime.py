@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import statistics
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -32,6 +34,58 @@ def resolve_amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
             f"train.amp=fp16 needs a CUDA device, the run uses {device}; use bf16 or off"
         )
     return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def apply_num_threads(setting: int | None) -> str:
+    """Set torch's CPU threads from ``train.num_threads`` (None = leave torch's choice) and
+    return the line the run logs at its start: the threads and the machine's cores."""
+    if setting is not None:
+        torch.set_num_threads(setting)
+    cores = os.cpu_count() or 1
+    how = "auto" if setting is None else str(setting)
+    return f"torch threads: {torch.get_num_threads()} of {cores} cores (train.num_threads: {how})"
+
+
+class SlowdownWatch:
+    """Says once when a run's throughput collapses while it is not waiting for data.
+
+    A log step whose images/s is below ``1 / factor`` of the median of the run's earlier log
+    steps, while the data wait stays below ``max_wait`` of the time, counts; ``patience``
+    such log steps in a row (after ``warmup`` log steps to take a median from; the slow ones
+    stay out of the median) give one
+    message naming ``train.num_threads``: the usual cause on a CPU is other processes on the
+    same cores, which makes threads that wait on each other stall every operation.
+    """
+
+    def __init__(
+        self, factor: float = 5.0, patience: int = 3, max_wait: float = 0.2, warmup: int = 3
+    ) -> None:
+        self.factor, self.patience, self.max_wait, self.warmup = factor, patience, max_wait, warmup
+        self.rates: list[float] = []
+        self.slow = 0
+        self.said = False
+
+    def update(self, rate: float, wait_fraction: float) -> str | None:
+        """Record one log step; the message the first time the slowdown holds, else None."""
+        median = statistics.median(self.rates) if len(self.rates) >= self.warmup else None
+        if median is not None and rate < median / self.factor and wait_fraction < self.max_wait:
+            self.slow += 1  # kept out of the median, so a long slowdown does not hide itself
+        else:
+            self.slow = 0
+            self.rates.append(rate)
+        if median is None or self.said:
+            return None
+        if self.slow < self.patience:
+            return None
+        self.said = True
+        return (
+            f"throughput fell to {rate:.1f} images/s, under a {self.factor:g}th of this run's "
+            f"median {median:.1f}, for {self.patience} log steps while the data wait stayed "
+            f"low ({100 * wait_fraction:.0f} % of the time): other processes are probably "
+            f"sharing the CPU cores; torch uses {torch.get_num_threads()} threads on "
+            f"{os.cpu_count() or 1} cores: set train.num_threads lower (e.g. the cores left "
+            "free; 1 when every core is busy)"
+        )
 
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
