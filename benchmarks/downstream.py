@@ -546,6 +546,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--render", metavar="JSON", help="print the Markdown table of a written report and stop"
     )
+    parser.add_argument(
+        "--figure", metavar="PNG", help="with --render: also draw kappa against label fraction "
+        "per start and mode (benchmarks/figures.py, the docs' figure)",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--out", default="benchmarks/results/downstream.json")
     parser.add_argument("--data", choices=["demo", "dubai"], default="demo")
@@ -674,6 +678,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.render:
         report = json.loads(Path(args.render).read_text())
         print(markdown(report))
+        if args.figure:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from figures import downstream_figure
+
+            print(f"wrote {downstream_figure(report, Path(args.figure))}")
         return report
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -414,3 +414,7 @@ def test_figures_are_drawn_from_the_committed_results(tmp_path):
     for name in ("downstream", "recipe", "budget"):
         path = figures.draw(name, tmp_path)
         assert path == tmp_path / f"{name}.png" and path.stat().st_size > 10_000
+    # the downstream benchmark's --render draws the same figure
+    source = str(BENCHMARKS / "results" / "downstream_dubai.json")
+    _load("downstream").main(["--render", source, "--figure", str(tmp_path / "render.png")])
+    assert (tmp_path / "render.png").stat().st_size > 10_000
