@@ -418,3 +418,11 @@ def test_figures_are_drawn_from_the_committed_results(tmp_path):
     source = str(BENCHMARKS / "results" / "downstream_dubai.json")
     _load("downstream").main(["--render", source, "--figure", str(tmp_path / "render.png")])
     assert (tmp_path / "render.png").stat().st_size > 10_000
+
+
+def test_budget_curve_probe_fits_on_train_scores_val_and_never_reads_the_test_tile():
+    budget = _load("budget")
+    config = budget.probe_config(budget.parse_args(["--stage", "curve"]))
+    data = config.probe.data
+    assert data.val == ["Tile 2/*"] and data.test == ["Tile 8/*"] and data.train == []
+    assert config.probe.every == 1 and config.probe.max_patches == 32
