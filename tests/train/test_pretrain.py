@@ -492,7 +492,7 @@ def test_collapsed_embeddings_are_reported_and_can_stop_the_run(tmp_path, monkey
 
 def test_a_learning_rate_that_collapses_the_run_is_reported(tmp_path):
     # The local branch with a head without BatchNorm (BatchNorm in the head keeps embeddings
-    # spread even at absurd learning rates): Adam at lr 1 collapses it within a few steps, the
+    # spread even at absurd learning rates): Adam at lr 3 collapses it within a few steps, the
     # quickstart's lr 1e-3 does not. The report names the step and the run stops when asked.
     common = ["method.name=local", "method.head_batch_norm=false", "train.max_steps=12",
               "train.collapse_patience=3", "run.checkpoint_every=100"]  # fmt: skip
@@ -501,7 +501,7 @@ def test_a_learning_rate_that_collapses_the_run_is_reported(tmp_path):
     assert min(r["health/local/std"] for r in healthy.history) > 0.2
     assert "collapsed" not in (tmp_path / "healthy" / "train.log").read_text()
 
-    result = run_pretrain(tiny(tmp_path, *common, "optim.lr=1.0", "train.stop_on_collapse=true"))
+    result = run_pretrain(tiny(tmp_path, *common, "optim.lr=3.0", "train.stop_on_collapse=true"))
     assert result.step < 12
     assert result.history[-1]["health/local/std"] < 0.1
     log = (tmp_path / "tiny" / "train.log").read_text()
