@@ -44,7 +44,9 @@ def test_num_threads_sets_torch_and_names_the_cores(threads_kept):
     assert line == f"torch threads: 1 of {os.cpu_count()} cores (train.num_threads: 1)"
     assert apply_num_threads(None).endswith("(train.num_threads: auto)")
     assert torch.get_num_threads() == 1  # auto leaves torch's setting as it is
-    with pytest.raises(ValueError, match=r"train\.num_threads must be >= 1 or null \(auto\), got 0"):
+    with pytest.raises(
+        ValueError, match=r"train\.num_threads must be >= 1 or null \(auto\), got 0"
+    ):
         load_pretrain_config(None, ["train.num_threads=0"])
 
 
