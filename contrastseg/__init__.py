@@ -18,8 +18,9 @@ def __getattr__(name: str) -> Any:
         from contrastseg.models.pretrained import load_pretrained
 
         return load_pretrained
-    if name in API:
-        from contrastseg import api
+    if name in API or name == "api":
+        import importlib
 
-        return getattr(api, name)
+        api = importlib.import_module("contrastseg.api")  # not `from contrastseg import api`,
+        return api if name == "api" else getattr(api, name)  # which would ask here again
     raise AttributeError(f"module 'contrastseg' has no attribute {name!r}")

@@ -33,6 +33,16 @@ def test_keyword_sections_are_dotted_set_strings():
         override_strings(["train.steps"])
 
 
+def test_the_package_exposes_the_api_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, contrastseg; assert 'torch' not in sys.modules; "
+            "assert contrastseg.api.pretrain is contrastseg.pretrain; print('ok')")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
 def test_a_config_from_keywords_is_the_one_the_command_line_loads():
     by_cli = load_pretrain_config(None, ["train.batch_size=6", "method.lam=0.25", "run.name=x"])
     by_api = pretrain_config(train={"batch_size": 6}, method={"lam": 0.25}, run={"name": "x"})
