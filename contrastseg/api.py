@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +83,9 @@ def override_strings(overrides: Sequence[str] = (), **sections: Any) -> list[str
 
 def _load(kind: Literal["pretrain", "finetune"], config: Any, overrides: list[str]):
     """A config of ``kind`` from a path / name / object / None plus ``--set`` strings."""
-    from contrastseg.config import PretrainConfig, load_pretrain_config
+    from contrastseg.config import PretrainConfig, load_pretrain_config, resolve_presets
     from contrastseg.train.finetune_config import FinetuneConfig, load_finetune_config
-    from contrastseg.utils.configtools import to_dict
+    from contrastseg.utils.configtools import from_dict, to_dict
 
     cls, loader = {
         "pretrain": (PretrainConfig, load_pretrain_config),
@@ -101,13 +100,9 @@ def _load(kind: Literal["pretrain", "finetune"], config: Any, overrides: list[st
         )
     if not overrides:
         return config
-    # an object plus overrides: through the loader, so the overrides get its validation
-    import yaml
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        return loader(path, overrides)
+    # an object plus overrides: the loader's own steps on its mapping, with their validation
+    source = f"the {cls.__name__} given with overrides"
+    return from_dict(cls, resolve_presets(to_dict(config), cls, overrides, source), source=source)
 
 
 def pretrain_config(

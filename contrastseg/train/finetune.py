@@ -89,6 +89,7 @@ from contrastseg.train.probe import (
 from contrastseg.train.report import write_report
 from contrastseg.train.run import TrainingRun
 from contrastseg.train.runtime import (
+    apply_num_threads,
     autocast_context,
     modes_kept,
     resolve_amp_dtype,
@@ -358,6 +359,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("contrastseg finetune runs in one process; launch it without torchrun")
     train, device = config.train, resolve_device(config.train.device)
+    apply_num_threads(train.num_threads)
     seed_everything(train.seed, train.deterministic, device)
     dataset = labeled_split(config, "train", True)
     val_set = labeled_split(config, "val", True)

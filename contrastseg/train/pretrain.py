@@ -42,7 +42,7 @@ from contrastseg.train.pretrain_task import (
     views_generator,
 )
 from contrastseg.train.run import TrainingRun
-from contrastseg.train.runtime import seed_everything
+from contrastseg.train.runtime import apply_num_threads, seed_everything
 from contrastseg.utils.configtools import ConfigError
 from contrastseg.utils.state import state_dict_mismatches
 
@@ -119,6 +119,7 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
 
 def _run(config: PretrainConfig, ctx: ProcessContext) -> PretrainResult:
     train, device, main = config.train, ctx.device, ctx.rank == 0
+    apply_num_threads(train.num_threads)
     seed_everything(train.seed, train.deterministic, device)
 
     dataset = UnlabeledDataset(config.data)

@@ -42,7 +42,7 @@ from contrastseg.train.checkpoint import (
 )
 from contrastseg.train.loop import LoopSettings, TrainingLoop, TrainState
 from contrastseg.train.monitor import RunMonitor
-from contrastseg.train.runtime import apply_num_threads
+from contrastseg.train.runtime import threads_line
 from contrastseg.utils.configtools import to_dict
 
 
@@ -75,7 +75,7 @@ class TrainingRun:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.payload: dict[str, Any] | None = None
         self.notes: list[str] = []
-        self.threads = apply_num_threads(config.train.num_threads)  # before any work
+        self.threads = threads_line(config.train.num_threads)  # set by the engine, first
         self.monitor: RunMonitor | None = None
         self.resume_from = resume_source(
             config.run.resume, bool(config.run.name), self.checkpoint_dir

@@ -36,14 +36,19 @@ def resolve_amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
+def threads_line(setting: int | None) -> str:
+    """The line a run logs at its start: torch's CPU threads and the machine's cores."""
+    how = "auto" if setting is None else str(setting)
+    cores = os.cpu_count() or 1
+    return f"torch threads: {torch.get_num_threads()} of {cores} cores (train.num_threads: {how})"
+
+
 def apply_num_threads(setting: int | None) -> str:
-    """Set torch's CPU threads from ``train.num_threads`` (None = leave torch's choice) and
-    return the line the run logs at its start: the threads and the machine's cores."""
+    """Set torch's CPU threads from ``train.num_threads`` (None = leave torch's choice), first
+    thing in an engine, before data or model work; returns :func:`threads_line`."""
     if setting is not None:
         torch.set_num_threads(setting)
-    cores = os.cpu_count() or 1
-    how = "auto" if setting is None else str(setting)
-    return f"torch threads: {torch.get_num_threads()} of {cores} cores (train.num_threads: {how})"
+    return threads_line(setting)
 
 
 class SlowdownWatch:
