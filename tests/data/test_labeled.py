@@ -23,8 +23,8 @@ DUBAI_COLOURS = {  # from the dataset's README; grey and black are ignored
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
+def demo_root(module_tmp: Path) -> Path:
+    root = module_tmp
     write_demo_dataset(root, n_scenes=8, size=160, bands=4, seed=1, mask_format="rgb")
     return root
 

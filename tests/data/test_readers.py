@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +21,11 @@ GEO_TAGS = [
 
 
 @pytest.fixture(scope="module")
-def big_tiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, np.ndarray]:
+def big_tiled(module_tmp: Path) -> tuple[str, np.ndarray]:
     """A 2000 x 2000 x 4 uint8 tiled, deflate-compressed TIFF (written once per module)."""
     rng = np.random.default_rng(0)
     array = rng.integers(0, 256, (2000, 2000, 4), dtype=np.uint8)
-    path = tmp_path_factory.mktemp("tiles") / "big_tiled.tif"
+    path = module_tmp / "big_tiled.tif"
     tifffile.imwrite(
         path,
         array,

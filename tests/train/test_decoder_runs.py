@@ -37,8 +37,8 @@ def test_pretraining_runs_on_unet_and_fpn(tmp_path, model, method):
 
 
 @pytest.fixture(scope="module")
-def deeplab_checkpoint(tmp_path_factory) -> Path:
-    return pretrain(tmp_path_factory.mktemp("pre"), "method.region_size=8")
+def deeplab_checkpoint(module_tmp) -> Path:
+    return pretrain(module_tmp, "method.region_size=8")
 
 
 def finetune(tmp_path: Path, *extra: str):

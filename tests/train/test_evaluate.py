@@ -22,8 +22,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ft")
+def finetuned(module_tmp) -> Path:
+    root = module_tmp
     data = write_demo_dataset(root / "demo", n_scenes=4, size=64, bands=4)
     config = load_finetune_config(
         None, [*TINY, f"data.root={data}", f"run.root={root}", "run.name=ft"]

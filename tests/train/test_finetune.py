@@ -22,8 +22,8 @@ TINY = TINY_FINETUNE
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    return pretrain_tiny(tmp_path_factory.mktemp("pretrain"))
+def pretrained(module_tmp) -> Path:
+    return pretrain_tiny(module_tmp)
 
 
 def finetune_config(tmp_path, *extra):

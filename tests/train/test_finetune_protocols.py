@@ -17,8 +17,8 @@ from contrastseg.utils.configtools import ConfigError
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    return pretrain_tiny(tmp_path_factory.mktemp("pretrain"))
+def pretrained(module_tmp) -> Path:
+    return pretrain_tiny(module_tmp)
 
 
 def _config(tmp_path, *extra):

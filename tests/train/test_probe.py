@@ -43,8 +43,8 @@ def _pretrain(root: Path, method: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pretrain")
+def checkpoints(module_tmp) -> dict[str, Path]:
+    root = module_tmp
     return {method: _pretrain(root, method) for method in ("glcnet", "simclr")}
 
 
