@@ -124,13 +124,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--out", default="benchmarks/results/losses.json")
+    parser.add_argument(
+        "--out", default=None, help="default results/losses.json (--quick: losses_quick.json)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case")
     parser.add_argument(
         "--naive-budget-gib", type=float, default=None, help="skip naive cases above this"
     )
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), help="batch sizes N")
+    parser.add_argument("--dims", nargs="+", type=int, default=list(DIMS), help="embedding sizes D")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.out is None:  # a quick run never replaces the committed results
+        args.out = f"benchmarks/results/losses{'_quick' if args.quick else ''}.json"
     device = torch.device(args.device)
     repeats = args.repeats or (5 if args.quick else 10)
 
@@ -150,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         budget = 2 * 2**30 if args.quick else _available_bytes() / 3
 
     rows, records = [], []
-    for n in SIZES:
-        for d in DIMS:
+    for n in args.sizes:
+        for d in args.dims:
             naive_tensor = (2 * n) ** 2 * d * 4
             result: dict[str, dict[str, Any]] = {}
             for impl in IMPLS:

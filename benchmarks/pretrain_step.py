@@ -30,8 +30,12 @@ not a copy of it. ``--set method.name=dense`` (or any method) times that method.
   AMP cases, TF32 for fp32 cases (cuDNN convolutions use TF32 tensor cores by default).
   Unknown GPUs and CPUs get no fraction.
 
-``--quick`` (CPU): ResNet-18, batches 4 and 8, 96 px views (not 224), fp32 and eager only
-(on this CPU bf16 autocast and compilation take minutes per case), one torch thread.
+``--quick`` (CPU): ResNet-18, batches 4 and 8, 96 px views (not 224), eager, fp32 (and bf16
+on a CPU with native bf16, where ``train.amp=auto`` uses it), one torch thread.
+
+* **split**: the step's time by phase (views, matching, normalize, forward, checks,
+  backward, optimizer), from ``steps`` more steps under ``torch.profiler`` reading the
+  engine's own ``contrastseg/<phase>`` ranges (:func:`step_split`; ``--no-split`` skips).
 Full: ResNet-18 (batches 32-256) and ResNet-50 (32-128) at 224 px; per arch a batch sweep at
 the engine defaults (bf16, channels_last) with compile off and on, and every AMP x
 channels_last x compile combination at ``--toggle-batch`` (``--matrix factorial`` runs every
@@ -55,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +75,7 @@ from contrastseg.config import PretrainConfig, load_pretrain_config
 from contrastseg.data import UnlabeledDataset, build_loader, set_loader_epoch, write_demo_dataset
 from contrastseg.data.config import DEFAULT_PATTERNS
 from contrastseg.train.pretrain_task import build_pretrain_step
-from contrastseg.train.runtime import seed_everything
+from contrastseg.train.runtime import STEP_PHASES, cpu_has_bf16, seed_everything
 
 #: Dense tensor-core peaks in TFLOP/s (NVIDIA data sheets, SXM unless named): the first
 #: entry whose key the device name contains wins, hence the order.
@@ -197,7 +202,10 @@ def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     prep_times = time_it(lambda: prepare(fixed), device, repeats=s["steps"], warmup=1)
 
+    split = step_split(lambda: step(fixed), device, s["steps"]) if s.get("split", True) else None
+
     result: dict[str, Any] = {
+        "step_split": split,
         "amp_dtype": str(amp_dtype).replace("torch.", "") if amp_dtype else "off",
         "compile_step_s": compile_s,
         "step_times_s": times,
@@ -239,6 +247,37 @@ def run_case(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
     elif s["isolated"]:
         result["peak_memory_mib"] = (rss_peak_bytes() - rss_before) / 2**20
     return result
+
+
+def step_split(step: Callable[[], None], device: torch.device, steps: int) -> dict[str, float]:
+    """Share of a step's time per labelled phase (:data:`~contrastseg.train.runtime.STEP_PHASES`).
+
+    ``steps`` steps run under ``torch.profiler``; each ``contrastseg/<phase>`` range of the
+    engine's step gives its CPU time (on CUDA: the kernel time launched inside it). The
+    engine's ``forward`` range holds the task's whole ``train_step``, so the input phases
+    (views, matching, normalize) are taken out of it: ``forward`` here is the network and the
+    losses. ``other`` is what no range covers (zero_grad, Python between the phases). The
+    profiler's own overhead inflates short phases slightly; the shares are what to read.
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+            synchronize(device)
+    wall = time.perf_counter() - start
+    seconds = dict.fromkeys(STEP_PHASES, 0.0)
+    for event in prof.key_averages():
+        if event.key.startswith("contrastseg/") and event.key[12:] in seconds:
+            on_device = device.type == "cuda" and event.device_time_total > 0
+            total = event.device_time_total if on_device else event.cpu_time_total
+            seconds[event.key[12:]] += total / 1e6
+    seconds["forward"] -= seconds["views"] + seconds["matching"] + seconds["normalize"]
+    seconds["other"] = max(wall - sum(seconds.values()), 0.0)
+    return {name: value / wall for name, value in seconds.items()}
 
 
 def _guarded(case: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
@@ -304,7 +343,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
-    parser.add_argument("--out", default="benchmarks/results/pretrain_step.json")
+    parser.add_argument(
+        "--out", default=None, help="default results/pretrain_step.json (--quick: _quick.json)"
+    )
     parser.add_argument("--config", default="glcnet_potsdam.yaml", help="pretraining config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     parser.add_argument("--archs", nargs="+", default=None, help="default R18 (+ R50 full)")
@@ -328,6 +369,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-root", default=None, help="image folder; default generated TIFFs")
     parser.add_argument("--no-data", action="store_true", help="skip the data-included variant")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per case")
+    parser.add_argument(
+        "--no-split", action="store_true", help="skip the profiled time split of the step"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:  # one case in a fresh process; the result as the last stdout line
@@ -335,6 +379,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(_guarded(case, settings)))
         return {}
 
+    if args.out is None:  # a quick run never replaces the committed results
+        args.out = f"benchmarks/results/pretrain_step{'_quick' if args.quick else ''}.json"
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():
@@ -349,8 +395,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     patch, region = round(view * 256 / 224), max(1, round(48 * view / 224))  # recipe ratios
     compile_mode = args.compile or ("both" if on_gpu else "off")
     args.compile = compile_mode
-    args.amp = args.amp or (["bf16", "off"] if on_gpu else ["off"])
-    cases = plan_cases(archs, batches, toggle_batch, "bf16" if on_gpu else "off", args)
+    # bf16 on a CPU only where it computes bf16 natively (what train.amp=auto does there)
+    bf16 = on_gpu or cpu_has_bf16()
+    args.amp = args.amp or (["bf16", "off"] if bf16 else ["off"])
+    cases = plan_cases(archs, batches, toggle_batch, "bf16" if bf16 else "off", args)
 
     with tempfile.TemporaryDirectory(prefix="pretrain_step_") as tmp:
         scene, n_scenes = max(128, 2 * patch), 8 if args.quick else 16
@@ -375,6 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "data_root": data_root,
             "data_included": not args.no_data,
             "isolated": not args.in_process,
+            "split": not args.no_split,
         }
         settings["data_area"] = data_area(settings)
         records = []
@@ -449,8 +498,9 @@ def _report(
         "views_share": "to_float + PairedViews + match_regions + normalisation, timed alone, "
         "over the step time without data wait (goal: < 10 % of a ResNet-50 step on a GPU)",
         "compile": {
-            "off": "off (skipped on CPU by default: compiling one ResNet-18 case, batch 2 at "
-            "64 px, took 5.5 min on the shared 2-core machine; --compile on to try)"
+            "off": "off (skipped on CPU by default: compiling the ResNet-18 GLCNet step took "
+            "44-99 s on the shared 2-core machine and the compiled step ran at 0.98-1.0x the "
+            "eager one, benchmarks/cpu_step.py; --compile on to try)"
             if device.type == "cpu"
             else "off",
             "on": "on",
@@ -459,14 +509,23 @@ def _report(
     }
     if device.type == "cpu" and "bf16" not in args.amp:
         notes["amp"] = (
-            "bf16 skipped on CPU by default: this AVX2 CPU has no bf16 instructions, and one "
-            "ResNet-18 batch-8 case (12 steps) had not finished after 6.5 min, > 30 s a step "
-            "against about 2 s in fp32; --amp bf16 off to try"
+            "bf16 skipped on CPU by default: this CPU has no native bf16 (AVX512-BF16 or "
+            "AMX), where bf16 is emulated (on an earlier AVX2 machine one ResNet-18 batch-8 "
+            "step took > 30 s against about 2 s in fp32); --amp bf16 off to try"
         )
     if args.quick:
         notes["quick"] = f"reduced sizes: {s['view']} px views instead of 224, small batches"
     for key, text in notes.items():
         print(f"{key}: {text}")
+    split_rows = [
+        [r["arch"], r["batch"], r["amp"], on_off(r["channels_last"]), on_off(r["compile"])]
+        + [f"{100 * r['step_split'][name]:.1f}" for name in (*STEP_PHASES, "other")]
+        for r in records
+        if r.get("step_split")
+    ]
+    if split_rows:
+        print("\nstep time split, % of a profiled step (views/matching/normalize: the input work)")
+        print_table(["arch", "batch", "amp", "CL", "compile", *STEP_PHASES, "other"], split_rows)
     r50 = [r for r in records if r["arch"] == "resnet50" and "views_matching_share" in r]
     if r50 and device.type == "cuda":
         best = max(r50, key=lambda r: r["images_per_s"])

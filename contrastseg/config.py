@@ -155,11 +155,15 @@ class TrainConfig:
     num_workers: int = 4
     #: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
     device: str = "auto"
-    #: mixed precision: auto (bf16 where supported, else fp16 with a grad scaler on CUDA; off on CPU), bf16, fp16, off
+    #: mixed precision: auto, bf16, fp16 or off. auto: bf16 on CUDA where supported, else fp16
+    #: with a grad scaler; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX: 1.7x the fp32
+    #: step, benchmarks/cpu_step.py), else off
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    #: channels_last memory format for model and inputs (faster convolutions on GPUs)
-    channels_last: bool = True
-    #: wrap the model in torch.compile
+    #: channels_last memory format for model and inputs: auto (on CUDA; on a CPU only in
+    #: full precision, where it measured 1.1x and with bf16 0.8x), true or false
+    channels_last: bool | Literal["auto"] = "auto"
+    #: wrap the model in torch.compile (on a CPU it measured no faster, 0.98-1.0x the eager
+    #: ResNet-18 step, after 44-99 s of compiling: benchmarks/cpu_step.py)
     compile: bool = False
     #: seed of weights, data order, views and regions
     seed: int = 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,6 +105,36 @@ def test_pretrain_step_quick_runs(pretrain_step, tmp_path):
     assert case["flops_per_step"] > 0 and 0 <= case["data_wait_fraction"] <= 1
     assert "fraction_of_peak" not in case  # a CPU has no entry in the peak table
     assert report["cases"][0]["flops_per_step"] == case["flops_per_step"]
+    # the profiled split: every labelled phase of the engine's step took time, shares sum to 1
+    split = case["step_split"]
+    assert set(split) == {"views", "matching", "normalize", "forward", "checks", "backward",
+                          "optimizer", "other"}  # fmt: skip
+    assert all(split[name] > 0 for name in ("views", "matching", "forward", "backward"))
+    assert sum(split.values()) == pytest.approx(1.0, abs=1e-6)
+    assert split["forward"] + split["backward"] > split["views"] + split["matching"]
+
+
+def test_cpu_step_quick_times_every_variant_interleaved(tmp_path):
+    cpu_step = _load("cpu_step")
+    out = tmp_path / "cpu_step.json"
+    report = cpu_step.main(["--quick", "--variants", "fp32", "channels_last", "--out", str(out)])
+    assert json.loads(out.read_text())["benchmark"] == "cpu_step"
+    for kind in ("pretrain", "finetune"):
+        variants = report["results"][kind]
+        assert set(variants) == {"fp32", "channels_last"}
+        assert variants["fp32"]["speedup_vs_fp32"] == 1.0
+        assert all(
+            len(v["step_times_s"]) == 1 and v["median_step_s"] > 0 for v in variants.values()
+        )
+        assert report["fastest"][kind] in variants
+
+
+def test_cpu_step_quick_never_writes_the_committed_results():
+    cpu_step = _load("cpu_step")
+    assert cpu_step.default_out(False) == "benchmarks/results/cpu_step.json"
+    assert cpu_step.default_out(True) != cpu_step.default_out(False)
+    with pytest.raises(SystemExit):
+        cpu_step.main(["--quick", "--variants", "bf16"])  # no baseline: refused before running
 
 
 def test_augment_quick_run_leaves_the_committed_results_alone():
@@ -426,3 +458,23 @@ def test_budget_curve_probe_fits_on_train_scores_val_and_never_reads_the_test_ti
     data = config.probe.data
     assert data.val == ["Tile 2/*"] and data.test == ["Tile 8/*"] and data.train == []
     assert config.probe.every == 1 and config.probe.max_patches == 32
+
+
+def test_gpu_script_runs_every_stage_at_the_tiny_size_on_the_cpu(tmp_path):
+    """``bash benchmarks/gpu.sh --tiny --device cpu``: the GPU run's stages, at a toy size."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu.sh"), "--tiny", "--device", "cpu",
+         "--skip", "vs_peers", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["tiny"] and not [n for n, r in report["stages"].items() if "error" in r]
+    step = report["headline"]["resnet18_b2_off_eager"]
+    assert step["images_per_s"] > 0 and 0 < step["views_matching_share"] < 1
+    assert sum(step["step_split"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert report["headline"]["nt_xent_N64_D32"]["ms"] > 0
+    gpu = _load("gpu")  # the default output of a tiny run is not the committed file
+    assert gpu.default_out(True) != gpu.default_out(False) == "benchmarks/results/gpu.json"

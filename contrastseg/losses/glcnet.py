@@ -192,7 +192,9 @@ class LocalMatchingLoss(_ProjectedContrast):
         )
         z1, z2 = _project_pair(self.head, r1, r2)
         out = self.contrast(z1, z2, valid)
-        if not bool(out.num_valid > 0):
+        # a host sync: skipped while torch.compile traces (no graph break; the logged
+        # regions/valid_fraction still shows an empty batch as 0)
+        if not torch.compiler.is_compiling() and not bool(out.num_valid > 0):
             self.empty_batches += 1
             warnings.warn(
                 "LocalMatchingLoss: no valid region pair in the batch, local loss is 0 "

@@ -163,6 +163,10 @@ class Method(nn.Module):
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     trained_features: ClassVar[tuple[str, ...]] = ("encoder",)
     uses_decoder: ClassVar[bool] = False
+    #: whether :meth:`forward` adds its embedding-health diagnostics (``health/*``): the
+    #: training loop turns them on for the steps it logs only (they cost a few reductions
+    #: and an N x N similarity of up to HEALTH_MAX_PAIRS embeddings per branch)
+    diagnostics: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -195,6 +199,12 @@ class Method(nn.Module):
     ) -> dict[str, Tensor]:
         """Named losses (``"total"`` first) and detached diagnostics of one step."""
         raise NotImplementedError
+
+    def health(
+        self, branch: str, z1: Tensor, z2: Tensor, valid: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """:func:`health` of a branch on steps with :attr:`diagnostics`, else nothing."""
+        return health(branch, z1, z2, valid) if self.diagnostics else {}
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"

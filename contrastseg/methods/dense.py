@@ -25,7 +25,6 @@ from contrastseg.methods.base import (
     Method,
     MethodConfig,
     check_widths,
-    health,
     negative_queue,
     register_method,
 )
@@ -109,10 +108,10 @@ class Dense(Method):
             "total": dense.loss,
             "dense": dense.loss,
             "dense/valid_fraction": dense.valid_fraction,
-            **health("dense", dense.z1, dense.z2, points.valid),
+            **self.health("dense", dense.z1, dense.z2, points.valid),
         }
         if self.global_loss is not None:
             lam = self.config.lam
-            out.update(global_branch(self.global_loss, feats1, feats2))
+            out.update(global_branch(self.global_loss, feats1, feats2, self.diagnostics))
             out["total"] = lam * out["global"] + (1.0 - lam) * dense.loss
         return out

@@ -61,7 +61,7 @@ class GLCNet(Local):
     ) -> dict[str, Tensor]:
         out = {
             **super().forward(feats1, feats2, regions),
-            **global_branch(self.global_loss, feats1, feats2),
+            **global_branch(self.global_loss, feats1, feats2, self.diagnostics),
         }
         lam = self.config.lam
         return {**out, "total": lam * out["global"] + (1.0 - lam) * out["local"]}

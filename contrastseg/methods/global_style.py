@@ -45,12 +45,16 @@ def global_style_loss(config: GlobalStyleConfig, net: SegmentationNet) -> Global
 
 
 def global_branch(
-    loss: GlobalStyleLoss, feats1: DeepLabFeatures, feats2: DeepLabFeatures
+    loss: GlobalStyleLoss,
+    feats1: DeepLabFeatures,
+    feats2: DeepLabFeatures,
+    diagnostics: bool = True,
 ) -> dict[str, Tensor]:
-    """``{"global": loss, "health/global/...": ...}`` of the global style branch."""
+    """``{"global": loss, "health/global/...": ...}`` of the global style branch (the health
+    entries only with ``diagnostics``)."""
     z1, z2 = loss.embed(feats1.encoder, feats2.encoder)
     value = loss.contrast(z1, z2).loss
-    return {"global": value, **health("global", z1, z2)}
+    return {"global": value, **(health("global", z1, z2) if diagnostics else {})}
 
 
 @register_method
@@ -70,5 +74,5 @@ class GlobalStyle(Method):
     def forward(
         self, feats1: DeepLabFeatures, feats2: DeepLabFeatures, **inputs: Any
     ) -> dict[str, Tensor]:
-        out = global_branch(self.global_loss, feats1, feats2)
+        out = global_branch(self.global_loss, feats1, feats2, self.diagnostics)
         return {"total": out["global"], **out}

@@ -15,7 +15,6 @@ from contrastseg.methods.base import (
     Method,
     RegionsConfig,
     check_widths,
-    health,
     negative_queue,
     register_method,
 )
@@ -126,5 +125,5 @@ class Local(Method):
             "total": out.loss,
             "local": out.loss,
             "regions/valid_fraction": out.valid_fraction,
-            **health("local", out.z1, out.z2, regions.valid),
+            **self.health("local", out.z1, out.z2, regions.valid),
         }

@@ -13,7 +13,6 @@ from contrastseg.methods.base import (
     Method,
     MethodConfig,
     check_widths,
-    health,
     negative_queue,
     register_method,
 )
@@ -62,4 +61,4 @@ class SimCLR(Method):
         loss = queued_nt_xent(
             z1, z2, self.global_queue, None, c.temperature, gather=c.gather, decoupled=c.decoupled
         ).loss
-        return {"total": loss, "global": loss, **health("global", z1, z2)}
+        return {"total": loss, "global": loss, **self.health("global", z1, z2)}

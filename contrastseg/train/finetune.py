@@ -93,6 +93,7 @@ from contrastseg.train.runtime import (
     autocast_context,
     modes_kept,
     resolve_amp_dtype,
+    resolve_memory_format,
     seed_everything,
 )
 from contrastseg.utils.configtools import ConfigError, to_dict
@@ -387,11 +388,8 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     # kept in eval mode during training: frozen parts, and pretrained BatchNorm when asked
     eval_modules = frozen + frozen_batchnorms(model, config, loaded)
     features = model.classifier_features
-    memory_format = (
-        torch.channels_last
-        if train.channels_last and device.type == "cuda"
-        else torch.contiguous_format
-    )
+    amp_dtype = resolve_amp_dtype(train.amp, device)
+    memory_format = resolve_memory_format(train.channels_last, device, amp_dtype)
     model.to(device, memory_format=memory_format)
     net = torch.compile(model) if train.compile else model
     spec = loss_spec(config.loss, config.loss_args)
@@ -404,7 +402,6 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     criterion = build_loss(spec, dataset.num_classes, dataset.ignore_index, counts).to(device)
     optimizer = build_finetune_optimizer(model, config, report)
     scheduler = build_scheduler(optimizer, total_steps, config.optim, len(loader))
-    amp_dtype = resolve_amp_dtype(train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = torch.Generator(device=device).manual_seed(train.seed * 1_000_003 + 17)
 

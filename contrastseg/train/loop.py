@@ -14,7 +14,9 @@ which owns everything they share:
   newest checkpoint), backward, clipping, optimizer and schedule;
 - the epochs: the loader's epoch (shuffle order, random windows), mid-epoch resumption;
 - the monitor: every ``log_every`` steps the mean of whatever the step returned (losses as
-  ``loss/<name>``, diagnostics under their own ``group/name``), learning rate, throughput,
+  ``loss/<name>``, diagnostics under their own ``group/name``; a task that adds some
+  diagnostics on log steps only, :attr:`TrainingTask.diagnostics`, logs that step's value),
+  learning rate, throughput,
   the share of time spent waiting for data, GPU memory; the progress bar; ``train.log``.
 
 A task can stop the run early (patience on a validation score, a collapsed embedding space)
@@ -50,6 +52,7 @@ from contrastseg.train.runtime import (
     SlowdownWatch,
     iterate_keeping_rng,
     optimizer_step,
+    phase,
     reduce_mean,
     resume_loader,
 )
@@ -118,7 +121,13 @@ class TrainingTask:
 
     Subclasses implement :meth:`train_step` and :meth:`checkpoint_content`; the hooks are
     no-ops by default.
+
+    Attributes:
+        diagnostics: set by the loop before each :meth:`train_step`: True on the steps it
+            logs, so a task can leave out diagnostics that only a log record reads.
     """
+
+    diagnostics: bool = True
 
     def train_step(self, batch: Any) -> dict[str, Tensor]:
         """Forward one batch; ``"total"`` is back-propagated, every entry is logged (mean).
@@ -268,16 +277,23 @@ class TrainingLoop:
             TrainingDiverged: the total loss is not finite on some process (nothing updated).
         """
         state, settings = self.state, self.settings
-        out = task.train_step(batch)
+        task.diagnostics = self.logs(state.step + 1)
+        with phase("forward"):
+            out = task.train_step(batch)
         total = out["total"]
         # the forward pass updated the BatchNorm statistics: an overflow there is a divergence
         # of this step too, even while the loss still looks finite
         buffers = [b for b in state.model.buffers() if b.is_floating_point()]
-        checks = [torch.isfinite(total.detach()).all(), *(torch.isfinite(b).all() for b in buffers)]
-        finite = torch.stack(checks).all().float()
-        if settings.world_size > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if not bool(finite):
+        with phase("checks"):
+            checks = [
+                torch.isfinite(total.detach()).all(),
+                *(torch.isfinite(b).all() for b in buffers),
+            ]
+            finite = torch.stack(checks).all().float()
+            if settings.world_size > 1:
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            finite = bool(finite)
+        if not finite:
             parts = {k: float(v.detach()) for k, v in out.items()}
             intact = (
                 f" and the newest checkpoint {self.checkpoint} is intact" if self.checkpoint else ""
@@ -307,6 +323,10 @@ class TrainingLoop:
         state.step += 1
         return out
 
+    def logs(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) writes a log record: every ``log_every``-th and the last."""
+        return step % self.settings.log_every == 0 or step >= self.settings.total_steps
+
     # --- the run -----------------------------------------------------------------------
     def run(
         self,
@@ -323,7 +343,10 @@ class TrainingLoop:
         """
         state, settings, monitor = self.state, self.settings, self.monitor
         steps_per_epoch = len(loader)
+        # per logged name: the sum and the number of steps that gave it (diagnostics come from
+        # log steps only, losses from every step)
         sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
         window_steps, window_wait, window_start = 0, 0.0, time.perf_counter()
         stopped = False
         while state.step < settings.total_steps and not stopped:
@@ -339,12 +362,13 @@ class TrainingLoop:
                 for key, value in out.items():
                     name = task.log_name(key)
                     sums[name] = sums.get(name, 0) + value.detach().float()
+                    counts[name] = counts.get(name, 0) + 1
                 step = state.step
                 stopped = task.on_step_end(step, out)
                 last = step >= settings.total_steps
-                if step % settings.log_every == 0 or last:
+                if self.logs(step):
                     values = reduce_mean(
-                        {k: v / window_steps for k, v in sums.items()}, settings.world_size
+                        {k: v / counts[k] for k, v in sums.items()}, settings.world_size
                     )
                     elapsed = time.perf_counter() - window_start
                     values["lr"] = state.optimizer.param_groups[0]["lr"]
@@ -363,7 +387,7 @@ class TrainingLoop:
                     self.history.append(monitor.scalars(step, values))
                     stopped = task.on_log(step, values) or stopped
                     self._report(step, values, window_steps, task.status())
-                    sums, window_steps, window_wait = {}, 0, 0.0
+                    sums, counts, window_steps, window_wait = {}, {}, 0, 0.0
                     window_start = time.perf_counter()
                 end_of_epoch = step % steps_per_epoch == 0 or last
                 if end_of_epoch and task.on_epoch_end(epoch, step):

@@ -46,7 +46,12 @@ from contrastseg.train.model import PretrainModel
 from contrastseg.train.monitor import RunMonitor
 from contrastseg.train.online_probe import check_probe, run_probe
 from contrastseg.train.optim import build_optimizer, build_scheduler
-from contrastseg.train.runtime import autocast_context, resolve_amp_dtype
+from contrastseg.train.runtime import (
+    autocast_context,
+    phase,
+    resolve_amp_dtype,
+    resolve_memory_format,
+)
 from contrastseg.utils.configtools import ConfigError, to_dict
 
 
@@ -170,22 +175,29 @@ class PretrainTask(TrainingTask):
         batch = batch.to(self.device, non_blocking=True)
         valid = valid_pixels(batch, self.nodata)  # None: no nodata pixel
         # nodata pixels enter the views as the band mean (0 once normalised)
-        images = fill_invalid(to_float(batch, self.config.data.scale), valid, self.mean)
-        pair = self.views(images, self.generator)
-        # no region or point is matched on a nodata source pixel
-        pair = pair._replace(
-            index1=drop_invalid_sources(pair.index1, valid),
-            index2=drop_invalid_sources(pair.index2, valid),
-        )
-        inputs = self.model.prepare(pair, self.generator, images.shape[-2] * images.shape[-1])
-        views = (
-            to_float(view, 1.0, self.mean, self.std).contiguous(memory_format=self.memory_format)
-            for view in (pair.view1, pair.view2)
-        )
-        return PreparedBatch(images, pair, inputs, *views)
+        with phase("views"):
+            images = fill_invalid(to_float(batch, self.config.data.scale), valid, self.mean)
+            pair = self.views(images, self.generator)
+            # no region or point is matched on a nodata source pixel
+            pair = pair._replace(
+                index1=drop_invalid_sources(pair.index1, valid),
+                index2=drop_invalid_sources(pair.index2, valid),
+            )
+        with phase("matching"):
+            inputs = self.model.prepare(pair, self.generator, images.shape[-2] * images.shape[-1])
+        with phase("normalize"):
+            view1, view2 = (
+                to_float(view, 1.0, self.mean, self.std).contiguous(
+                    memory_format=self.memory_format
+                )
+                for view in (pair.view1, pair.view2)
+            )
+        return PreparedBatch(images, pair, inputs, view1, view2)
 
     def train_step(self, batch: Tensor) -> dict[str, Tensor]:
         prepared = self.last = self.prepare(batch)
+        # embedding-health statistics on logged steps only (the loop sets self.diagnostics)
+        self.model.method.diagnostics = self.diagnostics
         with autocast_context(self.device, self.amp_dtype):
             return self.forward(prepared.view1, prepared.view2, **prepared.inputs)
 
@@ -315,7 +327,8 @@ def build_pretrain_task(
     train = config.train
     mean, std = normalization or normalization_values(config.normalize, bands)
     model = PretrainModel(config.model, config.method, bands).to(device)
-    memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+    amp_dtype = resolve_amp_dtype(train.amp, device)
+    memory_format = resolve_memory_format(train.channels_last, device, amp_dtype)
     model = model.to(memory_format=memory_format)
     if train.sync_bn and world_size > 1:
         if device.type != "cuda":
@@ -325,7 +338,6 @@ def build_pretrain_task(
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, total_steps, config.optim, steps_per_epoch)
-    amp_dtype = resolve_amp_dtype(train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     generator = views_generator(train.seed, rank, device)
     forward: nn.Module = model

@@ -307,6 +307,7 @@ def _ddp_bad_probe_worker(rank, world, port, root, queue):
 
 DDP_SETTINGS = [
     "method.name=global_style",
+    "train.amp=off",  # the oracle below is fp32 (auto is bf16 on a CPU with native bf16)
     "train.max_steps=1",
     "model.aspp_dropout=0.0",
     "train.device=cpu",
@@ -589,3 +590,33 @@ def test_a_collapse_that_recovers_is_reported_and_training_goes_on(tmp_path, mon
     assert [p.name for p in list_checkpoints(tmp_path / "tiny" / "checkpoints")] == [
         "step_00000005.pt"
     ]
+
+
+def test_health_statistics_are_computed_on_logged_steps_only(tmp_path, monkeypatch):
+    """The health entries come from the logged step alone; the losses stay window means."""
+    from contrastseg.train.pretrain_task import PretrainTask
+
+    outputs = {}
+    original = PretrainTask.on_step_end
+
+    def record(self, step, out):
+        outputs[step] = {k: float(v.detach()) for k, v in out.items()}
+        return original(self, step, out)
+
+    monkeypatch.setattr(PretrainTask, "on_step_end", record)
+    config = tiny(tmp_path, "train.max_steps=5", "run.log_every=2")
+    run_pretrain(config)
+    health = {s: sorted(k for k in out if k.startswith("health/")) for s, out in outputs.items()}
+    assert health[1] == health[3] == [] and health[2] == health[4] == health[5]
+    assert "health/local/std" in health[2] and "health/global/std" in health[2]
+    lines = {
+        line["step"]: line
+        for line in map(json.loads, (tmp_path / "tiny" / "scalars.jsonl").read_text().splitlines())
+    }
+    assert sorted(lines) == [2, 4, 5]
+    for step, first in ((2, 1), (4, 3)):
+        for key in health[step]:
+            assert lines[step][key] == pytest.approx(outputs[step][key], rel=1e-5)
+        expected = (outputs[first]["total"] + outputs[step]["total"]) / 2
+        assert lines[step]["loss/total"] == pytest.approx(expected, rel=1e-5)
+    assert lines[5]["health/global/std"] == pytest.approx(outputs[5]["health/global/std"], rel=1e-5)
