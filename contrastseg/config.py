@@ -16,23 +16,45 @@ import dataclasses
 import os
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+import pydantic
 
 from contrastseg.augment.config import ViewsConfig
 from contrastseg.data.config import LabeledDataConfig, UnlabeledDataConfig
 from contrastseg.data.presets import preset_mapping, resolve_preset
-from contrastseg.methods.base import MethodConfig, method_config
-from contrastseg.models.config import ModelConfig, model_config
+from contrastseg.methods.base import (
+    DEFAULT_METHOD,
+    MethodConfig,
+    drop_foreign_method_keys,
+    method_config,
+    method_sections,
+)
+from contrastseg.models.config import (
+    DEFAULT_MODEL,
+    ModelConfig,
+    drop_foreign_model_keys,
+    model_config,
+    model_sections,
+)
 from contrastseg.utils.configtools import (
+    Bool,
+    ChoiceWord,
     ConfigError,
+    Float,
+    FloatPair,
+    Int,
+    Str,
     apply_overrides,
     from_dict,
     load_yaml,
     merge_mappings,
     parse_override,
+    section,
+    tagged_union,
     to_dict,
 )
 
@@ -56,16 +78,36 @@ T = TypeVar("T")
 CONFIG_DIR = Path(str(resources.files("contrastseg") / "configs"))
 
 
-@dataclass
+def _source(info: pydantic.ValidationInfo) -> str | None:
+    return (info.context or {}).get("source")
+
+
+def _method_input(value: Any, info: pydantic.ValidationInfo) -> Any:
+    return drop_foreign_method_keys(value, info.field_name or "method", _source(info))
+
+
+def _model_input(value: Any, info: pydantic.ValidationInfo) -> Any:
+    return drop_foreign_model_keys(value, info.field_name or "model", _source(info))
+
+
+#: The ``method`` section: the config class of the method its ``name`` picks (no name: the
+#: default method); keys of another method are dropped with a warning.
+MethodSection = tagged_union(method_sections(), DEFAULT_METHOD, _method_input)
+#: The ``model`` section: the config class of the network its ``name`` picks (no name: the
+#: default network); keys of another network are dropped with a warning.
+ModelSection = tagged_union(model_sections(), DEFAULT_MODEL, _model_input)
+
+
+@section("normalize")
 class NormalizeConfig:
     """Per-band normalisation applied on the device after the views (on ``[0, 1]``-scaled data)."""
 
     #: YAML written by ``contrastseg stats`` (keys ``mean`` and ``std``); overrides mean/std
-    stats_file: str | None = None
+    stats_file: Str | None = None
     #: per-band mean of the scaled data; None = no centring
-    mean: list[float] | None = None
+    mean: list[Float] | None = None
     #: per-band standard deviation of the scaled data; None = no scaling
-    std: list[float] | None = None
+    std: list[Float] | None = None
 
     def __post_init__(self) -> None:
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -76,43 +118,43 @@ class NormalizeConfig:
             )
 
 
-@dataclass
+@section("optim")
 class OptimConfig:
     """Optimizer and learning-rate schedule (stepped every iteration)."""
 
     #: adam, adamw, sgd or lars
     name: Literal["adam", "adamw", "sgd", "lars"] = "adam"
     #: peak learning rate
-    lr: float = 1e-3
+    lr: Float = 1e-3
     #: Adam / AdamW betas
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: FloatPair = (0.9, 0.99)
     #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
-    weight_decay: float = 1e-5
+    weight_decay: Float = 1e-5
     #: also decay biases and normalisation weights (the official GLCNet code decays every
     #: parameter; ours leaves them out, as most contrastive recipes do)
-    decay_norm_and_bias: bool = False
+    decay_norm_and_bias: Bool = False
     #: multiply lr by the number of processes (the official GLCNet code: 1e-3 x world size)
-    scale_lr_with_world_size: bool = False
+    scale_lr_with_world_size: Bool = False
     #: SGD / LARS momentum
-    momentum: float = 0.9
+    momentum: Float = 0.9
     #: LARS trust coefficient
-    lars_eta: float = 0.001
+    lars_eta: Float = 0.001
     #: linear warmup length in optimizer steps
-    warmup_steps: int = 0
+    warmup_steps: Int = 0
     #: cosine decay to the final lr after warmup, constant, or exponential (lr * gamma ** t)
     schedule: Literal["cosine", "constant", "exponential"] = "cosine"
     #: what the schedule counts: optimizer steps, or epochs (lr changes once per epoch, as
     #: torch's CosineAnnealingLR / the official GLCNet fine-tuning's lr * 0.98 per epoch)
     schedule_unit: Literal["step", "epoch"] = "step"
     #: factor per schedule unit of the exponential schedule
-    gamma: float = 0.98
+    gamma: Float = 0.98
     #: final learning rate as a fraction of lr (cosine)
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: Float = 0.0
     #: final learning rate of the cosine in absolute terms (replaces min_lr_ratio when set;
     #: the official GLCNet pretraining: 4e-8)
-    min_lr: float | None = None
+    min_lr: Float | None = None
     #: clip the global gradient norm to this value; None = no clipping
-    grad_clip: float | None = None
+    grad_clip: Float | None = None
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -141,36 +183,36 @@ class OptimConfig:
             raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
 
 
-@dataclass
+@section("train")
 class TrainConfig:
     """How long, on what, and how fast."""
 
     #: passes over the data
-    epochs: int = 400
+    epochs: Int = 400
     #: stop after this many optimizer steps (overrides epochs); None = epochs decide
-    max_steps: int | None = None
+    max_steps: Int | None = None
     #: images per process and step (the global batch is this times the number of processes)
-    batch_size: int = 256
+    batch_size: Int = 256
     #: DataLoader worker processes per training process
-    num_workers: int = 4
+    num_workers: Int = 4
     #: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
-    device: str = "auto"
+    device: Str = "auto"
     #: mixed precision: auto (bf16 where supported, else fp16 with a grad scaler on CUDA; off on CPU), bf16, fp16, off
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    amp: Annotated[Literal["auto", "bf16", "fp16", "off"], ChoiceWord] = "auto"
     #: channels_last memory format for model and inputs (faster convolutions on GPUs)
-    channels_last: bool = True
+    channels_last: Bool = True
     #: wrap the model in torch.compile
-    compile: bool = False
+    compile: Bool = False
     #: seed of weights, data order, views and regions
-    seed: int = 0
+    seed: Int = 0
     #: deterministic algorithms (slower; bitwise-reproducible resume on CPU)
-    deterministic: bool = False
+    deterministic: Bool = False
     #: SyncBatchNorm across processes (CUDA only)
-    sync_bn: bool = False
+    sync_bn: Bool = False
     #: torch CPU threads of this process (torch.set_num_threads); None = auto, what torch
     #: picks (one per core). On a CPU shared with other jobs, fewer threads than cores run
     #: faster: threads that wait on each other stall every operation.
-    num_threads: int | None = None
+    num_threads: Int | None = None
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and self.num_threads < 1:
@@ -190,12 +232,12 @@ class TrainConfig:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
 
 
-@dataclass
+@section("probe")
 class ProbeConfig:
     """The online segmentation probe: a linear head on the frozen features, scored on val images."""
 
     #: probe every N optimizer steps (and at the last step); 0 = off
-    every: int = 0
+    every: Int = 0
     #: the probe's labeled data (preset or folders, splits, label_fraction): the train split
     #: fits the head, the val split is scored; its bands must be the pretraining bands
     data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
@@ -203,27 +245,27 @@ class ProbeConfig:
     #: encoder for simclr/global_style), or decoder / encoder / backbone
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
     #: labeled training patches the head is fitted on (their features are computed once)
-    max_patches: int = 16
+    max_patches: Int = 16
     #: labeled pixels the head is fitted on at most, drawn evenly from all
-    max_cells: int = 20000
+    max_cells: Int = 20000
     #: distance in pixels between two sampled pixels of a patch (both axes)
-    pixel_step: int = 4
+    pixel_step: Int = 4
     #: L2 strengths of the head's softmax regression (solved to convergence by L-BFGS); with
     #: several, every 4th probe patch is held out to choose among them
-    l2_grid: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    l2_grid: list[Float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
     #: L-BFGS iterations per fit at most
-    max_iter: int = 300
+    max_iter: Int = 300
     #: with decoder features, also probe the encoder features (what a default fine-tune
     #: transfers), logged as probe/encoder/*; doubles the probe's validation cost
-    encoder_too: bool = True
+    encoder_too: Bool = True
     #: sliding-window side for the val images
-    window: int = 256
+    window: Int = 256
     #: sliding-window step; None = window // 2
-    stride: int | None = None
+    stride: Int | None = None
     #: patches / windows per forward pass
-    batch_size: int = 8
+    batch_size: Int = 8
     #: class ids left out of the means (OA and kappa keep them)
-    exclude: list[int] = field(default_factory=list)
+    exclude: list[Int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("every",):
@@ -242,17 +284,17 @@ class ProbeConfig:
             )
 
 
-@dataclass
+@section("train")
 class PretrainTrainConfig(TrainConfig):
     """How long, on what, how fast, and what counts as a collapsed embedding space."""
 
     #: a branch whose embedding spread (health/<branch>/std: 1 = spread over the sphere,
     #: 0 = every embedding the same) stays below this is reported as collapsed
-    collapse_std: float = 0.1
+    collapse_std: Float = 0.1
     #: consecutive log steps below collapse_std before the collapse is reported
-    collapse_patience: int = 3
+    collapse_patience: Int = 3
     #: stop the run (with a checkpoint) when a collapse is reported
-    stop_on_collapse: bool = False
+    stop_on_collapse: Bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -262,26 +304,26 @@ class PretrainTrainConfig(TrainConfig):
             raise ValueError(f"train.collapse_patience must be >= 1, got {self.collapse_patience}")
 
 
-@dataclass
+@section("run")
 class RunConfig:
     """Where the run writes, and how often."""
 
     #: folder holding one sub-folder per run
-    root: str = "runs"
+    root: Str = "runs"
     #: run name (sub-folder of root); empty = method-arch-timestamp
-    name: str = ""
+    name: Str = ""
     #: log scalars every N steps
-    log_every: int = 10
+    log_every: Int = 10
     #: log view pairs with their matched regions every N steps (0 = never)
-    image_every: int = 200
+    image_every: Int = 200
     #: write a checkpoint every N steps (and always at the end)
-    checkpoint_every: int = 500
+    checkpoint_every: Int = 500
     #: keep the newest K step checkpoints
-    keep_last: int = 3
+    keep_last: Int = 3
     #: never (refuse a run folder that has checkpoints), auto (continue from the newest), or a checkpoint path
-    resume: str = "never"
+    resume: Str = "never"
     #: show a tqdm progress bar
-    progress: bool = True
+    progress: Bool = True
 
     def __post_init__(self) -> None:
         for name in ("log_every", "checkpoint_every", "keep_last"):
@@ -309,7 +351,7 @@ def check_run_name(name: str) -> None:
         )
 
 
-@dataclass
+@section("")
 class PretrainConfig:
     """Everything ``contrastseg pretrain`` needs."""
 
@@ -320,9 +362,9 @@ class PretrainConfig:
     #: per-band normalisation after the views
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     #: the network that is pretrained (model.name picks it and its keys)
-    model: ModelConfig = field(default_factory=model_config)
+    model: ModelSection = field(default_factory=model_config)
     #: the self-supervised method (method.name picks it and its keys)
-    method: MethodConfig = field(default_factory=method_config)
+    method: MethodSection = field(default_factory=method_config)
     #: optimizer and schedule
     optim: OptimConfig = field(default_factory=OptimConfig)
     #: length, batch, device, precision

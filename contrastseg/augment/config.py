@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
+
+from contrastseg.utils.configtools import Float, FloatPair, Int, Str, section
 
 
 def _check_probability(owner: str, name: str, value: float) -> None:
@@ -33,7 +35,7 @@ def _check_range(owner: str, name: str, value: tuple[float, float], low: float =
         )
 
 
-@dataclass
+@section("crop")
 class CropConfig:
     """Random resized crop (always applied): a box of random area and aspect ratio, resized to the view.
 
@@ -42,8 +44,8 @@ class CropConfig:
         ratio: range of the box aspect ratio (width / height), sampled log-uniformly.
     """
 
-    scale: tuple[float, float] = (0.4, 1.0)  #: box area / source area, (min, max)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  #: box width / height, (min, max), log-uniform
+    scale: FloatPair = (0.4, 1.0)  #: box area / source area, (min, max)
+    ratio: FloatPair = (3 / 4, 4 / 3)  #: box width / height, (min, max), log-uniform
 
     def __post_init__(self) -> None:
         self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
@@ -56,7 +58,7 @@ class CropConfig:
             raise ValueError(f"crop.ratio must be positive, got {self.ratio}")
 
 
-@dataclass
+@section("flip")
 class FlipConfig:
     """Random horizontal and vertical flips, each drawn independently.
 
@@ -65,15 +67,15 @@ class FlipConfig:
         vertical_p: probability of an up-down flip.
     """
 
-    horizontal_p: float = 0.0  #: probability of a left-right flip
-    vertical_p: float = 0.0  #: probability of an up-down flip
+    horizontal_p: Float = 0.0  #: probability of a left-right flip
+    vertical_p: Float = 0.0  #: probability of an up-down flip
 
     def __post_init__(self) -> None:
         _check_probability("flip", "horizontal_p", self.horizontal_p)
         _check_probability("flip", "vertical_p", self.vertical_p)
 
 
-@dataclass
+@section("rot90")
 class Rot90Config:
     """Rotation by a multiple of 90 degrees (k uniform in {1, 2, 3} when applied).
 
@@ -81,13 +83,13 @@ class Rot90Config:
         p: probability of rotating.
     """
 
-    p: float = 0.0  #: probability of a rotation by 90, 180 or 270 degrees (uniform)
+    p: Float = 0.0  #: probability of a rotation by 90, 180 or 270 degrees (uniform)
 
     def __post_init__(self) -> None:
         _check_probability("rot90", "p", self.p)
 
 
-@dataclass
+@section("rotation")
 class RotationConfig:
     """Rotation by an arbitrary angle about the view centre; corners outside the source get index 0.
 
@@ -96,8 +98,8 @@ class RotationConfig:
         degrees: range of the angle in degrees (counter-clockwise), sampled uniformly.
     """
 
-    p: float = 0.0  #: probability of an arbitrary-angle rotation
-    degrees: tuple[float, float] = (-30.0, 30.0)  #: angle range in degrees, (min, max)
+    p: Float = 0.0  #: probability of an arbitrary-angle rotation
+    degrees: FloatPair = (-30.0, 30.0)  #: angle range in degrees, (min, max)
 
     def __post_init__(self) -> None:
         _check_probability("rotation", "p", self.p)
@@ -105,7 +107,7 @@ class RotationConfig:
         _check_range("rotation", "degrees", self.degrees)
 
 
-@dataclass
+@section("color")
 class ColorConfig:
     """Colour distortion (torchvision ColorJitter semantics, fixed order b, c, s, h).
 
@@ -120,11 +122,11 @@ class ColorConfig:
         hue: shift drawn from ``[-hue, hue]`` in turns (at most 0.5).
     """
 
-    p: float = 0.0  #: probability of the colour distortion
-    brightness: float = 0.4  #: brightness factor range half-width
-    contrast: float = 0.4  #: contrast factor range half-width (per band)
-    saturation: float = 0.4  #: saturation factor range half-width (RGB bands only)
-    hue: float = 0.1  #: hue shift range half-width in turns, <= 0.5 (RGB bands only)
+    p: Float = 0.0  #: probability of the colour distortion
+    brightness: Float = 0.4  #: brightness factor range half-width
+    contrast: Float = 0.4  #: contrast factor range half-width (per band)
+    saturation: Float = 0.4  #: saturation factor range half-width (RGB bands only)
+    hue: Float = 0.1  #: hue shift range half-width in turns, <= 0.5 (RGB bands only)
 
     def __post_init__(self) -> None:
         _check_probability("color", "p", self.p)
@@ -135,7 +137,7 @@ class ColorConfig:
             raise ValueError(f"color.hue must lie in [0, 0.5], got {self.hue}")
 
 
-@dataclass
+@section("grayscale")
 class GrayscaleConfig:
     """ "Grayscale" for any band count: every band replaced by the band mean (or one random band).
 
@@ -144,7 +146,7 @@ class GrayscaleConfig:
         mode: ``mean`` (the mean over bands) or ``random_band`` (one band drawn per sample).
     """
 
-    p: float = 0.0  #: probability of replacing every band by the band mean
+    p: Float = 0.0  #: probability of replacing every band by the band mean
     #: ``mean`` = mean over bands; ``random_band`` = one band drawn per sample
     mode: Literal["mean", "random_band"] = "mean"
 
@@ -154,7 +156,7 @@ class GrayscaleConfig:
             raise ValueError(f"grayscale.mode must be 'mean' or 'random_band', got {self.mode!r}")
 
 
-@dataclass
+@section("blur")
 class BlurConfig:
     """Gaussian blur with a per-sample sigma; kernel size ``2 * ceil(3 * sigma_max) + 1``.
 
@@ -163,8 +165,8 @@ class BlurConfig:
         sigma: range of the standard deviation in view pixels, sampled uniformly.
     """
 
-    p: float = 0.0  #: probability of a Gaussian blur
-    sigma: tuple[float, float] = (0.8, 1.4)  #: sigma range in view pixels, (min, max)
+    p: Float = 0.0  #: probability of a Gaussian blur
+    sigma: FloatPair = (0.8, 1.4)  #: sigma range in view pixels, (min, max)
 
     def __post_init__(self) -> None:
         _check_probability("blur", "p", self.p)
@@ -174,7 +176,7 @@ class BlurConfig:
             raise ValueError(f"blur.sigma must be positive, got {self.sigma}")
 
 
-@dataclass
+@section("noise")
 class NoiseConfig:
     """Additive Gaussian noise, independent per pixel and band.
 
@@ -183,8 +185,8 @@ class NoiseConfig:
         std: range of the noise standard deviation (in image units), sampled uniformly.
     """
 
-    p: float = 0.0  #: probability of additive Gaussian noise
-    std: tuple[float, float] = (0.01, 0.05)  #: noise std range in image units, (min, max)
+    p: Float = 0.0  #: probability of additive Gaussian noise
+    std: FloatPair = (0.01, 0.05)  #: noise std range in image units, (min, max)
 
     def __post_init__(self) -> None:
         _check_probability("noise", "p", self.p)
@@ -192,7 +194,7 @@ class NoiseConfig:
         _check_range("noise", "std", self.std, low=0.0)
 
 
-@dataclass
+@section("")
 class PipelineConfig:
     """The ops of one view, in the order of the fields, then the ``extra`` ops.
 
@@ -211,7 +213,7 @@ class PipelineConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)  #: Gaussian noise
     #: kornia.augmentation ops appended after the built-in ones, each
     #: ``{name: <class>, <argument>: <value>, ...}``; geometric ones join the single warp
-    extra: list[dict[str, Any]] = field(default_factory=list)
+    extra: list[dict[Str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.extra = list(self.extra)
@@ -257,7 +259,7 @@ def _simclr_pipeline() -> PipelineConfig:
     )
 
 
-@dataclass
+@section("views")
 class ViewsConfig:
     """Two augmentation pipelines, ``t1`` for view 1 and ``t2`` for view 2 (our GLCNet defaults).
 
@@ -273,16 +275,16 @@ class ViewsConfig:
         t2: pipeline of view 2 (ours: crop, flips, rot90, colour, grayscale, blur, noise).
     """
 
-    size: int = 224  #: side of the square views in pixels
-    rgb_bands: list[int] | None = field(
+    size: Int = 224  #: side of the square views in pixels
+    rgb_bands: list[Int] | None = field(
         default_factory=lambda: [0, 1, 2]
     )  #: R, G, B band indices or None
-    value_range: tuple[float, float] | None = (
+    value_range: FloatPair | None = (
         0.0,
         1.0,
     )  #: clamp range of intensity ops, None = no clamp
     #: removed: one view pipeline of Kornia modules; a value is ignored with a warning
-    engine: str | None = None
+    engine: Str | None = None
     t1: PipelineConfig = field(default_factory=PipelineConfig)  #: pipeline of view 1
     t2: PipelineConfig = field(default_factory=_glcnet_t2)  #: pipeline of view 2
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
 
 from contrastseg.data.files import compile_regex
+from contrastseg.utils.configtools import Bool, Float, Int, Nodata, Str, section
 
 #: File name patterns an unlabeled or labeled dataset picks up by default (case-insensitive).
 DEFAULT_PATTERNS = ["*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg"]
@@ -24,7 +25,7 @@ def _check_scale(name: str, scale: float | None) -> None:
         raise ValueError(f"{name}: scale must be positive or None (the dtype's range), got {scale}")
 
 
-@dataclass
+@section("data.demo")
 class DemoDataConfig:
     """The built-in synthetic scenes used when no data folder is given.
 
@@ -35,10 +36,10 @@ class DemoDataConfig:
         seed: seed of the procedural generator; scene ``i`` uses ``(seed, i)``.
     """
 
-    n_scenes: int = 16  #: number of scenes generated in memory
-    size: int = 512  #: side of each square scene in pixels
-    bands: int = 4  #: number of bands (3 = RGB, 4 = RGB + near-infrared)
-    seed: int = 0  #: seed of the procedural generator
+    n_scenes: Int = 16  #: number of scenes generated in memory
+    size: Int = 512  #: side of each square scene in pixels
+    bands: Int = 4  #: number of bands (3 = RGB, 4 = RGB + near-infrared)
+    seed: Int = 0  #: seed of the procedural generator
 
     def __post_init__(self) -> None:
         if self.n_scenes < 1:
@@ -49,7 +50,7 @@ class DemoDataConfig:
             raise ValueError(f"demo.bands must be >= 1, got {self.bands}")
 
 
-@dataclass
+@section("data")
 class UnlabeledDataConfig:
     """Unlabeled images for pretraining.
 
@@ -78,20 +79,20 @@ class UnlabeledDataConfig:
         demo: the synthetic scenes used when ``roots`` is empty.
     """
 
-    roots: list[str] = field(default_factory=list)  #: folders or files; empty = demo scenes
-    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  #: file patterns
-    exclude: list[str] = field(default_factory=list)  #: paths to leave out, e.g. '*/masks/*'
-    bands: list[int] | None = None  #: band indices to use, in order; None = all
-    patch_size: int = 224  #: side of the square patches in pixels
+    roots: list[Str] = field(default_factory=list)  #: folders or files; empty = demo scenes
+    patterns: list[Str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  #: file patterns
+    exclude: list[Str] = field(default_factory=list)  #: paths to leave out, e.g. '*/masks/*'
+    bands: list[Int] | None = None  #: band indices to use, in order; None = all
+    patch_size: Int = 224  #: side of the square patches in pixels
     sampling: Literal["random", "grid"] = "random"  #: random windows per epoch or a fixed grid
-    coverage: float = 1.0  #: random windows per image = coverage * area / patch area
-    grid_stride: int | None = None  #: grid step in pixels; None = patch_size
+    coverage: Float = 1.0  #: random windows per image = coverage * area / patch area
+    grid_stride: Int | None = None  #: grid step in pixels; None = patch_size
     too_small: Literal["error", "skip"] = "error"  #: images smaller than the patch
-    skip_bad_files: bool = False  #: skip unreadable files with a warning instead of failing
-    scale: float | None = None  #: float scale; None = dtype range
-    nodata: float | None = None  #: value of missing pixels; None = the GeoTIFF tag
-    max_nodata_fraction: float = 0.5  #: patches with more nodata pixels are skipped
-    seed: int = 0  #: seed of the random windows
+    skip_bad_files: Bool = False  #: skip unreadable files with a warning instead of failing
+    scale: Float | None = None  #: float scale; None = dtype range
+    nodata: Nodata = None  #: value of missing pixels; None = the GeoTIFF tag
+    max_nodata_fraction: Float = 0.5  #: patches with more nodata pixels are skipped
+    seed: Int = 0  #: seed of the random windows
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: built-in scenes
 
     def __post_init__(self) -> None:
@@ -117,7 +118,7 @@ class UnlabeledDataConfig:
         _check_scale("scale", self.scale)
 
 
-@dataclass
+@section("data")
 class LabeledDataConfig:
     """Image/mask pairs for fine-tuning and evaluation.
 
@@ -168,37 +169,37 @@ class LabeledDataConfig:
         demo: the synthetic scenes of the ``demo`` preset when ``root`` is empty.
     """
 
-    preset: str | None = (
+    preset: Str | None = (
         None  #: potsdam, vaihingen, dubai, demo or None; its values go under the section's own keys, which win
     )
-    root: str = ""  #: dataset folder; empty with preset demo = scenes in memory
-    image_dir: str = "images"  #: image folder name (any depth) or path relative to root
-    mask_dir: str = "masks"  #: mask folder name (any depth) or path relative to root
-    image_patterns: list[str] = field(
+    root: Str = ""  #: dataset folder; empty with preset demo = scenes in memory
+    image_dir: Str = "images"  #: image folder name (any depth) or path relative to root
+    mask_dir: Str = "masks"  #: mask folder name (any depth) or path relative to root
+    image_patterns: list[Str] = field(
         default_factory=lambda: list(DEFAULT_PATTERNS)
     )  #: image files
-    mask_patterns: list[str] = field(default_factory=lambda: ["*.png", "*.tif", "*.tiff"])  #: masks
-    image_suffix: str = ""  #: end of an image stem dropped to form its key
-    mask_suffix: str = ""  #: end of a mask stem dropped to form its key
-    image_regex: str = ""  #: regex giving an image's key (first or 'key' group)
-    mask_regex: str = ""  #: regex giving a mask's key (first or 'key' group)
+    mask_patterns: list[Str] = field(default_factory=lambda: ["*.png", "*.tif", "*.tiff"])  #: masks
+    image_suffix: Str = ""  #: end of an image stem dropped to form its key
+    mask_suffix: Str = ""  #: end of a mask stem dropped to form its key
+    image_regex: Str = ""  #: regex giving an image's key (first or 'key' group)
+    mask_regex: Str = ""  #: regex giving a mask's key (first or 'key' group)
     mask_format: Literal["auto", "rgb", "index"] = "auto"  #: colour-coded or index masks
-    classes: list[str] = field(default_factory=list)  #: class names in id order
-    palette: list[str] = field(default_factory=list)  #: '#RRGGBB' per class in id order
-    ignore_colors: list[str] = field(default_factory=list)  #: colours mapped to ignore_index
-    ignore_values: list[int] = field(default_factory=list)  #: index values mapped to ignore_index
-    ignore_index: int = 255  #: label of ignored pixels
-    bands: list[int] | None = None  #: image band indices in order; None = all
-    train: list[str] = field(default_factory=list)  #: key patterns of the training split
-    val: list[str] = field(default_factory=list)  #: key patterns of the validation split
-    test: list[str] = field(default_factory=list)  #: key patterns of the test split
-    patch_size: int = 256  #: side of the training patches in pixels
-    label_fraction: float = 1.0  #: fraction of training patches used
-    label_list: str = ""  #: list file of chosen patch ids (read if present, else written)
-    seed: int = 0  #: seed of the label-fraction draw
-    skip_bad_files: bool = False  #: skip unreadable pairs with a warning
-    scale: float | None = None  #: float scale; None = dtype range
-    nodata: float | None = None  #: image value of missing pixels; None = the GeoTIFF tag
+    classes: list[Str] = field(default_factory=list)  #: class names in id order
+    palette: list[Str] = field(default_factory=list)  #: '#RRGGBB' per class in id order
+    ignore_colors: list[Str] = field(default_factory=list)  #: colours mapped to ignore_index
+    ignore_values: list[Int] = field(default_factory=list)  #: index values mapped to ignore_index
+    ignore_index: Int = 255  #: label of ignored pixels
+    bands: list[Int] | None = None  #: image band indices in order; None = all
+    train: list[Str] = field(default_factory=list)  #: key patterns of the training split
+    val: list[Str] = field(default_factory=list)  #: key patterns of the validation split
+    test: list[Str] = field(default_factory=list)  #: key patterns of the test split
+    patch_size: Int = 256  #: side of the training patches in pixels
+    label_fraction: Float = 1.0  #: fraction of training patches used
+    label_list: Str = ""  #: list file of chosen patch ids (read if present, else written)
+    seed: Int = 0  #: seed of the label-fraction draw
+    skip_bad_files: Bool = False  #: skip unreadable pairs with a warning
+    scale: Float | None = None  #: float scale; None = dtype range
+    nodata: Nodata = None  #: image value of missing pixels; None = the GeoTIFF tag
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: scenes of the demo preset
 
     def __post_init__(self) -> None:

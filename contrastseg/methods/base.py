@@ -14,7 +14,8 @@ losses. The training engine knows nothing else about it:
    a ``/`` (logged as they are, e.g. ``regions/valid_fraction``).
 
 ``@register_method`` adds a method to the registry; ``method.name`` in a config picks it (and
-its config class, see :meth:`MethodConfig.config_variant`).
+its config class: the ``method`` section is a union of the method configs discriminated by
+``name``, see :func:`method_sections`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -32,27 +32,28 @@ from contrastseg.losses.ntxent import NegativeQueue
 from contrastseg.metrics import embedding_health
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.config import unknown_name
+from contrastseg.utils.configtools import Bool, Float, Int, Str, section
 
 _REGISTRY: dict[str, type[Method]] = {}
 DEFAULT_METHOD = "glcnet"
 
 
-@dataclass
+@section("method")
 class MethodConfig:
     """Settings every method has: its name and the NT-Xent settings of its branches."""
 
     #: the method: simclr, global_style, local, glcnet or dense (each has its own keys below)
-    name: str = DEFAULT_METHOD
+    name: Str = DEFAULT_METHOD
     #: NT-Xent temperature
-    temperature: float = 0.5
+    temperature: Float = 0.5
     #: leave the positive out of the NT-Xent denominator and add 1e-8 to it (the official
     #: GLCNet code)
-    decoupled: bool = False
+    decoupled: Bool = False
     #: gather embeddings from every process, so negatives come from the global batch
-    gather: bool = True
+    gather: Bool = True
     #: embeddings of earlier batches kept per branch as extra NT-Xent negatives (a MoCo-style
     #: queue, no gradient); 0 = off
-    queue_size: int = 0
+    queue_size: Int = 0
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -65,56 +66,18 @@ class MethodConfig:
     def check_views(self, views_size: int) -> None:
         """Refuse settings that cannot work with views of this size (none here)."""
 
-    @classmethod
-    def config_variant(
-        cls, data: Mapping[str, Any] | None, key: str = "method", source: str | None = None
-    ) -> tuple[type, dict[str, Any]]:
-        """The config class that ``data["name"]`` selects, and ``data`` without foreign keys.
 
-        Keys of *another* registered method (e.g. ``region_size`` after switching to
-        ``simclr`` with ``--set``) are dropped with a warning, so that one base config serves
-        every method; a key that no method has is left in, and the strict loader refuses it.
-
-        Raises:
-            ConfigError: an unknown method name (with the close matches).
-        """
-        data = dict(data or {})
-        name = data.get("name", DEFAULT_METHOD)
-        method = get_method(name, f"{key}.name", source)
-        own = {f.name for f in dataclasses.fields(method.config_class)}
-        foreign = sorted(k for k in data if k not in own and k in all_method_keys())
-        if foreign:
-            warnings.warn(
-                f"{', '.join(f'{key}.{k}' for k in foreign)}"
-                f"{' in ' + source if source else ''}: not a setting of method {name!r}; ignored",
-                UserWarning,
-                stacklevel=2,
-            )
-        return method.config_class, {k: v for k, v in data.items() if k not in foreign}
-
-    @classmethod
-    def config_keys(cls) -> set[str]:
-        """Every key some registered method accepts (what ``--set method.KEY`` may name)."""
-        return all_method_keys()
-
-    @classmethod
-    def config_variants(cls) -> dict[str, type]:
-        """The config class of every registered method, by name (for the reference)."""
-        names = sorted(_REGISTRY, key=lambda n: (n != DEFAULT_METHOD, n))  # the default first
-        return {name: _REGISTRY[name].config_class for name in names}
-
-
-@dataclass
+@section("method")
 class RegionsConfig(MethodConfig):
     """Settings of methods that contrast matched regions (:func:`~contrastseg.augment.match_regions`)."""
 
     #: matched region pairs per image (local branch)
-    num_regions: int = 4
+    num_regions: Int = 4
     #: side of the matched regions in view pixels (local branch)
-    region_size: int = 48
+    region_size: Int = 48
     #: ``false``: after each view-1 window is drawn, the source pixels under it leave the
     #: candidates, so no later centre lies in an earlier window (the official draw)
-    region_overlap: bool = True
+    region_overlap: Bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -240,6 +203,37 @@ def build_method(config: MethodConfig, net: SegmentationNet) -> Method:
             f"got a {type(config).__name__}"
         )
     return method(config, net)
+
+
+def method_sections() -> dict[str, type[MethodConfig]]:
+    """The config class of every registered method, by name, the default first (what the
+    ``method`` section's ``name`` picks, see :func:`contrastseg.config.MethodSection`)."""
+    names = sorted(_REGISTRY, key=lambda n: (n != DEFAULT_METHOD, n))
+    return {name: _REGISTRY[name].config_class for name in names}
+
+
+def drop_foreign_method_keys(data: Any, key: str = "method", source: str | None = None) -> Any:
+    """A raw ``method`` mapping without the keys of *another* registered method.
+
+    Keys of another method (e.g. ``region_size`` after switching to ``simclr`` with ``--set``)
+    are dropped with a warning, so that one base config serves every method; a key that no
+    method has, or an unknown name, is left for the validation to refuse.
+    """
+    if not isinstance(data, Mapping):
+        return data
+    name = data.get("name", DEFAULT_METHOD)
+    if name not in _REGISTRY:
+        return data
+    own = {f.name for f in dataclasses.fields(_REGISTRY[name].config_class)}
+    foreign = sorted(k for k in data if k not in own and k in all_method_keys())
+    if foreign:
+        warnings.warn(
+            f"{', '.join(f'{key}.{k}' for k in foreign)}"
+            f"{' in ' + source if source else ''}: not a setting of method {name!r}; ignored",
+            UserWarning,
+            stacklevel=2,
+        )
+    return {k: v for k, v in data.items() if k not in foreign}
 
 
 def all_method_keys() -> set[str]:

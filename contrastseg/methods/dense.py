@@ -12,7 +12,7 @@ size. With ``lam > 0`` GLCNet's global style branch is added: ``lam * global + (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from torch import Tensor
@@ -32,23 +32,24 @@ from contrastseg.methods.base import (
 from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
+from contrastseg.utils.configtools import Bool, Float, Int, Str, section
 
 
-@dataclass
+@section("method")
 class DenseConfig(MethodConfig):
     """Dense cell-to-cell contrast on the decoder features, optionally with the global branch."""
 
-    name: str = "dense"
+    name: Str = "dense"
     #: matched decoder cells per image taking part in the loss (bounds its memory)
-    cells_per_image: int = 64
+    cells_per_image: Int = 64
     #: hidden and output widths of the dense head (its input is decoder_channels)
-    dense_head: list[int] = field(default_factory=lambda: [64, 64, 64])
+    dense_head: list[Int] = field(default_factory=lambda: [64, 64, 64])
     #: weight of GLCNet's global style branch: lam * global + (1 - lam) * dense (0 = none)
-    lam: float = 0.5
+    lam: Float = 0.5
     #: hidden and output widths of the global head (its input is 2 x aspp_channels)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
+    global_head: list[Int] = field(default_factory=lambda: [256, 64])
     #: BatchNorm in the projection heads
-    head_batch_norm: bool = True
+    head_batch_norm: Bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

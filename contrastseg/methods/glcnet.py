@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from torch import Tensor
@@ -12,17 +12,18 @@ from contrastseg.methods.base import check_widths, register_method
 from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.methods.local import Local, LocalConfig
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
+from contrastseg.utils.configtools import Float, Int, Str, section
 
 
-@dataclass
+@section("method")
 class GLCNetConfig(LocalConfig):
     """Global style and local matching contrast together (eq. 6 of the paper)."""
 
-    name: str = "glcnet"
+    name: Str = "glcnet"
     #: weight of the global loss: lam * global + (1 - lam) * local
-    lam: float = 0.5
+    lam: Float = 0.5
     #: hidden and output widths of the global head (its input is 2 x aspp_channels)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
+    global_head: list[Int] = field(default_factory=lambda: [256, 64])
 
     def __post_init__(self) -> None:
         super().__post_init__()

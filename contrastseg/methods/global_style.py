@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from torch import Tensor
@@ -18,17 +18,18 @@ from contrastseg.methods.base import (
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
+from contrastseg.utils.configtools import Bool, Int, Str, section
 
 
-@dataclass
+@section("method")
 class GlobalStyleConfig(MethodConfig):
     """The global style contrast of GLCNet (Li et al. 2022, Sec. III-B)."""
 
-    name: str = "global_style"
+    name: Str = "global_style"
     #: hidden and output widths of the global head (its input is 2 x aspp_channels)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
+    global_head: list[Int] = field(default_factory=lambda: [256, 64])
     #: BatchNorm in the projection heads
-    head_batch_norm: bool = True
+    head_batch_norm: Bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

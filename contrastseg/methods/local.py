@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
 
 from torch import Tensor
@@ -21,17 +21,18 @@ from contrastseg.methods.base import (
 )
 from contrastseg.models.base import DECODER_STRIDE, DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
+from contrastseg.utils.configtools import Bool, Int, Str, section
 
 
-@dataclass
+@section("method")
 class LocalConfig(RegionsConfig):
     """The local matching contrast of GLCNet (Li et al. 2022, Sec. III-C)."""
 
-    name: str = "local"
+    name: Str = "local"
     #: hidden and output widths of the local head (its input is decoder_channels)
-    local_head: list[int] = field(default_factory=lambda: [64, 64, 64])
+    local_head: list[Int] = field(default_factory=lambda: [64, 64, 64])
     #: BatchNorm in the projection heads
-    head_batch_norm: bool = True
+    head_batch_norm: Bool = True
     #: first local-head layer: ``mlp`` (Linear -> BN -> ReLU, ours) or ``official`` (linear,
     #: the official code's 1x1 convolution, followed directly by the MLP; needs >= 2 widths)
     local_head_layout: Literal["mlp", "official"] = "mlp"

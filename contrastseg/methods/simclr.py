@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
@@ -19,17 +19,18 @@ from contrastseg.methods.base import (
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
+from contrastseg.utils.configtools import Bool, Int, Str, section
 
 
-@dataclass
+@section("method")
 class SimCLRConfig(MethodConfig):
     """SimCLR: one embedding per image."""
 
-    name: str = "simclr"
+    name: Str = "simclr"
     #: hidden and output widths of the head (its input is aspp_channels)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
+    global_head: list[Int] = field(default_factory=lambda: [256, 64])
     #: BatchNorm in the projection head
-    head_batch_norm: bool = True
+    head_batch_norm: Bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
 from contrastseg.models.config import ModelConfig
+from contrastseg.utils.configtools import AsTuple, Int, section
 
 
 class UNetBlock(nn.Module):
@@ -76,14 +76,14 @@ class UNetDecoder(nn.Module):
         return x
 
 
-@dataclass
+@section("model")
 class UNetConfig(ModelConfig):
     """U-Net: three decoder blocks from the last stage to the ``layer1`` skip (stride 4)."""
 
     #: channels of the decoder features (the stride-4 block)
-    decoder_channels: int = 64
+    decoder_channels: Int = 64
     #: widths of the stride-16 and stride-8 decoder blocks
-    unet_channels: tuple[int, int] = (256, 128)
+    unet_channels: Annotated[tuple[Int, Int], AsTuple] = (256, 128)
 
     network = "unet"
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
 
 from contrastseg.config import (
-    ModelConfig,
+    ModelSection,
     NormalizeConfig,
     OptimConfig,
     RunConfig,
@@ -30,7 +30,7 @@ from contrastseg.config import (
 )
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.losses.segmentation import build_loss, parse_loss_spec
-from contrastseg.utils.configtools import ConfigError
+from contrastseg.utils.configtools import Bool, ConfigError, Float, FloatPair, Int, Str, section
 
 __all__ = [
     "EvalConfig",
@@ -45,22 +45,22 @@ __all__ = [
 ]
 
 
-@dataclass
+@section("pretrained")
 class PretrainedConfig:
     """Which pretrained weights start the segmenter."""
 
     #: pretraining checkpoint or exported weights; None = random initialisation
-    path: str | None = None
+    path: Str | None = None
     #: parts loaded: backbone, encoder (= backbone+aspp for DeepLabV3+, the GLCNet default;
     #: the backbone for U-Net / FPN) or all (adds the decoder); auto = encoder, and in linear
     #: mode every part in front of the probed features
     parts: Literal["auto", "backbone", "backbone+aspp", "encoder", "all"] = "auto"
     #: keep the BatchNorm running statistics of the loaded parts as pretrained (their layers
     #: stay in eval mode; their scale and shift still train): for small fine-tuning batches
-    freeze_bn: bool = False
+    freeze_bn: Bool = False
 
 
-@dataclass
+@section("linear")
 class LinearProbeConfig:
     """The linear probe (``mode: linear``, and the first stage of ``mode: lp-ft``): which frozen
     features, and how its softmax regression is solved (to convergence, on cached features)."""
@@ -72,13 +72,13 @@ class LinearProbeConfig:
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
     #: L2 strengths of the head (objective mean(CE) + l2 / 2 * ||W||^2 on standardised
     #: features); one fit each, the best val mIoU is kept (ties: the stronger)
-    l2_grid: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    l2_grid: list[Float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
     #: L-BFGS iterations per fit at most (it stops earlier once the gradient vanishes)
-    max_iter: int = 300
+    max_iter: Int = 300
     #: labeled pixels the head is fitted on at most (evenly spaced over all patches)
-    max_cells: int = 200000
+    max_cells: Int = 200000
     #: distance in pixels between two sampled pixels of a patch (both axes)
-    pixel_step: int = 4
+    pixel_step: Int = 4
 
     def __post_init__(self) -> None:
         if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
@@ -88,20 +88,20 @@ class LinearProbeConfig:
                 raise ValueError(f"linear.{name} must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
+@section("optim")
 class FinetuneOptimConfig(OptimConfig):
     """Optimizer and schedule of fine-tuning (GLCNet: Adam, lr 1e-4)."""
 
     #: peak learning rate
-    lr: float = 1e-4
+    lr: Float = 1e-4
     #: Adam / AdamW betas
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: FloatPair = (0.9, 0.999)
     #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
-    weight_decay: float = 0.0
+    weight_decay: Float = 0.0
     #: layer-wise learning-rate decay: the classifier trains at lr, each level closer to the
     #: input at this factor more (DeepLabV3+: decoder x d, ASPP x d^2, layer4 x d^3 ... the stem
     #: x d^7); 1 = the same lr everywhere. Multiplies with pretrained_lr_scale
-    layer_decay: float = 1.0
+    layer_decay: Float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,24 +109,24 @@ class FinetuneOptimConfig(OptimConfig):
             raise ValueError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
 
 
-@dataclass
+@section("train")
 class FinetuneTrainConfig(TrainConfig):
     """Length, batch, device, precision of fine-tuning (GLCNet: 150 epochs, batch 16)."""
 
     #: passes over the labeled training patches
-    epochs: int = 150
+    epochs: Int = 150
     #: patches per step
-    batch_size: int = 16
+    batch_size: Int = 16
     #: DataLoader worker processes
-    num_workers: int = 2
+    num_workers: Int = 2
     #: augment the training patches (image and mask alike)
-    augment: bool = True
+    augment: Bool = True
     #: ``basic``: independent flips and rot90 (ours); ``official``: the official GLCNet
     #: fine-tuning augmentation (flips, rot90, shift-scale, HSV, band jitter)
     augment_recipe: Literal["basic", "official"] = "basic"
     #: stop after this many validations without a better val mIoU (0 = train to the step cap;
     #: in lp-ft mode, validations of the fine-tuning stage)
-    patience: int = 0
+    patience: Int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,27 +138,27 @@ class FinetuneTrainConfig(TrainConfig):
             )
 
 
-@dataclass
+@section("eval")
 class EvalConfig:
     """Sliding-window evaluation (validation during training, test at the end, evaluate, predict)."""
 
     #: window side in pixels
-    window: int = 512
+    window: Int = 512
     #: step between windows; None = window // 2
-    stride: int | None = None
+    stride: Int | None = None
     #: windows per forward pass
-    batch_size: int = 4
+    batch_size: Int = 4
     #: average with the logits of flipped windows (test-time augmentation)
-    flip: bool = False
+    flip: Bool = False
     #: class ids left out of the means (e.g. ISPRS clutter = 5); OA and kappa keep them
-    exclude: list[int] = field(default_factory=list)
+    exclude: list[Int] = field(default_factory=list)
     #: validate every N epochs (and always after the last)
-    every: int = 1
+    every: Int = 1
     #: validate every N optimizer steps instead (and after the last); None = every N epochs.
     #: For label fractions whose epochs are long (or short) compared with the patience window
-    every_steps: int | None = None
+    every_steps: Int | None = None
     #: images shown as prediction overlays in the reports
-    overlays: int = 4
+    overlays: Int = 4
 
     def __post_init__(self) -> None:
         if self.window < 16:
@@ -178,22 +178,22 @@ class EvalConfig:
             raise ValueError(f"eval.exclude holds class ids >= 0, got {self.exclude}")
 
 
-@dataclass
+@section("run")
 class FinetuneRunConfig(RunConfig):
     """Where the fine-tuning run writes, and how often (checkpoints at epoch ends)."""
 
     #: log scalars every N steps
-    log_every: int = 10
+    log_every: Int = 10
     #: write a checkpoint at the first epoch end after every N steps (and always at the end)
-    checkpoint_every: int = 200
+    checkpoint_every: Int = 200
     #: keep the newest K step checkpoints (best.pt is kept apart; 2, so a resume falls back
     #: past a damaged newest one)
-    keep_last: int = 2
+    keep_last: Int = 2
     #: unused by fine-tuning (overlays come with each report)
-    image_every: int = 0
+    image_every: Int = 0
 
 
-@dataclass
+@section("")
 class FinetuneConfig:
     """Everything ``contrastseg finetune`` needs."""
 
@@ -202,7 +202,7 @@ class FinetuneConfig:
     #: per-band normalisation; all empty = the pretraining checkpoint's normalisation
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
     #: the network built without a checkpoint; with one, its architecture wins unless model.name names another decoder (its backbone is kept)
-    model: ModelConfig = field(default_factory=model_config)
+    model: ModelSection = field(default_factory=model_config)
     #: pretrained weights and the parts loaded
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
     #: linear (only the 1x1 classifier, solved on the frozen network), decoder (backbone
@@ -211,11 +211,11 @@ class FinetuneConfig:
     #: the linear probe: features and solver (mode: linear, and lp-ft's first stage)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     #: learning-rate factor of the pretrained parts in finetune and lp-ft modes (1 = same lr)
-    pretrained_lr_scale: float = 1.0
+    pretrained_lr_scale: Float = 1.0
     #: segmentation loss in compact syntax, e.g. ce, dice+ce, 0.5*dice+focal
-    loss: str = "ce"
+    loss: Str = "ce"
     #: loss term arguments as 'term.arg=value' strings, e.g. focal.gamma=2.0
-    loss_args: list[str] = field(default_factory=list)
+    loss_args: list[Str] = field(default_factory=list)
     #: optimizer and schedule
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
     #: length, batch, device, precision

@@ -1,26 +1,38 @@
-"""Build typed dataclass configs from YAML dicts, strictly, and describe them.
+"""The YAML shim, ``--set``, and the glue between pydantic and the package's one-line errors.
 
-Generic machinery used by :mod:`contrastseg.config`: every section of a config is a plain
-dataclass whose fields have defaults; :func:`from_dict` turns a (YAML) mapping into an
-instance, refusing unknown keys and wrong types with a message that names the key and the
-file; :func:`apply_overrides` applies ``--set section.key=value`` strings;
-:func:`field_docs` reads each field's one-line documentation (a ``#:`` comment above the
-field, or an ``Attributes:`` entry in the class docstring) for the configuration reference.
+Every section of a config is a pydantic dataclass (:func:`section`): unknown keys are refused
+(``extra="forbid"``), values are typed strictly (an ``int`` refuses ``"3"``, ``3.5`` and
+``True``; a ``float`` accepts ints and refuses bools and non-finite numbers), range checks are
+field constraints, and all of it runs when a config is built in code too. What YAML cannot
+say is adapted here, once: :class:`UniqueKeyLoader` reads ``1e-4`` as a number (YAML 1.1 reads
+it as a string) and refuses duplicate keys; :data:`AsTuple` turns a YAML list into the tuple
+an annotation asks for; :data:`ChoiceWord` gives back the word (``off``) that YAML 1.1 read as
+a bool. :func:`config_error` turns a ``pydantic.ValidationError`` into a one-line
+:class:`ConfigError` naming the dotted key, the value, the file and the accepted keys;
+:func:`apply_overrides` applies ``--set section.key=value`` strings; :func:`field_docs` reads
+each field's one-line documentation (a ``#:`` comment above the field, or an ``Attributes:``
+entry in the class docstring) for the configuration reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import inspect
 import math
 import re
 import reprlib
 import types
 import typing
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
+import annotated_types
+import pydantic
+import pydantic.dataclasses
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Discriminator, Tag
 
 T = TypeVar("T")
 
@@ -31,17 +43,17 @@ class ConfigError(ValueError):
 
 #: A number as Python writes it: 1e-4, 3E5, .5, 5., 1_000.5, +2 (not nan / inf).
 _NUMBER = re.compile(r"^[+-]?(\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)([eE][+-]?\d(_?\d)*)?$")
+#: What YAML 1.1 leaves a string but Python reads as a float: an exponent without a dot or sign.
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)[eE][+-]?\d(_?\d)*$")
 _NAN_WORDS = ("nan", ".nan")
-#: Keys whose value may be NaN (a nodata value of NaN marks NaN pixels as missing).
-NAN_KEYS = ("nodata",)
 
-
-def _nan_allowed(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] in NAN_KEYS
+#: How every config section is validated.
+SECTION_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last)."""
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last)
+    and reads every number Python writes as a number (``1e-4``, which YAML 1.1 leaves a string)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -67,9 +79,133 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# A copy of the resolvers, so that adding one does not change yaml.SafeLoader's own lists.
+UniqueKeyLoader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("+-0123456789.")
+)
+
+
 def safe_load_unique(stream: Any) -> Any:
-    """``yaml.safe_load`` with duplicate keys refused (:class:`UniqueKeyLoader`)."""
+    """``yaml.safe_load`` with duplicate keys refused and ``1e-4`` read as a number."""
     return yaml.load(stream, Loader=UniqueKeyLoader)
+
+
+# --- the types YAML needs adapted, defined once -------------------------------------------
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _choice_word(value: Any) -> Any:
+    # YAML 1.1 reads a bare on/off/yes/no as a bool: give back the word the choice means
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
+
+def _nan_word(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in _NAN_WORDS:
+        return math.nan
+    return value
+
+
+def _not_infinite(value: float | None) -> float | None:
+    if value is not None and math.isinf(value):
+        raise ValueError(f"expected a finite number or NaN, got {value}")
+    return value
+
+
+#: The scalar types of config fields: strict (an ``Int`` refuses ``"3"``, ``3.5`` and ``True``;
+#: a ``Bool`` refuses ``"yes"``; a ``Float`` accepts ints, refuses bools and strings). Lists,
+#: tuples and sections stay lax: a YAML list fills a tuple, a mapping a section.
+Int = Annotated[int, pydantic.Strict()]
+Float = Annotated[float, pydantic.Strict()]
+Bool = Annotated[bool, pydantic.Strict()]
+Str = Annotated[str, pydantic.Strict()]
+#: A tuple annotation fed a list (YAML has no tuples; stored configs hold lists).
+AsTuple = BeforeValidator(_as_tuple)
+#: A ``Literal`` choice holding ``off`` / ``on`` that YAML 1.1 may have read as a bool.
+ChoiceWord = BeforeValidator(_choice_word)
+#: A nodata value: a number, NaN (``.nan`` or ``nan``: NaN pixels are missing) or None.
+Nodata = Annotated[
+    Annotated[float, pydantic.Strict(), pydantic.Field(allow_inf_nan=True)] | None,
+    BeforeValidator(_nan_word),
+    AfterValidator(_not_infinite),
+]
+#: Two floats, e.g. a (min, max) range.
+FloatPair = tuple[Float, Float]
+
+
+def section(key: str) -> Callable[[type[T]], type[T]]:
+    """Class decorator: a config section, a pydantic dataclass found under dotted ``key``.
+
+    It validates (:data:`SECTION_CONFIG`) whenever it is built, from a file or in code;
+    building it in code raises a one-line :class:`ConfigError` naming ``key.field``.
+    """
+
+    def wrap(cls: type[T]) -> type[T]:
+        built = pydantic.dataclasses.dataclass(cls, config=SECTION_CONFIG)
+        init = built.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                init(self, *args, **kwargs)
+            except pydantic.ValidationError as err:
+                raise config_error(err, type(self), prefix=key) from None
+
+        built.__init__ = __init__  # type: ignore[method-assign]
+        built.section_key = key  # type: ignore[attr-defined]
+        return built  # type: ignore[return-value]
+
+    return wrap
+
+
+def tagged_union(
+    variants: Mapping[str, type],
+    default: str | None,
+    prepare: Callable[[Any, pydantic.ValidationInfo], Any] | None = None,
+) -> Any:
+    """The annotation of a section whose ``name`` picks its class (``method``, ``model``).
+
+    A mapping or instance without a name takes ``default``; ``prepare`` sees the raw value first
+    (e.g. to drop the keys of another variant). An unknown name is an error listing the names.
+    """
+
+    def tag(value: Any) -> str | None:
+        name = value.get("name") if isinstance(value, Mapping) else getattr(value, "name", None)
+        return default if name is None else str(name)
+
+    members = tuple(Annotated[cls, Tag(name)] for name, cls in variants.items())
+    metadata: list[Any] = [Discriminator(tag)]
+    if prepare is not None:
+        metadata.append(BeforeValidator(prepare))
+    return Annotated[(Union[members], *metadata)]  # type: ignore[valid-type]  # noqa: UP007
+
+
+def union_variants(tp: Any) -> dict[str, type] | None:
+    """The class of each name of a :func:`tagged_union` annotation; None for any other."""
+    if get_origin(tp) is not Annotated:
+        return None
+    inner, *metadata = get_args(tp)
+    if not any(isinstance(m, Discriminator) for m in metadata):
+        return None
+    out = {}
+    for member in get_args(inner):
+        cls, *tags = get_args(member)
+        out[next(t.tag for t in tags if isinstance(t, Tag))] = cls
+    return out
+
+
+def _strip(tp: Any) -> Any:
+    """An annotation without its ``Annotated`` metadata (a tagged union is kept whole)."""
+    while get_origin(tp) is Annotated and union_variants(tp) is None:
+        tp = get_args(tp)[0]
+    return tp
 
 
 def _where(key: str, source: str | None) -> str:
@@ -77,6 +213,10 @@ def _where(key: str, source: str | None) -> str:
 
 
 def _type_name(tp: Any) -> str:
+    variants = union_variants(tp)
+    if variants is not None:
+        return "mapping"
+    tp = _strip(tp)
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
@@ -110,180 +250,208 @@ def _short(value: Any) -> str:
     return _SHORT.repr(value)
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str | None) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert lists to tuples etc."""
-    origin = get_origin(tp)
-    bad = ConfigError(
-        f"{_where(key, source)}: expected {_type_name(tp)}, got {_short(value)} ({type(value).__name__})"
-    )
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if value is not None and not isinstance(value, Mapping):
-            raise bad
-        variant = getattr(tp, "config_variant", None)
-        if variant is not None:  # a section whose class depends on its content (method.name)
-            tp, value = variant(value, key, source)
-        if value is None:
-            return tp()
-        return from_dict(tp, value, source=source, prefix=key)
-    if origin is Literal:
-        # YAML 1.1 reads a bare on/off/yes/no as a bool: give back the word the choice means
-        if isinstance(value, bool):
-            words = [
-                w
-                for w in (("on", "yes", "true") if value else ("off", "no", "false"))
-                if w in get_args(tp)
-            ]
-            value = words[0] if words else value
-        if value not in get_args(tp):
-            raise ConfigError(
-                f"{_where(key, source)}: {_short(value)} is not one of {', '.join(map(repr, get_args(tp)))}"
-            )
-        return value
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise bad
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:
-            raise errors[0]
-        raise bad
-    if origin in (list, tuple):
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            raise bad
-        args = get_args(tp)
-        if origin is list:
-            return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(
-                f"{_where(key, source)}: expected {len(args)} values ({_type_name(tp)}), got {_short(value)}"
-            )
-        return tuple(
-            _coerce(v, a, f"{key}[{i}]", source)
-            for i, (v, a) in enumerate(zip(value, args, strict=True))
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _bounds_text(metadata: Sequence[Any]) -> str | None:
+    """``>= 0``, ``> 0`` or ``[0, 1)``: the range the bound constraints of a field allow."""
+    low = high = None
+    for m in metadata:
+        if isinstance(m, annotated_types.Gt):
+            low = ("(", m.gt)
+        elif isinstance(m, annotated_types.Ge):
+            low = ("[", m.ge)
+        elif isinstance(m, annotated_types.Lt):
+            high = (")", m.lt)
+        elif isinstance(m, annotated_types.Le):
+            high = ("]", m.le)
+    if low and high:
+        return f"lie in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"be {'>' if low[0] == '(' else '>='} {low[1]}"
+    if high:
+        return f"be {'<' if high[0] == ')' else '<='} {high[1]}"
+    return None
+
+
+_EXPECTED = {
+    "finite_number": "a finite number",
+}
+_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def config_error(
+    err: pydantic.ValidationError, root: Any, source: str | None = None, prefix: str = ""
+) -> ConfigError:
+    """The first error of ``err`` (validating ``root``) as one line: key path, value, file.
+
+    An unknown key lists the keys its section accepts (and a close match); a value of the
+    wrong type names the type the key takes; an unknown ``name`` of a section whose name picks
+    its class lists the names.
+    """
+    error = err.errors(include_url=False)[0]
+    keys: list[str] = [prefix] if prefix else []
+    tp, owner, field_name = root, None, None
+    loc = list(error["loc"])
+    for i, part in enumerate(loc):
+        variants = union_variants(tp)
+        tp = _strip(tp)
+        if variants is not None and isinstance(part, str) and part in variants:
+            tp = variants[part]  # the tag of a tagged union: not a key
+            continue
+        if i + 1 < len(loc) and loc[i + 1] == "[key]":
+            tp = (get_args(tp) or (Any,))[0]  # a mapping's key, not a key path
+            keys[-1] += " (a key)"
+            break
+        if isinstance(part, int) and get_origin(tp) in (list, tuple):
+            args = get_args(tp)
+            tp = args[0] if get_origin(tp) is list or args[-1] is Ellipsis else args[part]
+            keys[-1] += f"[{part}]"
+        elif dataclasses.is_dataclass(tp):
+            owner, field_name = tp, str(part)
+            tp = _hints(tp).get(str(part), Any)
+            keys.append(str(part))
+        elif get_origin(tp) is dict or tp is dict:
+            tp = (get_args(tp) or (Any, Any))[1]
+            keys.append(str(part))
+        elif get_origin(tp) in (Union, types.UnionType):
+            continue  # a member of a plain union (float | None): not a key
+        else:
+            keys.append(str(part))
+    key = ".".join(keys)
+    kind, value = error["type"], error.get("input")
+    section = ".".join(keys[:-1])
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        accepted = [f.name for f in dataclasses.fields(owner) if f.init] if owner else []
+        close = difflib.get_close_matches(keys[-1], accepted, n=1)
+        return ConfigError(
+            f"unknown key {_where(key, source)}; "
+            f"{'section ' + repr(section) if section else 'the top level'} accepts: "
+            f"{', '.join(accepted)}" + (f" (did you mean {close[0]!r}?)" if close else "")
         )
-    if origin is dict or tp is dict:
-        # A free-form mapping (e.g. the arguments of an op named by one of its keys): keys and
-        # values are checked against the annotation; a plain ``dict`` accepts any.
-        if not isinstance(value, Mapping):
-            raise bad
-        key_type, value_type = get_args(tp) or (Any, Any)
-        return {
-            _coerce(k, key_type, f"{key} (a key)", source): _coerce(
-                v, value_type, f"{key}.{k}", source
+    if kind == "union_tag_invalid":
+        names = _expected_tags(error)
+        name = error["ctx"]["tag"]
+        close = difflib.get_close_matches(str(name), names, n=3)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        return ConfigError(
+            f"{_where(key + '.name', source)}: unknown {keys[-1] if keys else 'name'} "
+            f"{name!r}{hint}; choose one of {', '.join(names)}"
+        )
+    if kind in ("value_error", "assertion_error"):
+        message = str(error["ctx"].get("error", error["msg"])) if "ctx" in error else error["msg"]
+        if field_name is None or _is_section(tp):
+            where = (
+                f" (section {key!r}" + (f" in {source})" if source else ")")
+                if key
+                else (f" (in {source})" if source else "")
             )
-            for k, v in value.items()
-        }
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, str) and _NUMBER.match(value.strip()):
-            # YAML 1.1 reads 1e-4 and 3E5 (no dot) as strings; Python reads them as numbers
-            value = float(value.strip())
-        elif isinstance(value, str) and value.strip().lower() in _NAN_WORDS and _nan_allowed(key):
-            value = math.nan
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        if not math.isfinite(value) and not (math.isnan(value) and _nan_allowed(key)):
-            raise ConfigError(
-                f"{_where(key, source)}: expected a finite number, got {_short(value)}"
-            )
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    if isinstance(tp, type):
-        if not isinstance(value, tp):
-            raise bad
-        return value
-    return value  # pragma: no cover - annotations outside the supported set
+            return ConfigError(f"{message}{where}")
+        return ConfigError(f"{_where(key, source)}: {message}")
+    if kind in _BOUNDS:
+        info = owner.__pydantic_fields__.get(field_name) if owner is not None else None  # type: ignore[union-attr]
+        bounds = _bounds_text(info.metadata if info is not None else []) or error["msg"]
+        where = (
+            f" (section {section!r}" + (f" in {source})" if source else ")")
+            if section
+            else (f" (in {source})" if source else "")
+        )
+        return ConfigError(f"{key} must {bounds}, got {_short(value)}{where}")
+    if kind == "literal_error":
+        choices = get_args(_strip(tp)) if get_origin(_strip(tp)) is Literal else ()
+        listed = ", ".join(map(repr, choices)) if choices else error["ctx"]["expected"]
+        return ConfigError(f"{_where(key, source)}: {_short(value)} is not one of {listed}")
+    if kind in ("too_short", "too_long") and get_origin(_strip(tp)) is tuple:
+        n = len(get_args(_strip(tp)))
+        return ConfigError(
+            f"{_where(key, source)}: expected {n} values ({_type_name(tp)}), got {_short(value)}"
+        )
+    if kind in _EXPECTED:
+        return ConfigError(
+            f"{_where(key, source)}: expected {_EXPECTED[kind]}, got {_short(value)}"
+        )
+    expected = _type_name(_without_none(tp) if value is not None else tp)
+    return ConfigError(
+        f"{_where(key, source)}: expected {expected}, got {_short(value)} ({type(value).__name__})"
+    )
+
+
+def _is_section(tp: Any) -> bool:
+    return union_variants(tp) is not None or dataclasses.is_dataclass(_strip(tp))
+
+
+def _expected_tags(error: Any) -> list[str]:
+    return re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected_tags", "")))
+
+
+def _without_none(tp: Any) -> Any:
+    tp = _strip(tp)
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+@functools.cache
+def _adapter(tp: Any) -> pydantic.TypeAdapter[Any]:
+    if dataclasses.is_dataclass(tp):
+        return pydantic.TypeAdapter(tp)
+    return pydantic.TypeAdapter(tp, config=SECTION_CONFIG)
 
 
 def coerce(value: Any, tp: Any, key: str, source: str | None = None) -> Any:
     """Check one value against a type annotation as config values are checked.
 
     For files that are not configs but hold config-like values (band statistics):
-    numbers written ``1e-4`` are accepted, non-finite floats are refused.
+    ints are floats, non-finite floats are refused.
 
     Raises:
         ConfigError: the value does not fit ``tp``; the message names ``key`` and ``source``.
     """
-    return _coerce(value, tp, key, source)
+    try:
+        return _adapter(tp).validate_python(value)
+    except pydantic.ValidationError as err:
+        raise config_error(err, tp, source, prefix=key) from None
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _with_section_defaults(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each sub-section given in part completed from ``cls``'s default for it.
+
+    A sub-section keeps the enclosing default for the keys it does not give (e.g.
+    ``ViewsConfig.t2``'s recipe), not the defaults of the sub-section's class.
+    """
+    defaults = None
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = data.get(f.name)
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(_strip(hints[f.name])):
+            defaults = cls() if defaults is None else defaults
+            data[f.name] = merge_mappings(to_dict(getattr(defaults, f.name)), value)
+    return data
 
 
 def from_dict(
     cls: type[T], data: Mapping[str, Any] | None, source: str | None = None, prefix: str = ""
 ) -> T:
-    """Build dataclass ``cls`` from a mapping, strictly.
+    """Build config section ``cls`` (a :func:`section`) from a mapping, strictly.
 
     Args:
-        cls: a dataclass whose fields all have defaults.
+        cls: a config section whose fields all have defaults.
         data: the mapping (e.g. parsed YAML); ``None`` means all defaults.
         source: the file the mapping came from, named in error messages.
         prefix: the dotted key of this section, named in error messages.
 
     Raises:
         ConfigError: an unknown key (the message lists the known ones), a value of the wrong
-            type, or an impossible value rejected by the dataclass's ``__post_init__``.
+            type, or an impossible value.
     """
-    data = dict(data or {})
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(
-            f"unknown key {_where(name, source)}; "
-            f"{'section ' + repr(prefix) if prefix else 'the top level'} accepts: {', '.join(fields)}"
-        )
-    kwargs = {}
-    defaults = None
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        if (
-            dataclasses.is_dataclass(hints[name])
-            and isinstance(value, Mapping)
-            and not hasattr(hints[name], "config_variant")  # its content picks its defaults
-        ):
-            # A sub-section given in part keeps the enclosing default for the rest (e.g.
-            # ViewsConfig.t2's recipe), not the defaults of the sub-section's class.
-            defaults = cls() if defaults is None else defaults
-            value = merge_mappings(to_dict(getattr(defaults, name)), value)
-        kwargs[name] = _coerce(value, hints[name], key, source)
+    data = _with_section_defaults(cls, dict(data or {}))
     try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as err:
-        where = (
-            f" (section {prefix!r}" + (f" in {source})" if source else ")")
-            if prefix
-            else (f" (in {source})" if source else "")
-        )
-        raise ConfigError(f"{err}{where}") from err
+        return _adapter(cls).validate_python(data, context={"source": source})  # type: ignore[no-any-return]
+    except pydantic.ValidationError as err:
+        raise config_error(err, cls, source, prefix) from None
 
 
 def merge_mappings(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -325,27 +493,42 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _section_fields(tp: Any) -> dict[str, Any] | None:
+    """The keys of a section annotation and their annotations (every variant's for a tagged
+    union); None for a value."""
+    variants = union_variants(tp)
+    classes = list(variants.values()) if variants is not None else [_strip(tp)]
+    if not all(dataclasses.is_dataclass(c) for c in classes):
+        return None
+    fields: dict[str, Any] = {}
+    for c in classes:
+        hints = _hints(c)
+        for f in dataclasses.fields(c):
+            if f.init:
+                fields.setdefault(f.name, hints[f.name])
+    return fields
+
+
 def apply_overrides(data: dict[str, Any], cls: type, overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``--set`` overrides to a raw config mapping, checking each key path against ``cls``."""
     for text in overrides:
         path, value = parse_override(text)
-        node, node_cls = data, cls
+        node, node_fields = data, _section_fields(cls)
         for depth, part in enumerate(path):
-            fields = {f.name: f for f in dataclasses.fields(node_cls)}
-            keys = getattr(node_cls, "config_keys", None)
-            if keys is not None:  # a section with variants takes the keys of all of them
-                fields = {**dict.fromkeys(sorted(keys())), **fields}
-            if part not in fields:
+            assert node_fields is not None
+            if part not in node_fields:
                 where = ".".join(path[:depth]) or "the top level"
+                close = difflib.get_close_matches(part, list(node_fields), n=1)
                 raise ConfigError(
                     f"--set {text!r}: unknown key {'.'.join(path[: depth + 1])!r}; "
-                    f"{where} accepts: {', '.join(fields)}"
+                    f"{where} accepts: {', '.join(node_fields)}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
                 )
             if depth == len(path) - 1:
                 node[part] = value
                 break
-            sub_cls = _hints(node_cls).get(part)
-            if not dataclasses.is_dataclass(sub_cls):
+            sub_fields = _section_fields(node_fields[part])
+            if sub_fields is None:
                 raise ConfigError(
                     f"--set {text!r}: {'.'.join(path[: depth + 1])!r} is a value, not a section"
                 )
@@ -356,7 +539,7 @@ def apply_overrides(data: dict[str, Any], cls: type, overrides: Sequence[str]) -
                 raise ConfigError(
                     f"--set {text!r}: {'.'.join(path[: depth + 1])!r} is not a mapping"
                 )
-            node, node_cls = child, sub_cls
+            node, node_fields = child, sub_fields
     return data
 
 
@@ -466,6 +649,7 @@ def config_reference_markdown(cls: type) -> str:
     """The configuration reference of ``cls`` as Markdown: one table per top-level section."""
     out = []
     docs = field_docs(cls)
+    hints = _hints(cls)
     instance = cls()
     cell = lambda s: s.replace("|", "\\|")  # noqa: E731
     top = [
@@ -481,9 +665,9 @@ def config_reference_markdown(cls: type) -> str:
         section = getattr(instance, f.name)
         if not dataclasses.is_dataclass(section):
             continue
-        variants = getattr(type(section), "config_variants", None)
+        variants = union_variants(hints[f.name])
         tables = (
-            [(f"{f.name}.name: {n}", v()) for n, v in variants().items()]
+            [(f"{f.name}.name: {n}", v()) for n, v in variants.items()]
             if variants is not None
             else [(None, section)]
         )
