@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
+from pydantic import Field
 
 from contrastseg.augment.config import ViewsConfig
 from contrastseg.data.config import LabeledDataConfig, UnlabeledDataConfig
@@ -47,6 +48,10 @@ from contrastseg.utils.configtools import (
     Float,
     FloatPair,
     Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
     Str,
     apply_overrides,
     from_dict,
@@ -125,11 +130,11 @@ class OptimConfig:
     #: adam, adamw, sgd or lars
     name: Literal["adam", "adamw", "sgd", "lars"] = "adam"
     #: peak learning rate
-    lr: Float = 1e-3
+    lr: PositiveFloat = 1e-3
     #: Adam / AdamW betas
     betas: FloatPair = (0.9, 0.99)
     #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
-    weight_decay: Float = 1e-5
+    weight_decay: NonNegativeFloat = 1e-5
     #: also decay biases and normalisation weights (the official GLCNet code decays every
     #: parameter; ours leaves them out, as most contrastive recipes do)
     decay_norm_and_bias: Bool = False
@@ -140,47 +145,27 @@ class OptimConfig:
     #: LARS trust coefficient
     lars_eta: Float = 0.001
     #: linear warmup length in optimizer steps
-    warmup_steps: Int = 0
+    warmup_steps: NonNegativeInt = 0
     #: cosine decay to the final lr after warmup, constant, or exponential (lr * gamma ** t)
     schedule: Literal["cosine", "constant", "exponential"] = "cosine"
     #: what the schedule counts: optimizer steps, or epochs (lr changes once per epoch, as
     #: torch's CosineAnnealingLR / the official GLCNet fine-tuning's lr * 0.98 per epoch)
     schedule_unit: Literal["step", "epoch"] = "step"
     #: factor per schedule unit of the exponential schedule
-    gamma: Float = 0.98
+    gamma: Annotated[Float, Field(gt=0, le=1)] = 0.98
     #: final learning rate as a fraction of lr (cosine)
-    min_lr_ratio: Float = 0.0
+    min_lr_ratio: Annotated[Float, Field(ge=0, le=1)] = 0.0
     #: final learning rate of the cosine in absolute terms (replaces min_lr_ratio when set;
     #: the official GLCNet pretraining: 4e-8)
     min_lr: Float | None = None
     #: clip the global gradient norm to this value; None = no clipping
-    grad_clip: Float | None = None
+    grad_clip: PositiveFloat | None = None
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
-        if self.schedule not in ("cosine", "constant", "exponential"):
-            raise ValueError(
-                f"optim.schedule must be cosine, constant or exponential, got {self.schedule!r}"
-            )
-        if self.schedule_unit not in ("step", "epoch"):
-            raise ValueError(
-                f"optim.schedule_unit must be step or epoch, got {self.schedule_unit!r}"
-            )
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"optim.gamma must lie in (0, 1], got {self.gamma}")
         if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:
             raise ValueError(f"optim.min_lr must lie in [0, optim.lr], got {self.min_lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
 
 
 @section("train")
@@ -188,13 +173,13 @@ class TrainConfig:
     """How long, on what, and how fast."""
 
     #: passes over the data
-    epochs: Int = 400
+    epochs: PositiveInt = 400
     #: stop after this many optimizer steps (overrides epochs); None = epochs decide
-    max_steps: Int | None = None
+    max_steps: PositiveInt | None = None
     #: images per process and step (the global batch is this times the number of processes)
     batch_size: Int = 256
     #: DataLoader worker processes per training process
-    num_workers: Int = 4
+    num_workers: NonNegativeInt = 4
     #: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
     device: Str = "auto"
     #: mixed precision: auto (bf16 where supported, else fp16 with a grad scaler on CUDA; off on CPU), bf16, fp16, off
@@ -219,17 +204,11 @@ class TrainConfig:
             raise ValueError(
                 f"train.num_threads must be >= 1 or null (auto), got {self.num_threads}"
             )
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"train.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.batch_size < 2:
             raise ValueError(
                 f"train.batch_size must be >= 2 (NT-Xent needs negatives and BatchNorm needs "
                 f"more than one sample), got {self.batch_size}"
             )
-        if self.num_workers < 0:
-            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
 
 
 @section("probe")
@@ -237,7 +216,7 @@ class ProbeConfig:
     """The online segmentation probe: a linear head on the frozen features, scored on val images."""
 
     #: probe every N optimizer steps (and at the last step); 0 = off
-    every: Int = 0
+    every: NonNegativeInt = 0
     #: the probe's labeled data (preset or folders, splits, label_fraction): the train split
     #: fits the head, the val split is scored; its bands must be the pretraining bands
     data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
@@ -245,39 +224,31 @@ class ProbeConfig:
     #: encoder for simclr/global_style), or decoder / encoder / backbone
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
     #: labeled training patches the head is fitted on (their features are computed once)
-    max_patches: Int = 16
+    max_patches: PositiveInt = 16
     #: labeled pixels the head is fitted on at most, drawn evenly from all
-    max_cells: Int = 20000
+    max_cells: PositiveInt = 20000
     #: distance in pixels between two sampled pixels of a patch (both axes)
-    pixel_step: Int = 4
+    pixel_step: PositiveInt = 4
     #: L2 strengths of the head's softmax regression (solved to convergence by L-BFGS); with
     #: several, every 4th probe patch is held out to choose among them
-    l2_grid: list[Float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    l2_grid: Annotated[list[NonNegativeFloat], Field(min_length=1)] = field(
+        default_factory=lambda: [1e-2, 1e-3, 1e-4]
+    )
     #: L-BFGS iterations per fit at most
-    max_iter: Int = 300
+    max_iter: PositiveInt = 300
     #: with decoder features, also probe the encoder features (what a default fine-tune
     #: transfers), logged as probe/encoder/*; doubles the probe's validation cost
     encoder_too: Bool = True
     #: sliding-window side for the val images
-    window: Int = 256
+    window: Annotated[Int, Field(ge=16)] = 256
     #: sliding-window step; None = window // 2
     stride: Int | None = None
     #: patches / windows per forward pass
-    batch_size: Int = 8
+    batch_size: PositiveInt = 8
     #: class ids left out of the means (OA and kappa keep them)
     exclude: list[Int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for name in ("every",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"probe.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_patches", "max_cells", "pixel_step", "max_iter", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"probe.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
-            raise ValueError(f"probe.l2_grid must hold values >= 0, got {self.l2_grid}")
-        if self.window < 16:
-            raise ValueError(f"probe.window must be >= 16, got {self.window}")
         if self.stride is not None and not 1 <= self.stride <= self.window:
             raise ValueError(
                 f"probe.stride must lie in [1, window={self.window}], got {self.stride}"
@@ -290,18 +261,11 @@ class PretrainTrainConfig(TrainConfig):
 
     #: a branch whose embedding spread (health/<branch>/std: 1 = spread over the sphere,
     #: 0 = every embedding the same) stays below this is reported as collapsed
-    collapse_std: Float = 0.1
+    collapse_std: Annotated[Float, Field(ge=0, lt=1)] = 0.1
     #: consecutive log steps below collapse_std before the collapse is reported
-    collapse_patience: Int = 3
+    collapse_patience: PositiveInt = 3
     #: stop the run (with a checkpoint) when a collapse is reported
     stop_on_collapse: Bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.collapse_std < 1.0:
-            raise ValueError(f"train.collapse_std must lie in [0, 1), got {self.collapse_std}")
-        if self.collapse_patience < 1:
-            raise ValueError(f"train.collapse_patience must be >= 1, got {self.collapse_patience}")
 
 
 @section("run")
@@ -313,24 +277,19 @@ class RunConfig:
     #: run name (sub-folder of root); empty = method-arch-timestamp
     name: Str = ""
     #: log scalars every N steps
-    log_every: Int = 10
+    log_every: PositiveInt = 10
     #: log view pairs with their matched regions every N steps (0 = never)
-    image_every: Int = 200
+    image_every: NonNegativeInt = 200
     #: write a checkpoint every N steps (and always at the end)
-    checkpoint_every: Int = 500
+    checkpoint_every: PositiveInt = 500
     #: keep the newest K step checkpoints
-    keep_last: Int = 3
+    keep_last: PositiveInt = 3
     #: never (refuse a run folder that has checkpoints), auto (continue from the newest), or a checkpoint path
     resume: Str = "never"
     #: show a tqdm progress bar
     progress: Bool = True
 
     def __post_init__(self) -> None:
-        for name in ("log_every", "checkpoint_every", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_every < 0:
-            raise ValueError(f"run.image_every must be >= 0, got {self.image_every}")
         check_run_name(self.name)
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from contrastseg.augment.views import ViewPair
@@ -32,7 +33,14 @@ from contrastseg.losses.ntxent import NegativeQueue
 from contrastseg.metrics import embedding_health
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.config import unknown_name
-from contrastseg.utils.configtools import Bool, Float, Int, Str, section
+from contrastseg.utils.configtools import (
+    Bool,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    section,
+)
 
 _REGISTRY: dict[str, type[Method]] = {}
 DEFAULT_METHOD = "glcnet"
@@ -45,7 +53,7 @@ class MethodConfig:
     #: the method: simclr, global_style, local, glcnet or dense (each has its own keys below)
     name: Str = DEFAULT_METHOD
     #: NT-Xent temperature
-    temperature: Float = 0.5
+    temperature: PositiveFloat = 0.5
     #: leave the positive out of the NT-Xent denominator and add 1e-8 to it (the official
     #: GLCNet code)
     decoupled: Bool = False
@@ -53,15 +61,7 @@ class MethodConfig:
     gather: Bool = True
     #: embeddings of earlier batches kept per branch as extra NT-Xent negatives (a MoCo-style
     #: queue, no gradient); 0 = off
-    queue_size: Int = 0
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
-        if self.queue_size < 0:
-            raise ValueError(
-                f"method.queue_size must be >= 0 (0 = no queue), got {self.queue_size}"
-            )
+    queue_size: NonNegativeInt = 0
 
     def check_views(self, views_size: int) -> None:
         """Refuse settings that cannot work with views of this size (none here)."""
@@ -72,19 +72,12 @@ class RegionsConfig(MethodConfig):
     """Settings of methods that contrast matched regions (:func:`~contrastseg.augment.match_regions`)."""
 
     #: matched region pairs per image (local branch)
-    num_regions: Int = 4
+    num_regions: PositiveInt = 4
     #: side of the matched regions in view pixels (local branch)
-    region_size: Int = 48
+    region_size: PositiveInt = 48
     #: ``false``: after each view-1 window is drawn, the source pixels under it leave the
     #: candidates, so no later centre lies in an earlier window (the official draw)
     region_overlap: Bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_regions < 1:
-            raise ValueError(f"method.num_regions must be >= 1, got {self.num_regions}")
-        if self.region_size < 1:
-            raise ValueError(f"method.region_size must be >= 1, got {self.region_size}")
 
     def check_views(self, views_size: int) -> None:
         if self.region_size > views_size:
@@ -99,10 +92,8 @@ def negative_queue(config: MethodConfig, dim: int) -> NegativeQueue | None:
     return NegativeQueue(config.queue_size, dim) if config.queue_size else None
 
 
-def check_widths(name: str, widths: list[int]) -> None:
-    """A head's hidden and output widths: a non-empty list of positive integers."""
-    if not widths or any(w < 1 for w in widths):
-        raise ValueError(f"method.{name} must be a non-empty list of positive widths, got {widths}")
+#: A head's hidden and output widths: a non-empty list of positive integers.
+Widths = Annotated[list[PositiveInt], Field(min_length=1)]
 
 
 class Method(nn.Module):

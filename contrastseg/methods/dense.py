@@ -13,8 +13,9 @@ size. With ``lam > 0`` GLCNet's global style branch is added: ``lam * global + (
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from torch import Tensor
 
 from contrastseg.augment.correspondence import MatchedPoints, match_points
@@ -24,7 +25,7 @@ from contrastseg.losses.glcnet import LocalMatchingLoss
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
-    check_widths,
+    Widths,
     health,
     negative_queue,
     register_method,
@@ -32,33 +33,24 @@ from contrastseg.methods.base import (
 from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
-from contrastseg.utils.configtools import Bool, Float, Int, Str, section
+from contrastseg.utils.configtools import Bool, Float, PositiveInt, section
 
 
 @section("method")
 class DenseConfig(MethodConfig):
     """Dense cell-to-cell contrast on the decoder features, optionally with the global branch."""
 
-    name: Str = "dense"
+    name: Literal["dense"] = "dense"
     #: matched decoder cells per image taking part in the loss (bounds its memory)
-    cells_per_image: Int = 64
+    cells_per_image: PositiveInt = 64
     #: hidden and output widths of the dense head (its input is decoder_channels)
-    dense_head: list[Int] = field(default_factory=lambda: [64, 64, 64])
+    dense_head: Widths = field(default_factory=lambda: [64, 64, 64])
     #: weight of GLCNet's global style branch: lam * global + (1 - lam) * dense (0 = none)
-    lam: Float = 0.5
+    lam: Annotated[Float, Field(ge=0, lt=1)] = 0.5
     #: hidden and output widths of the global head (its input is 2 x aspp_channels)
-    global_head: list[Int] = field(default_factory=lambda: [256, 64])
+    global_head: Widths = field(default_factory=lambda: [256, 64])
     #: BatchNorm in the projection heads
     head_batch_norm: Bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.cells_per_image < 1:
-            raise ValueError(f"method.cells_per_image must be >= 1, got {self.cells_per_image}")
-        if not 0.0 <= self.lam < 1.0:
-            raise ValueError(f"method.lam must lie in [0, 1) for dense, got {self.lam}")
-        check_widths("dense_head", self.dense_head)
-        check_widths("global_head", self.global_head)
 
 
 @register_method

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -11,29 +11,25 @@ from contrastseg.losses.glcnet import GlobalStyleLoss
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
-    check_widths,
+    Widths,
     health,
     negative_queue,
     register_method,
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
-from contrastseg.utils.configtools import Bool, Int, Str, section
+from contrastseg.utils.configtools import Bool, section
 
 
 @section("method")
 class GlobalStyleConfig(MethodConfig):
     """The global style contrast of GLCNet (Li et al. 2022, Sec. III-B)."""
 
-    name: Str = "global_style"
+    name: Literal["global_style"] = "global_style"
     #: hidden and output widths of the global head (its input is 2 x aspp_channels)
-    global_head: list[Int] = field(default_factory=lambda: [256, 64])
+    global_head: Widths = field(default_factory=lambda: [256, 64])
     #: BatchNorm in the projection heads
     head_batch_norm: Bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_widths("global_head", self.global_head)
 
 
 def global_style_loss(config: GlobalStyleConfig, net: SegmentationNet) -> GlobalStyleLoss:

@@ -14,23 +14,23 @@ from contrastseg.losses.glcnet import LocalMatchingLoss
 from contrastseg.methods.base import (
     Method,
     RegionsConfig,
-    check_widths,
+    Widths,
     health,
     negative_queue,
     register_method,
 )
 from contrastseg.models.base import DECODER_STRIDE, DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
-from contrastseg.utils.configtools import Bool, Int, Str, section
+from contrastseg.utils.configtools import Bool, section
 
 
 @section("method")
 class LocalConfig(RegionsConfig):
     """The local matching contrast of GLCNet (Li et al. 2022, Sec. III-C)."""
 
-    name: Str = "local"
+    name: Literal["local"] = "local"
     #: hidden and output widths of the local head (its input is decoder_channels)
-    local_head: list[Int] = field(default_factory=lambda: [64, 64, 64])
+    local_head: Widths = field(default_factory=lambda: [64, 64, 64])
     #: BatchNorm in the projection heads
     head_batch_norm: Bool = True
     #: first local-head layer: ``mlp`` (Linear -> BN -> ReLU, ours) or ``official`` (linear,
@@ -38,12 +38,6 @@ class LocalConfig(RegionsConfig):
     local_head_layout: Literal["mlp", "official"] = "mlp"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        check_widths("local_head", self.local_head)
-        if self.local_head_layout not in ("mlp", "official"):
-            raise ValueError(
-                f"method.local_head_layout must be mlp or official, got {self.local_head_layout!r}"
-            )
         if self.local_head_layout == "official" and len(self.local_head) < 2:
             raise ValueError(
                 "method.local_head_layout: official needs at least two local_head widths "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -12,29 +12,25 @@ from contrastseg.losses.ntxent import queued_nt_xent
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
-    check_widths,
+    Widths,
     health,
     negative_queue,
     register_method,
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
-from contrastseg.utils.configtools import Bool, Int, Str, section
+from contrastseg.utils.configtools import Bool, section
 
 
 @section("method")
 class SimCLRConfig(MethodConfig):
     """SimCLR: one embedding per image."""
 
-    name: Str = "simclr"
+    name: Literal["simclr"] = "simclr"
     #: hidden and output widths of the head (its input is aspp_channels)
-    global_head: list[Int] = field(default_factory=lambda: [256, 64])
+    global_head: Widths = field(default_factory=lambda: [256, 64])
     #: BatchNorm in the projection head
     head_batch_norm: Bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_widths("global_head", self.global_head)
 
 
 @register_method

@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from contrastseg.config import (
     ModelSection,
@@ -30,7 +32,19 @@ from contrastseg.config import (
 )
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.losses.segmentation import build_loss, parse_loss_spec
-from contrastseg.utils.configtools import Bool, ConfigError, Float, FloatPair, Int, Str, section
+from contrastseg.utils.configtools import (
+    Bool,
+    ConfigError,
+    Float,
+    FloatPair,
+    Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    section,
+)
 
 __all__ = [
     "EvalConfig",
@@ -72,20 +86,15 @@ class LinearProbeConfig:
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
     #: L2 strengths of the head (objective mean(CE) + l2 / 2 * ||W||^2 on standardised
     #: features); one fit each, the best val mIoU is kept (ties: the stronger)
-    l2_grid: list[Float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    l2_grid: Annotated[list[NonNegativeFloat], Field(min_length=1)] = field(
+        default_factory=lambda: [1e-2, 1e-3, 1e-4]
+    )
     #: L-BFGS iterations per fit at most (it stops earlier once the gradient vanishes)
-    max_iter: Int = 300
+    max_iter: PositiveInt = 300
     #: labeled pixels the head is fitted on at most (evenly spaced over all patches)
-    max_cells: Int = 200000
+    max_cells: PositiveInt = 200000
     #: distance in pixels between two sampled pixels of a patch (both axes)
-    pixel_step: Int = 4
-
-    def __post_init__(self) -> None:
-        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
-            raise ValueError(f"linear.l2_grid must hold values >= 0, got {self.l2_grid}")
-        for name in ("max_iter", "max_cells", "pixel_step"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"linear.{name} must be >= 1, got {getattr(self, name)}")
+    pixel_step: PositiveInt = 4
 
 
 @section("optim")
@@ -93,20 +102,15 @@ class FinetuneOptimConfig(OptimConfig):
     """Optimizer and schedule of fine-tuning (GLCNet: Adam, lr 1e-4)."""
 
     #: peak learning rate
-    lr: Float = 1e-4
+    lr: PositiveFloat = 1e-4
     #: Adam / AdamW betas
     betas: FloatPair = (0.9, 0.999)
     #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
-    weight_decay: Float = 0.0
+    weight_decay: NonNegativeFloat = 0.0
     #: layer-wise learning-rate decay: the classifier trains at lr, each level closer to the
     #: input at this factor more (DeepLabV3+: decoder x d, ASPP x d^2, layer4 x d^3 ... the stem
     #: x d^7); 1 = the same lr everywhere. Multiplies with pretrained_lr_scale
-    layer_decay: Float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
+    layer_decay: Annotated[Float, Field(gt=0, le=1)] = 1.0
 
 
 @section("train")
@@ -114,11 +118,11 @@ class FinetuneTrainConfig(TrainConfig):
     """Length, batch, device, precision of fine-tuning (GLCNet: 150 epochs, batch 16)."""
 
     #: passes over the labeled training patches
-    epochs: Int = 150
+    epochs: PositiveInt = 150
     #: patches per step
     batch_size: Int = 16
     #: DataLoader worker processes
-    num_workers: Int = 2
+    num_workers: NonNegativeInt = 2
     #: augment the training patches (image and mask alike)
     augment: Bool = True
     #: ``basic``: independent flips and rot90 (ours); ``official``: the official GLCNet
@@ -126,16 +130,7 @@ class FinetuneTrainConfig(TrainConfig):
     augment_recipe: Literal["basic", "official"] = "basic"
     #: stop after this many validations without a better val mIoU (0 = train to the step cap;
     #: in lp-ft mode, validations of the fine-tuning stage)
-    patience: Int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.patience < 0:
-            raise ValueError(f"train.patience must be >= 0, got {self.patience}")
-        if self.augment_recipe not in ("basic", "official"):
-            raise ValueError(
-                f"train.augment_recipe must be basic or official, got {self.augment_recipe!r}"
-            )
+    patience: NonNegativeInt = 0
 
 
 @section("eval")
@@ -143,39 +138,28 @@ class EvalConfig:
     """Sliding-window evaluation (validation during training, test at the end, evaluate, predict)."""
 
     #: window side in pixels
-    window: Int = 512
+    window: Annotated[Int, Field(ge=16)] = 512
     #: step between windows; None = window // 2
     stride: Int | None = None
     #: windows per forward pass
-    batch_size: Int = 4
+    batch_size: PositiveInt = 4
     #: average with the logits of flipped windows (test-time augmentation)
     flip: Bool = False
     #: class ids left out of the means (e.g. ISPRS clutter = 5); OA and kappa keep them
-    exclude: list[Int] = field(default_factory=list)
+    exclude: list[NonNegativeInt] = field(default_factory=list)
     #: validate every N epochs (and always after the last)
-    every: Int = 1
+    every: PositiveInt = 1
     #: validate every N optimizer steps instead (and after the last); None = every N epochs.
     #: For label fractions whose epochs are long (or short) compared with the patience window
-    every_steps: Int | None = None
+    every_steps: PositiveInt | None = None
     #: images shown as prediction overlays in the reports
-    overlays: Int = 4
+    overlays: NonNegativeInt = 4
 
     def __post_init__(self) -> None:
-        if self.window < 16:
-            raise ValueError(f"eval.window must be >= 16, got {self.window}")
         if self.stride is not None and not 1 <= self.stride <= self.window:
             raise ValueError(
                 f"eval.stride must lie in [1, window={self.window}], got {self.stride}"
             )
-        if self.every_steps is not None and self.every_steps < 1:
-            raise ValueError(f"eval.every_steps must be >= 1 or null, got {self.every_steps}")
-        for name in ("batch_size", "every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.overlays < 0:
-            raise ValueError(f"eval.overlays must be >= 0, got {self.overlays}")
-        if any(c < 0 for c in self.exclude):
-            raise ValueError(f"eval.exclude holds class ids >= 0, got {self.exclude}")
 
 
 @section("run")
@@ -183,14 +167,14 @@ class FinetuneRunConfig(RunConfig):
     """Where the fine-tuning run writes, and how often (checkpoints at epoch ends)."""
 
     #: log scalars every N steps
-    log_every: Int = 10
+    log_every: PositiveInt = 10
     #: write a checkpoint at the first epoch end after every N steps (and always at the end)
-    checkpoint_every: Int = 200
+    checkpoint_every: PositiveInt = 200
     #: keep the newest K step checkpoints (best.pt is kept apart; 2, so a resume falls back
     #: past a damaged newest one)
-    keep_last: Int = 2
+    keep_last: PositiveInt = 2
     #: unused by fine-tuning (overlays come with each report)
-    image_every: Int = 0
+    image_every: NonNegativeInt = 0
 
 
 @section("")

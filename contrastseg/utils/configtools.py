@@ -126,6 +126,12 @@ Int = Annotated[int, pydantic.Strict()]
 Float = Annotated[float, pydantic.Strict()]
 Bool = Annotated[bool, pydantic.Strict()]
 Str = Annotated[str, pydantic.Strict()]
+#: The usual ranges, as field constraints (a subclass that changes a default keeps them by
+#: naming the same alias).
+PositiveInt = Annotated[Int, pydantic.Field(ge=1)]
+NonNegativeInt = Annotated[Int, pydantic.Field(ge=0)]
+PositiveFloat = Annotated[Float, pydantic.Field(gt=0)]
+NonNegativeFloat = Annotated[Float, pydantic.Field(ge=0)]
 #: A tuple annotation fed a list (YAML has no tuples; stored configs hold lists).
 AsTuple = BeforeValidator(_as_tuple)
 #: A ``Literal`` choice holding ``off`` / ``on`` that YAML 1.1 may have read as a bool.
@@ -350,13 +356,21 @@ def config_error(
             return ConfigError(f"{message}{where}")
         return ConfigError(f"{_where(key, source)}: {message}")
     if kind in _BOUNDS:
-        info = owner.__pydantic_fields__.get(field_name) if owner is not None else None  # type: ignore[union-attr]
-        bounds = _bounds_text(info.metadata if info is not None else []) or error["msg"]
+        # the field's whole range ([0, 1)) when the constraint is on the field itself, else
+        # the bound that failed (an item of a list, a member of `X | None`)
+        info = getattr(owner, "__pydantic_fields__", {}).get(field_name)
+        on_field = error["loc"] and error["loc"][-1] == field_name and info is not None
+        ctx = error.get("ctx", {})
+        bounds = (_bounds_text(info.metadata) if on_field else None) or _bounds_text(
+            [getattr(annotated_types, k.capitalize())(v) for k, v in ctx.items()]
+        )
         where = (
             f" (section {section!r}" + (f" in {source})" if source else ")")
             if section
             else (f" (in {source})" if source else "")
         )
+        if _strip(_without_none(tp)) is float and type(value) is int:
+            value = float(value)  # as the field holds it
         return ConfigError(f"{key} must {bounds}, got {_short(value)}{where}")
     if kind == "literal_error":
         choices = get_args(_strip(tp)) if get_origin(_strip(tp)) is Literal else ()
@@ -366,6 +380,12 @@ def config_error(
         n = len(get_args(_strip(tp)))
         return ConfigError(
             f"{_where(key, source)}: expected {n} values ({_type_name(tp)}), got {_short(value)}"
+        )
+    if kind == "too_short" and get_origin(_strip(_without_none(tp))) is list:
+        n = error.get("ctx", {}).get("min_length", 1)
+        return ConfigError(
+            f"{_where(key, source)}: expected at least {n} value{'s' if n != 1 else ''}, "
+            f"got {_short(value)}"
         )
     if kind in _EXPECTED:
         return ConfigError(
