@@ -107,12 +107,12 @@ ModelSection = tagged_union(model_sections(), DEFAULT_MODEL, _model_input)
 class NormalizeConfig:
     """Per-band normalisation applied on the device after the views (on ``[0, 1]``-scaled data)."""
 
-    #: YAML written by ``contrastseg stats`` (keys ``mean`` and ``std``); overrides mean/std
     stats_file: Str | None = None
-    #: per-band mean of the scaled data; None = no centring
+    """YAML written by ``contrastseg stats`` (keys ``mean`` and ``std``); overrides mean/std"""
     mean: list[Float] | None = None
-    #: per-band standard deviation of the scaled data; None = no scaling
+    """per-band mean of the scaled data; None = no centring"""
     std: list[Float] | None = None
+    """per-band standard deviation of the scaled data; None = no scaling"""
 
     def __post_init__(self) -> None:
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -127,39 +127,39 @@ class NormalizeConfig:
 class OptimConfig:
     """Optimizer and learning-rate schedule (stepped every iteration)."""
 
-    #: adam, adamw, sgd or lars
     name: Literal["adam", "adamw", "sgd", "lars"] = "adam"
-    #: peak learning rate
+    """adam, adamw, sgd or lars"""
     lr: PositiveFloat = 1e-3
-    #: Adam / AdamW betas
+    """peak learning rate"""
     betas: FloatPair = (0.9, 0.99)
-    #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
+    """Adam / AdamW betas"""
     weight_decay: NonNegativeFloat = 1e-5
-    #: also decay biases and normalisation weights (the official GLCNet code decays every
-    #: parameter; ours leaves them out, as most contrastive recipes do)
+    """weight decay (on biases and normalisation weights too when decay_norm_and_bias)"""
     decay_norm_and_bias: Bool = False
-    #: multiply lr by the number of processes (the official GLCNet code: 1e-3 x world size)
+    """also decay biases and normalisation weights (the official GLCNet code decays every
+    parameter; ours leaves them out, as most contrastive recipes do)"""
     scale_lr_with_world_size: Bool = False
-    #: SGD / LARS momentum
+    """multiply lr by the number of processes (the official GLCNet code: 1e-3 x world size)"""
     momentum: Float = 0.9
-    #: LARS trust coefficient
+    """SGD / LARS momentum"""
     lars_eta: Float = 0.001
-    #: linear warmup length in optimizer steps
+    """LARS trust coefficient"""
     warmup_steps: NonNegativeInt = 0
-    #: cosine decay to the final lr after warmup, constant, or exponential (lr * gamma ** t)
+    """linear warmup length in optimizer steps"""
     schedule: Literal["cosine", "constant", "exponential"] = "cosine"
-    #: what the schedule counts: optimizer steps, or epochs (lr changes once per epoch, as
-    #: torch's CosineAnnealingLR / the official GLCNet fine-tuning's lr * 0.98 per epoch)
+    """cosine decay to the final lr after warmup, constant, or exponential (lr * gamma ** t)"""
     schedule_unit: Literal["step", "epoch"] = "step"
-    #: factor per schedule unit of the exponential schedule
+    """what the schedule counts: optimizer steps, or epochs (lr changes once per epoch, as torch's
+    CosineAnnealingLR / the official GLCNet fine-tuning's lr * 0.98 per epoch)"""
     gamma: Annotated[Float, Field(gt=0, le=1)] = 0.98
-    #: final learning rate as a fraction of lr (cosine)
+    """factor per schedule unit of the exponential schedule"""
     min_lr_ratio: Annotated[Float, Field(ge=0, le=1)] = 0.0
-    #: final learning rate of the cosine in absolute terms (replaces min_lr_ratio when set;
-    #: the official GLCNet pretraining: 4e-8)
+    """final learning rate as a fraction of lr (cosine)"""
     min_lr: Float | None = None
-    #: clip the global gradient norm to this value; None = no clipping
+    """final learning rate of the cosine in absolute terms (replaces min_lr_ratio when set; the
+    official GLCNet pretraining: 4e-8)"""
     grad_clip: PositiveFloat | None = None
+    """clip the global gradient norm to this value; None = no clipping"""
 
     def __post_init__(self) -> None:
         if not all(0.0 <= b < 1.0 for b in self.betas):
@@ -172,32 +172,33 @@ class OptimConfig:
 class TrainConfig:
     """How long, on what, and how fast."""
 
-    #: passes over the data
     epochs: PositiveInt = 400
-    #: stop after this many optimizer steps (overrides epochs); None = epochs decide
+    """passes over the data"""
     max_steps: PositiveInt | None = None
-    #: images per process and step (the global batch is this times the number of processes)
+    """stop after this many optimizer steps (overrides epochs); None = epochs decide"""
     batch_size: Int = 256
-    #: DataLoader worker processes per training process
+    """images per process and step (the global batch is this times the number of processes)"""
     num_workers: NonNegativeInt = 4
-    #: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
+    """DataLoader worker processes per training process"""
     device: Str = "auto"
-    #: mixed precision: auto (bf16 where supported, else fp16 with a grad scaler on CUDA; off on CPU), bf16, fp16, off
+    """auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"""
     amp: Annotated[Literal["auto", "bf16", "fp16", "off"], ChoiceWord] = "auto"
-    #: channels_last memory format for model and inputs (faster convolutions on GPUs)
+    """mixed precision: auto (bf16 where supported, else fp16 with a grad scaler on CUDA; off on
+    CPU), bf16, fp16, off"""
     channels_last: Bool = True
-    #: wrap the model in torch.compile
+    """channels_last memory format for model and inputs (faster convolutions on GPUs)"""
     compile: Bool = False
-    #: seed of weights, data order, views and regions
+    """wrap the model in torch.compile"""
     seed: Int = 0
-    #: deterministic algorithms (slower; bitwise-reproducible resume on CPU)
+    """seed of weights, data order, views and regions"""
     deterministic: Bool = False
-    #: SyncBatchNorm across processes (CUDA only)
+    """deterministic algorithms (slower; bitwise-reproducible resume on CPU)"""
     sync_bn: Bool = False
-    #: torch CPU threads of this process (torch.set_num_threads); None = auto, what torch
-    #: picks (one per core). On a CPU shared with other jobs, fewer threads than cores run
-    #: faster: threads that wait on each other stall every operation.
+    """SyncBatchNorm across processes (CUDA only)"""
     num_threads: Int | None = None
+    """torch CPU threads of this process (torch.set_num_threads); None = auto, what torch picks
+    (one per core). On a CPU shared with other jobs, fewer threads than cores run faster:
+    threads that wait on each other stall every operation."""
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and self.num_threads < 1:
@@ -215,38 +216,38 @@ class TrainConfig:
 class ProbeConfig:
     """The online segmentation probe: a linear head on the frozen features, scored on val images."""
 
-    #: probe every N optimizer steps (and at the last step); 0 = off
     every: NonNegativeInt = 0
-    #: the probe's labeled data (preset or folders, splits, label_fraction): the train split
-    #: fits the head, the val split is scored; its bands must be the pretraining bands
+    """probe every N optimizer steps (and at the last step); 0 = off"""
     data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
-    #: features probed: auto = what the method trains (decoder for glcnet/local/dense,
-    #: encoder for simclr/global_style), or decoder / encoder / backbone
+    """the probe's labeled data (preset or folders, splits, label_fraction): the train split fits
+    the head, the val split is scored; its bands must be the pretraining bands"""
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
-    #: labeled training patches the head is fitted on (their features are computed once)
+    """features probed: auto = what the method trains (decoder for glcnet/local/dense, encoder for
+    simclr/global_style), or decoder / encoder / backbone"""
     max_patches: PositiveInt = 16
-    #: labeled pixels the head is fitted on at most, drawn evenly from all
+    """labeled training patches the head is fitted on (their features are computed once)"""
     max_cells: PositiveInt = 20000
-    #: distance in pixels between two sampled pixels of a patch (both axes)
+    """labeled pixels the head is fitted on at most, drawn evenly from all"""
     pixel_step: PositiveInt = 4
-    #: L2 strengths of the head's softmax regression (solved to convergence by L-BFGS); with
-    #: several, every 4th probe patch is held out to choose among them
+    """distance in pixels between two sampled pixels of a patch (both axes)"""
     l2_grid: Annotated[list[NonNegativeFloat], Field(min_length=1)] = field(
         default_factory=lambda: [1e-2, 1e-3, 1e-4]
     )
-    #: L-BFGS iterations per fit at most
+    """L2 strengths of the head's softmax regression (solved to convergence by L-BFGS); with
+    several, every 4th probe patch is held out to choose among them"""
     max_iter: PositiveInt = 300
-    #: with decoder features, also probe the encoder features (what a default fine-tune
-    #: transfers), logged as probe/encoder/*; doubles the probe's validation cost
+    """L-BFGS iterations per fit at most"""
     encoder_too: Bool = True
-    #: sliding-window side for the val images
+    """with decoder features, also probe the encoder features (what a default fine-tune transfers),
+    logged as probe/encoder/*; doubles the probe's validation cost"""
     window: Annotated[Int, Field(ge=16)] = 256
-    #: sliding-window step; None = window // 2
+    """sliding-window side for the val images"""
     stride: Int | None = None
-    #: patches / windows per forward pass
+    """sliding-window step; None = window // 2"""
     batch_size: PositiveInt = 8
-    #: class ids left out of the means (OA and kappa keep them)
+    """patches / windows per forward pass"""
     exclude: list[Int] = field(default_factory=list)
+    """class ids left out of the means (OA and kappa keep them)"""
 
     def __post_init__(self) -> None:
         if self.stride is not None and not 1 <= self.stride <= self.window:
@@ -259,35 +260,36 @@ class ProbeConfig:
 class PretrainTrainConfig(TrainConfig):
     """How long, on what, how fast, and what counts as a collapsed embedding space."""
 
-    #: a branch whose embedding spread (health/<branch>/std: 1 = spread over the sphere,
-    #: 0 = every embedding the same) stays below this is reported as collapsed
     collapse_std: Annotated[Float, Field(ge=0, lt=1)] = 0.1
-    #: consecutive log steps below collapse_std before the collapse is reported
+    """a branch whose embedding spread (health/<branch>/std: 1 = spread over the sphere, 0 = every
+    embedding the same) stays below this is reported as collapsed"""
     collapse_patience: PositiveInt = 3
-    #: stop the run (with a checkpoint) when a collapse is reported
+    """consecutive log steps below collapse_std before the collapse is reported"""
     stop_on_collapse: Bool = False
+    """stop the run (with a checkpoint) when a collapse is reported"""
 
 
 @section("run")
 class RunConfig:
     """Where the run writes, and how often."""
 
-    #: folder holding one sub-folder per run
     root: Str = "runs"
-    #: run name (sub-folder of root); empty = method-arch-timestamp
+    """folder holding one sub-folder per run"""
     name: Str = ""
-    #: log scalars every N steps
+    """run name (sub-folder of root); empty = method-arch-timestamp"""
     log_every: PositiveInt = 10
-    #: log view pairs with their matched regions every N steps (0 = never)
+    """log scalars every N steps"""
     image_every: NonNegativeInt = 200
-    #: write a checkpoint every N steps (and always at the end)
+    """log view pairs with their matched regions every N steps (0 = never)"""
     checkpoint_every: PositiveInt = 500
-    #: keep the newest K step checkpoints
+    """write a checkpoint every N steps (and always at the end)"""
     keep_last: PositiveInt = 3
-    #: never (refuse a run folder that has checkpoints), auto (continue from the newest), or a checkpoint path
+    """keep the newest K step checkpoints"""
     resume: Str = "never"
-    #: show a tqdm progress bar
+    """never (refuse a run folder that has checkpoints), auto (continue from the newest), or a
+    checkpoint path"""
     progress: Bool = True
+    """show a tqdm progress bar"""
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
@@ -314,24 +316,24 @@ def check_run_name(name: str) -> None:
 class PretrainConfig:
     """Everything ``contrastseg pretrain`` needs."""
 
-    #: unlabeled imagery (empty roots = built-in demo scenes)
     data: UnlabeledDataConfig = field(default_factory=UnlabeledDataConfig)
-    #: the two views (t1, t2) made on the device
+    """unlabeled imagery (empty roots = built-in demo scenes)"""
     views: ViewsConfig = field(default_factory=ViewsConfig)
-    #: per-band normalisation after the views
+    """the two views (t1, t2) made on the device"""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    #: the network that is pretrained (model.name picks it and its keys)
+    """per-band normalisation after the views"""
     model: ModelSection = field(default_factory=model_config)
-    #: the self-supervised method (method.name picks it and its keys)
+    """the network that is pretrained (model.name picks it and its keys)"""
     method: MethodSection = field(default_factory=method_config)
-    #: optimizer and schedule
+    """the self-supervised method (method.name picks it and its keys)"""
     optim: OptimConfig = field(default_factory=OptimConfig)
-    #: length, batch, device, precision
+    """optimizer and schedule"""
     train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
-    #: outputs: run folder, logging, checkpoints
+    """length, batch, device, precision"""
     run: RunConfig = field(default_factory=RunConfig)
-    #: the online segmentation probe (off unless probe.every > 0)
+    """outputs: run folder, logging, checkpoints"""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """the online segmentation probe (off unless probe.every > 0)"""
 
     def __post_init__(self) -> None:
         if self.views.size > self.data.patch_size:

@@ -103,6 +103,10 @@ def test_every_field_is_documented():
 
     walk(PretrainConfig, "")
     walk(FinetuneConfig, "")
+    # the documentation is the fields' pydantic description (the docstring under each field)
+    from contrastseg.config import OptimConfig
+
+    assert OptimConfig.__pydantic_fields__["lr"].description == "peak learning rate"
 
 
 def test_yaml_off_means_the_choice_off(tmp_path):

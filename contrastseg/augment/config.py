@@ -44,8 +44,10 @@ class CropConfig:
         ratio: range of the box aspect ratio (width / height), sampled log-uniformly.
     """
 
-    scale: FloatPair = (0.4, 1.0)  #: box area / source area, (min, max)
-    ratio: FloatPair = (3 / 4, 4 / 3)  #: box width / height, (min, max), log-uniform
+    scale: FloatPair = (0.4, 1.0)
+    """box area / source area, (min, max)"""
+    ratio: FloatPair = (3 / 4, 4 / 3)
+    """box width / height, (min, max), log-uniform"""
 
     def __post_init__(self) -> None:
         self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
@@ -67,8 +69,10 @@ class FlipConfig:
         vertical_p: probability of an up-down flip.
     """
 
-    horizontal_p: Float = 0.0  #: probability of a left-right flip
-    vertical_p: Float = 0.0  #: probability of an up-down flip
+    horizontal_p: Float = 0.0
+    """probability of a left-right flip"""
+    vertical_p: Float = 0.0
+    """probability of an up-down flip"""
 
     def __post_init__(self) -> None:
         _check_probability("flip", "horizontal_p", self.horizontal_p)
@@ -83,7 +87,8 @@ class Rot90Config:
         p: probability of rotating.
     """
 
-    p: Float = 0.0  #: probability of a rotation by 90, 180 or 270 degrees (uniform)
+    p: Float = 0.0
+    """probability of a rotation by 90, 180 or 270 degrees (uniform)"""
 
     def __post_init__(self) -> None:
         _check_probability("rot90", "p", self.p)
@@ -98,8 +103,10 @@ class RotationConfig:
         degrees: range of the angle in degrees (counter-clockwise), sampled uniformly.
     """
 
-    p: Float = 0.0  #: probability of an arbitrary-angle rotation
-    degrees: FloatPair = (-30.0, 30.0)  #: angle range in degrees, (min, max)
+    p: Float = 0.0
+    """probability of an arbitrary-angle rotation"""
+    degrees: FloatPair = (-30.0, 30.0)
+    """angle range in degrees, (min, max)"""
 
     def __post_init__(self) -> None:
         _check_probability("rotation", "p", self.p)
@@ -122,11 +129,16 @@ class ColorConfig:
         hue: shift drawn from ``[-hue, hue]`` in turns (at most 0.5).
     """
 
-    p: Float = 0.0  #: probability of the colour distortion
-    brightness: Float = 0.4  #: brightness factor range half-width
-    contrast: Float = 0.4  #: contrast factor range half-width (per band)
-    saturation: Float = 0.4  #: saturation factor range half-width (RGB bands only)
-    hue: Float = 0.1  #: hue shift range half-width in turns, <= 0.5 (RGB bands only)
+    p: Float = 0.0
+    """probability of the colour distortion"""
+    brightness: Float = 0.4
+    """brightness factor range half-width"""
+    contrast: Float = 0.4
+    """contrast factor range half-width (per band)"""
+    saturation: Float = 0.4
+    """saturation factor range half-width (RGB bands only)"""
+    hue: Float = 0.1
+    """hue shift range half-width in turns, <= 0.5 (RGB bands only)"""
 
     def __post_init__(self) -> None:
         _check_probability("color", "p", self.p)
@@ -146,9 +158,10 @@ class GrayscaleConfig:
         mode: ``mean`` (the mean over bands) or ``random_band`` (one band drawn per sample).
     """
 
-    p: Float = 0.0  #: probability of replacing every band by the band mean
-    #: ``mean`` = mean over bands; ``random_band`` = one band drawn per sample
+    p: Float = 0.0
+    """probability of replacing every band by the band mean"""
     mode: Literal["mean", "random_band"] = "mean"
+    """``mean`` = mean over bands; ``random_band`` = one band drawn per sample"""
 
     def __post_init__(self) -> None:
         _check_probability("grayscale", "p", self.p)
@@ -165,8 +178,10 @@ class BlurConfig:
         sigma: range of the standard deviation in view pixels, sampled uniformly.
     """
 
-    p: Float = 0.0  #: probability of a Gaussian blur
-    sigma: FloatPair = (0.8, 1.4)  #: sigma range in view pixels, (min, max)
+    p: Float = 0.0
+    """probability of a Gaussian blur"""
+    sigma: FloatPair = (0.8, 1.4)
+    """sigma range in view pixels, (min, max)"""
 
     def __post_init__(self) -> None:
         _check_probability("blur", "p", self.p)
@@ -185,8 +200,10 @@ class NoiseConfig:
         std: range of the noise standard deviation (in image units), sampled uniformly.
     """
 
-    p: Float = 0.0  #: probability of additive Gaussian noise
-    std: FloatPair = (0.01, 0.05)  #: noise std range in image units, (min, max)
+    p: Float = 0.0
+    """probability of additive Gaussian noise"""
+    std: FloatPair = (0.01, 0.05)
+    """noise std range in image units, (min, max)"""
 
     def __post_init__(self) -> None:
         _check_probability("noise", "p", self.p)
@@ -203,17 +220,25 @@ class PipelineConfig:
     image is resampled once; then the intensity ops run in order.
     """
 
-    crop: CropConfig = field(default_factory=CropConfig)  #: random resized crop
-    flip: FlipConfig = field(default_factory=FlipConfig)  #: horizontal / vertical flips
-    rot90: Rot90Config = field(default_factory=Rot90Config)  #: multiples of 90 degrees
-    rotation: RotationConfig = field(default_factory=RotationConfig)  #: arbitrary angle
-    color: ColorConfig = field(default_factory=ColorConfig)  #: colour distortion
-    grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)  #: band mean
-    blur: BlurConfig = field(default_factory=BlurConfig)  #: Gaussian blur
-    noise: NoiseConfig = field(default_factory=NoiseConfig)  #: Gaussian noise
-    #: kornia.augmentation ops appended after the built-in ones, each
-    #: ``{name: <class>, <argument>: <value>, ...}``; geometric ones join the single warp
+    crop: CropConfig = field(default_factory=CropConfig)
+    """random resized crop"""
+    flip: FlipConfig = field(default_factory=FlipConfig)
+    """horizontal / vertical flips"""
+    rot90: Rot90Config = field(default_factory=Rot90Config)
+    """multiples of 90 degrees"""
+    rotation: RotationConfig = field(default_factory=RotationConfig)
+    """arbitrary angle"""
+    color: ColorConfig = field(default_factory=ColorConfig)
+    """colour distortion"""
+    grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)
+    """band mean"""
+    blur: BlurConfig = field(default_factory=BlurConfig)
+    """Gaussian blur"""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """Gaussian noise"""
     extra: list[dict[Str, Any]] = field(default_factory=list)
+    """kornia.augmentation ops appended after the built-in ones, each ``{name: <class>, <argument>:
+    <value>, ...}``; geometric ones join the single warp"""
 
     def __post_init__(self) -> None:
         self.extra = list(self.extra)
@@ -275,18 +300,16 @@ class ViewsConfig:
         t2: pipeline of view 2 (ours: crop, flips, rot90, colour, grayscale, blur, noise).
     """
 
-    size: Int = 224  #: side of the square views in pixels
-    rgb_bands: list[Int] | None = field(
-        default_factory=lambda: [0, 1, 2]
-    )  #: R, G, B band indices or None
-    value_range: FloatPair | None = (
-        0.0,
-        1.0,
-    )  #: clamp range of intensity ops, None = no clamp
-    #: removed: one view pipeline of Kornia modules; a value is ignored with a warning
+    size: Int = 224
+    """side of the square views in pixels"""
+    rgb_bands: list[Int] | None = field(default_factory=lambda: [0, 1, 2])
+    value_range: FloatPair | None = (0.0, 1.0)
     engine: Str | None = None
-    t1: PipelineConfig = field(default_factory=PipelineConfig)  #: pipeline of view 1
-    t2: PipelineConfig = field(default_factory=_glcnet_t2)  #: pipeline of view 2
+    """removed: one view pipeline of Kornia modules; a value is ignored with a warning"""
+    t1: PipelineConfig = field(default_factory=PipelineConfig)
+    """pipeline of view 1"""
+    t2: PipelineConfig = field(default_factory=_glcnet_t2)
+    """pipeline of view 2"""
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:

@@ -36,10 +36,14 @@ class DemoDataConfig:
         seed: seed of the procedural generator; scene ``i`` uses ``(seed, i)``.
     """
 
-    n_scenes: Int = 16  #: number of scenes generated in memory
-    size: Int = 512  #: side of each square scene in pixels
-    bands: Int = 4  #: number of bands (3 = RGB, 4 = RGB + near-infrared)
-    seed: Int = 0  #: seed of the procedural generator
+    n_scenes: Int = 16
+    """number of scenes generated in memory"""
+    size: Int = 512
+    """side of each square scene in pixels"""
+    bands: Int = 4
+    """number of bands (3 = RGB, 4 = RGB + near-infrared)"""
+    seed: Int = 0
+    """seed of the procedural generator"""
 
     def __post_init__(self) -> None:
         if self.n_scenes < 1:
@@ -79,21 +83,36 @@ class UnlabeledDataConfig:
         demo: the synthetic scenes used when ``roots`` is empty.
     """
 
-    roots: list[Str] = field(default_factory=list)  #: folders or files; empty = demo scenes
-    patterns: list[Str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  #: file patterns
-    exclude: list[Str] = field(default_factory=list)  #: paths to leave out, e.g. '*/masks/*'
-    bands: list[Int] | None = None  #: band indices to use, in order; None = all
-    patch_size: Int = 224  #: side of the square patches in pixels
-    sampling: Literal["random", "grid"] = "random"  #: random windows per epoch or a fixed grid
-    coverage: Float = 1.0  #: random windows per image = coverage * area / patch area
-    grid_stride: Int | None = None  #: grid step in pixels; None = patch_size
-    too_small: Literal["error", "skip"] = "error"  #: images smaller than the patch
-    skip_bad_files: Bool = False  #: skip unreadable files with a warning instead of failing
-    scale: Float | None = None  #: float scale; None = dtype range
-    nodata: Nodata = None  #: value of missing pixels; None = the GeoTIFF tag
-    max_nodata_fraction: Float = 0.5  #: patches with more nodata pixels are skipped
-    seed: Int = 0  #: seed of the random windows
-    demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: built-in scenes
+    roots: list[Str] = field(default_factory=list)
+    """folders or files; empty = demo scenes"""
+    patterns: list[Str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
+    """file patterns"""
+    exclude: list[Str] = field(default_factory=list)
+    """paths to leave out, e.g. '*/masks/*'"""
+    bands: list[Int] | None = None
+    """band indices to use, in order; None = all"""
+    patch_size: Int = 224
+    """side of the square patches in pixels"""
+    sampling: Literal["random", "grid"] = "random"
+    """random windows per epoch or a fixed grid"""
+    coverage: Float = 1.0
+    """random windows per image = coverage * area / patch area"""
+    grid_stride: Int | None = None
+    """grid step in pixels; None = patch_size"""
+    too_small: Literal["error", "skip"] = "error"
+    """images smaller than the patch"""
+    skip_bad_files: Bool = False
+    """skip unreadable files with a warning instead of failing"""
+    scale: Float | None = None
+    """float scale; None = dtype range"""
+    nodata: Nodata = None
+    """value of missing pixels; None = the GeoTIFF tag"""
+    max_nodata_fraction: Float = 0.5
+    """patches with more nodata pixels are skipped"""
+    seed: Int = 0
+    """seed of the random windows"""
+    demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+    """built-in scenes"""
 
     def __post_init__(self) -> None:
         if isinstance(self.demo, dict):
@@ -169,38 +188,60 @@ class LabeledDataConfig:
         demo: the synthetic scenes of the ``demo`` preset when ``root`` is empty.
     """
 
-    preset: Str | None = (
-        None  #: potsdam, vaihingen, dubai, demo or None; its values go under the section's own keys, which win
-    )
-    root: Str = ""  #: dataset folder; empty with preset demo = scenes in memory
-    image_dir: Str = "images"  #: image folder name (any depth) or path relative to root
-    mask_dir: Str = "masks"  #: mask folder name (any depth) or path relative to root
-    image_patterns: list[Str] = field(
-        default_factory=lambda: list(DEFAULT_PATTERNS)
-    )  #: image files
-    mask_patterns: list[Str] = field(default_factory=lambda: ["*.png", "*.tif", "*.tiff"])  #: masks
-    image_suffix: Str = ""  #: end of an image stem dropped to form its key
-    mask_suffix: Str = ""  #: end of a mask stem dropped to form its key
-    image_regex: Str = ""  #: regex giving an image's key (first or 'key' group)
-    mask_regex: Str = ""  #: regex giving a mask's key (first or 'key' group)
-    mask_format: Literal["auto", "rgb", "index"] = "auto"  #: colour-coded or index masks
-    classes: list[Str] = field(default_factory=list)  #: class names in id order
-    palette: list[Str] = field(default_factory=list)  #: '#RRGGBB' per class in id order
-    ignore_colors: list[Str] = field(default_factory=list)  #: colours mapped to ignore_index
-    ignore_values: list[Int] = field(default_factory=list)  #: index values mapped to ignore_index
-    ignore_index: Int = 255  #: label of ignored pixels
-    bands: list[Int] | None = None  #: image band indices in order; None = all
-    train: list[Str] = field(default_factory=list)  #: key patterns of the training split
-    val: list[Str] = field(default_factory=list)  #: key patterns of the validation split
-    test: list[Str] = field(default_factory=list)  #: key patterns of the test split
-    patch_size: Int = 256  #: side of the training patches in pixels
-    label_fraction: Float = 1.0  #: fraction of training patches used
-    label_list: Str = ""  #: list file of chosen patch ids (read if present, else written)
-    seed: Int = 0  #: seed of the label-fraction draw
-    skip_bad_files: Bool = False  #: skip unreadable pairs with a warning
-    scale: Float | None = None  #: float scale; None = dtype range
-    nodata: Nodata = None  #: image value of missing pixels; None = the GeoTIFF tag
-    demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: scenes of the demo preset
+    preset: Str | None = None
+    root: Str = ""
+    """dataset folder; empty with preset demo = scenes in memory"""
+    image_dir: Str = "images"
+    """image folder name (any depth) or path relative to root"""
+    mask_dir: Str = "masks"
+    """mask folder name (any depth) or path relative to root"""
+    image_patterns: list[Str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
+    mask_patterns: list[Str] = field(default_factory=lambda: ["*.png", "*.tif", "*.tiff"])
+    """masks"""
+    image_suffix: Str = ""
+    """end of an image stem dropped to form its key"""
+    mask_suffix: Str = ""
+    """end of a mask stem dropped to form its key"""
+    image_regex: Str = ""
+    """regex giving an image's key (first or 'key' group)"""
+    mask_regex: Str = ""
+    """regex giving a mask's key (first or 'key' group)"""
+    mask_format: Literal["auto", "rgb", "index"] = "auto"
+    """colour-coded or index masks"""
+    classes: list[Str] = field(default_factory=list)
+    """class names in id order"""
+    palette: list[Str] = field(default_factory=list)
+    """'#RRGGBB' per class in id order"""
+    ignore_colors: list[Str] = field(default_factory=list)
+    """colours mapped to ignore_index"""
+    ignore_values: list[Int] = field(default_factory=list)
+    """index values mapped to ignore_index"""
+    ignore_index: Int = 255
+    """label of ignored pixels"""
+    bands: list[Int] | None = None
+    """image band indices in order; None = all"""
+    train: list[Str] = field(default_factory=list)
+    """key patterns of the training split"""
+    val: list[Str] = field(default_factory=list)
+    """key patterns of the validation split"""
+    test: list[Str] = field(default_factory=list)
+    """key patterns of the test split"""
+    patch_size: Int = 256
+    """side of the training patches in pixels"""
+    label_fraction: Float = 1.0
+    """fraction of training patches used"""
+    label_list: Str = ""
+    """list file of chosen patch ids (read if present, else written)"""
+    seed: Int = 0
+    """seed of the label-fraction draw"""
+    skip_bad_files: Bool = False
+    """skip unreadable pairs with a warning"""
+    scale: Float | None = None
+    """float scale; None = dtype range"""
+    nodata: Nodata = None
+    """image value of missing pixels; None = the GeoTIFF tag"""
+    demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+    """scenes of the demo preset"""
 
     def __post_init__(self) -> None:
         if isinstance(self.demo, dict):

@@ -50,18 +50,18 @@ DEFAULT_METHOD = "glcnet"
 class MethodConfig:
     """Settings every method has: its name and the NT-Xent settings of its branches."""
 
-    #: the method: simclr, global_style, local, glcnet or dense (each has its own keys below)
     name: Str = DEFAULT_METHOD
-    #: NT-Xent temperature
+    """the method: simclr, global_style, local, glcnet or dense (each has its own keys below)"""
     temperature: PositiveFloat = 0.5
-    #: leave the positive out of the NT-Xent denominator and add 1e-8 to it (the official
-    #: GLCNet code)
+    """NT-Xent temperature"""
     decoupled: Bool = False
-    #: gather embeddings from every process, so negatives come from the global batch
+    """leave the positive out of the NT-Xent denominator and add 1e-8 to it (the official GLCNet
+    code)"""
     gather: Bool = True
-    #: embeddings of earlier batches kept per branch as extra NT-Xent negatives (a MoCo-style
-    #: queue, no gradient); 0 = off
+    """gather embeddings from every process, so negatives come from the global batch"""
     queue_size: NonNegativeInt = 0
+    """embeddings of earlier batches kept per branch as extra NT-Xent negatives (a MoCo-style
+    queue, no gradient); 0 = off"""
 
     def check_views(self, views_size: int) -> None:
         """Refuse settings that cannot work with views of this size (none here)."""
@@ -71,13 +71,13 @@ class MethodConfig:
 class RegionsConfig(MethodConfig):
     """Settings of methods that contrast matched regions (:func:`~contrastseg.augment.match_regions`)."""
 
-    #: matched region pairs per image (local branch)
     num_regions: PositiveInt = 4
-    #: side of the matched regions in view pixels (local branch)
+    """matched region pairs per image (local branch)"""
     region_size: PositiveInt = 48
-    #: ``false``: after each view-1 window is drawn, the source pixels under it leave the
-    #: candidates, so no later centre lies in an earlier window (the official draw)
+    """side of the matched regions in view pixels (local branch)"""
     region_overlap: Bool = True
+    """``false``: after each view-1 window is drawn, the source pixels under it leave the
+    candidates, so no later centre lies in an earlier window (the official draw)"""
 
     def check_views(self, views_size: int) -> None:
         if self.region_size > views_size:

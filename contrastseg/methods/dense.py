@@ -41,16 +41,16 @@ class DenseConfig(MethodConfig):
     """Dense cell-to-cell contrast on the decoder features, optionally with the global branch."""
 
     name: Literal["dense"] = "dense"
-    #: matched decoder cells per image taking part in the loss (bounds its memory)
     cells_per_image: PositiveInt = 64
-    #: hidden and output widths of the dense head (its input is decoder_channels)
+    """matched decoder cells per image taking part in the loss (bounds its memory)"""
     dense_head: Widths = field(default_factory=lambda: [64, 64, 64])
-    #: weight of GLCNet's global style branch: lam * global + (1 - lam) * dense (0 = none)
+    """hidden and output widths of the dense head (its input is decoder_channels)"""
     lam: Annotated[Float, Field(ge=0, lt=1)] = 0.5
-    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
+    """weight of GLCNet's global style branch: lam * global + (1 - lam) * dense (0 = none)"""
     global_head: Widths = field(default_factory=lambda: [256, 64])
-    #: BatchNorm in the projection heads
+    """hidden and output widths of the global head (its input is 2 x aspp_channels)"""
     head_batch_norm: Bool = True
+    """BatchNorm in the projection heads"""
 
 
 @register_method

@@ -21,10 +21,10 @@ class GLCNetConfig(LocalConfig):
     """Global style and local matching contrast together (eq. 6 of the paper)."""
 
     name: Literal["glcnet"] = "glcnet"
-    #: weight of the global loss: lam * global + (1 - lam) * local
     lam: Annotated[Float, Field(ge=0, le=1)] = 0.5
-    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
+    """weight of the global loss: lam * global + (1 - lam) * local"""
     global_head: Widths = field(default_factory=lambda: [256, 64])
+    """hidden and output widths of the global head (its input is 2 x aspp_channels)"""
 
 
 @register_method

@@ -26,10 +26,10 @@ class GlobalStyleConfig(MethodConfig):
     """The global style contrast of GLCNet (Li et al. 2022, Sec. III-B)."""
 
     name: Literal["global_style"] = "global_style"
-    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
     global_head: Widths = field(default_factory=lambda: [256, 64])
-    #: BatchNorm in the projection heads
+    """hidden and output widths of the global head (its input is 2 x aspp_channels)"""
     head_batch_norm: Bool = True
+    """BatchNorm in the projection heads"""
 
 
 def global_style_loss(config: GlobalStyleConfig, net: SegmentationNet) -> GlobalStyleLoss:

@@ -29,13 +29,13 @@ class LocalConfig(RegionsConfig):
     """The local matching contrast of GLCNet (Li et al. 2022, Sec. III-C)."""
 
     name: Literal["local"] = "local"
-    #: hidden and output widths of the local head (its input is decoder_channels)
     local_head: Widths = field(default_factory=lambda: [64, 64, 64])
-    #: BatchNorm in the projection heads
+    """hidden and output widths of the local head (its input is decoder_channels)"""
     head_batch_norm: Bool = True
-    #: first local-head layer: ``mlp`` (Linear -> BN -> ReLU, ours) or ``official`` (linear,
-    #: the official code's 1x1 convolution, followed directly by the MLP; needs >= 2 widths)
+    """BatchNorm in the projection heads"""
     local_head_layout: Literal["mlp", "official"] = "mlp"
+    """first local-head layer: ``mlp`` (Linear -> BN -> ReLU, ours) or ``official`` (linear, the
+    official code's 1x1 convolution, followed directly by the MLP; needs >= 2 widths)"""
 
     def __post_init__(self) -> None:
         if self.local_head_layout == "official" and len(self.local_head) < 2:

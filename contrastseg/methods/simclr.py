@@ -27,10 +27,10 @@ class SimCLRConfig(MethodConfig):
     """SimCLR: one embedding per image."""
 
     name: Literal["simclr"] = "simclr"
-    #: hidden and output widths of the head (its input is aspp_channels)
     global_head: Widths = field(default_factory=lambda: [256, 64])
-    #: BatchNorm in the projection head
+    """hidden and output widths of the head (its input is aspp_channels)"""
     head_batch_norm: Bool = True
+    """BatchNorm in the projection head"""
 
 
 @register_method

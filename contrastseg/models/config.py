@@ -33,16 +33,18 @@ _CONFIGS: dict[str, type[ModelConfig]] = {}
 class ModelConfig:
     """The segmentation network: a backbone and the decoder ``model.name`` chooses."""
 
-    #: network (each has its own keys below); fine-tuning from a checkpoint: set it to swap the decoder, null = the checkpoint's (else deeplabv3plus)
     name: Str | None = None
-    #: backbone: resnet18, resnet34, resnet50, resnet101 (torchvision keys) or timm/NAME, any timm model with features_only (e.g. timm/convnext_tiny; the [timm] extra)
+    """network (each has its own keys below); fine-tuning from a checkpoint: set it to swap the
+    decoder, null = the checkpoint's (else deeplabv3plus)"""
     arch: Str = "resnet50"
-    #: input bands; None = the data's band count
+    """backbone: resnet18, resnet34, resnet50, resnet101 (torchvision keys) or timm/NAME, any timm
+    model with features_only (e.g. timm/convnext_tiny; the [timm] extra)"""
     in_channels: Int | None = None
-    #: output stride of the backbone (8 or 16: the last stages dilated; ASPP rates scale with it)
+    """input bands; None = the data's band count"""
     output_stride: Literal[8, 16, 32] = 16
-    #: optional ResNet weights file in torchvision key names to start from
+    """output stride of the backbone (8 or 16: the last stages dilated; ASPP rates scale with it)"""
     backbone_weights: Str | None = None
+    """optional ResNet weights file in torchvision key names to start from"""
 
     #: the ``model.name`` this class configures (set by each network's subclass)
     network: ClassVar[str] = ""

@@ -49,12 +49,12 @@ def torchvision_key(key: str) -> str:
 class DeepLabV3Config(ModelConfig):
     """DeepLabV3: ASPP with image pooling on the backbone, a 3x3 block, the classifier; no decoder."""
 
-    #: channels of the ASPP branches and output (the encoder features)
     aspp_channels: Int = 256
-    #: channels of the 3x3 block after ASPP (the decoder features, at the backbone's output stride)
+    """channels of the ASPP branches and output (the encoder features)"""
     decoder_channels: Int = 256
-    #: dropout after the ASPP fusion
+    """channels of the 3x3 block after ASPP (the decoder features, at the backbone's output stride)"""
     aspp_dropout: Float = 0.5
+    """dropout after the ASPP fusion"""
 
     network = "deeplabv3"
 

@@ -46,14 +46,16 @@ VARIANTS = ("32s", "16s", "8s")
 class FCNConfig(ModelConfig):
     """FCN: a 3x3 head on the last stage, fused with the stride-16 (16s) and stride-8 (8s) stages."""
 
-    #: output stride of the backbone (32: the paper's FCN; torchvision's fcn_resnet50: 8)
     output_stride: Literal[8, 16, 32] = 32
-    #: 32s: no skip; 16s: + layer3; 8s: + layer3 and layer2 (the decoder features' stride is the last skip's)
+    """output stride of the backbone (32: the paper's FCN; torchvision's fcn_resnet50: 8)"""
     variant: Literal["32s", "16s", "8s"] = "8s"
-    #: channels of the head's output (the encoder and decoder features); null = a quarter of the last stage's (torchvision)
+    """32s: no skip; 16s: + layer3; 8s: + layer3 and layer2 (the decoder features' stride is the
+    last skip's)"""
     decoder_channels: Int | None = None
-    #: dropout after the head
+    """channels of the head's output (the encoder and decoder features); null = a quarter of the
+    last stage's (torchvision)"""
     head_dropout: Float = 0.1
+    """dropout after the head"""
 
     network = "fcn"
 

@@ -121,12 +121,12 @@ class FPNDecoder(nn.Module):
 class FPNConfig(ModelConfig):
     """FPN: pyramid P5 ... P2 on the four stages, merged at stride 4."""
 
-    #: channels of the decoder features (the segmentation blocks)
     decoder_channels: Int = 128
-    #: width of the pyramid levels P2 ... P5
+    """channels of the decoder features (the segmentation blocks)"""
     fpn_channels: Int = 256
-    #: spatial dropout on the merged features
+    """width of the pyramid levels P2 ... P5"""
     fpn_dropout: Float = 0.2
+    """spatial dropout on the merged features"""
 
     network = "fpn"
 

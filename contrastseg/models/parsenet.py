@@ -28,10 +28,10 @@ from contrastseg.utils.configtools import Float, section
 class ParseNetConfig(ModelConfig):
     """ParseNet: L2-normalised, scaled local features and unpooled global context, concatenated."""
 
-    #: output stride of the backbone (ParseNet's base: 8)
     output_stride: Literal[8, 16, 32] = 8
-    #: initial value of the learned per-channel scales after the L2 normalisation
+    """output stride of the backbone (ParseNet's base: 8)"""
     scale_init: Float = 10.0
+    """initial value of the learned per-channel scales after the L2 normalisation"""
 
     network = "parsenet"
 

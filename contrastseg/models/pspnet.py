@@ -32,16 +32,16 @@ from contrastseg.utils.configtools import Float, Int, section
 class PSPNetConfig(ModelConfig):
     """PSPNet: pyramid pooling on the last stage, a bottleneck, the classifier."""
 
-    #: output stride of the backbone (the paper: 8)
     output_stride: Literal[8, 16, 32] = 8
-    #: channels of the bottleneck after the pyramid (the decoder features)
+    """output stride of the backbone (the paper: 8)"""
     decoder_channels: Int = 512
-    #: pooling bins of the pyramid (the paper: 1, 2, 3, 6)
+    """channels of the bottleneck after the pyramid (the decoder features)"""
     bins: list[Int] = field(default_factory=lambda: [1, 2, 3, 6])
-    #: kernel of the bottleneck convolution (the paper: 3; segmentation_models_pytorch: 1)
+    """pooling bins of the pyramid (the paper: 1, 2, 3, 6)"""
     bottleneck_kernel: Literal[1, 3] = 3
-    #: spatial dropout on the decoder features
+    """kernel of the bottleneck convolution (the paper: 3; segmentation_models_pytorch: 1)"""
     psp_dropout: Float = 0.1
+    """spatial dropout on the decoder features"""
 
     network = "pspnet"
 

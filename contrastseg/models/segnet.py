@@ -39,12 +39,13 @@ def check_vgg(arch: str) -> None:
 class SegNetConfig(ModelConfig):
     """SegNet: VGG16-BN encoder, decoder unpooling with the encoder's max-pooling indices."""
 
-    #: backbone: vgg16_bn (SegNet needs the pooling indices of a VGG encoder; a ResNet has one max-pool)
     arch: Str = "vgg16_bn"
-    #: output stride of the backbone (VGG16-BN is not dilated: 32)
+    """backbone: vgg16_bn (SegNet needs the pooling indices of a VGG encoder; a ResNet has one
+    max-pool)"""
     output_stride: Int = 32
-    #: optional vgg16_bn weights file in torchvision key names to start from
+    """output stride of the backbone (VGG16-BN is not dilated: 32)"""
     backbone_weights: Str | None = None
+    """optional vgg16_bn weights file in torchvision key names to start from"""
 
     network = "segnet"
 

@@ -80,10 +80,10 @@ class UNetDecoder(nn.Module):
 class UNetConfig(ModelConfig):
     """U-Net: three decoder blocks from the last stage to the ``layer1`` skip (stride 4)."""
 
-    #: channels of the decoder features (the stride-4 block)
     decoder_channels: Int = 64
-    #: widths of the stride-16 and stride-8 decoder blocks
+    """channels of the decoder features (the stride-4 block)"""
     unet_channels: Annotated[tuple[Int, Int], AsTuple] = (256, 128)
+    """widths of the stride-16 and stride-8 decoder blocks"""
 
     network = "unet"
 
@@ -113,8 +113,8 @@ class UNet(SegmentationNet):
 
     name = "unet"
     config_class = UNetConfig
-    #: the decoder block (a subclass changes it: ResUNet)
     block: type[nn.Module] = UNetBlock
+    """the decoder block (a subclass changes it: ResUNet)"""
     parts = ("backbone", "decoder")
     encoder_parts = ("backbone",)
 

@@ -63,15 +63,15 @@ __all__ = [
 class PretrainedConfig:
     """Which pretrained weights start the segmenter."""
 
-    #: pretraining checkpoint or exported weights; None = random initialisation
     path: Str | None = None
-    #: parts loaded: backbone, encoder (= backbone+aspp for DeepLabV3+, the GLCNet default;
-    #: the backbone for U-Net / FPN) or all (adds the decoder); auto = encoder, and in linear
-    #: mode every part in front of the probed features
+    """pretraining checkpoint or exported weights; None = random initialisation"""
     parts: Literal["auto", "backbone", "backbone+aspp", "encoder", "all"] = "auto"
-    #: keep the BatchNorm running statistics of the loaded parts as pretrained (their layers
-    #: stay in eval mode; their scale and shift still train): for small fine-tuning batches
+    """parts loaded: backbone, encoder (= backbone+aspp for DeepLabV3+, the GLCNet default; the
+    backbone for U-Net / FPN) or all (adds the decoder); auto = encoder, and in linear mode
+    every part in front of the probed features"""
     freeze_bn: Bool = False
+    """keep the BatchNorm running statistics of the loaded parts as pretrained (their layers stay
+    in eval mode; their scale and shift still train): for small fine-tuning batches"""
 
 
 @section("linear")
@@ -79,81 +79,81 @@ class LinearProbeConfig:
     """The linear probe (``mode: linear``, and the first stage of ``mode: lp-ft``): which frozen
     features, and how its softmax regression is solved (to convergence, on cached features)."""
 
-    #: features the 1x1 head reads: decoder (stride 4), encoder (ASPP output) or backbone
-    #: (last ResNet stage); auto = the deepest part the checkpoint's method trained
-    #: (simclr, global_style: encoder; local, glcnet, dense: decoder; an exported backbone:
-    #: backbone; a random start: decoder). lp-ft always reads the decoder (the segmenter's head)
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
-    #: L2 strengths of the head (objective mean(CE) + l2 / 2 * ||W||^2 on standardised
-    #: features); one fit each, the best val mIoU is kept (ties: the stronger)
+    """features the 1x1 head reads: decoder (stride 4), encoder (ASPP output) or backbone (last
+    ResNet stage); auto = the deepest part the checkpoint's method trained (simclr,
+    global_style: encoder; local, glcnet, dense: decoder; an exported backbone: backbone; a
+    random start: decoder). lp-ft always reads the decoder (the segmenter's head)"""
     l2_grid: Annotated[list[NonNegativeFloat], Field(min_length=1)] = field(
         default_factory=lambda: [1e-2, 1e-3, 1e-4]
     )
-    #: L-BFGS iterations per fit at most (it stops earlier once the gradient vanishes)
+    """L2 strengths of the head (objective mean(CE) + l2 / 2 * ||W||^2 on standardised features);
+    one fit each, the best val mIoU is kept (ties: the stronger)"""
     max_iter: PositiveInt = 300
-    #: labeled pixels the head is fitted on at most (evenly spaced over all patches)
+    """L-BFGS iterations per fit at most (it stops earlier once the gradient vanishes)"""
     max_cells: PositiveInt = 200000
-    #: distance in pixels between two sampled pixels of a patch (both axes)
+    """labeled pixels the head is fitted on at most (evenly spaced over all patches)"""
     pixel_step: PositiveInt = 4
+    """distance in pixels between two sampled pixels of a patch (both axes)"""
 
 
 @section("optim")
 class FinetuneOptimConfig(OptimConfig):
     """Optimizer and schedule of fine-tuning (GLCNet: Adam, lr 1e-4)."""
 
-    #: peak learning rate
     lr: PositiveFloat = 1e-4
-    #: Adam / AdamW betas
+    """peak learning rate"""
     betas: FloatPair = (0.9, 0.999)
-    #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
+    """Adam / AdamW betas"""
     weight_decay: NonNegativeFloat = 0.0
-    #: layer-wise learning-rate decay: the classifier trains at lr, each level closer to the
-    #: input at this factor more (DeepLabV3+: decoder x d, ASPP x d^2, layer4 x d^3 ... the stem
-    #: x d^7); 1 = the same lr everywhere. Multiplies with pretrained_lr_scale
+    """weight decay (on biases and normalisation weights too when decay_norm_and_bias)"""
     layer_decay: Annotated[Float, Field(gt=0, le=1)] = 1.0
+    """layer-wise learning-rate decay: the classifier trains at lr, each level closer to the input
+    at this factor more (DeepLabV3+: decoder x d, ASPP x d^2, layer4 x d^3 ... the stem x d^7);
+    1 = the same lr everywhere. Multiplies with pretrained_lr_scale"""
 
 
 @section("train")
 class FinetuneTrainConfig(TrainConfig):
     """Length, batch, device, precision of fine-tuning (GLCNet: 150 epochs, batch 16)."""
 
-    #: passes over the labeled training patches
     epochs: PositiveInt = 150
-    #: patches per step
+    """passes over the labeled training patches"""
     batch_size: Int = 16
-    #: DataLoader worker processes
+    """patches per step"""
     num_workers: NonNegativeInt = 2
-    #: augment the training patches (image and mask alike)
+    """DataLoader worker processes"""
     augment: Bool = True
-    #: ``basic``: independent flips and rot90 (ours); ``official``: the official GLCNet
-    #: fine-tuning augmentation (flips, rot90, shift-scale, HSV, band jitter)
+    """augment the training patches (image and mask alike)"""
     augment_recipe: Literal["basic", "official"] = "basic"
-    #: stop after this many validations without a better val mIoU (0 = train to the step cap;
-    #: in lp-ft mode, validations of the fine-tuning stage)
+    """``basic``: independent flips and rot90 (ours); ``official``: the official GLCNet fine-tuning
+    augmentation (flips, rot90, shift-scale, HSV, band jitter)"""
     patience: NonNegativeInt = 0
+    """stop after this many validations without a better val mIoU (0 = train to the step cap; in
+    lp-ft mode, validations of the fine-tuning stage)"""
 
 
 @section("eval")
 class EvalConfig:
     """Sliding-window evaluation (validation during training, test at the end, evaluate, predict)."""
 
-    #: window side in pixels
     window: Annotated[Int, Field(ge=16)] = 512
-    #: step between windows; None = window // 2
+    """window side in pixels"""
     stride: Int | None = None
-    #: windows per forward pass
+    """step between windows; None = window // 2"""
     batch_size: PositiveInt = 4
-    #: average with the logits of flipped windows (test-time augmentation)
+    """windows per forward pass"""
     flip: Bool = False
-    #: class ids left out of the means (e.g. ISPRS clutter = 5); OA and kappa keep them
+    """average with the logits of flipped windows (test-time augmentation)"""
     exclude: list[NonNegativeInt] = field(default_factory=list)
-    #: validate every N epochs (and always after the last)
+    """class ids left out of the means (e.g. ISPRS clutter = 5); OA and kappa keep them"""
     every: PositiveInt = 1
-    #: validate every N optimizer steps instead (and after the last); None = every N epochs.
-    #: For label fractions whose epochs are long (or short) compared with the patience window
+    """validate every N epochs (and always after the last)"""
     every_steps: PositiveInt | None = None
-    #: images shown as prediction overlays in the reports
+    """validate every N optimizer steps instead (and after the last); None = every N epochs. For
+    label fractions whose epochs are long (or short) compared with the patience window"""
     overlays: NonNegativeInt = 4
+    """images shown as prediction overlays in the reports"""
 
     def __post_init__(self) -> None:
         if self.stride is not None and not 1 <= self.stride <= self.window:
@@ -166,48 +166,50 @@ class EvalConfig:
 class FinetuneRunConfig(RunConfig):
     """Where the fine-tuning run writes, and how often (checkpoints at epoch ends)."""
 
-    #: log scalars every N steps
     log_every: PositiveInt = 10
-    #: write a checkpoint at the first epoch end after every N steps (and always at the end)
+    """log scalars every N steps"""
     checkpoint_every: PositiveInt = 200
-    #: keep the newest K step checkpoints (best.pt is kept apart; 2, so a resume falls back
-    #: past a damaged newest one)
+    """write a checkpoint at the first epoch end after every N steps (and always at the end)"""
     keep_last: PositiveInt = 2
-    #: unused by fine-tuning (overlays come with each report)
+    """keep the newest K step checkpoints (best.pt is kept apart; 2, so a resume falls back past a
+    damaged newest one)"""
     image_every: NonNegativeInt = 0
+    """unused by fine-tuning (overlays come with each report)"""
 
 
 @section("")
 class FinetuneConfig:
     """Everything ``contrastseg finetune`` needs."""
 
-    #: labeled data: preset or folders, splits (val selects the model, test is scored once), label fraction
     data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
-    #: per-band normalisation; all empty = the pretraining checkpoint's normalisation
+    """labeled data: preset or folders, splits (val selects the model, test is scored once), label
+    fraction"""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    #: the network built without a checkpoint; with one, its architecture wins unless model.name names another decoder (its backbone is kept)
+    """per-band normalisation; all empty = the pretraining checkpoint's normalisation"""
     model: ModelSection = field(default_factory=model_config)
-    #: pretrained weights and the parts loaded
+    """the network built without a checkpoint; with one, its architecture wins unless model.name
+    names another decoder (its backbone is kept)"""
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
-    #: linear (only the 1x1 classifier, solved on the frozen network), decoder (backbone
-    #: frozen), finetune (all) or lp-ft (the linear probe's head first, then all from it)
+    """pretrained weights and the parts loaded"""
     mode: Literal["linear", "decoder", "finetune", "lp-ft"] = "finetune"
-    #: the linear probe: features and solver (mode: linear, and lp-ft's first stage)
+    """linear (only the 1x1 classifier, solved on the frozen network), decoder (backbone frozen),
+    finetune (all) or lp-ft (the linear probe's head first, then all from it)"""
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    #: learning-rate factor of the pretrained parts in finetune and lp-ft modes (1 = same lr)
+    """the linear probe: features and solver (mode: linear, and lp-ft's first stage)"""
     pretrained_lr_scale: Float = 1.0
-    #: segmentation loss in compact syntax, e.g. ce, dice+ce, 0.5*dice+focal
+    """learning-rate factor of the pretrained parts in finetune and lp-ft modes (1 = same lr)"""
     loss: Str = "ce"
-    #: loss term arguments as 'term.arg=value' strings, e.g. focal.gamma=2.0
+    """segmentation loss in compact syntax, e.g. ce, dice+ce, 0.5*dice+focal"""
     loss_args: list[Str] = field(default_factory=list)
-    #: optimizer and schedule
+    """loss term arguments as 'term.arg=value' strings, e.g. focal.gamma=2.0"""
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
-    #: length, batch, device, precision
+    """optimizer and schedule"""
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
-    #: sliding-window evaluation settings
+    """length, batch, device, precision"""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    #: outputs: run folder, logging, checkpoints
+    """sliding-window evaluation settings"""
     run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
+    """outputs: run folder, logging, checkpoints"""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pretrained_lr_scale <= 1.0:

@@ -48,7 +48,7 @@ _EXPONENT_FLOAT = re.compile(r"^[+-]?(\d(_?\d)*(\.(\d(_?\d)*)?)?|\.\d(_?\d)*)[eE
 _NAN_WORDS = ("nan", ".nan")
 
 #: How every config section is validated.
-SECTION_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+SECTION_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -581,28 +581,32 @@ def load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-_ATTR_RE = re.compile(r"^\s{4,}(\w+)(?:\s*\([^)]*\))?:\s*(.+)$")
-
-
 def field_docs(cls: type) -> dict[str, str]:
-    """One line of documentation per field: ``#:`` comments, else the docstring's Attributes.
+    """One line of documentation per field: its description, else the docstring's Attributes.
 
-    Base classes are read first, so a section that subclasses another (new defaults) keeps
-    the documentation of the fields it inherits.
+    A field's description is the docstring under it (``use_attribute_docstrings``). Base
+    classes are read first, so a section that subclasses another (new defaults) keeps the
+    documentation of the fields it inherits or redeclares.
     """
     docs: dict[str, str] = {}
-    for base in reversed(cls.__mro__[1:]):
+    for base in reversed(cls.__mro__):
         if dataclasses.is_dataclass(base):
-            docs.update(_own_field_docs(base))
-    docs.update(_own_field_docs(cls))
+            docs.update(_attributes_docs(base))
+            own = getattr(base, "__pydantic_fields__", {})
+            for name in vars(base).get("__annotations__", {}):
+                info = own.get(name)
+                if info is not None and info.description:
+                    docs[name] = " ".join(info.description.split())
     return docs
 
 
-def _own_field_docs(cls: type) -> dict[str, str]:
+def _attributes_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` entries of ``cls``'s own docstring."""
     docs: dict[str, str] = {}
-    doc = inspect.getdoc(cls) or ""
+    doc = cls.__dict__.get("__doc__") or ""
     in_attrs = False
-    for line in doc.splitlines():
+    last = ""
+    for line in inspect.cleandoc(doc).splitlines():
         if line.strip() == "Attributes:":
             in_attrs = True
             continue
@@ -614,25 +618,8 @@ def _own_field_docs(cls: type) -> dict[str, str]:
             if m and len(line) - len(line.lstrip()) <= 4:
                 docs[m.group(1)] = m.group(2).strip()
                 last = m.group(1)
-            elif line.strip() and docs:
+            elif line.strip() and last:
                 docs[last] += " " + line.strip()
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return docs
-    pending: list[str] = []
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#:"):
-            pending.append(stripped[2:].strip())
-            continue
-        m = re.match(r"^(\w+)\s*:", stripped)
-        if m and m.group(1) in {f.name for f in dataclasses.fields(cls)}:
-            trailing = re.search(r"#:\s*(.+)$", stripped)
-            text = " ".join(pending) or (trailing.group(1).strip() if trailing else "")
-            if text:
-                docs[m.group(1)] = text
-        pending = []
     return docs
 
 
