@@ -41,7 +41,8 @@ from contrastseg.models.config import (
     model_config,
     model_sections,
 )
-from contrastseg.utils.configtools import (
+from contrastseg.utils.configtools import apply_overrides, load_yaml, parse_override
+from contrastseg.utils.sections import (
     Bool,
     ChoiceWord,
     ConfigError,
@@ -53,11 +54,8 @@ from contrastseg.utils.configtools import (
     PositiveFloat,
     PositiveInt,
     Str,
-    apply_overrides,
     from_dict,
-    load_yaml,
     merge_mappings,
-    parse_override,
     section,
     tagged_union,
     to_dict,

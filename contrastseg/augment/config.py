@@ -20,7 +20,7 @@ import warnings
 from dataclasses import field
 from typing import Any, Literal
 
-from contrastseg.utils.configtools import Float, FloatPair, Int, Str, section
+from contrastseg.utils.sections import Float, FloatPair, Int, Str, section
 
 
 def _check_probability(owner: str, name: str, value: float) -> None:

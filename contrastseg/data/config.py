@@ -6,7 +6,7 @@ from dataclasses import field
 from typing import Literal
 
 from contrastseg.data.files import compile_regex
-from contrastseg.utils.configtools import Bool, Float, Int, Nodata, Str, section
+from contrastseg.utils.sections import Bool, Float, Int, Nodata, Str, section
 
 #: File name patterns an unlabeled or labeled dataset picks up by default (case-insensitive).
 DEFAULT_PATTERNS = ["*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg"]

@@ -16,7 +16,8 @@ from contrastseg.data.config import UnlabeledDataConfig
 from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.readers import Window
 from contrastseg.data.unlabeled import Source, UnlabeledDataset, list_sources, read_source
-from contrastseg.utils.configtools import ConfigError, Float, Int, coerce, safe_load_unique
+from contrastseg.utils.configtools import safe_load_unique
+from contrastseg.utils.sections import ConfigError, Float, Int, coerce
 
 
 @dataclass

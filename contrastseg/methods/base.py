@@ -33,7 +33,7 @@ from contrastseg.losses.ntxent import NegativeQueue
 from contrastseg.metrics import embedding_health
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.config import unknown_name
-from contrastseg.utils.configtools import (
+from contrastseg.utils.sections import (
     Bool,
     NonNegativeInt,
     PositiveFloat,

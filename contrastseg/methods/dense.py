@@ -33,7 +33,7 @@ from contrastseg.methods.base import (
 from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
-from contrastseg.utils.configtools import Bool, Float, PositiveInt, section
+from contrastseg.utils.sections import Bool, Float, PositiveInt, section
 
 
 @section("method")

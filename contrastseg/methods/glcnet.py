@@ -13,7 +13,7 @@ from contrastseg.methods.base import Widths, register_method
 from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.methods.local import Local, LocalConfig
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
-from contrastseg.utils.configtools import Float, section
+from contrastseg.utils.sections import Float, section
 
 
 @section("method")

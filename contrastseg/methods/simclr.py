@@ -19,7 +19,7 @@ from contrastseg.methods.base import (
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
-from contrastseg.utils.configtools import Bool, section
+from contrastseg.utils.sections import Bool, section
 
 
 @section("method")

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 from contrastseg.models.backbones import check_arch
-from contrastseg.utils.configtools import ConfigError, Int, Str, from_dict, section
+from contrastseg.utils.sections import ConfigError, Int, Str, from_dict, section
 
 #: ``model.name`` when the config names none (and a fine-tune has no checkpoint to take it from).
 DEFAULT_MODEL = "deeplabv3plus"

@@ -26,7 +26,7 @@ from contrastseg.models.base import (
 )
 from contrastseg.models.base import conv_bn_relu as _conv_bn_relu
 from contrastseg.models.config import ModelConfig
-from contrastseg.utils.configtools import Bool, Float, FloatPair, Int, section
+from contrastseg.utils.sections import Bool, Float, FloatPair, Int, section
 
 __all__ = [
     "ASPP",

@@ -22,7 +22,7 @@ from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import conv_bn_relu
 from contrastseg.models.config import ModelConfig
 from contrastseg.models.deeplab import ASPP, ASPPNet, aspp_rates
-from contrastseg.utils.configtools import Float, Int, section
+from contrastseg.utils.sections import Float, Int, section
 
 #: torchvision ``deeplabv3_resnet50`` key patterns -> ours (``backbone.*`` is the same; the
 #: auxiliary classifier has no counterpart), applied in order by :func:`torchvision_key`.

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.config import ModelConfig
-from contrastseg.utils.configtools import Float, Int, section
+from contrastseg.utils.sections import Float, Int, section
 
 
 class ConvGNReLU(nn.Module):

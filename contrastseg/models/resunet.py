@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from contrastseg.models.base import conv_bn_relu
 from contrastseg.models.unet import UNet, UNetConfig
-from contrastseg.utils.configtools import section
+from contrastseg.utils.sections import section
 
 
 @section("model")

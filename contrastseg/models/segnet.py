@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
 from contrastseg.models.config import ModelConfig
 from contrastseg.models.vgg import VGG16_STAGES, VGGBackbone
-from contrastseg.utils.configtools import Int, Str, section
+from contrastseg.utils.sections import Int, Str, section
 
 
 def check_vgg(arch: str) -> None:

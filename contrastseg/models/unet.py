@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
 from contrastseg.models.config import ModelConfig
-from contrastseg.utils.configtools import AsTuple, Int, section
+from contrastseg.utils.sections import Int, section
 
 
 class UNetBlock(nn.Module):
@@ -82,7 +82,7 @@ class UNetConfig(ModelConfig):
 
     decoder_channels: Int = 64
     """channels of the decoder features (the stride-4 block)"""
-    unet_channels: Annotated[tuple[Int, Int], AsTuple] = (256, 128)
+    unet_channels: tuple[Int, Int] = (256, 128)
     """widths of the stride-16 and stride-8 decoder blocks"""
 
     network = "unet"

@@ -32,7 +32,7 @@ from contrastseg.config import (
 )
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.losses.segmentation import build_loss, parse_loss_spec
-from contrastseg.utils.configtools import (
+from contrastseg.utils.sections import (
     Bool,
     ConfigError,
     Float,
