@@ -228,6 +228,14 @@ def test_sections_validate_when_built_in_code():
     with pytest.raises(ConfigError, match=r"unknown key 'optim\.lrr'.*\(did you mean 'lr'\?\)"):
         OptimConfig(lrr=0.1)
     assert OptimConfig(lr=1).lr == 1.0 and isinstance(OptimConfig(lr=1).lr, float)
+    from contrastseg.augment.config import FlipConfig
+
+    with pytest.raises(
+        ConfigError, match=r"flip\.vertical_p must be a probability in \[0, 1\], got 2\.0"
+    ):
+        FlipConfig(vertical_p=2)
+    with pytest.raises(ConfigError, match=r"train\.collapse_std must lie in \[0, 1\), got 1\.0"):
+        PretrainConfig(train={"collapse_std": 1})
 
 
 def test_method_and_model_names_pick_the_section_class():

@@ -18,14 +18,20 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from contrastseg.utils.sections import Float, FloatPair, Int, Str, section
+from pydantic import Field
 
-
-def _check_probability(owner: str, name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{owner}.{name} must be a probability in [0, 1], got {value}")
+from contrastseg.utils.sections import (
+    Float,
+    FloatPair,
+    Int,
+    NonNegativeFloat,
+    PositiveInt,
+    Probability,
+    Str,
+    section,
+)
 
 
 def _check_range(owner: str, name: str, value: tuple[float, float], low: float = -math.inf) -> None:
@@ -50,8 +56,6 @@ class CropConfig:
     """box width / height, (min, max), log-uniform"""
 
     def __post_init__(self) -> None:
-        self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
-        self.ratio = tuple(float(v) for v in self.ratio)  # type: ignore[assignment]
         _check_range("crop", "scale", self.scale, low=0.0)
         if self.scale[0] <= 0.0 or self.scale[1] > 1.0:
             raise ValueError(f"crop.scale must lie in (0, 1], got {self.scale}")
@@ -69,14 +73,10 @@ class FlipConfig:
         vertical_p: probability of an up-down flip.
     """
 
-    horizontal_p: Float = 0.0
+    horizontal_p: Probability = 0.0
     """probability of a left-right flip"""
-    vertical_p: Float = 0.0
+    vertical_p: Probability = 0.0
     """probability of an up-down flip"""
-
-    def __post_init__(self) -> None:
-        _check_probability("flip", "horizontal_p", self.horizontal_p)
-        _check_probability("flip", "vertical_p", self.vertical_p)
 
 
 @section("rot90")
@@ -87,11 +87,8 @@ class Rot90Config:
         p: probability of rotating.
     """
 
-    p: Float = 0.0
+    p: Probability = 0.0
     """probability of a rotation by 90, 180 or 270 degrees (uniform)"""
-
-    def __post_init__(self) -> None:
-        _check_probability("rot90", "p", self.p)
 
 
 @section("rotation")
@@ -103,14 +100,12 @@ class RotationConfig:
         degrees: range of the angle in degrees (counter-clockwise), sampled uniformly.
     """
 
-    p: Float = 0.0
+    p: Probability = 0.0
     """probability of an arbitrary-angle rotation"""
     degrees: FloatPair = (-30.0, 30.0)
     """angle range in degrees, (min, max)"""
 
     def __post_init__(self) -> None:
-        _check_probability("rotation", "p", self.p)
-        self.degrees = tuple(float(v) for v in self.degrees)  # type: ignore[assignment]
         _check_range("rotation", "degrees", self.degrees)
 
 
@@ -129,24 +124,16 @@ class ColorConfig:
         hue: shift drawn from ``[-hue, hue]`` in turns (at most 0.5).
     """
 
-    p: Float = 0.0
+    p: Probability = 0.0
     """probability of the colour distortion"""
-    brightness: Float = 0.4
+    brightness: NonNegativeFloat = 0.4
     """brightness factor range half-width"""
-    contrast: Float = 0.4
+    contrast: NonNegativeFloat = 0.4
     """contrast factor range half-width (per band)"""
-    saturation: Float = 0.4
+    saturation: NonNegativeFloat = 0.4
     """saturation factor range half-width (RGB bands only)"""
-    hue: Float = 0.1
+    hue: Annotated[Float, Field(ge=0, le=0.5)] = 0.1
     """hue shift range half-width in turns, <= 0.5 (RGB bands only)"""
-
-    def __post_init__(self) -> None:
-        _check_probability("color", "p", self.p)
-        for name in ("brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0.0:
-                raise ValueError(f"color.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"color.hue must lie in [0, 0.5], got {self.hue}")
 
 
 @section("grayscale")
@@ -158,15 +145,10 @@ class GrayscaleConfig:
         mode: ``mean`` (the mean over bands) or ``random_band`` (one band drawn per sample).
     """
 
-    p: Float = 0.0
+    p: Probability = 0.0
     """probability of replacing every band by the band mean"""
     mode: Literal["mean", "random_band"] = "mean"
     """``mean`` = mean over bands; ``random_band`` = one band drawn per sample"""
-
-    def __post_init__(self) -> None:
-        _check_probability("grayscale", "p", self.p)
-        if self.mode not in ("mean", "random_band"):
-            raise ValueError(f"grayscale.mode must be 'mean' or 'random_band', got {self.mode!r}")
 
 
 @section("blur")
@@ -178,14 +160,12 @@ class BlurConfig:
         sigma: range of the standard deviation in view pixels, sampled uniformly.
     """
 
-    p: Float = 0.0
+    p: Probability = 0.0
     """probability of a Gaussian blur"""
     sigma: FloatPair = (0.8, 1.4)
     """sigma range in view pixels, (min, max)"""
 
     def __post_init__(self) -> None:
-        _check_probability("blur", "p", self.p)
-        self.sigma = tuple(float(v) for v in self.sigma)  # type: ignore[assignment]
         _check_range("blur", "sigma", self.sigma, low=0.0)
         if self.sigma[0] <= 0.0:
             raise ValueError(f"blur.sigma must be positive, got {self.sigma}")
@@ -200,14 +180,12 @@ class NoiseConfig:
         std: range of the noise standard deviation (in image units), sampled uniformly.
     """
 
-    p: Float = 0.0
+    p: Probability = 0.0
     """probability of additive Gaussian noise"""
     std: FloatPair = (0.01, 0.05)
     """noise std range in image units, (min, max)"""
 
     def __post_init__(self) -> None:
-        _check_probability("noise", "p", self.p)
-        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         _check_range("noise", "std", self.std, low=0.0)
 
 
@@ -300,7 +278,7 @@ class ViewsConfig:
         t2: pipeline of view 2 (ours: crop, flips, rot90, colour, grayscale, blur, noise).
     """
 
-    size: Int = 224
+    size: PositiveInt = 224
     """side of the square views in pixels"""
     rgb_bands: list[Int] | None = field(default_factory=lambda: [0, 1, 2])
     value_range: FloatPair | None = (0.0, 1.0)
@@ -312,8 +290,6 @@ class ViewsConfig:
     """pipeline of view 2"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"views.size must be a positive integer, got {self.size!r}")
         if self.rgb_bands is not None:
             bands = list(self.rgb_bands)
             if len(bands) != 3 or len(set(bands)) != 3 or any(int(b) != b or b < 0 for b in bands):
@@ -322,12 +298,10 @@ class ViewsConfig:
                     f"got {self.rgb_bands!r}"
                 )
             self.rgb_bands = [int(b) for b in bands]
-        if self.value_range is not None:
-            self.value_range = tuple(float(v) for v in self.value_range)  # type: ignore[assignment]
-            if len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]:
-                raise ValueError(
-                    f"views.value_range must be (low, high) with low < high or None, got {self.value_range}"
-                )
+        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
+            raise ValueError(
+                f"views.value_range must be (low, high) with low < high or None, got {self.value_range}"
+            )
         if self.engine is not None:
             warnings.warn(
                 f"views.engine = {self.engine!r} is ignored: views.engine was removed (every view "

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from contrastseg.data.files import compile_regex
-from contrastseg.utils.sections import Bool, Float, Int, Nodata, Str, section
+from contrastseg.utils.sections import (
+    Bool,
+    Float,
+    Int,
+    Nodata,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    section,
+)
 
 #: File name patterns an unlabeled or labeled dataset picks up by default (case-insensitive).
 DEFAULT_PATTERNS = ["*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg"]
 
 
-def _check_bands(name: str, bands: list[int] | None) -> None:
-    if bands is not None:
-        if not bands:
-            raise ValueError(f"{name}: bands must be None (all bands) or a non-empty list, got []")
-        if any(b < 0 for b in bands):
-            raise ValueError(f"{name}: band indices are 0-based and >= 0, got {bands}")
-
-
-def _check_scale(name: str, scale: float | None) -> None:
-    if scale is not None and scale <= 0:
-        raise ValueError(f"{name}: scale must be positive or None (the dtype's range), got {scale}")
+#: Band indices (0-based) in order: a non-empty list; ``None`` where used means all bands.
+Bands = Annotated[list[NonNegativeInt], Field(min_length=1)]
 
 
 @section("data.demo")
@@ -36,22 +39,14 @@ class DemoDataConfig:
         seed: seed of the procedural generator; scene ``i`` uses ``(seed, i)``.
     """
 
-    n_scenes: Int = 16
+    n_scenes: PositiveInt = 16
     """number of scenes generated in memory"""
-    size: Int = 512
+    size: Annotated[Int, Field(ge=32)] = 512
     """side of each square scene in pixels"""
-    bands: Int = 4
+    bands: PositiveInt = 4
     """number of bands (3 = RGB, 4 = RGB + near-infrared)"""
     seed: Int = 0
     """seed of the procedural generator"""
-
-    def __post_init__(self) -> None:
-        if self.n_scenes < 1:
-            raise ValueError(f"demo.n_scenes must be >= 1, got {self.n_scenes}")
-        if self.size < 32:
-            raise ValueError(f"demo.size must be >= 32 pixels, got {self.size}")
-        if self.bands < 1:
-            raise ValueError(f"demo.bands must be >= 1, got {self.bands}")
 
 
 @section("data")
@@ -89,25 +84,25 @@ class UnlabeledDataConfig:
     """file patterns"""
     exclude: list[Str] = field(default_factory=list)
     """paths to leave out, e.g. '*/masks/*'"""
-    bands: list[Int] | None = None
+    bands: Bands | None = None
     """band indices to use, in order; None = all"""
-    patch_size: Int = 224
+    patch_size: PositiveInt = 224
     """side of the square patches in pixels"""
     sampling: Literal["random", "grid"] = "random"
     """random windows per epoch or a fixed grid"""
-    coverage: Float = 1.0
+    coverage: PositiveFloat = 1.0
     """random windows per image = coverage * area / patch area"""
-    grid_stride: Int | None = None
+    grid_stride: PositiveInt | None = None
     """grid step in pixels; None = patch_size"""
     too_small: Literal["error", "skip"] = "error"
     """images smaller than the patch"""
     skip_bad_files: Bool = False
     """skip unreadable files with a warning instead of failing"""
-    scale: Float | None = None
+    scale: PositiveFloat | None = None
     """float scale; None = dtype range"""
     nodata: Nodata = None
     """value of missing pixels; None = the GeoTIFF tag"""
-    max_nodata_fraction: Float = 0.5
+    max_nodata_fraction: Annotated[Float, Field(ge=0, lt=1)] = 0.5
     """patches with more nodata pixels are skipped"""
     seed: Int = 0
     """seed of the random windows"""
@@ -115,26 +110,8 @@ class UnlabeledDataConfig:
     """built-in scenes"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.demo, dict):
-            self.demo = DemoDataConfig(**self.demo)
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
-        if self.sampling not in ("random", "grid"):
-            raise ValueError(f"sampling must be 'random' or 'grid', got {self.sampling!r}")
-        if self.coverage <= 0:
-            raise ValueError(f"coverage must be positive, got {self.coverage}")
-        if self.grid_stride is not None and self.grid_stride < 1:
-            raise ValueError(f"grid_stride must be >= 1 or None, got {self.grid_stride}")
-        if self.too_small not in ("error", "skip"):
-            raise ValueError(f"too_small must be 'error' or 'skip', got {self.too_small!r}")
         if not self.patterns:
             raise ValueError("patterns must list at least one file pattern, got []")
-        if not 0.0 <= self.max_nodata_fraction < 1.0:
-            raise ValueError(
-                f"max_nodata_fraction must be in [0, 1), got {self.max_nodata_fraction}"
-            )
-        _check_bands("bands", self.bands)
-        _check_scale("scale", self.scale)
 
 
 @section("data")
@@ -216,9 +193,9 @@ class LabeledDataConfig:
     """colours mapped to ignore_index"""
     ignore_values: list[Int] = field(default_factory=list)
     """index values mapped to ignore_index"""
-    ignore_index: Int = 255
+    ignore_index: Annotated[Int, Field(ge=0, le=65535)] = 255
     """label of ignored pixels"""
-    bands: list[Int] | None = None
+    bands: Bands | None = None
     """image band indices in order; None = all"""
     train: list[Str] = field(default_factory=list)
     """key patterns of the training split"""
@@ -226,9 +203,9 @@ class LabeledDataConfig:
     """key patterns of the validation split"""
     test: list[Str] = field(default_factory=list)
     """key patterns of the test split"""
-    patch_size: Int = 256
+    patch_size: PositiveInt = 256
     """side of the training patches in pixels"""
-    label_fraction: Float = 1.0
+    label_fraction: Annotated[Float, Field(gt=0, le=1)] = 1.0
     """fraction of training patches used"""
     label_list: Str = ""
     """list file of chosen patch ids (read if present, else written)"""
@@ -236,7 +213,7 @@ class LabeledDataConfig:
     """seed of the label-fraction draw"""
     skip_bad_files: Bool = False
     """skip unreadable pairs with a warning"""
-    scale: Float | None = None
+    scale: PositiveFloat | None = None
     """float scale; None = dtype range"""
     nodata: Nodata = None
     """image value of missing pixels; None = the GeoTIFF tag"""
@@ -244,23 +221,9 @@ class LabeledDataConfig:
     """scenes of the demo preset"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.demo, dict):
-            self.demo = DemoDataConfig(**self.demo)
-        if self.mask_format not in ("auto", "rgb", "index"):
-            raise ValueError(
-                f"mask_format must be 'auto', 'rgb' or 'index', got {self.mask_format!r}"
-            )
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
-        if not 0.0 < self.label_fraction <= 1.0:
-            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
-        if not 0 <= self.ignore_index <= 65535:
-            raise ValueError(f"ignore_index must be in [0, 65535], got {self.ignore_index}")
         if self.palette and self.classes and len(self.palette) != len(self.classes):
             raise ValueError(
                 f"palette has {len(self.palette)} colours but classes has {len(self.classes)} names"
             )
-        _check_bands("bands", self.bands)
-        _check_scale("scale", self.scale)
         for key in ("image_regex", "mask_regex"):
             compile_regex(getattr(self, key), key)

@@ -74,6 +74,15 @@ PositiveInt = Annotated[Int, pydantic.Field(ge=1)]
 NonNegativeInt = Annotated[Int, pydantic.Field(ge=0)]
 PositiveFloat = Annotated[Float, pydantic.Field(gt=0)]
 NonNegativeFloat = Annotated[Float, pydantic.Field(ge=0)]
+
+
+class _ProbabilityMark:
+    """Marks a [0, 1] range as a probability, for the error message."""
+
+
+_PROBABILITY = _ProbabilityMark()
+#: A probability: a float in [0, 1].
+Probability = Annotated[Float, pydantic.Field(ge=0, le=1), _PROBABILITY]
 #: A ``Literal`` choice holding ``off`` / ``on`` that YAML 1.1 may have read as a bool.
 ChoiceWord = BeforeValidator(_choice_word)
 #: A nodata value: a number, NaN (``.nan`` or ``nan``: NaN pixels are missing) or None.
@@ -301,9 +310,12 @@ def config_error(
         info = getattr(owner, "__pydantic_fields__", {}).get(field_name)
         on_field = error["loc"] and error["loc"][-1] == field_name and info is not None
         ctx = error.get("ctx", {})
-        bounds = (_bounds_text(info.metadata) if on_field else None) or _bounds_text(
-            [getattr(annotated_types, k.capitalize())(v) for k, v in ctx.items()]
-        )
+        if on_field and _PROBABILITY in info.metadata:
+            bounds = "be a probability in [0, 1]"
+        else:
+            bounds = (_bounds_text(info.metadata) if on_field else None) or _bounds_text(
+                [getattr(annotated_types, k.capitalize())(v) for k, v in ctx.items()]
+            )
         where = (
             f" (section {section!r}" + (f" in {source})" if source else ")")
             if section
