@@ -307,7 +307,7 @@ class ViewsConfig:
                 f"views.engine = {self.engine!r} is ignored: views.engine was removed (every view "
                 "is one pipeline of Kornia modules resampled once); delete the key",
                 FutureWarning,
-                stacklevel=3,  # the caller of __init__ (the dataclass's own is generated code)
+                stacklevel=4,  # the caller of __init__ (past pydantic's and section()'s)
             )
             self.engine = None
 

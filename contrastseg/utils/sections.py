@@ -246,6 +246,9 @@ def config_error(
     its class lists the names.
     """
     error = err.errors(include_url=False)[0]
+    if error["type"] == "missing" and error["loc"] and isinstance(error["loc"][-1], int):
+        # a tuple given too few values: pydantic names the first missing item
+        error = {**error, "type": "too_short", "loc": error["loc"][:-1]}
     keys: list[str] = [prefix] if prefix else []
     tp, owner, field_name = root, None, None
     loc = list(error["loc"])

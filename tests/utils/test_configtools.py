@@ -130,3 +130,20 @@ def test_coerce_is_strict_and_names_the_key():
         coerce([1.0, True], list[Float], "std", "s.yaml")
     with pytest.raises(ConfigError, match=r"'count': expected int, got '3'"):
         coerce("3", Int, "count")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "optim.betas=[0.9]",
+            r"'optim\.betas'.*: expected 2 values \(tuple\[float, float\]\), got \[0\.9\]",
+        ),
+        ("optim.betas=[0.9, x]", r"'optim\.betas\[1\]'.*: expected float, got 'x' \(str\)"),
+        ("data.roots=abc", r"'data\.roots'.*: expected list\[str\], got 'abc' \(str\)"),
+        ("model.output_stride=12", r"'model\.output_stride'.*: 12 is not one of 8, 16, 32"),
+    ],
+)
+def test_type_errors_name_the_key_path_and_the_type(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pretrain_config(None, [override])
