@@ -114,7 +114,6 @@ def section(key: str) -> Callable[[type[T]], type[T]]:
                 raise config_error(err, type(self), prefix=key) from None
 
         built.__init__ = __init__  # type: ignore[method-assign]
-        built.section_key = key  # type: ignore[attr-defined]
         return built  # type: ignore[return-value]
 
     return wrap
