@@ -16,23 +16,48 @@ import dataclasses
 import os
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
+
+import pydantic
+from pydantic import Field
 
 from contrastseg.augment.config import ViewsConfig
 from contrastseg.data.config import LabeledDataConfig, UnlabeledDataConfig
 from contrastseg.data.presets import preset_mapping, resolve_preset
-from contrastseg.methods.base import MethodConfig, method_config
-from contrastseg.models.config import ModelConfig, model_config
-from contrastseg.utils.configtools import (
+from contrastseg.methods.base import (
+    DEFAULT_METHOD,
+    MethodConfig,
+    drop_foreign_method_keys,
+    method_config,
+    method_sections,
+)
+from contrastseg.models.config import (
+    DEFAULT_MODEL,
+    ModelConfig,
+    drop_foreign_model_keys,
+    model_config,
+    model_sections,
+)
+from contrastseg.utils.configtools import apply_overrides, load_yaml, parse_override
+from contrastseg.utils.sections import (
+    Bool,
+    ChoiceWord,
     ConfigError,
-    apply_overrides,
+    Float,
+    FloatPair,
+    Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
     from_dict,
-    load_yaml,
     merge_mappings,
-    parse_override,
+    section,
+    tagged_union,
     to_dict,
 )
 
@@ -56,16 +81,36 @@ T = TypeVar("T")
 CONFIG_DIR = Path(str(resources.files("contrastseg") / "configs"))
 
 
-@dataclass
+def _source(info: pydantic.ValidationInfo) -> str | None:
+    return (info.context or {}).get("source")
+
+
+def _method_input(value: Any, info: pydantic.ValidationInfo) -> Any:
+    return drop_foreign_method_keys(value, info.field_name or "method", _source(info))
+
+
+def _model_input(value: Any, info: pydantic.ValidationInfo) -> Any:
+    return drop_foreign_model_keys(value, info.field_name or "model", _source(info))
+
+
+#: The ``method`` section: the config class of the method its ``name`` picks (no name: the
+#: default method); keys of another method are dropped with a warning.
+MethodSection = tagged_union(method_sections(), DEFAULT_METHOD, _method_input)
+#: The ``model`` section: the config class of the network its ``name`` picks (no name: the
+#: default network); keys of another network are dropped with a warning.
+ModelSection = tagged_union(model_sections(), DEFAULT_MODEL, _model_input)
+
+
+@section("normalize")
 class NormalizeConfig:
     """Per-band normalisation applied on the device after the views (on ``[0, 1]``-scaled data)."""
 
-    #: YAML written by ``contrastseg stats`` (keys ``mean`` and ``std``); overrides mean/std
-    stats_file: str | None = None
-    #: per-band mean of the scaled data; None = no centring
-    mean: list[float] | None = None
-    #: per-band standard deviation of the scaled data; None = no scaling
-    std: list[float] | None = None
+    stats_file: Str | None = None
+    """YAML written by ``contrastseg stats`` (keys ``mean`` and ``std``); overrides mean/std"""
+    mean: list[Float] | None = None
+    """per-band mean of the scaled data; None = no centring"""
+    std: list[Float] | None = None
+    """per-band standard deviation of the scaled data; None = no scaling"""
 
     def __post_init__(self) -> None:
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -76,223 +121,178 @@ class NormalizeConfig:
             )
 
 
-@dataclass
+@section("optim")
 class OptimConfig:
     """Optimizer and learning-rate schedule (stepped every iteration)."""
 
-    #: adam, adamw, sgd or lars
     name: Literal["adam", "adamw", "sgd", "lars"] = "adam"
-    #: peak learning rate
-    lr: float = 1e-3
-    #: Adam / AdamW betas
-    betas: tuple[float, float] = (0.9, 0.99)
-    #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
-    weight_decay: float = 1e-5
-    #: also decay biases and normalisation weights (the official GLCNet code decays every
-    #: parameter; ours leaves them out, as most contrastive recipes do)
-    decay_norm_and_bias: bool = False
-    #: multiply lr by the number of processes (the official GLCNet code: 1e-3 x world size)
-    scale_lr_with_world_size: bool = False
-    #: SGD / LARS momentum
-    momentum: float = 0.9
-    #: LARS trust coefficient
-    lars_eta: float = 0.001
-    #: linear warmup length in optimizer steps
-    warmup_steps: int = 0
-    #: cosine decay to the final lr after warmup, constant, or exponential (lr * gamma ** t)
+    """adam, adamw, sgd or lars"""
+    lr: PositiveFloat = 1e-3
+    """peak learning rate"""
+    betas: FloatPair = (0.9, 0.99)
+    """Adam / AdamW betas"""
+    weight_decay: NonNegativeFloat = 1e-5
+    """weight decay (on biases and normalisation weights too when decay_norm_and_bias)"""
+    decay_norm_and_bias: Bool = False
+    """also decay biases and normalisation weights (the official GLCNet code decays every
+    parameter; ours leaves them out, as most contrastive recipes do)"""
+    scale_lr_with_world_size: Bool = False
+    """multiply lr by the number of processes (the official GLCNet code: 1e-3 x world size)"""
+    momentum: Float = 0.9
+    """SGD / LARS momentum"""
+    lars_eta: Float = 0.001
+    """LARS trust coefficient"""
+    warmup_steps: NonNegativeInt = 0
+    """linear warmup length in optimizer steps"""
     schedule: Literal["cosine", "constant", "exponential"] = "cosine"
-    #: what the schedule counts: optimizer steps, or epochs (lr changes once per epoch, as
-    #: torch's CosineAnnealingLR / the official GLCNet fine-tuning's lr * 0.98 per epoch)
+    """cosine decay to the final lr after warmup, constant, or exponential (lr * gamma ** t)"""
     schedule_unit: Literal["step", "epoch"] = "step"
-    #: factor per schedule unit of the exponential schedule
-    gamma: float = 0.98
-    #: final learning rate as a fraction of lr (cosine)
-    min_lr_ratio: float = 0.0
-    #: final learning rate of the cosine in absolute terms (replaces min_lr_ratio when set;
-    #: the official GLCNet pretraining: 4e-8)
-    min_lr: float | None = None
-    #: clip the global gradient norm to this value; None = no clipping
-    grad_clip: float | None = None
+    """what the schedule counts: optimizer steps, or epochs (lr changes once per epoch, as torch's
+    CosineAnnealingLR / the official GLCNet fine-tuning's lr * 0.98 per epoch)"""
+    gamma: Annotated[Float, Field(gt=0, le=1)] = 0.98
+    """factor per schedule unit of the exponential schedule"""
+    min_lr_ratio: Annotated[Float, Field(ge=0, le=1)] = 0.0
+    """final learning rate as a fraction of lr (cosine)"""
+    min_lr: Float | None = None
+    """final learning rate of the cosine in absolute terms (replaces min_lr_ratio when set; the
+    official GLCNet pretraining: 4e-8)"""
+    grad_clip: PositiveFloat | None = None
+    """clip the global gradient norm to this value; None = no clipping"""
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"optim.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
-        if self.schedule not in ("cosine", "constant", "exponential"):
-            raise ValueError(
-                f"optim.schedule must be cosine, constant or exponential, got {self.schedule!r}"
-            )
-        if self.schedule_unit not in ("step", "epoch"):
-            raise ValueError(
-                f"optim.schedule_unit must be step or epoch, got {self.schedule_unit!r}"
-            )
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"optim.gamma must lie in (0, 1], got {self.gamma}")
         if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:
             raise ValueError(f"optim.min_lr must lie in [0, optim.lr], got {self.min_lr}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"optim.grad_clip must be > 0 or null, got {self.grad_clip}")
 
 
-@dataclass
+@section("train")
 class TrainConfig:
     """How long, on what, and how fast."""
 
-    #: passes over the data
-    epochs: int = 400
-    #: stop after this many optimizer steps (overrides epochs); None = epochs decide
-    max_steps: int | None = None
-    #: images per process and step (the global batch is this times the number of processes)
-    batch_size: int = 256
-    #: DataLoader worker processes per training process
-    num_workers: int = 4
-    #: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
-    device: str = "auto"
-    #: mixed precision: auto, bf16, fp16 or off. auto: bf16 on CUDA where supported, else fp16
-    #: with a grad scaler; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX: 1.7x the fp32
-    #: step, benchmarks/cpu_step.py), else off
-    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    #: channels_last memory format for model and inputs: auto (on CUDA; on a CPU only in
-    #: full precision, where it measured 1.1x and with bf16 0.8x), true or false
-    channels_last: bool | Literal["auto"] = "auto"
-    #: wrap the model in torch.compile (on a CPU it measured no faster, 0.98-1.0x the eager
-    #: ResNet-18 step, after 44-99 s of compiling: benchmarks/cpu_step.py)
-    compile: bool = False
-    #: seed of weights, data order, views and regions
-    seed: int = 0
-    #: deterministic algorithms (slower; bitwise-reproducible resume on CPU)
-    deterministic: bool = False
-    #: SyncBatchNorm across processes (CUDA only)
-    sync_bn: bool = False
-    #: torch CPU threads of this process (torch.set_num_threads); None = auto, what torch
-    #: picks (one per core). On a CPU shared with other jobs, fewer threads than cores run
-    #: faster: threads that wait on each other stall every operation.
-    num_threads: int | None = None
+    epochs: PositiveInt = 400
+    """passes over the data"""
+    max_steps: PositiveInt | None = None
+    """stop after this many optimizer steps (overrides epochs); None = epochs decide"""
+    batch_size: Int = 256
+    """images per process and step (the global batch is this times the number of processes)"""
+    num_workers: NonNegativeInt = 4
+    """DataLoader worker processes per training process"""
+    device: Str = "auto"
+    """auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"""
+    amp: Annotated[Literal["auto", "bf16", "fp16", "off"], ChoiceWord] = "auto"
+    """mixed precision: auto, bf16, fp16 or off. auto: bf16 on CUDA where supported, else fp16
+    with a grad scaler; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX: 1.7x the fp32 step,
+    benchmarks/cpu_step.py), else off"""
+    channels_last: Bool | Literal["auto"] = "auto"
+    """channels_last memory format for model and inputs: auto (on CUDA; on a CPU only in full
+    precision, where it measured 1.1x and with bf16 0.8x), true or false"""
+    compile: Bool = False
+    """wrap the model in torch.compile (on a CPU it measured no faster, 0.98-1.0x the eager
+    ResNet-18 step, after 44-99 s of compiling: benchmarks/cpu_step.py)"""
+    seed: Int = 0
+    """seed of weights, data order, views and regions"""
+    deterministic: Bool = False
+    """deterministic algorithms (slower; bitwise-reproducible resume on CPU)"""
+    sync_bn: Bool = False
+    """SyncBatchNorm across processes (CUDA only)"""
+    num_threads: Int | None = None
+    """torch CPU threads of this process (torch.set_num_threads); None = auto, what torch picks
+    (one per core). On a CPU shared with other jobs, fewer threads than cores run faster:
+    threads that wait on each other stall every operation."""
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(
                 f"train.num_threads must be >= 1 or null (auto), got {self.num_threads}"
             )
-        if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"train.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.batch_size < 2:
             raise ValueError(
                 f"train.batch_size must be >= 2 (NT-Xent needs negatives and BatchNorm needs "
                 f"more than one sample), got {self.batch_size}"
             )
-        if self.num_workers < 0:
-            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
 
 
-@dataclass
+@section("probe")
 class ProbeConfig:
     """The online segmentation probe: a linear head on the frozen features, scored on val images."""
 
-    #: probe every N optimizer steps (and at the last step); 0 = off
-    every: int = 0
-    #: the probe's labeled data (preset or folders, splits, label_fraction): the train split
-    #: fits the head, the val split is scored; its bands must be the pretraining bands
+    every: NonNegativeInt = 0
+    """probe every N optimizer steps (and at the last step); 0 = off"""
     data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
-    #: features probed: auto = what the method trains (decoder for glcnet/local/dense,
-    #: encoder for simclr/global_style), or decoder / encoder / backbone
+    """the probe's labeled data (preset or folders, splits, label_fraction): the train split fits
+    the head, the val split is scored; its bands must be the pretraining bands"""
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
-    #: labeled training patches the head is fitted on (their features are computed once)
-    max_patches: int = 16
-    #: labeled pixels the head is fitted on at most, drawn evenly from all
-    max_cells: int = 20000
-    #: distance in pixels between two sampled pixels of a patch (both axes)
-    pixel_step: int = 4
-    #: L2 strengths of the head's softmax regression (solved to convergence by L-BFGS); with
-    #: several, every 4th probe patch is held out to choose among them
-    l2_grid: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
-    #: L-BFGS iterations per fit at most
-    max_iter: int = 300
-    #: with decoder features, also probe the encoder features (what a default fine-tune
-    #: transfers), logged as probe/encoder/*; doubles the probe's validation cost
-    encoder_too: bool = True
-    #: sliding-window side for the val images
-    window: int = 256
-    #: sliding-window step; None = window // 2
-    stride: int | None = None
-    #: patches / windows per forward pass
-    batch_size: int = 8
-    #: class ids left out of the means (OA and kappa keep them)
-    exclude: list[int] = field(default_factory=list)
+    """features probed: auto = what the method trains (decoder for glcnet/local/dense, encoder for
+    simclr/global_style), or decoder / encoder / backbone"""
+    max_patches: PositiveInt = 16
+    """labeled training patches the head is fitted on (their features are computed once)"""
+    max_cells: PositiveInt = 20000
+    """labeled pixels the head is fitted on at most, drawn evenly from all"""
+    pixel_step: PositiveInt = 4
+    """distance in pixels between two sampled pixels of a patch (both axes)"""
+    l2_grid: Annotated[list[NonNegativeFloat], Field(min_length=1)] = field(
+        default_factory=lambda: [1e-2, 1e-3, 1e-4]
+    )
+    """L2 strengths of the head's softmax regression (solved to convergence by L-BFGS); with
+    several, every 4th probe patch is held out to choose among them"""
+    max_iter: PositiveInt = 300
+    """L-BFGS iterations per fit at most"""
+    encoder_too: Bool = True
+    """with decoder features, also probe the encoder features (what a default fine-tune transfers),
+    logged as probe/encoder/*; doubles the probe's validation cost"""
+    window: Annotated[Int, Field(ge=16)] = 256
+    """sliding-window side for the val images"""
+    stride: Int | None = None
+    """sliding-window step; None = window // 2"""
+    batch_size: PositiveInt = 8
+    """patches / windows per forward pass"""
+    exclude: list[Int] = field(default_factory=list)
+    """class ids left out of the means (OA and kappa keep them)"""
 
     def __post_init__(self) -> None:
-        for name in ("every",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"probe.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_patches", "max_cells", "pixel_step", "max_iter", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"probe.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
-            raise ValueError(f"probe.l2_grid must hold values >= 0, got {self.l2_grid}")
-        if self.window < 16:
-            raise ValueError(f"probe.window must be >= 16, got {self.window}")
         if self.stride is not None and not 1 <= self.stride <= self.window:
             raise ValueError(
                 f"probe.stride must lie in [1, window={self.window}], got {self.stride}"
             )
 
 
-@dataclass
+@section("train")
 class PretrainTrainConfig(TrainConfig):
     """How long, on what, how fast, and what counts as a collapsed embedding space."""
 
-    #: a branch whose embedding spread (health/<branch>/std: 1 = spread over the sphere,
-    #: 0 = every embedding the same) stays below this is reported as collapsed
-    collapse_std: float = 0.1
-    #: consecutive log steps below collapse_std before the collapse is reported
-    collapse_patience: int = 3
-    #: stop the run (with a checkpoint) when a collapse is reported
-    stop_on_collapse: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.collapse_std < 1.0:
-            raise ValueError(f"train.collapse_std must lie in [0, 1), got {self.collapse_std}")
-        if self.collapse_patience < 1:
-            raise ValueError(f"train.collapse_patience must be >= 1, got {self.collapse_patience}")
+    collapse_std: Annotated[Float, Field(ge=0, lt=1)] = 0.1
+    """a branch whose embedding spread (health/<branch>/std: 1 = spread over the sphere, 0 = every
+    embedding the same) stays below this is reported as collapsed"""
+    collapse_patience: PositiveInt = 3
+    """consecutive log steps below collapse_std before the collapse is reported"""
+    stop_on_collapse: Bool = False
+    """stop the run (with a checkpoint) when a collapse is reported"""
 
 
-@dataclass
+@section("run")
 class RunConfig:
     """Where the run writes, and how often."""
 
-    #: folder holding one sub-folder per run
-    root: str = "runs"
-    #: run name (sub-folder of root); empty = method-arch-timestamp
-    name: str = ""
-    #: log scalars every N steps
-    log_every: int = 10
-    #: log view pairs with their matched regions every N steps (0 = never)
-    image_every: int = 200
-    #: write a checkpoint every N steps (and always at the end)
-    checkpoint_every: int = 500
-    #: keep the newest K step checkpoints
-    keep_last: int = 3
-    #: never (refuse a run folder that has checkpoints), auto (continue from the newest), or a checkpoint path
-    resume: str = "never"
-    #: show a tqdm progress bar
-    progress: bool = True
+    root: Str = "runs"
+    """folder holding one sub-folder per run"""
+    name: Str = ""
+    """run name (sub-folder of root); empty = method-arch-timestamp"""
+    log_every: PositiveInt = 10
+    """log scalars every N steps"""
+    image_every: NonNegativeInt = 200
+    """log view pairs with their matched regions every N steps (0 = never)"""
+    checkpoint_every: PositiveInt = 500
+    """write a checkpoint every N steps (and always at the end)"""
+    keep_last: PositiveInt = 3
+    """keep the newest K step checkpoints"""
+    resume: Str = "never"
+    """never (refuse a run folder that has checkpoints), auto (continue from the newest), or a
+    checkpoint path"""
+    progress: Bool = True
+    """show a tqdm progress bar"""
 
     def __post_init__(self) -> None:
-        for name in ("log_every", "checkpoint_every", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
-        if self.image_every < 0:
-            raise ValueError(f"run.image_every must be >= 0, got {self.image_every}")
         check_run_name(self.name)
 
 
@@ -313,28 +313,28 @@ def check_run_name(name: str) -> None:
         )
 
 
-@dataclass
+@section("")
 class PretrainConfig:
     """Everything ``contrastseg pretrain`` needs."""
 
-    #: unlabeled imagery (empty roots = built-in demo scenes)
     data: UnlabeledDataConfig = field(default_factory=UnlabeledDataConfig)
-    #: the two views (t1, t2) made on the device
+    """unlabeled imagery (empty roots = built-in demo scenes)"""
     views: ViewsConfig = field(default_factory=ViewsConfig)
-    #: per-band normalisation after the views
+    """the two views (t1, t2) made on the device"""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    #: the network that is pretrained (model.name picks it and its keys)
-    model: ModelConfig = field(default_factory=model_config)
-    #: the self-supervised method (method.name picks it and its keys)
-    method: MethodConfig = field(default_factory=method_config)
-    #: optimizer and schedule
+    """per-band normalisation after the views"""
+    model: ModelSection = field(default_factory=model_config)
+    """the network that is pretrained (model.name picks it and its keys)"""
+    method: MethodSection = field(default_factory=method_config)
+    """the self-supervised method (method.name picks it and its keys)"""
     optim: OptimConfig = field(default_factory=OptimConfig)
-    #: length, batch, device, precision
+    """optimizer and schedule"""
     train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
-    #: outputs: run folder, logging, checkpoints
+    """length, batch, device, precision"""
     run: RunConfig = field(default_factory=RunConfig)
-    #: the online segmentation probe (off unless probe.every > 0)
+    """outputs: run folder, logging, checkpoints"""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """the online segmentation probe (off unless probe.every > 0)"""
 
     def __post_init__(self) -> None:
         if self.views.size > self.data.patch_size:

@@ -103,6 +103,10 @@ def test_every_field_is_documented():
 
     walk(PretrainConfig, "")
     walk(FinetuneConfig, "")
+    # the documentation is the fields' pydantic description (the docstring under each field)
+    from contrastseg.config import OptimConfig
+
+    assert OptimConfig.__pydantic_fields__["lr"].description == "peak learning rate"
 
 
 def test_yaml_off_means_the_choice_off(tmp_path):
@@ -207,3 +211,97 @@ def test_the_probe_data_preset_is_resolved_on_loading_and_explicit_values_win():
     assert to_dict(again) == to_dict(config)
     with pytest.raises(ConfigError, match=r"'probe\.data\.preset'.*unknown data preset 'dubia'"):
         load_pretrain_config(None, ["probe.data.preset=dubia"])
+
+
+def test_sections_validate_when_built_in_code():
+    import dataclasses
+
+    from contrastseg.config import OptimConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"optim\.lr must be > 0, got -1\.0 \(section 'optim'\)"):
+        OptimConfig(lr=-1)
+    with pytest.raises(ConfigError, match=r"optim\.lr must be > 0, got 0\.0"):
+        dataclasses.replace(OptimConfig(), lr=0.0)
+    for bad in ("3", 3.5, True):
+        with pytest.raises(ConfigError, match=r"'train\.epochs': expected int, got"):
+            TrainConfig(epochs=bad)
+    with pytest.raises(ConfigError, match=r"unknown key 'optim\.lrr'.*\(did you mean 'lr'\?\)"):
+        OptimConfig(lrr=0.1)
+    assert OptimConfig(lr=1).lr == 1.0 and isinstance(OptimConfig(lr=1).lr, float)
+    from contrastseg.augment.config import FlipConfig
+
+    with pytest.raises(
+        ConfigError, match=r"flip\.vertical_p must be a probability in \[0, 1\], got 2\.0"
+    ):
+        FlipConfig(vertical_p=2)
+    with pytest.raises(ConfigError, match=r"train\.collapse_std must lie in \[0, 1\), got 1\.0"):
+        PretrainConfig(train={"collapse_std": 1})
+
+
+def test_method_and_model_names_pick_the_section_class():
+    from contrastseg.methods import GLCNetConfig, SimCLRConfig
+    from contrastseg.models import DeepLabV3PlusConfig, FPNConfig
+
+    config = PretrainConfig(method={"name": "simclr"}, model={"name": "fpn"})
+    assert type(config.method) is SimCLRConfig and type(config.model) is FPNConfig
+    # no name: the default method and network
+    config = from_dict(PretrainConfig, {"method": {"lam": 0.25}, "model": {"arch": "resnet18"}})
+    assert type(config.method) is GLCNetConfig and config.method.lam == 0.25
+    assert type(config.model) is DeepLabV3PlusConfig and config.model.arch == "resnet18"
+    with pytest.raises(
+        ConfigError, match=r"'method\.name': unknown method 'simclrr' \(did you mean 'simclr'\?\)"
+    ):
+        PretrainConfig(method={"name": "simclrr"})
+    with pytest.raises(ConfigError, match=r"unknown model 'zzz'; choose one of deeplabv3plus"):
+        from_dict(PretrainConfig, {"model": {"name": "zzz"}})
+    with pytest.raises(ConfigError):
+        SimCLRConfig(name="glcnet")  # a method's config holds its own name only
+
+
+def test_an_unknown_key_in_a_file_names_a_close_match(tmp_path):
+    path = _write(tmp_path, {"optim": {"lrr": 0.1}})
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'optim\.lrr' in .*cfg\.yaml; section 'optim' accepts: name, lr, .*"
+        r"\(did you mean 'lr'\?\)",
+    ):
+        load_pretrain_config(path)
+    with pytest.raises(ConfigError, match=r"'train\.deterministic'.*expected bool, got 'yes'"):
+        load_pretrain_config(None, ["train.deterministic='yes'"])
+
+
+def test_subclasses_keep_the_constraints_of_the_fields_they_override():
+    """A section that subclasses another to change defaults (FinetuneTrainConfig) must keep the
+    range of each field it redeclares: its annotation replaces the base class's."""
+    import dataclasses
+
+    import annotated_types
+
+    import contrastseg.train.finetune_config
+    from contrastseg.methods.base import method_sections
+    from contrastseg.models.config import model_sections
+
+    classes = {
+        c
+        for module in (contrastseg.config, contrastseg.train.finetune_config)
+        for c in vars(module).values()
+        if isinstance(c, type) and dataclasses.is_dataclass(c)
+    }
+    classes |= set(method_sections().values()) | set(model_sections().values())
+    bounds = (annotated_types.Gt, annotated_types.Ge, annotated_types.Lt, annotated_types.Le)
+
+    def ranges(info):
+        return [m for m in info.metadata if isinstance(m, (*bounds, annotated_types.MinLen))]
+
+    checked = 0
+    for cls in classes:
+        for base in cls.__mro__[1:]:
+            if not dataclasses.is_dataclass(base):
+                continue
+            for name, info in base.__pydantic_fields__.items():
+                if ranges(info):
+                    assert ranges(cls.__pydantic_fields__[name]) == ranges(info), (
+                        f"{cls.__name__}.{name} drops the constraints of {base.__name__}.{name}"
+                    )
+                    checked += 1
+    assert checked > 10

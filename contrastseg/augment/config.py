@@ -17,13 +17,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import field
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 
-def _check_probability(owner: str, name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{owner}.{name} must be a probability in [0, 1], got {value}")
+from contrastseg.utils.sections import (
+    Float,
+    FloatPair,
+    Int,
+    NonNegativeFloat,
+    PositiveInt,
+    Probability,
+    Str,
+    section,
+)
 
 
 def _check_range(owner: str, name: str, value: tuple[float, float], low: float = -math.inf) -> None:
@@ -33,7 +41,7 @@ def _check_range(owner: str, name: str, value: tuple[float, float], low: float =
         )
 
 
-@dataclass
+@section("crop")
 class CropConfig:
     """Random resized crop (always applied): a box of random area and aspect ratio, resized to the view.
 
@@ -42,12 +50,12 @@ class CropConfig:
         ratio: range of the box aspect ratio (width / height), sampled log-uniformly.
     """
 
-    scale: tuple[float, float] = (0.4, 1.0)  #: box area / source area, (min, max)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  #: box width / height, (min, max), log-uniform
+    scale: FloatPair = (0.4, 1.0)
+    """box area / source area, (min, max)"""
+    ratio: FloatPair = (3 / 4, 4 / 3)
+    """box width / height, (min, max), log-uniform"""
 
     def __post_init__(self) -> None:
-        self.scale = tuple(float(v) for v in self.scale)  # type: ignore[assignment]
-        self.ratio = tuple(float(v) for v in self.ratio)  # type: ignore[assignment]
         _check_range("crop", "scale", self.scale, low=0.0)
         if self.scale[0] <= 0.0 or self.scale[1] > 1.0:
             raise ValueError(f"crop.scale must lie in (0, 1], got {self.scale}")
@@ -56,7 +64,7 @@ class CropConfig:
             raise ValueError(f"crop.ratio must be positive, got {self.ratio}")
 
 
-@dataclass
+@section("flip")
 class FlipConfig:
     """Random horizontal and vertical flips, each drawn independently.
 
@@ -65,15 +73,13 @@ class FlipConfig:
         vertical_p: probability of an up-down flip.
     """
 
-    horizontal_p: float = 0.0  #: probability of a left-right flip
-    vertical_p: float = 0.0  #: probability of an up-down flip
-
-    def __post_init__(self) -> None:
-        _check_probability("flip", "horizontal_p", self.horizontal_p)
-        _check_probability("flip", "vertical_p", self.vertical_p)
+    horizontal_p: Probability = 0.0
+    """probability of a left-right flip"""
+    vertical_p: Probability = 0.0
+    """probability of an up-down flip"""
 
 
-@dataclass
+@section("rot90")
 class Rot90Config:
     """Rotation by a multiple of 90 degrees (k uniform in {1, 2, 3} when applied).
 
@@ -81,13 +87,11 @@ class Rot90Config:
         p: probability of rotating.
     """
 
-    p: float = 0.0  #: probability of a rotation by 90, 180 or 270 degrees (uniform)
-
-    def __post_init__(self) -> None:
-        _check_probability("rot90", "p", self.p)
+    p: Probability = 0.0
+    """probability of a rotation by 90, 180 or 270 degrees (uniform)"""
 
 
-@dataclass
+@section("rotation")
 class RotationConfig:
     """Rotation by an arbitrary angle about the view centre; corners outside the source get index 0.
 
@@ -96,16 +100,16 @@ class RotationConfig:
         degrees: range of the angle in degrees (counter-clockwise), sampled uniformly.
     """
 
-    p: float = 0.0  #: probability of an arbitrary-angle rotation
-    degrees: tuple[float, float] = (-30.0, 30.0)  #: angle range in degrees, (min, max)
+    p: Probability = 0.0
+    """probability of an arbitrary-angle rotation"""
+    degrees: FloatPair = (-30.0, 30.0)
+    """angle range in degrees, (min, max)"""
 
     def __post_init__(self) -> None:
-        _check_probability("rotation", "p", self.p)
-        self.degrees = tuple(float(v) for v in self.degrees)  # type: ignore[assignment]
         _check_range("rotation", "degrees", self.degrees)
 
 
-@dataclass
+@section("color")
 class ColorConfig:
     """Colour distortion (torchvision ColorJitter semantics, fixed order b, c, s, h).
 
@@ -120,22 +124,19 @@ class ColorConfig:
         hue: shift drawn from ``[-hue, hue]`` in turns (at most 0.5).
     """
 
-    p: float = 0.0  #: probability of the colour distortion
-    brightness: float = 0.4  #: brightness factor range half-width
-    contrast: float = 0.4  #: contrast factor range half-width (per band)
-    saturation: float = 0.4  #: saturation factor range half-width (RGB bands only)
-    hue: float = 0.1  #: hue shift range half-width in turns, <= 0.5 (RGB bands only)
-
-    def __post_init__(self) -> None:
-        _check_probability("color", "p", self.p)
-        for name in ("brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0.0:
-                raise ValueError(f"color.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"color.hue must lie in [0, 0.5], got {self.hue}")
+    p: Probability = 0.0
+    """probability of the colour distortion"""
+    brightness: NonNegativeFloat = 0.4
+    """brightness factor range half-width"""
+    contrast: NonNegativeFloat = 0.4
+    """contrast factor range half-width (per band)"""
+    saturation: NonNegativeFloat = 0.4
+    """saturation factor range half-width (RGB bands only)"""
+    hue: Annotated[Float, Field(ge=0, le=0.5)] = 0.1
+    """hue shift range half-width in turns, <= 0.5 (RGB bands only)"""
 
 
-@dataclass
+@section("grayscale")
 class GrayscaleConfig:
     """ "Grayscale" for any band count: every band replaced by the band mean (or one random band).
 
@@ -144,17 +145,13 @@ class GrayscaleConfig:
         mode: ``mean`` (the mean over bands) or ``random_band`` (one band drawn per sample).
     """
 
-    p: float = 0.0  #: probability of replacing every band by the band mean
-    #: ``mean`` = mean over bands; ``random_band`` = one band drawn per sample
+    p: Probability = 0.0
+    """probability of replacing every band by the band mean"""
     mode: Literal["mean", "random_band"] = "mean"
-
-    def __post_init__(self) -> None:
-        _check_probability("grayscale", "p", self.p)
-        if self.mode not in ("mean", "random_band"):
-            raise ValueError(f"grayscale.mode must be 'mean' or 'random_band', got {self.mode!r}")
+    """``mean`` = mean over bands; ``random_band`` = one band drawn per sample"""
 
 
-@dataclass
+@section("blur")
 class BlurConfig:
     """Gaussian blur with a per-sample sigma; kernel size ``2 * ceil(3 * sigma_max) + 1``.
 
@@ -163,18 +160,18 @@ class BlurConfig:
         sigma: range of the standard deviation in view pixels, sampled uniformly.
     """
 
-    p: float = 0.0  #: probability of a Gaussian blur
-    sigma: tuple[float, float] = (0.8, 1.4)  #: sigma range in view pixels, (min, max)
+    p: Probability = 0.0
+    """probability of a Gaussian blur"""
+    sigma: FloatPair = (0.8, 1.4)
+    """sigma range in view pixels, (min, max)"""
 
     def __post_init__(self) -> None:
-        _check_probability("blur", "p", self.p)
-        self.sigma = tuple(float(v) for v in self.sigma)  # type: ignore[assignment]
         _check_range("blur", "sigma", self.sigma, low=0.0)
         if self.sigma[0] <= 0.0:
             raise ValueError(f"blur.sigma must be positive, got {self.sigma}")
 
 
-@dataclass
+@section("noise")
 class NoiseConfig:
     """Additive Gaussian noise, independent per pixel and band.
 
@@ -183,16 +180,16 @@ class NoiseConfig:
         std: range of the noise standard deviation (in image units), sampled uniformly.
     """
 
-    p: float = 0.0  #: probability of additive Gaussian noise
-    std: tuple[float, float] = (0.01, 0.05)  #: noise std range in image units, (min, max)
+    p: Probability = 0.0
+    """probability of additive Gaussian noise"""
+    std: FloatPair = (0.01, 0.05)
+    """noise std range in image units, (min, max)"""
 
     def __post_init__(self) -> None:
-        _check_probability("noise", "p", self.p)
-        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         _check_range("noise", "std", self.std, low=0.0)
 
 
-@dataclass
+@section("")
 class PipelineConfig:
     """The ops of one view, in the order of the fields, then the ``extra`` ops.
 
@@ -201,17 +198,25 @@ class PipelineConfig:
     image is resampled once; then the intensity ops run in order.
     """
 
-    crop: CropConfig = field(default_factory=CropConfig)  #: random resized crop
-    flip: FlipConfig = field(default_factory=FlipConfig)  #: horizontal / vertical flips
-    rot90: Rot90Config = field(default_factory=Rot90Config)  #: multiples of 90 degrees
-    rotation: RotationConfig = field(default_factory=RotationConfig)  #: arbitrary angle
-    color: ColorConfig = field(default_factory=ColorConfig)  #: colour distortion
-    grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)  #: band mean
-    blur: BlurConfig = field(default_factory=BlurConfig)  #: Gaussian blur
-    noise: NoiseConfig = field(default_factory=NoiseConfig)  #: Gaussian noise
-    #: kornia.augmentation ops appended after the built-in ones, each
-    #: ``{name: <class>, <argument>: <value>, ...}``; geometric ones join the single warp
-    extra: list[dict[str, Any]] = field(default_factory=list)
+    crop: CropConfig = field(default_factory=CropConfig)
+    """random resized crop"""
+    flip: FlipConfig = field(default_factory=FlipConfig)
+    """horizontal / vertical flips"""
+    rot90: Rot90Config = field(default_factory=Rot90Config)
+    """multiples of 90 degrees"""
+    rotation: RotationConfig = field(default_factory=RotationConfig)
+    """arbitrary angle"""
+    color: ColorConfig = field(default_factory=ColorConfig)
+    """colour distortion"""
+    grayscale: GrayscaleConfig = field(default_factory=GrayscaleConfig)
+    """band mean"""
+    blur: BlurConfig = field(default_factory=BlurConfig)
+    """Gaussian blur"""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """Gaussian noise"""
+    extra: list[dict[Str, Any]] = field(default_factory=list)
+    """kornia.augmentation ops appended after the built-in ones, each ``{name: <class>, <argument>:
+    <value>, ...}``; geometric ones join the single warp"""
 
     def __post_init__(self) -> None:
         self.extra = list(self.extra)
@@ -257,7 +262,7 @@ def _simclr_pipeline() -> PipelineConfig:
     )
 
 
-@dataclass
+@section("views")
 class ViewsConfig:
     """Two augmentation pipelines, ``t1`` for view 1 and ``t2`` for view 2 (our GLCNet defaults).
 
@@ -273,22 +278,18 @@ class ViewsConfig:
         t2: pipeline of view 2 (ours: crop, flips, rot90, colour, grayscale, blur, noise).
     """
 
-    size: int = 224  #: side of the square views in pixels
-    rgb_bands: list[int] | None = field(
-        default_factory=lambda: [0, 1, 2]
-    )  #: R, G, B band indices or None
-    value_range: tuple[float, float] | None = (
-        0.0,
-        1.0,
-    )  #: clamp range of intensity ops, None = no clamp
-    #: removed: one view pipeline of Kornia modules; a value is ignored with a warning
-    engine: str | None = None
-    t1: PipelineConfig = field(default_factory=PipelineConfig)  #: pipeline of view 1
-    t2: PipelineConfig = field(default_factory=_glcnet_t2)  #: pipeline of view 2
+    size: PositiveInt = 224
+    """side of the square views in pixels"""
+    rgb_bands: list[Int] | None = field(default_factory=lambda: [0, 1, 2])
+    value_range: FloatPair | None = (0.0, 1.0)
+    engine: Str | None = None
+    """removed: one view pipeline of Kornia modules; a value is ignored with a warning"""
+    t1: PipelineConfig = field(default_factory=PipelineConfig)
+    """pipeline of view 1"""
+    t2: PipelineConfig = field(default_factory=_glcnet_t2)
+    """pipeline of view 2"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"views.size must be a positive integer, got {self.size!r}")
         if self.rgb_bands is not None:
             bands = list(self.rgb_bands)
             if len(bands) != 3 or len(set(bands)) != 3 or any(int(b) != b or b < 0 for b in bands):
@@ -297,18 +298,16 @@ class ViewsConfig:
                     f"got {self.rgb_bands!r}"
                 )
             self.rgb_bands = [int(b) for b in bands]
-        if self.value_range is not None:
-            self.value_range = tuple(float(v) for v in self.value_range)  # type: ignore[assignment]
-            if len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]:
-                raise ValueError(
-                    f"views.value_range must be (low, high) with low < high or None, got {self.value_range}"
-                )
+        if self.value_range is not None and not self.value_range[0] < self.value_range[1]:
+            raise ValueError(
+                f"views.value_range must be (low, high) with low < high or None, got {self.value_range}"
+            )
         if self.engine is not None:
             warnings.warn(
                 f"views.engine = {self.engine!r} is ignored: views.engine was removed (every view "
                 "is one pipeline of Kornia modules resampled once); delete the key",
                 FutureWarning,
-                stacklevel=3,  # the caller of __init__ (the dataclass's own is generated code)
+                stacklevel=4,  # the caller of __init__ (past pydantic's and section()'s)
             )
             self.engine = None
 

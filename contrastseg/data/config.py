@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import field
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from contrastseg.data.files import compile_regex
+from contrastseg.utils.sections import (
+    Bool,
+    Float,
+    Int,
+    Nodata,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    section,
+)
 
 #: File name patterns an unlabeled or labeled dataset picks up by default (case-insensitive).
 DEFAULT_PATTERNS = ["*.tif", "*.tiff", "*.png", "*.jpg", "*.jpeg"]
 
 
-def _check_bands(name: str, bands: list[int] | None) -> None:
-    if bands is not None:
-        if not bands:
-            raise ValueError(f"{name}: bands must be None (all bands) or a non-empty list, got []")
-        if any(b < 0 for b in bands):
-            raise ValueError(f"{name}: band indices are 0-based and >= 0, got {bands}")
+#: Band indices (0-based) in order: a non-empty list; ``None`` where used means all bands.
+Bands = Annotated[list[NonNegativeInt], Field(min_length=1)]
 
 
-def _check_scale(name: str, scale: float | None) -> None:
-    if scale is not None and scale <= 0:
-        raise ValueError(f"{name}: scale must be positive or None (the dtype's range), got {scale}")
-
-
-@dataclass
+@section("data.demo")
 class DemoDataConfig:
     """The built-in synthetic scenes used when no data folder is given.
 
@@ -35,21 +39,17 @@ class DemoDataConfig:
         seed: seed of the procedural generator; scene ``i`` uses ``(seed, i)``.
     """
 
-    n_scenes: int = 16  #: number of scenes generated in memory
-    size: int = 512  #: side of each square scene in pixels
-    bands: int = 4  #: number of bands (3 = RGB, 4 = RGB + near-infrared)
-    seed: int = 0  #: seed of the procedural generator
-
-    def __post_init__(self) -> None:
-        if self.n_scenes < 1:
-            raise ValueError(f"demo.n_scenes must be >= 1, got {self.n_scenes}")
-        if self.size < 32:
-            raise ValueError(f"demo.size must be >= 32 pixels, got {self.size}")
-        if self.bands < 1:
-            raise ValueError(f"demo.bands must be >= 1, got {self.bands}")
+    n_scenes: PositiveInt = 16
+    """number of scenes generated in memory"""
+    size: Annotated[Int, Field(ge=32)] = 512
+    """side of each square scene in pixels"""
+    bands: PositiveInt = 4
+    """number of bands (3 = RGB, 4 = RGB + near-infrared)"""
+    seed: Int = 0
+    """seed of the procedural generator"""
 
 
-@dataclass
+@section("data")
 class UnlabeledDataConfig:
     """Unlabeled images for pretraining.
 
@@ -78,46 +78,43 @@ class UnlabeledDataConfig:
         demo: the synthetic scenes used when ``roots`` is empty.
     """
 
-    roots: list[str] = field(default_factory=list)  #: folders or files; empty = demo scenes
-    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))  #: file patterns
-    exclude: list[str] = field(default_factory=list)  #: paths to leave out, e.g. '*/masks/*'
-    bands: list[int] | None = None  #: band indices to use, in order; None = all
-    patch_size: int = 224  #: side of the square patches in pixels
-    sampling: Literal["random", "grid"] = "random"  #: random windows per epoch or a fixed grid
-    coverage: float = 1.0  #: random windows per image = coverage * area / patch area
-    grid_stride: int | None = None  #: grid step in pixels; None = patch_size
-    too_small: Literal["error", "skip"] = "error"  #: images smaller than the patch
-    skip_bad_files: bool = False  #: skip unreadable files with a warning instead of failing
-    scale: float | None = None  #: float scale; None = dtype range
-    nodata: float | None = None  #: value of missing pixels; None = the GeoTIFF tag
-    max_nodata_fraction: float = 0.5  #: patches with more nodata pixels are skipped
-    seed: int = 0  #: seed of the random windows
-    demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: built-in scenes
+    roots: list[Str] = field(default_factory=list)
+    """folders or files; empty = demo scenes"""
+    patterns: list[Str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
+    """file patterns"""
+    exclude: list[Str] = field(default_factory=list)
+    """paths to leave out, e.g. '*/masks/*'"""
+    bands: Bands | None = None
+    """band indices to use, in order; None = all"""
+    patch_size: PositiveInt = 224
+    """side of the square patches in pixels"""
+    sampling: Literal["random", "grid"] = "random"
+    """random windows per epoch or a fixed grid"""
+    coverage: PositiveFloat = 1.0
+    """random windows per image = coverage * area / patch area"""
+    grid_stride: PositiveInt | None = None
+    """grid step in pixels; None = patch_size"""
+    too_small: Literal["error", "skip"] = "error"
+    """images smaller than the patch"""
+    skip_bad_files: Bool = False
+    """skip unreadable files with a warning instead of failing"""
+    scale: PositiveFloat | None = None
+    """float scale; None = dtype range"""
+    nodata: Nodata = None
+    """value of missing pixels; None = the GeoTIFF tag"""
+    max_nodata_fraction: Annotated[Float, Field(ge=0, lt=1)] = 0.5
+    """patches with more nodata pixels are skipped"""
+    seed: Int = 0
+    """seed of the random windows"""
+    demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+    """built-in scenes"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.demo, dict):
-            self.demo = DemoDataConfig(**self.demo)
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
-        if self.sampling not in ("random", "grid"):
-            raise ValueError(f"sampling must be 'random' or 'grid', got {self.sampling!r}")
-        if self.coverage <= 0:
-            raise ValueError(f"coverage must be positive, got {self.coverage}")
-        if self.grid_stride is not None and self.grid_stride < 1:
-            raise ValueError(f"grid_stride must be >= 1 or None, got {self.grid_stride}")
-        if self.too_small not in ("error", "skip"):
-            raise ValueError(f"too_small must be 'error' or 'skip', got {self.too_small!r}")
         if not self.patterns:
             raise ValueError("patterns must list at least one file pattern, got []")
-        if not 0.0 <= self.max_nodata_fraction < 1.0:
-            raise ValueError(
-                f"max_nodata_fraction must be in [0, 1), got {self.max_nodata_fraction}"
-            )
-        _check_bands("bands", self.bands)
-        _check_scale("scale", self.scale)
 
 
-@dataclass
+@section("data")
 class LabeledDataConfig:
     """Image/mask pairs for fine-tuning and evaluation.
 
@@ -168,57 +165,65 @@ class LabeledDataConfig:
         demo: the synthetic scenes of the ``demo`` preset when ``root`` is empty.
     """
 
-    preset: str | None = (
-        None  #: potsdam, vaihingen, dubai, demo or None; its values go under the section's own keys, which win
-    )
-    root: str = ""  #: dataset folder; empty with preset demo = scenes in memory
-    image_dir: str = "images"  #: image folder name (any depth) or path relative to root
-    mask_dir: str = "masks"  #: mask folder name (any depth) or path relative to root
-    image_patterns: list[str] = field(
-        default_factory=lambda: list(DEFAULT_PATTERNS)
-    )  #: image files
-    mask_patterns: list[str] = field(default_factory=lambda: ["*.png", "*.tif", "*.tiff"])  #: masks
-    image_suffix: str = ""  #: end of an image stem dropped to form its key
-    mask_suffix: str = ""  #: end of a mask stem dropped to form its key
-    image_regex: str = ""  #: regex giving an image's key (first or 'key' group)
-    mask_regex: str = ""  #: regex giving a mask's key (first or 'key' group)
-    mask_format: Literal["auto", "rgb", "index"] = "auto"  #: colour-coded or index masks
-    classes: list[str] = field(default_factory=list)  #: class names in id order
-    palette: list[str] = field(default_factory=list)  #: '#RRGGBB' per class in id order
-    ignore_colors: list[str] = field(default_factory=list)  #: colours mapped to ignore_index
-    ignore_values: list[int] = field(default_factory=list)  #: index values mapped to ignore_index
-    ignore_index: int = 255  #: label of ignored pixels
-    bands: list[int] | None = None  #: image band indices in order; None = all
-    train: list[str] = field(default_factory=list)  #: key patterns of the training split
-    val: list[str] = field(default_factory=list)  #: key patterns of the validation split
-    test: list[str] = field(default_factory=list)  #: key patterns of the test split
-    patch_size: int = 256  #: side of the training patches in pixels
-    label_fraction: float = 1.0  #: fraction of training patches used
-    label_list: str = ""  #: list file of chosen patch ids (read if present, else written)
-    seed: int = 0  #: seed of the label-fraction draw
-    skip_bad_files: bool = False  #: skip unreadable pairs with a warning
-    scale: float | None = None  #: float scale; None = dtype range
-    nodata: float | None = None  #: image value of missing pixels; None = the GeoTIFF tag
-    demo: DemoDataConfig = field(default_factory=DemoDataConfig)  #: scenes of the demo preset
+    preset: Str | None = None
+    root: Str = ""
+    """dataset folder; empty with preset demo = scenes in memory"""
+    image_dir: Str = "images"
+    """image folder name (any depth) or path relative to root"""
+    mask_dir: Str = "masks"
+    """mask folder name (any depth) or path relative to root"""
+    image_patterns: list[Str] = field(default_factory=lambda: list(DEFAULT_PATTERNS))
+    mask_patterns: list[Str] = field(default_factory=lambda: ["*.png", "*.tif", "*.tiff"])
+    """masks"""
+    image_suffix: Str = ""
+    """end of an image stem dropped to form its key"""
+    mask_suffix: Str = ""
+    """end of a mask stem dropped to form its key"""
+    image_regex: Str = ""
+    """regex giving an image's key (first or 'key' group)"""
+    mask_regex: Str = ""
+    """regex giving a mask's key (first or 'key' group)"""
+    mask_format: Literal["auto", "rgb", "index"] = "auto"
+    """colour-coded or index masks"""
+    classes: list[Str] = field(default_factory=list)
+    """class names in id order"""
+    palette: list[Str] = field(default_factory=list)
+    """'#RRGGBB' per class in id order"""
+    ignore_colors: list[Str] = field(default_factory=list)
+    """colours mapped to ignore_index"""
+    ignore_values: list[Int] = field(default_factory=list)
+    """index values mapped to ignore_index"""
+    ignore_index: Annotated[Int, Field(ge=0, le=65535)] = 255
+    """label of ignored pixels"""
+    bands: Bands | None = None
+    """image band indices in order; None = all"""
+    train: list[Str] = field(default_factory=list)
+    """key patterns of the training split"""
+    val: list[Str] = field(default_factory=list)
+    """key patterns of the validation split"""
+    test: list[Str] = field(default_factory=list)
+    """key patterns of the test split"""
+    patch_size: PositiveInt = 256
+    """side of the training patches in pixels"""
+    label_fraction: Annotated[Float, Field(gt=0, le=1)] = 1.0
+    """fraction of training patches used"""
+    label_list: Str = ""
+    """list file of chosen patch ids (read if present, else written)"""
+    seed: Int = 0
+    """seed of the label-fraction draw"""
+    skip_bad_files: Bool = False
+    """skip unreadable pairs with a warning"""
+    scale: PositiveFloat | None = None
+    """float scale; None = dtype range"""
+    nodata: Nodata = None
+    """image value of missing pixels; None = the GeoTIFF tag"""
+    demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+    """scenes of the demo preset"""
 
     def __post_init__(self) -> None:
-        if isinstance(self.demo, dict):
-            self.demo = DemoDataConfig(**self.demo)
-        if self.mask_format not in ("auto", "rgb", "index"):
-            raise ValueError(
-                f"mask_format must be 'auto', 'rgb' or 'index', got {self.mask_format!r}"
-            )
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {self.patch_size}")
-        if not 0.0 < self.label_fraction <= 1.0:
-            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
-        if not 0 <= self.ignore_index <= 65535:
-            raise ValueError(f"ignore_index must be in [0, 65535], got {self.ignore_index}")
         if self.palette and self.classes and len(self.palette) != len(self.classes):
             raise ValueError(
                 f"palette has {len(self.palette)} colours but classes has {len(self.classes)} names"
             )
-        _check_bands("bands", self.bands)
-        _check_scale("scale", self.scale)
         for key in ("image_regex", "mask_regex"):
             compile_regex(getattr(self, key), key)

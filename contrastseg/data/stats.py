@@ -16,7 +16,8 @@ from contrastseg.data.config import UnlabeledDataConfig
 from contrastseg.data.nodata import file_nodata, mark_invalid
 from contrastseg.data.readers import Window
 from contrastseg.data.unlabeled import Source, UnlabeledDataset, list_sources, read_source
-from contrastseg.utils.configtools import ConfigError, coerce, safe_load_unique
+from contrastseg.utils.configtools import safe_load_unique
+from contrastseg.utils.sections import ConfigError, Float, Int, coerce
 
 
 @dataclass
@@ -184,8 +185,8 @@ def load_stats_yaml(path: str | os.PathLike[str]) -> BandStats:
     if not isinstance(data, dict) or "mean" not in data or "std" not in data:
         raise ValueError(f"{str(path)!r} is not a band statistics file (needs mean and std lists)")
     source = repr(str(path))
-    mean = coerce(data["mean"], list[float], "mean", source)
-    std = coerce(data["std"], list[float], "std", source)
+    mean = coerce(data["mean"], list[Float], "mean", source)
+    std = coerce(data["std"], list[Float], "std", source)
     if len(mean) != len(std) or not mean:
         raise ValueError(f"{source}: mean has {len(mean)} values but std has {len(std)}")
     bad = [i for i, v in enumerate(std) if v <= 0]
@@ -194,9 +195,9 @@ def load_stats_yaml(path: str | os.PathLike[str]) -> BandStats:
     return BandStats(
         mean=mean,
         std=std,
-        count=coerce(data.get("count", 0), int, "count", source),
-        scale=coerce(data.get("scale", 1.0), float, "scale", source),
-        bands=coerce(data.get("bands"), list[int] | None, "bands", source),
+        count=coerce(data.get("count", 0), Int, "count", source),
+        scale=coerce(data.get("scale", 1.0), Float, "scale", source),
+        bands=coerce(data.get("bands"), list[Int] | None, "bands", source),
     )
 
 

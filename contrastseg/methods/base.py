@@ -14,7 +14,8 @@ losses. The training engine knows nothing else about it:
    a ``/`` (logged as they are, e.g. ``regions/valid_fraction``).
 
 ``@register_method`` adds a method to the registry; ``method.name`` in a config picks it (and
-its config class, see :meth:`MethodConfig.config_variant`).
+its config class: the ``method`` section is a union of the method configs discriminated by
+``name``, see :func:`method_sections`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
+from pydantic import Field
 from torch import Tensor, nn
 
 from contrastseg.augment.views import ViewPair
@@ -32,96 +33,51 @@ from contrastseg.losses.ntxent import NegativeQueue
 from contrastseg.metrics import embedding_health
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.config import unknown_name
+from contrastseg.utils.sections import (
+    Bool,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    section,
+)
 
 _REGISTRY: dict[str, type[Method]] = {}
 DEFAULT_METHOD = "glcnet"
 
 
-@dataclass
+@section("method")
 class MethodConfig:
     """Settings every method has: its name and the NT-Xent settings of its branches."""
 
-    #: the method: simclr, global_style, local, glcnet or dense (each has its own keys below)
-    name: str = DEFAULT_METHOD
-    #: NT-Xent temperature
-    temperature: float = 0.5
-    #: leave the positive out of the NT-Xent denominator and add 1e-8 to it (the official
-    #: GLCNet code)
-    decoupled: bool = False
-    #: gather embeddings from every process, so negatives come from the global batch
-    gather: bool = True
-    #: embeddings of earlier batches kept per branch as extra NT-Xent negatives (a MoCo-style
-    #: queue, no gradient); 0 = off
-    queue_size: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
-        if self.queue_size < 0:
-            raise ValueError(
-                f"method.queue_size must be >= 0 (0 = no queue), got {self.queue_size}"
-            )
+    name: Str = DEFAULT_METHOD
+    """the method: simclr, global_style, local, glcnet or dense (each has its own keys below)"""
+    temperature: PositiveFloat = 0.5
+    """NT-Xent temperature"""
+    decoupled: Bool = False
+    """leave the positive out of the NT-Xent denominator and add 1e-8 to it (the official GLCNet
+    code)"""
+    gather: Bool = True
+    """gather embeddings from every process, so negatives come from the global batch"""
+    queue_size: NonNegativeInt = 0
+    """embeddings of earlier batches kept per branch as extra NT-Xent negatives (a MoCo-style
+    queue, no gradient); 0 = off"""
 
     def check_views(self, views_size: int) -> None:
         """Refuse settings that cannot work with views of this size (none here)."""
 
-    @classmethod
-    def config_variant(
-        cls, data: Mapping[str, Any] | None, key: str = "method", source: str | None = None
-    ) -> tuple[type, dict[str, Any]]:
-        """The config class that ``data["name"]`` selects, and ``data`` without foreign keys.
 
-        Keys of *another* registered method (e.g. ``region_size`` after switching to
-        ``simclr`` with ``--set``) are dropped with a warning, so that one base config serves
-        every method; a key that no method has is left in, and the strict loader refuses it.
-
-        Raises:
-            ConfigError: an unknown method name (with the close matches).
-        """
-        data = dict(data or {})
-        name = data.get("name", DEFAULT_METHOD)
-        method = get_method(name, f"{key}.name", source)
-        own = {f.name for f in dataclasses.fields(method.config_class)}
-        foreign = sorted(k for k in data if k not in own and k in all_method_keys())
-        if foreign:
-            warnings.warn(
-                f"{', '.join(f'{key}.{k}' for k in foreign)}"
-                f"{' in ' + source if source else ''}: not a setting of method {name!r}; ignored",
-                UserWarning,
-                stacklevel=2,
-            )
-        return method.config_class, {k: v for k, v in data.items() if k not in foreign}
-
-    @classmethod
-    def config_keys(cls) -> set[str]:
-        """Every key some registered method accepts (what ``--set method.KEY`` may name)."""
-        return all_method_keys()
-
-    @classmethod
-    def config_variants(cls) -> dict[str, type]:
-        """The config class of every registered method, by name (for the reference)."""
-        names = sorted(_REGISTRY, key=lambda n: (n != DEFAULT_METHOD, n))  # the default first
-        return {name: _REGISTRY[name].config_class for name in names}
-
-
-@dataclass
+@section("method")
 class RegionsConfig(MethodConfig):
     """Settings of methods that contrast matched regions (:func:`~contrastseg.augment.match_regions`)."""
 
-    #: matched region pairs per image (local branch)
-    num_regions: int = 4
-    #: side of the matched regions in view pixels (local branch)
-    region_size: int = 48
-    #: ``false``: after each view-1 window is drawn, the source pixels under it leave the
-    #: candidates, so no later centre lies in an earlier window (the official draw)
-    region_overlap: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.num_regions < 1:
-            raise ValueError(f"method.num_regions must be >= 1, got {self.num_regions}")
-        if self.region_size < 1:
-            raise ValueError(f"method.region_size must be >= 1, got {self.region_size}")
+    num_regions: PositiveInt = 4
+    """matched region pairs per image (local branch)"""
+    region_size: PositiveInt = 48
+    """side of the matched regions in view pixels (local branch)"""
+    region_overlap: Bool = True
+    """``false``: after each view-1 window is drawn, the source pixels under it leave the
+    candidates, so no later centre lies in an earlier window (the official draw)"""
 
     def check_views(self, views_size: int) -> None:
         if self.region_size > views_size:
@@ -136,10 +92,8 @@ def negative_queue(config: MethodConfig, dim: int) -> NegativeQueue | None:
     return NegativeQueue(config.queue_size, dim) if config.queue_size else None
 
 
-def check_widths(name: str, widths: list[int]) -> None:
-    """A head's hidden and output widths: a non-empty list of positive integers."""
-    if not widths or any(w < 1 for w in widths):
-        raise ValueError(f"method.{name} must be a non-empty list of positive widths, got {widths}")
+#: A head's hidden and output widths: a non-empty list of positive integers.
+Widths = Annotated[list[PositiveInt], Field(min_length=1)]
 
 
 class Method(nn.Module):
@@ -250,6 +204,37 @@ def build_method(config: MethodConfig, net: SegmentationNet) -> Method:
             f"got a {type(config).__name__}"
         )
     return method(config, net)
+
+
+def method_sections() -> dict[str, type[MethodConfig]]:
+    """The config class of every registered method, by name, the default first (what the
+    ``method`` section's ``name`` picks, see :func:`contrastseg.config.MethodSection`)."""
+    names = sorted(_REGISTRY, key=lambda n: (n != DEFAULT_METHOD, n))
+    return {name: _REGISTRY[name].config_class for name in names}
+
+
+def drop_foreign_method_keys(data: Any, key: str = "method", source: str | None = None) -> Any:
+    """A raw ``method`` mapping without the keys of *another* registered method.
+
+    Keys of another method (e.g. ``region_size`` after switching to ``simclr`` with ``--set``)
+    are dropped with a warning, so that one base config serves every method; a key that no
+    method has, or an unknown name, is left for the validation to refuse.
+    """
+    if not isinstance(data, Mapping):
+        return data
+    name = data.get("name", DEFAULT_METHOD)
+    if name not in _REGISTRY:
+        return data
+    own = {f.name for f in dataclasses.fields(_REGISTRY[name].config_class)}
+    foreign = sorted(k for k in data if k not in own and k in all_method_keys())
+    if foreign:
+        warnings.warn(
+            f"{', '.join(f'{key}.{k}' for k in foreign)}"
+            f"{' in ' + source if source else ''}: not a setting of method {name!r}; ignored",
+            UserWarning,
+            stacklevel=2,
+        )
+    return {k: v for k, v in data.items() if k not in foreign}
 
 
 def all_method_keys() -> set[str]:

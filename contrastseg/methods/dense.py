@@ -12,9 +12,10 @@ size. With ``lam > 0`` GLCNet's global style branch is added: ``lam * global + (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from torch import Tensor
 
 from contrastseg.augment.correspondence import MatchedPoints, match_points
@@ -24,39 +25,31 @@ from contrastseg.losses.glcnet import LocalMatchingLoss
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
-    check_widths,
+    Widths,
     negative_queue,
     register_method,
 )
 from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
+from contrastseg.utils.sections import Bool, Float, PositiveInt, section
 
 
-@dataclass
+@section("method")
 class DenseConfig(MethodConfig):
     """Dense cell-to-cell contrast on the decoder features, optionally with the global branch."""
 
-    name: str = "dense"
-    #: matched decoder cells per image taking part in the loss (bounds its memory)
-    cells_per_image: int = 64
-    #: hidden and output widths of the dense head (its input is decoder_channels)
-    dense_head: list[int] = field(default_factory=lambda: [64, 64, 64])
-    #: weight of GLCNet's global style branch: lam * global + (1 - lam) * dense (0 = none)
-    lam: float = 0.5
-    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
-    #: BatchNorm in the projection heads
-    head_batch_norm: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.cells_per_image < 1:
-            raise ValueError(f"method.cells_per_image must be >= 1, got {self.cells_per_image}")
-        if not 0.0 <= self.lam < 1.0:
-            raise ValueError(f"method.lam must lie in [0, 1) for dense, got {self.lam}")
-        check_widths("dense_head", self.dense_head)
-        check_widths("global_head", self.global_head)
+    name: Literal["dense"] = "dense"
+    cells_per_image: PositiveInt = 64
+    """matched decoder cells per image taking part in the loss (bounds its memory)"""
+    dense_head: Widths = field(default_factory=lambda: [64, 64, 64])
+    """hidden and output widths of the dense head (its input is decoder_channels)"""
+    lam: Annotated[Float, Field(ge=0, lt=1)] = 0.5
+    """weight of GLCNet's global style branch: lam * global + (1 - lam) * dense (0 = none)"""
+    global_head: Widths = field(default_factory=lambda: [256, 64])
+    """hidden and output widths of the global head (its input is 2 x aspp_channels)"""
+    head_batch_norm: Bool = True
+    """BatchNorm in the projection heads"""
 
 
 @register_method

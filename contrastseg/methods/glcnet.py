@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
 from torch import Tensor
 
 from contrastseg.augment.regions import MatchedRegions
-from contrastseg.methods.base import check_widths, register_method
+from contrastseg.methods.base import Widths, register_method
 from contrastseg.methods.global_style import global_branch, global_style_loss
 from contrastseg.methods.local import Local, LocalConfig
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
+from contrastseg.utils.sections import Float, section
 
 
-@dataclass
+@section("method")
 class GLCNetConfig(LocalConfig):
     """Global style and local matching contrast together (eq. 6 of the paper)."""
 
-    name: str = "glcnet"
-    #: weight of the global loss: lam * global + (1 - lam) * local
-    lam: float = 0.5
-    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"method.lam must lie in [0, 1], got {self.lam}")
-        check_widths("global_head", self.global_head)
+    name: Literal["glcnet"] = "glcnet"
+    lam: Annotated[Float, Field(ge=0, le=1)] = 0.5
+    """weight of the global loss: lam * global + (1 - lam) * local"""
+    global_head: Widths = field(default_factory=lambda: [256, 64])
+    """hidden and output widths of the global head (its input is 2 x aspp_channels)"""
 
 
 @register_method

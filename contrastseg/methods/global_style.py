@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -11,28 +11,25 @@ from contrastseg.losses.glcnet import GlobalStyleLoss
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
-    check_widths,
+    Widths,
     health,
     negative_queue,
     register_method,
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
+from contrastseg.utils.sections import Bool, section
 
 
-@dataclass
+@section("method")
 class GlobalStyleConfig(MethodConfig):
     """The global style contrast of GLCNet (Li et al. 2022, Sec. III-B)."""
 
-    name: str = "global_style"
-    #: hidden and output widths of the global head (its input is 2 x aspp_channels)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
-    #: BatchNorm in the projection heads
-    head_batch_norm: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_widths("global_head", self.global_head)
+    name: Literal["global_style"] = "global_style"
+    global_head: Widths = field(default_factory=lambda: [256, 64])
+    """hidden and output widths of the global head (its input is 2 x aspp_channels)"""
+    head_batch_norm: Bool = True
+    """BatchNorm in the projection heads"""
 
 
 def global_style_loss(config: GlobalStyleConfig, net: SegmentationNet) -> GlobalStyleLoss:

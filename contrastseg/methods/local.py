@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
 
 from torch import Tensor
@@ -14,34 +14,29 @@ from contrastseg.losses.glcnet import LocalMatchingLoss
 from contrastseg.methods.base import (
     Method,
     RegionsConfig,
-    check_widths,
+    Widths,
     negative_queue,
     register_method,
 )
 from contrastseg.models.base import DECODER_STRIDE, DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
+from contrastseg.utils.sections import Bool, section
 
 
-@dataclass
+@section("method")
 class LocalConfig(RegionsConfig):
     """The local matching contrast of GLCNet (Li et al. 2022, Sec. III-C)."""
 
-    name: str = "local"
-    #: hidden and output widths of the local head (its input is decoder_channels)
-    local_head: list[int] = field(default_factory=lambda: [64, 64, 64])
-    #: BatchNorm in the projection heads
-    head_batch_norm: bool = True
-    #: first local-head layer: ``mlp`` (Linear -> BN -> ReLU, ours) or ``official`` (linear,
-    #: the official code's 1x1 convolution, followed directly by the MLP; needs >= 2 widths)
+    name: Literal["local"] = "local"
+    local_head: Widths = field(default_factory=lambda: [64, 64, 64])
+    """hidden and output widths of the local head (its input is decoder_channels)"""
+    head_batch_norm: Bool = True
+    """BatchNorm in the projection heads"""
     local_head_layout: Literal["mlp", "official"] = "mlp"
+    """first local-head layer: ``mlp`` (Linear -> BN -> ReLU, ours) or ``official`` (linear, the
+    official code's 1x1 convolution, followed directly by the MLP; needs >= 2 widths)"""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        check_widths("local_head", self.local_head)
-        if self.local_head_layout not in ("mlp", "official"):
-            raise ValueError(
-                f"method.local_head_layout must be mlp or official, got {self.local_head_layout!r}"
-            )
         if self.local_head_layout == "official" and len(self.local_head) < 2:
             raise ValueError(
                 "method.local_head_layout: official needs at least two local_head widths "

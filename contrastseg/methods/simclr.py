@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -12,27 +12,24 @@ from contrastseg.losses.ntxent import queued_nt_xent
 from contrastseg.methods.base import (
     Method,
     MethodConfig,
-    check_widths,
+    Widths,
     negative_queue,
     register_method,
 )
 from contrastseg.models.base import DeepLabFeatures, SegmentationNet
 from contrastseg.models.heads import ProjectionHead
+from contrastseg.utils.sections import Bool, section
 
 
-@dataclass
+@section("method")
 class SimCLRConfig(MethodConfig):
     """SimCLR: one embedding per image."""
 
-    name: str = "simclr"
-    #: hidden and output widths of the head (its input is aspp_channels)
-    global_head: list[int] = field(default_factory=lambda: [256, 64])
-    #: BatchNorm in the projection head
-    head_batch_norm: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_widths("global_head", self.global_head)
+    name: Literal["simclr"] = "simclr"
+    global_head: Widths = field(default_factory=lambda: [256, 64])
+    """hidden and output widths of the head (its input is aspp_channels)"""
+    head_batch_norm: Bool = True
+    """BatchNorm in the projection head"""
 
 
 @register_method

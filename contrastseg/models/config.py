@@ -2,7 +2,7 @@
 
 Each network file declares its config class, a subclass of :class:`ModelConfig` with its own
 keys and their defaults, and sets ``network`` to its ``model.name``; ``model.name`` in a
-config picks the class (:meth:`ModelConfig.config_variant`), as ``method.name`` picks a
+config picks the class (the ``model`` section is a union discriminated by ``name``), as ``method.name`` picks a
 method's. Keys of another network (``aspp_channels`` after ``--set model.name=unet``) are
 dropped with a one-line warning, so one base config serves every network; a key that no
 network has is refused by the loader; an unknown name lists the close matches.
@@ -18,11 +18,10 @@ import dataclasses
 import difflib
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from contrastseg.models.backbones import check_arch
-from contrastseg.utils.configtools import ConfigError, from_dict
+from contrastseg.utils.sections import ConfigError, Int, Str, from_dict, section
 
 #: ``model.name`` when the config names none (and a fine-tune has no checkpoint to take it from).
 DEFAULT_MODEL = "deeplabv3plus"
@@ -30,20 +29,22 @@ DEFAULT_MODEL = "deeplabv3plus"
 _CONFIGS: dict[str, type[ModelConfig]] = {}
 
 
-@dataclass
+@section("model")
 class ModelConfig:
     """The segmentation network: a backbone and the decoder ``model.name`` chooses."""
 
-    #: network (each has its own keys below); fine-tuning from a checkpoint: set it to swap the decoder, null = the checkpoint's (else deeplabv3plus)
-    name: str | None = None
-    #: backbone: resnet18, resnet34, resnet50, resnet101 (torchvision keys) or timm/NAME, any timm model with features_only (e.g. timm/convnext_tiny; the [timm] extra)
-    arch: str = "resnet50"
-    #: input bands; None = the data's band count
-    in_channels: int | None = None
-    #: output stride of the backbone (8 or 16: the last stages dilated; ASPP rates scale with it)
+    name: Str | None = None
+    """network (each has its own keys below); fine-tuning from a checkpoint: set it to swap the
+    decoder, null = the checkpoint's (else deeplabv3plus)"""
+    arch: Str = "resnet50"
+    """backbone: resnet18, resnet34, resnet50, resnet101 (torchvision keys) or timm/NAME, any timm
+    model with features_only (e.g. timm/convnext_tiny; the [timm] extra)"""
+    in_channels: Int | None = None
+    """input bands; None = the data's band count"""
     output_stride: Literal[8, 16, 32] = 16
-    #: optional ResNet weights file in torchvision key names to start from
-    backbone_weights: str | None = None
+    """output stride of the backbone (8 or 16: the last stages dilated; ASPP rates scale with it)"""
+    backbone_weights: Str | None = None
+    """optional ResNet weights file in torchvision key names to start from"""
 
     #: the ``model.name`` this class configures (set by each network's subclass)
     network: ClassVar[str] = ""
@@ -75,30 +76,6 @@ class ModelConfig:
     def check_arch(self) -> None:
         """Refuse a backbone this network cannot be built on (here: not a ResNet or timm model)."""
         check_arch(self.arch)
-
-    @classmethod
-    def config_variant(
-        cls, data: Mapping[str, Any] | None, key: str = "model", source: str | None = None
-    ) -> tuple[type, dict[str, Any]]:
-        """The config class that ``data["name"]`` selects, and ``data`` without foreign keys.
-
-        Keys of *another* network are dropped with a warning; ``decoder_channels: null``
-        (configs before the per-network classes: the network's default) is dropped too.
-
-        Raises:
-            ConfigError: an unknown ``model.name`` (with the close matches).
-        """
-        return _variant(data, key, source, warn=True)
-
-    @classmethod
-    def config_keys(cls) -> set[str]:
-        """Every key some network accepts (what ``--set model.KEY`` may name)."""
-        return {f.name for c in _CONFIGS.values() for f in dataclasses.fields(c)}
-
-    @classmethod
-    def config_variants(cls) -> dict[str, type]:
-        """The config class of every network, by name (for the reference), the default first."""
-        return dict(_CONFIGS)
 
 
 def config_class(name: str | None, key: str = "model.name", source: str | None = None) -> type:
@@ -133,7 +110,7 @@ def _variant(
     if "decoder_channels" in data and data["decoder_channels"] is None:
         del data["decoder_channels"]
     own = {f.name for f in dataclasses.fields(variant)}
-    foreign = sorted(k for k in data if k not in own and k in ModelConfig.config_keys())
+    foreign = sorted(k for k in data if k not in own and k in all_model_keys())
     if foreign and warn:
         warnings.warn(
             f"{', '.join(f'{key}.{k}' for k in foreign)}"
@@ -143,6 +120,25 @@ def _variant(
             stacklevel=3,
         )
     return variant, {k: v for k, v in data.items() if k not in foreign}
+
+
+def all_model_keys() -> set[str]:
+    """Every key some network accepts (what ``--set model.KEY`` may name)."""
+    return {f.name for c in _CONFIGS.values() for f in dataclasses.fields(c)}
+
+
+def model_sections() -> dict[str, type[ModelConfig]]:
+    """The config class of every network, by ``model.name``, the default first."""
+    return dict(_CONFIGS)
+
+
+def drop_foreign_model_keys(data: Any, key: str = "model", source: str | None = None) -> Any:
+    """A raw ``model`` mapping without the keys of another network (dropped with a warning)
+    and without ``decoder_channels: null`` (configs before the per-network classes: the
+    network's default); an unknown name is left for the validation to refuse."""
+    if not isinstance(data, Mapping) or (data.get("name") or DEFAULT_MODEL) not in _CONFIGS:
+        return data
+    return _variant(data, key, source, warn=True)[1]
 
 
 def model_config(name: str | None = None, **settings: Any) -> ModelConfig:
@@ -168,7 +164,7 @@ def model_config_from_mapping(
     """
     if isinstance(data, ModelConfig):
         return data
-    known = ModelConfig.config_keys()
+    known = all_model_keys()
     variant, kept = _variant(
         {k: v for k, v in data.items() if k in known}, "model", source, warn=False
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,6 +26,7 @@ from contrastseg.models.base import (
 )
 from contrastseg.models.base import conv_bn_relu as _conv_bn_relu
 from contrastseg.models.config import ModelConfig
+from contrastseg.utils.sections import Bool, Float, FloatPair, Int, section
 
 __all__ = [
     "ASPP",
@@ -153,26 +153,31 @@ class Decoder(nn.Module):
         return self.fuse(torch.cat([up, self.reduce(low_level)], dim=1))
 
 
-@dataclass
+@section("model")
 class DeepLabV3PlusConfig(ModelConfig):
     """DeepLabV3+: ASPP on the backbone (the encoder features), a stride-4 decoder with the ``layer1`` skip."""
 
-    #: channels of the decoder features (stride 4)
-    decoder_channels: int = 256
-    #: channels of the ASPP branches and output (the encoder features)
-    aspp_channels: int = 256
-    #: channels the stride-4 skip is reduced to
-    low_level_channels: int = 48
-    #: depthwise-separable 3x3 convolutions in ASPP and decoder
-    separable: bool = False
-    #: dropout after the ASPP fusion
-    aspp_dropout: float = 0.5
-    #: dropout after the decoder's second and third convolutions, its two 3x3 ones ([0, 0] = none; official fine-tuning: [0.5, 0.1])
-    decoder_dropout: tuple[float, float] = (0.0, 0.0)
-    #: momentum of every BatchNorm of the network in PyTorch's convention, the weight of the new batch statistic: running = (1 - m) * running + m * batch (torch's 0.1; official: 0.9 in this same convention)
-    bn_momentum: float = 0.1
-    #: dilated ResNet stages: torchvision (the first block's 3x3 conv keeps the previous dilation: layer4.0.conv2 dilation 1 at stride 16) or official (it gets the stage's: 2, as the official ResNet.py)
+    decoder_channels: Int = 256
+    """channels of the decoder features (stride 4)"""
+    aspp_channels: Int = 256
+    """channels of the ASPP branches and output (the encoder features)"""
+    low_level_channels: Int = 48
+    """channels the stride-4 skip is reduced to"""
+    separable: Bool = False
+    """depthwise-separable 3x3 convolutions in ASPP and decoder"""
+    aspp_dropout: Float = 0.5
+    """dropout after the ASPP fusion"""
+    decoder_dropout: FloatPair = (0.0, 0.0)
+    """dropout after the decoder's second and third convolutions, its two 3x3 ones ([0, 0] = none;
+    official fine-tuning: [0.5, 0.1])"""
+    bn_momentum: Float = 0.1
+    """momentum of every BatchNorm of the network in PyTorch's convention, the weight of the new
+    batch statistic: running = (1 - m) * running + m * batch (torch's 0.1; official: 0.9 in this
+    same convention)"""
     dilation_convention: Literal["torchvision", "official"] = "torchvision"
+    """dilated ResNet stages: torchvision (the first block's 3x3 conv keeps the previous dilation:
+    layer4.0.conv2 dilation 1 at stride 16) or official (it gets the stage's: 2, as the official
+    ResNet.py)"""
 
     network = "deeplabv3plus"
 

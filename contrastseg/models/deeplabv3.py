@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor
@@ -23,6 +22,7 @@ from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import conv_bn_relu
 from contrastseg.models.config import ModelConfig
 from contrastseg.models.deeplab import ASPP, ASPPNet, aspp_rates
+from contrastseg.utils.sections import Float, Int, section
 
 #: torchvision ``deeplabv3_resnet50`` key patterns -> ours (``backbone.*`` is the same; the
 #: auxiliary classifier has no counterpart), applied in order by :func:`torchvision_key`.
@@ -45,16 +45,16 @@ def torchvision_key(key: str) -> str:
     return key
 
 
-@dataclass
+@section("model")
 class DeepLabV3Config(ModelConfig):
     """DeepLabV3: ASPP with image pooling on the backbone, a 3x3 block, the classifier; no decoder."""
 
-    #: channels of the ASPP branches and output (the encoder features)
-    aspp_channels: int = 256
-    #: channels of the 3x3 block after ASPP (the decoder features, at the backbone's output stride)
-    decoder_channels: int = 256
-    #: dropout after the ASPP fusion
-    aspp_dropout: float = 0.5
+    aspp_channels: Int = 256
+    """channels of the ASPP branches and output (the encoder features)"""
+    decoder_channels: Int = 256
+    """channels of the 3x3 block after ASPP (the decoder features, at the backbone's output stride)"""
+    aspp_dropout: Float = 0.5
+    """dropout after the ASPP fusion"""
 
     network = "deeplabv3"
 

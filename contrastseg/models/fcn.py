@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.config import ModelConfig
+from contrastseg.utils.sections import Float, Int, section
 
 #: torchvision ``fcn_resnet50`` key prefix -> ours (``backbone.*`` is the same; the
 #: auxiliary classifier has no counterpart).
@@ -42,18 +42,20 @@ TORCHVISION_KEYS: dict[str, str] = {
 VARIANTS = ("32s", "16s", "8s")
 
 
-@dataclass
+@section("model")
 class FCNConfig(ModelConfig):
     """FCN: a 3x3 head on the last stage, fused with the stride-16 (16s) and stride-8 (8s) stages."""
 
-    #: output stride of the backbone (32: the paper's FCN; torchvision's fcn_resnet50: 8)
     output_stride: Literal[8, 16, 32] = 32
-    #: 32s: no skip; 16s: + layer3; 8s: + layer3 and layer2 (the decoder features' stride is the last skip's)
+    """output stride of the backbone (32: the paper's FCN; torchvision's fcn_resnet50: 8)"""
     variant: Literal["32s", "16s", "8s"] = "8s"
-    #: channels of the head's output (the encoder and decoder features); null = a quarter of the last stage's (torchvision)
-    decoder_channels: int | None = None
-    #: dropout after the head
-    head_dropout: float = 0.1
+    """32s: no skip; 16s: + layer3; 8s: + layer3 and layer2 (the decoder features' stride is the
+    last skip's)"""
+    decoder_channels: Int | None = None
+    """channels of the head's output (the encoder and decoder features); null = a quarter of the
+    last stage's (torchvision)"""
+    head_dropout: Float = 0.1
+    """dropout after the head"""
 
     network = "fcn"
 

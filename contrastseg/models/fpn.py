@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.config import ModelConfig
+from contrastseg.utils.sections import Float, Int, section
 
 
 class ConvGNReLU(nn.Module):
@@ -117,16 +117,16 @@ class FPNDecoder(nn.Module):
         return self.dropout(sum(pyramid[1:], pyramid[0]))
 
 
-@dataclass
+@section("model")
 class FPNConfig(ModelConfig):
     """FPN: pyramid P5 ... P2 on the four stages, merged at stride 4."""
 
-    #: channels of the decoder features (the segmentation blocks)
-    decoder_channels: int = 128
-    #: width of the pyramid levels P2 ... P5
-    fpn_channels: int = 256
-    #: spatial dropout on the merged features
-    fpn_dropout: float = 0.2
+    decoder_channels: Int = 128
+    """channels of the decoder features (the segmentation blocks)"""
+    fpn_channels: Int = 256
+    """width of the pyramid levels P2 ... P5"""
+    fpn_dropout: Float = 0.2
+    """spatial dropout on the merged features"""
 
     network = "fpn"
 

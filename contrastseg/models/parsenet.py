@@ -12,7 +12,6 @@ classifier reads them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -22,16 +21,17 @@ from torch import Tensor, nn
 from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet
 from contrastseg.models.config import ModelConfig
+from contrastseg.utils.sections import Float, section
 
 
-@dataclass
+@section("model")
 class ParseNetConfig(ModelConfig):
     """ParseNet: L2-normalised, scaled local features and unpooled global context, concatenated."""
 
-    #: output stride of the backbone (ParseNet's base: 8)
     output_stride: Literal[8, 16, 32] = 8
-    #: initial value of the learned per-channel scales after the L2 normalisation
-    scale_init: float = 10.0
+    """output stride of the backbone (ParseNet's base: 8)"""
+    scale_init: Float = 10.0
+    """initial value of the learned per-channel scales after the L2 normalisation"""
 
     network = "parsenet"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal
 
 import torch
@@ -25,22 +25,23 @@ from torch import Tensor, nn
 from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
 from contrastseg.models.config import ModelConfig
+from contrastseg.utils.sections import Float, Int, section
 
 
-@dataclass
+@section("model")
 class PSPNetConfig(ModelConfig):
     """PSPNet: pyramid pooling on the last stage, a bottleneck, the classifier."""
 
-    #: output stride of the backbone (the paper: 8)
     output_stride: Literal[8, 16, 32] = 8
-    #: channels of the bottleneck after the pyramid (the decoder features)
-    decoder_channels: int = 512
-    #: pooling bins of the pyramid (the paper: 1, 2, 3, 6)
-    bins: list[int] = field(default_factory=lambda: [1, 2, 3, 6])
-    #: kernel of the bottleneck convolution (the paper: 3; segmentation_models_pytorch: 1)
+    """output stride of the backbone (the paper: 8)"""
+    decoder_channels: Int = 512
+    """channels of the bottleneck after the pyramid (the decoder features)"""
+    bins: list[Int] = field(default_factory=lambda: [1, 2, 3, 6])
+    """pooling bins of the pyramid (the paper: 1, 2, 3, 6)"""
     bottleneck_kernel: Literal[1, 3] = 3
-    #: spatial dropout on the decoder features
-    psp_dropout: float = 0.1
+    """kernel of the bottleneck convolution (the paper: 3; segmentation_models_pytorch: 1)"""
+    psp_dropout: Float = 0.1
+    """spatial dropout on the decoder features"""
 
     network = "pspnet"
 

@@ -9,17 +9,16 @@ the concatenation changes the width).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastseg.models.base import conv_bn_relu
 from contrastseg.models.unet import UNet, UNetConfig
+from contrastseg.utils.sections import section
 
 
-@dataclass
+@section("model")
 class ResUNetConfig(UNetConfig):
     """ResUNet: the U-Net with residual decoder blocks (the same keys)."""
 

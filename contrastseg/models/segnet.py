@@ -15,7 +15,6 @@ SegNet needs the pooling indices of a VGG encoder: a ResNet has a single max-poo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Literal
 
 import torch.nn.functional as F
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
 from contrastseg.models.config import ModelConfig
 from contrastseg.models.vgg import VGG16_STAGES, VGGBackbone
+from contrastseg.utils.sections import Int, Str, section
 
 
 def check_vgg(arch: str) -> None:
@@ -35,16 +35,17 @@ def check_vgg(arch: str) -> None:
         )
 
 
-@dataclass
+@section("model")
 class SegNetConfig(ModelConfig):
     """SegNet: VGG16-BN encoder, decoder unpooling with the encoder's max-pooling indices."""
 
-    #: backbone: vgg16_bn (SegNet needs the pooling indices of a VGG encoder; a ResNet has one max-pool)
-    arch: str = "vgg16_bn"
-    #: output stride of the backbone (VGG16-BN is not dilated: 32)
-    output_stride: int = 32
-    #: optional vgg16_bn weights file in torchvision key names to start from
-    backbone_weights: str | None = None
+    arch: Str = "vgg16_bn"
+    """backbone: vgg16_bn (SegNet needs the pooling indices of a VGG encoder; a ResNet has one
+    max-pool)"""
+    output_stride: Int = 32
+    """output stride of the backbone (VGG16-BN is not dilated: 32)"""
+    backbone_weights: Str | None = None
+    """optional vgg16_bn weights file in torchvision key names to start from"""
 
     network = "segnet"
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from contrastseg.models.backbones import build_backbone
 from contrastseg.models.base import SegmentationNet, conv_bn_relu
 from contrastseg.models.config import ModelConfig
+from contrastseg.utils.sections import Int, section
 
 
 class UNetBlock(nn.Module):
@@ -76,14 +76,14 @@ class UNetDecoder(nn.Module):
         return x
 
 
-@dataclass
+@section("model")
 class UNetConfig(ModelConfig):
     """U-Net: three decoder blocks from the last stage to the ``layer1`` skip (stride 4)."""
 
-    #: channels of the decoder features (the stride-4 block)
-    decoder_channels: int = 64
-    #: widths of the stride-16 and stride-8 decoder blocks
-    unet_channels: tuple[int, int] = (256, 128)
+    decoder_channels: Int = 64
+    """channels of the decoder features (the stride-4 block)"""
+    unet_channels: tuple[Int, Int] = (256, 128)
+    """widths of the stride-16 and stride-8 decoder blocks"""
 
     network = "unet"
 
@@ -113,8 +113,8 @@ class UNet(SegmentationNet):
 
     name = "unet"
     config_class = UNetConfig
-    #: the decoder block (a subclass changes it: ResUNet)
     block: type[nn.Module] = UNetBlock
+    """the decoder block (a subclass changes it: ResUNet)"""
     parts = ("backbone", "decoder")
     encoder_parts = ("backbone",)
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import field
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from contrastseg.config import (
-    ModelConfig,
+    ModelSection,
     NormalizeConfig,
     OptimConfig,
     RunConfig,
@@ -30,7 +32,19 @@ from contrastseg.config import (
 )
 from contrastseg.data.config import LabeledDataConfig
 from contrastseg.losses.segmentation import build_loss, parse_loss_spec
-from contrastseg.utils.configtools import ConfigError
+from contrastseg.utils.sections import (
+    Bool,
+    ConfigError,
+    Float,
+    FloatPair,
+    Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Str,
+    section,
+)
 
 __all__ = [
     "EvalConfig",
@@ -45,185 +59,157 @@ __all__ = [
 ]
 
 
-@dataclass
+@section("pretrained")
 class PretrainedConfig:
     """Which pretrained weights start the segmenter."""
 
-    #: pretraining checkpoint or exported weights; None = random initialisation
-    path: str | None = None
-    #: parts loaded: backbone, encoder (= backbone+aspp for DeepLabV3+, the GLCNet default;
-    #: the backbone for U-Net / FPN) or all (adds the decoder); auto = encoder, and in linear
-    #: mode every part in front of the probed features
+    path: Str | None = None
+    """pretraining checkpoint or exported weights; None = random initialisation"""
     parts: Literal["auto", "backbone", "backbone+aspp", "encoder", "all"] = "auto"
-    #: keep the BatchNorm running statistics of the loaded parts as pretrained (their layers
-    #: stay in eval mode; their scale and shift still train): for small fine-tuning batches
-    freeze_bn: bool = False
+    """parts loaded: backbone, encoder (= backbone+aspp for DeepLabV3+, the GLCNet default; the
+    backbone for U-Net / FPN) or all (adds the decoder); auto = encoder, and in linear mode
+    every part in front of the probed features"""
+    freeze_bn: Bool = False
+    """keep the BatchNorm running statistics of the loaded parts as pretrained (their layers stay
+    in eval mode; their scale and shift still train): for small fine-tuning batches"""
 
 
-@dataclass
+@section("linear")
 class LinearProbeConfig:
     """The linear probe (``mode: linear``, and the first stage of ``mode: lp-ft``): which frozen
     features, and how its softmax regression is solved (to convergence, on cached features)."""
 
-    #: features the 1x1 head reads: decoder (stride 4), encoder (ASPP output) or backbone
-    #: (last ResNet stage); auto = the deepest part the checkpoint's method trained
-    #: (simclr, global_style: encoder; local, glcnet, dense: decoder; an exported backbone:
-    #: backbone; a random start: decoder). lp-ft always reads the decoder (the segmenter's head)
     features: Literal["auto", "decoder", "encoder", "backbone"] = "auto"
-    #: L2 strengths of the head (objective mean(CE) + l2 / 2 * ||W||^2 on standardised
-    #: features); one fit each, the best val mIoU is kept (ties: the stronger)
-    l2_grid: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
-    #: L-BFGS iterations per fit at most (it stops earlier once the gradient vanishes)
-    max_iter: int = 300
-    #: labeled pixels the head is fitted on at most (evenly spaced over all patches)
-    max_cells: int = 200000
-    #: distance in pixels between two sampled pixels of a patch (both axes)
-    pixel_step: int = 4
+    """features the 1x1 head reads: decoder (stride 4), encoder (ASPP output) or backbone (last
+    ResNet stage); auto = the deepest part the checkpoint's method trained (simclr,
+    global_style: encoder; local, glcnet, dense: decoder; an exported backbone: backbone; a
+    random start: decoder). lp-ft always reads the decoder (the segmenter's head)"""
+    l2_grid: Annotated[list[NonNegativeFloat], Field(min_length=1)] = field(
+        default_factory=lambda: [1e-2, 1e-3, 1e-4]
+    )
+    """L2 strengths of the head (objective mean(CE) + l2 / 2 * ||W||^2 on standardised features);
+    one fit each, the best val mIoU is kept (ties: the stronger)"""
+    max_iter: PositiveInt = 300
+    """L-BFGS iterations per fit at most (it stops earlier once the gradient vanishes)"""
+    max_cells: PositiveInt = 200000
+    """labeled pixels the head is fitted on at most (evenly spaced over all patches)"""
+    pixel_step: PositiveInt = 4
+    """distance in pixels between two sampled pixels of a patch (both axes)"""
 
-    def __post_init__(self) -> None:
-        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
-            raise ValueError(f"linear.l2_grid must hold values >= 0, got {self.l2_grid}")
-        for name in ("max_iter", "max_cells", "pixel_step"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"linear.{name} must be >= 1, got {getattr(self, name)}")
 
-
-@dataclass
+@section("optim")
 class FinetuneOptimConfig(OptimConfig):
     """Optimizer and schedule of fine-tuning (GLCNet: Adam, lr 1e-4)."""
 
-    #: peak learning rate
-    lr: float = 1e-4
-    #: Adam / AdamW betas
-    betas: tuple[float, float] = (0.9, 0.999)
-    #: weight decay (on biases and normalisation weights too when decay_norm_and_bias)
-    weight_decay: float = 0.0
-    #: layer-wise learning-rate decay: the classifier trains at lr, each level closer to the
-    #: input at this factor more (DeepLabV3+: decoder x d, ASPP x d^2, layer4 x d^3 ... the stem
-    #: x d^7); 1 = the same lr everywhere. Multiplies with pretrained_lr_scale
-    layer_decay: float = 1.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"optim.layer_decay must lie in (0, 1], got {self.layer_decay}")
+    lr: PositiveFloat = 1e-4
+    """peak learning rate"""
+    betas: FloatPair = (0.9, 0.999)
+    """Adam / AdamW betas"""
+    weight_decay: NonNegativeFloat = 0.0
+    """weight decay (on biases and normalisation weights too when decay_norm_and_bias)"""
+    layer_decay: Annotated[Float, Field(gt=0, le=1)] = 1.0
+    """layer-wise learning-rate decay: the classifier trains at lr, each level closer to the input
+    at this factor more (DeepLabV3+: decoder x d, ASPP x d^2, layer4 x d^3 ... the stem x d^7);
+    1 = the same lr everywhere. Multiplies with pretrained_lr_scale"""
 
 
-@dataclass
+@section("train")
 class FinetuneTrainConfig(TrainConfig):
     """Length, batch, device, precision of fine-tuning (GLCNet: 150 epochs, batch 16)."""
 
-    #: passes over the labeled training patches
-    epochs: int = 150
-    #: patches per step
-    batch_size: int = 16
-    #: DataLoader worker processes
-    num_workers: int = 2
-    #: augment the training patches (image and mask alike)
-    augment: bool = True
-    #: ``basic``: independent flips and rot90 (ours); ``official``: the official GLCNet
-    #: fine-tuning augmentation (flips, rot90, shift-scale, HSV, band jitter)
+    epochs: PositiveInt = 150
+    """passes over the labeled training patches"""
+    batch_size: Int = 16
+    """patches per step"""
+    num_workers: NonNegativeInt = 2
+    """DataLoader worker processes"""
+    augment: Bool = True
+    """augment the training patches (image and mask alike)"""
     augment_recipe: Literal["basic", "official"] = "basic"
-    #: stop after this many validations without a better val mIoU (0 = train to the step cap;
-    #: in lp-ft mode, validations of the fine-tuning stage)
-    patience: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.patience < 0:
-            raise ValueError(f"train.patience must be >= 0, got {self.patience}")
-        if self.augment_recipe not in ("basic", "official"):
-            raise ValueError(
-                f"train.augment_recipe must be basic or official, got {self.augment_recipe!r}"
-            )
+    """``basic``: independent flips and rot90 (ours); ``official``: the official GLCNet fine-tuning
+    augmentation (flips, rot90, shift-scale, HSV, band jitter)"""
+    patience: NonNegativeInt = 0
+    """stop after this many validations without a better val mIoU (0 = train to the step cap; in
+    lp-ft mode, validations of the fine-tuning stage)"""
 
 
-@dataclass
+@section("eval")
 class EvalConfig:
     """Sliding-window evaluation (validation during training, test at the end, evaluate, predict)."""
 
-    #: window side in pixels
-    window: int = 512
-    #: step between windows; None = window // 2
-    stride: int | None = None
-    #: windows per forward pass
-    batch_size: int = 4
-    #: average with the logits of flipped windows (test-time augmentation)
-    flip: bool = False
-    #: class ids left out of the means (e.g. ISPRS clutter = 5); OA and kappa keep them
-    exclude: list[int] = field(default_factory=list)
-    #: validate every N epochs (and always after the last)
-    every: int = 1
-    #: validate every N optimizer steps instead (and after the last); None = every N epochs.
-    #: For label fractions whose epochs are long (or short) compared with the patience window
-    every_steps: int | None = None
-    #: images shown as prediction overlays in the reports
-    overlays: int = 4
+    window: Annotated[Int, Field(ge=16)] = 512
+    """window side in pixels"""
+    stride: Int | None = None
+    """step between windows; None = window // 2"""
+    batch_size: PositiveInt = 4
+    """windows per forward pass"""
+    flip: Bool = False
+    """average with the logits of flipped windows (test-time augmentation)"""
+    exclude: list[NonNegativeInt] = field(default_factory=list)
+    """class ids left out of the means (e.g. ISPRS clutter = 5); OA and kappa keep them"""
+    every: PositiveInt = 1
+    """validate every N epochs (and always after the last)"""
+    every_steps: PositiveInt | None = None
+    """validate every N optimizer steps instead (and after the last); None = every N epochs. For
+    label fractions whose epochs are long (or short) compared with the patience window"""
+    overlays: NonNegativeInt = 4
+    """images shown as prediction overlays in the reports"""
 
     def __post_init__(self) -> None:
-        if self.window < 16:
-            raise ValueError(f"eval.window must be >= 16, got {self.window}")
         if self.stride is not None and not 1 <= self.stride <= self.window:
             raise ValueError(
                 f"eval.stride must lie in [1, window={self.window}], got {self.stride}"
             )
-        if self.every_steps is not None and self.every_steps < 1:
-            raise ValueError(f"eval.every_steps must be >= 1 or null, got {self.every_steps}")
-        for name in ("batch_size", "every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.overlays < 0:
-            raise ValueError(f"eval.overlays must be >= 0, got {self.overlays}")
-        if any(c < 0 for c in self.exclude):
-            raise ValueError(f"eval.exclude holds class ids >= 0, got {self.exclude}")
 
 
-@dataclass
+@section("run")
 class FinetuneRunConfig(RunConfig):
     """Where the fine-tuning run writes, and how often (checkpoints at epoch ends)."""
 
-    #: log scalars every N steps
-    log_every: int = 10
-    #: write a checkpoint at the first epoch end after every N steps (and always at the end)
-    checkpoint_every: int = 200
-    #: keep the newest K step checkpoints (best.pt is kept apart; 2, so a resume falls back
-    #: past a damaged newest one)
-    keep_last: int = 2
-    #: unused by fine-tuning (overlays come with each report)
-    image_every: int = 0
+    log_every: PositiveInt = 10
+    """log scalars every N steps"""
+    checkpoint_every: PositiveInt = 200
+    """write a checkpoint at the first epoch end after every N steps (and always at the end)"""
+    keep_last: PositiveInt = 2
+    """keep the newest K step checkpoints (best.pt is kept apart; 2, so a resume falls back past a
+    damaged newest one)"""
+    image_every: NonNegativeInt = 0
+    """unused by fine-tuning (overlays come with each report)"""
 
 
-@dataclass
+@section("")
 class FinetuneConfig:
     """Everything ``contrastseg finetune`` needs."""
 
-    #: labeled data: preset or folders, splits (val selects the model, test is scored once), label fraction
     data: LabeledDataConfig = field(default_factory=lambda: LabeledDataConfig(preset="demo"))
-    #: per-band normalisation; all empty = the pretraining checkpoint's normalisation
+    """labeled data: preset or folders, splits (val selects the model, test is scored once), label
+    fraction"""
     normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
-    #: the network built without a checkpoint; with one, its architecture wins unless model.name names another decoder (its backbone is kept)
-    model: ModelConfig = field(default_factory=model_config)
-    #: pretrained weights and the parts loaded
+    """per-band normalisation; all empty = the pretraining checkpoint's normalisation"""
+    model: ModelSection = field(default_factory=model_config)
+    """the network built without a checkpoint; with one, its architecture wins unless model.name
+    names another decoder (its backbone is kept)"""
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
-    #: linear (only the 1x1 classifier, solved on the frozen network), decoder (backbone
-    #: frozen), finetune (all) or lp-ft (the linear probe's head first, then all from it)
+    """pretrained weights and the parts loaded"""
     mode: Literal["linear", "decoder", "finetune", "lp-ft"] = "finetune"
-    #: the linear probe: features and solver (mode: linear, and lp-ft's first stage)
+    """linear (only the 1x1 classifier, solved on the frozen network), decoder (backbone frozen),
+    finetune (all) or lp-ft (the linear probe's head first, then all from it)"""
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    #: learning-rate factor of the pretrained parts in finetune and lp-ft modes (1 = same lr)
-    pretrained_lr_scale: float = 1.0
-    #: segmentation loss in compact syntax, e.g. ce, dice+ce, 0.5*dice+focal
-    loss: str = "ce"
-    #: loss term arguments as 'term.arg=value' strings, e.g. focal.gamma=2.0
-    loss_args: list[str] = field(default_factory=list)
-    #: optimizer and schedule
+    """the linear probe: features and solver (mode: linear, and lp-ft's first stage)"""
+    pretrained_lr_scale: Float = 1.0
+    """learning-rate factor of the pretrained parts in finetune and lp-ft modes (1 = same lr)"""
+    loss: Str = "ce"
+    """segmentation loss in compact syntax, e.g. ce, dice+ce, 0.5*dice+focal"""
+    loss_args: list[Str] = field(default_factory=list)
+    """loss term arguments as 'term.arg=value' strings, e.g. focal.gamma=2.0"""
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
-    #: length, batch, device, precision
+    """optimizer and schedule"""
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
-    #: sliding-window evaluation settings
+    """length, batch, device, precision"""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    #: outputs: run folder, logging, checkpoints
+    """sliding-window evaluation settings"""
     run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
+    """outputs: run folder, logging, checkpoints"""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.pretrained_lr_scale <= 1.0:

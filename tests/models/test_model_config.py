@@ -74,5 +74,7 @@ def test_methods_declare_features_and_each_network_maps_them_to_parts():
 def test_model_config_factory_drops_other_networks_widths():
     config = model_config("fpn", arch="resnet18", aspp_channels=8, fpn_channels=8)
     assert config == FPNConfig(arch="resnet18", fpn_channels=8)
-    with pytest.raises(TypeError):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'model\.widht'; section 'model' accepts: name, arch"
+    ):
         model_config("fpn", widht=3)

@@ -12,17 +12,18 @@ from contrastseg.utils.configtools import (
     apply_overrides,
     config_reference,
     from_dict,
+    section,
     to_dict,
 )
 
 
-@dataclasses.dataclass
+@section("")
 class Section:
     ops: list[dict[str, Any]] = dataclasses.field(default_factory=list)  #: free-form ops
     weights: dict[str, float] = dataclasses.field(default_factory=dict)  #: typed values
 
 
-@dataclasses.dataclass
+@section("")
 class Top:
     section: Section = dataclasses.field(default_factory=Section)
 
@@ -59,13 +60,13 @@ def test_set_override_of_a_list_of_mappings_and_reference_row():
     assert rows["section.ops"] == ("list[mapping[str, Any]]", "[]")
 
 
-@dataclasses.dataclass
+@section("")
 class Inner:
     a: float = 0.0  #: a
     b: float = 0.0  #: b
 
 
-@dataclasses.dataclass
+@section("")
 class Outer:
     inner: Inner = dataclasses.field(default_factory=lambda: Inner(a=1.0, b=2.0))
 
@@ -108,3 +109,41 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
         load_pretrain_config(path)
     with pytest.raises(ConfigError, match=r"key 'lr' is given twice"):
         load_pretrain_config(None, ["optim={lr: 0.1, lr: 0.2}"])
+
+
+def test_the_yaml_shim_reads_exponents_as_numbers_and_leaves_pyyaml_alone():
+    import yaml
+
+    from contrastseg.utils.configtools import safe_load_unique
+
+    assert safe_load_unique("a: 1e-4\nb: 3E5\nc: 1.0e-3\nd: v1e4\n") == {
+        "a": 1e-4, "b": 3e5, "c": 1e-3, "d": "v1e4"
+    }  # fmt: skip
+    assert yaml.safe_load("a: 1e-4") == {"a": "1e-4"}  # the shared SafeLoader is unchanged
+
+
+def test_coerce_is_strict_and_names_the_key():
+    from contrastseg.utils.configtools import Float, Int, coerce
+
+    assert coerce([1, 2.5], list[Float], "mean") == [1.0, 2.5]
+    with pytest.raises(ConfigError, match=r"'std\[1\]' in s\.yaml: expected float, got True"):
+        coerce([1.0, True], list[Float], "std", "s.yaml")
+    with pytest.raises(ConfigError, match=r"'count': expected int, got '3'"):
+        coerce("3", Int, "count")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "optim.betas=[0.9]",
+            r"'optim\.betas'.*: expected 2 values \(tuple\[float, float\]\), got \[0\.9\]",
+        ),
+        ("optim.betas=[0.9, x]", r"'optim\.betas\[1\]'.*: expected float, got 'x' \(str\)"),
+        ("data.roots=abc", r"'data\.roots'.*: expected list\[str\], got 'abc' \(str\)"),
+        ("model.output_stride=12", r"'model\.output_stride'.*: 12 is not one of 8, 16, 32"),
+    ],
+)
+def test_type_errors_name_the_key_path_and_the_type(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pretrain_config(None, [override])
