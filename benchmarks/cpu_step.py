@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--view", type=int, default=None, help="view / patch side (96; quick 32)")
     parser.add_argument("--batch", type=int, default=None, help="images per step (8; quick 2)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (3; quick 1)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (8; quick 1)")
     parser.add_argument("--steps", type=int, default=None, help="steps per round (2; quick 1)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--steps-of", nargs="+", choices=["pretrain", "finetune"],
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "patch": view + view // 8,
         "bands": 4,
         "batch": args.batch or (2 if args.quick else 8),
-        "rounds": args.rounds or (1 if args.quick else 3),
+        "rounds": args.rounds or (1 if args.quick else 8),
         "steps": args.steps or (1 if args.quick else 2),
         "threads": args.threads,
         "variants": args.variants,

@@ -182,11 +182,11 @@ class TrainConfig:
     """auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"""
     amp: Annotated[Literal["auto", "bf16", "fp16", "off"], ChoiceWord] = "auto"
     """mixed precision: auto, bf16, fp16 or off. auto: bf16 on CUDA where supported, else fp16
-    with a grad scaler; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX: 1.7x the fp32 step,
-    benchmarks/cpu_step.py), else off"""
+    with a grad scaler; bf16 on a CPU with native bf16 (AVX512-BF16 or AMX: 1.6-1.7x the fp32
+    step, benchmarks/cpu_step.py), else off"""
     channels_last: Bool | Literal["auto"] = "auto"
-    """channels_last memory format for model and inputs: auto (on CUDA; on a CPU only in full
-    precision, where it measured 1.1x and with bf16 0.8x), true or false"""
+    """channels_last memory format for model and inputs: auto (on CUDA and on a CPU, where it
+    measured 1.08-1.12x in fp32; off on MPS), true or false"""
     compile: Bool = False
     """wrap the model in torch.compile (on a CPU it measured no faster, 0.98-1.0x the eager
     ResNet-18 step, after 44-99 s of compiling: benchmarks/cpu_step.py)"""

@@ -389,7 +389,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     eval_modules = frozen + frozen_batchnorms(model, config, loaded)
     features = model.classifier_features
     amp_dtype = resolve_amp_dtype(train.amp, device)
-    memory_format = resolve_memory_format(train.channels_last, device, amp_dtype)
+    memory_format = resolve_memory_format(train.channels_last, device)
     model.to(device, memory_format=memory_format)
     net = torch.compile(model) if train.compile else model
     spec = loss_spec(config.loss, config.loss_args)

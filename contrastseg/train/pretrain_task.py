@@ -328,7 +328,7 @@ def build_pretrain_task(
     mean, std = normalization or normalization_values(config.normalize, bands)
     model = PretrainModel(config.model, config.method, bands).to(device)
     amp_dtype = resolve_amp_dtype(train.amp, device)
-    memory_format = resolve_memory_format(train.channels_last, device, amp_dtype)
+    memory_format = resolve_memory_format(train.channels_last, device)
     model = model.to(memory_format=memory_format)
     if train.sync_bn and world_size > 1:
         if device.type != "cuda":

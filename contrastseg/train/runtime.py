@@ -45,8 +45,8 @@ def resolve_amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
 
     ``auto``: bf16 on CUDA devices that support it, fp16 (with a grad scaler) on older
     ones; bf16 on CPUs with native bf16 (:func:`cpu_has_bf16`; measured by
-    ``benchmarks/cpu_step.py`` on an AVX512-BF16 CPU: 1.7x the fp32 step of pretraining and
-    fine-tuning, ResNet-18), else off; off on MPS. ``fp16`` needs CUDA.
+    ``benchmarks/cpu_step.py`` on an AVX512-BF16 CPU: 1.6-1.7x the fp32 step of pretraining
+    and fine-tuning, ResNet-18), else off; off on MPS. ``fp16`` needs CUDA.
     """
     if setting == "off":
         return None
@@ -63,17 +63,15 @@ def resolve_amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
-def resolve_memory_format(
-    setting: bool | str, device: torch.device, amp_dtype: torch.dtype | None
-) -> torch.memory_format:
+def resolve_memory_format(setting: bool | str, device: torch.device) -> torch.memory_format:
     """The memory format of model and inputs for ``train.channels_last``.
 
-    ``auto``: channels_last on CUDA (tensor-core convolutions); on a CPU channels_last in full
-    precision only (``benchmarks/cpu_step.py``: 1.1x the contiguous fp32 step, but 0.8x the
-    contiguous bf16 pretraining step); contiguous on MPS.
+    ``auto``: channels_last on CUDA (tensor-core convolutions) and on a CPU (oneDNN;
+    ``benchmarks/cpu_step.py``, ResNet-18: 1.08-1.12x the contiguous fp32 step, and
+    1.03-1.09x the contiguous bf16 step in 2 of 3 runs); contiguous on MPS.
     """
     if setting == "auto":
-        setting = device.type == "cuda" or (device.type == "cpu" and amp_dtype is None)
+        setting = device.type in ("cuda", "cpu")
     return torch.channels_last if setting else torch.contiguous_format
 
 

@@ -21,13 +21,14 @@ TINY_FINETUNE = [
     "eval.stride=24",
     "eval.overlays=1",
     "optim.lr=0.01",
+    "train.amp=off",  # fp32 whatever the CPU (auto is bf16 where the CPU has native bf16)
     *SMALL_MODEL,
 ]
 # a 2-step GLCNet pretraining on 4 demo scenes of 64 px (the start of the fine-tuning tests)
 TINY_PRETRAIN = [
     "run.name=tiny", "run.progress=false", "run.image_every=0", "train.max_steps=2",
     "train.batch_size=4", "train.num_workers=0", "data.demo.n_scenes=4", "data.demo.size=64",
-    "data.patch_size=48", "views.size=32", "method.region_size=8", *SMALL_MODEL,
+    "data.patch_size=48", "views.size=32", "method.region_size=8", "train.amp=off", *SMALL_MODEL,
 ]  # fmt: skip
 
 
