@@ -54,6 +54,7 @@ import gc
 import itertools
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -636,10 +637,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", nargs="+", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None, help="quick size (default 8)")
     parser.add_argument("--paper-batch", type=int, default=None, help="paper size (default 8)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per block")
-    parser.add_argument("--paper-steps", type=int, default=None, help="at the paper size")
-    parser.add_argument("--repeats", type=int, default=None, help="blocks per side (alternating)")
-    parser.add_argument("--paper-workers", nargs="+", type=int, default=None)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per block (3, quick 2)"
+    )
+    parser.add_argument("--paper-steps", type=int, default=None, help="at the paper size (1)")
+    parser.add_argument("--repeats", type=int, default=None, help="blocks per side (3, quick 2)")
+    parser.add_argument(
+        "--paper-workers", nargs="+", type=int, default=None, help="default --workers but 1"
+    )
     parser.add_argument("--paper-threads", nargs="+", type=int, default=None)
     parser.add_argument("--tolerance", type=float, default=1e-5, help="loss check, absolute")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
@@ -650,7 +655,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         choices=["smp", "same"],
         help="the peer's network: smp's DeepLabV3+, or contrastseg's own (same) to isolate "
-        "the rest of the step (default: both at the quick size, smp at the paper size)",
+        "the rest of the step (default: both)",
     )
     args = parser.parse_args(argv)
     _peers()  # fail early, with the install hint
@@ -662,18 +667,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quick": (threads, workers, args.batch or 8, args.steps or (2 if quick else 3)),
         "paper": (
             args.paper_threads or threads,
-            args.paper_workers if args.paper_workers is not None else workers,
+            args.paper_workers
+            if args.paper_workers is not None
+            else [w for w in workers if w != 1],
             args.paper_batch or 8,
             args.paper_steps or 1,
         ),
     }
-    repeats = args.repeats or 2
+    repeats = args.repeats or (2 if quick else 3)
     cases = [
         {"method": m, "size": size, "arch": SIZES[size]["arch"], "view": SIZES[size]["view"],
          "batch": grid[size][2], "steps": grid[size][3], "threads": t, "workers": w,
          "peer_net": net}
         for size in sizes for t in grid[size][0] for w in grid[size][1] for m in args.methods
-        for net in args.peer_nets or (["smp", "same"] if size == "quick" else ["smp"])
+        for net in args.peer_nets or ["smp", "same"]
     ]  # fmt: skip
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vs_peers_") as tmp:
@@ -708,7 +715,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 flush=True,
             )
             gc.collect()
-    report = _report(records, checks, s, args, time.perf_counter() - started)
+    report = _report(records, checks, s, args, grid, time.perf_counter() - started)
     path = write_json(args.out, report)
     print(f"wrote {path}")
     return report
@@ -723,11 +730,26 @@ def _check_line(check: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def git_commit() -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", *a], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        return run("rev-parse", "--short", "HEAD") + (
+            "+dirty" if run("status", "--porcelain") else ""
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def _report(
     records: list[dict[str, Any]],
     checks: list[dict[str, Any]],
     s: dict[str, Any],
     args: argparse.Namespace,
+    grid: dict[str, tuple],
     seconds: float,
 ) -> dict[str, Any]:
     device = torch.device(s["device"])
@@ -763,14 +785,20 @@ def _report(
     return {
         "benchmark": "vs_peers",
         "machine": machine_info(device),
+        "commit": git_commit(),
         "load_average": os.getloadavg(),
         "wall_s": seconds,
         "settings": {
             **{k: v for k, v in s.items() if k != "data_root"},
             "quick": args.quick,
             "data": f"demo scenes, {BANDS} bands uint8, random patch windows",
-            "budget": "CPU budget: the paper size runs --paper-steps timed steps per block "
-            "(and --paper-batch images) to keep the whole run within about 25 minutes",
+            "grid": {
+                size: dict(zip(("threads", "workers", "batch", "steps"), g, strict=True))
+                for size, g in grid.items()
+            },
+            "budget": "on the shared 2-core CPU the paper size runs fewer timed steps per "
+            "block (--paper-steps) and no 1-worker case (--paper-workers), so that the whole "
+            "default run stays within about 25 minutes",
         },
         "notes": {
             "timed": "whole steps: batch wait, views, matching, forward, backward, update; "
