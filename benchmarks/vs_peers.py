@@ -642,6 +642,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--paper-steps", type=int, default=None, help="at the paper size (1)")
     parser.add_argument("--repeats", type=int, default=None, help="blocks per side (3, quick 2)")
+    parser.add_argument("--paper-repeats", type=int, default=None, help="at the paper size (2)")
     parser.add_argument(
         "--paper-workers", nargs="+", type=int, default=None, help="default --workers but 1"
     )
@@ -674,11 +675,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.paper_steps or 1,
         ),
     }
-    repeats = args.repeats or (2 if quick else 3)
+    repeats = {
+        "quick": args.repeats or (2 if quick else 3),
+        "paper": args.paper_repeats or args.repeats or 2,
+    }
     cases = [
         {"method": m, "size": size, "arch": SIZES[size]["arch"], "view": SIZES[size]["view"],
          "batch": grid[size][2], "steps": grid[size][3], "threads": t, "workers": w,
-         "peer_net": net}
+         "peer_net": net, "repeats": repeats[size]}
         for size in sizes for t in grid[size][0] for w in grid[size][1] for m in args.methods
         for net in args.peer_nets or ["smp", "same"]
     ]  # fmt: skip
@@ -690,7 +694,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "device": args.device,
             "data_root": root,
             "overrides": args.overrides,
-            "repeats": repeats,
             "tolerance": args.tolerance,
         }
         checks = []
@@ -703,7 +706,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"loss check {method} {size}: {_check_line(check)}", file=sys.stderr)
         records = []
         for n, case in enumerate(cases, 1):
-            settings = {**s, "steps": case["steps"]}
+            settings = {**s, "steps": case["steps"], "repeats": case["repeats"]}
             result = run_case(case, settings)
             records.append({**case, **result})
             ips = result["images_per_s"]
@@ -714,6 +717,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 file=sys.stderr,
                 flush=True,
             )
+            # what is measured so far, in case the run is stopped
+            partial = {"benchmark": "vs_peers", "complete": False, "commit": git_commit(),
+                       "loss_checks": checks, "cases": records}  # fmt: skip
+            write_json(args.out, partial)
             gc.collect()
     report = _report(records, checks, s, args, grid, time.perf_counter() - started)
     path = write_json(args.out, report)
@@ -759,12 +766,12 @@ def _report(
     print(
         f"\nWhole pretraining step (data included), contrastseg vs smp + lightly + per-sample "
         f"torchvision views/matching in DataLoader workers, on {where}; images/s over "
-        f"{s['repeats']} alternating blocks per side; ratio = contrastseg / peer"
+        "the alternating blocks per side (repeats); ratio = contrastseg / peer"
     )
-    headers = ["method", "size", "arch", "view", "batch", "threads", "workers", "peer net",
+    headers = ["method", "size", "arch", "view", "batch", "steps", "repeats", "threads", "workers", "peer net",
                "contrastseg img/s", "peer img/s", "ratio", "block ratios"]  # fmt: skip
     rows = [
-        [r["method"], r["size"], r["arch"], r["view"], r["batch"], r["threads"], r["workers"],
+        [r["method"], r["size"], r["arch"], r["view"], r["batch"], r["steps"], r["repeats"], r["threads"], r["workers"],
          r["peer_net"], f"{r['images_per_s']['contrastseg']:.2f}", f"{r['images_per_s']['peer']:.2f}",
          f"{r['ratio']:.2f}", " ".join(f"{x:.2f}" for x in r["block_ratios"])]
         for r in records
@@ -784,6 +791,7 @@ def _report(
         )
     return {
         "benchmark": "vs_peers",
+        "complete": True,
         "machine": machine_info(device),
         "commit": git_commit(),
         "load_average": os.getloadavg(),
@@ -796,9 +804,9 @@ def _report(
                 size: dict(zip(("threads", "workers", "batch", "steps"), g, strict=True))
                 for size, g in grid.items()
             },
-            "budget": "on the shared 2-core CPU the paper size runs fewer timed steps per "
-            "block (--paper-steps) and no 1-worker case (--paper-workers), so that the whole "
-            "default run stays within about 25 minutes",
+            "budget": "on the shared 2-core CPU the paper size runs fewer timed steps and "
+            "blocks (--paper-steps, --paper-repeats) and no 1-worker case (--paper-workers), "
+            "to keep a run within about 25 minutes; see grid for what this run measured",
         },
         "notes": {
             "timed": "whole steps: batch wait, views, matching, forward, backward, update; "
