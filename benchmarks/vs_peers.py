@@ -745,7 +745,7 @@ def git_commit() -> str:
             ["git", *a], cwd=here, capture_output=True, text=True, check=True
         ).stdout.strip()
         return run("rev-parse", "--short", "HEAD") + (
-            "+dirty" if run("status", "--porcelain") else ""
+            "+dirty" if run("status", "--porcelain", "--untracked-files=no") else ""
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
