@@ -305,3 +305,10 @@ def test_subclasses_keep_the_constraints_of_the_fields_they_override():
                     )
                     checked += 1
     assert checked > 10
+
+
+def test_a_yaml_boolean_where_a_word_is_expected_says_why():
+    """``amp: yes`` reaches the loader as True: the message says YAML made it a boolean."""
+    with pytest.raises(ConfigError, match=r"'on' is not one of .*YAML reads a bare yes/no/on/off"):
+        load_pretrain_config(None, ["train.amp=yes"])
+    assert load_pretrain_config(None, ["train.amp=off"]).train.amp == "off"  # a choice's word

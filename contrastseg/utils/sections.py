@@ -329,7 +329,13 @@ def config_error(
     if kind == "literal_error":
         choices = get_args(_strip(tp)) if get_origin(_strip(tp)) is Literal else ()
         listed = ", ".join(map(repr, choices)) if choices else error["ctx"]["expected"]
-        return ConfigError(f"{_where(key, source)}: {_short(value)} is not one of {listed}")
+        # YAML 1.1 read a bare yes/no/on/off/true/false as a bool, which became 'on' / 'off'
+        hint = (
+            " (YAML reads a bare yes/no/on/off/true/false as a boolean; quote a word you mean)"
+            if value in ("on", "off") and value not in choices
+            else ""
+        )
+        return ConfigError(f"{_where(key, source)}: {_short(value)} is not one of {listed}{hint}")
     if kind in ("too_short", "too_long") and get_origin(_strip(tp)) is tuple:
         n = len(get_args(_strip(tp)))
         return ConfigError(
