@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything the README leaves to a GPU, in one run (5-8 min on one GPU) that writes one JSON:
+# Everything the README leaves to a GPU, in one run (within 8 min on one GPU) that writes one JSON:
 # ResNet-50 224 px GLCNet images/s at bf16 with and without torch.compile, its fraction of the
 # device's peak, the views + matching share and time split of a step, peak memory, NT-Xent at
 # N = 4096, and the ratio to the peer composition (with the extra 'peers' installed).

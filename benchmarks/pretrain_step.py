@@ -75,7 +75,12 @@ from contrastseg.config import PretrainConfig, load_pretrain_config
 from contrastseg.data import UnlabeledDataset, build_loader, set_loader_epoch, write_demo_dataset
 from contrastseg.data.config import DEFAULT_PATTERNS
 from contrastseg.train.pretrain_task import build_pretrain_step
-from contrastseg.train.runtime import STEP_PHASES, cpu_has_bf16, seed_everything
+from contrastseg.train.runtime import (
+    STEP_PHASES,
+    cpu_has_bf16,
+    seed_everything,
+    synchronized_phases,
+)
 
 #: Dense tensor-core peaks in TFLOP/s (NVIDIA data sheets, SXM unless named): the first
 #: entry whose key the device name contains wins, hence the order.
@@ -253,28 +258,33 @@ def step_split(step: Callable[[], None], device: torch.device, steps: int) -> di
     """Share of a step's time per labelled phase (:data:`~contrastseg.train.runtime.STEP_PHASES`).
 
     ``steps`` steps run under ``torch.profiler``; each ``contrastseg/<phase>`` range of the
-    engine's step gives its CPU time (on CUDA: the kernel time launched inside it). The
+    engine's step gives its time (on CUDA each range waits for its kernels:
+    :func:`~contrastseg.train.runtime.synchronized_phases`, so the split adds syncs that the
+    timed steps do not have). The
     engine's ``forward`` range holds the task's whole ``train_step``, so the input phases
     (views, matching, normalize) are taken out of it: ``forward`` here is the network and the
     losses. ``other`` is what no range covers (zero_grad, Python between the phases). The
     profiler's own overhead inflates short phases slightly; the shares are what to read.
     """
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    # CPU-side ranges only (a CUDA run also lists each range's GPU-side annotation): with
+    # synchronized_phases each range waits for its kernels, so its CPU time is its time
     synchronize(device)
     start = time.perf_counter()
-    with torch.profiler.profile(activities=activities) as prof:
+    with (
+        synchronized_phases(device),
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof,
+    ):
         for _ in range(steps):
             step()
             synchronize(device)
     wall = time.perf_counter() - start
     seconds = dict.fromkeys(STEP_PHASES, 0.0)
+    cpu = torch.autograd.DeviceType.CPU
     for event in prof.key_averages():
-        if event.key.startswith("contrastseg/") and event.key[12:] in seconds:
-            on_device = device.type == "cuda" and event.device_time_total > 0
-            total = event.device_time_total if on_device else event.cpu_time_total
-            seconds[event.key[12:]] += total / 1e6
+        name = event.key.removeprefix("contrastseg/")
+        if event.key.startswith("contrastseg/") and name in seconds:
+            if getattr(event, "device_type", cpu) == cpu:
+                seconds[name] += event.cpu_time_total / 1e6
     seconds["forward"] -= seconds["views"] + seconds["matching"] + seconds["normalize"]
     seconds["other"] = max(wall - sum(seconds.values()), 0.0)
     return {name: value / wall for name, value in seconds.items()}

@@ -56,6 +56,7 @@ from contrastseg.utils.sections import (
     Str,
     from_dict,
     merge_mappings,
+    on_registries_changed,
     section,
     tagged_union,
     to_dict,
@@ -189,7 +190,8 @@ class TrainConfig:
     measured 1.08-1.12x in fp32; off on MPS), true or false"""
     compile: Bool = False
     """wrap the model in torch.compile (on a CPU it measured no faster, 0.98-1.0x the eager
-    ResNet-18 step, after 44-99 s of compiling: benchmarks/cpu_step.py)"""
+    ResNet-18 step, after 44-99 s of compiling: benchmarks/cpu_step.py; the first logged step
+    compiles once more, the graph with the health statistics)"""
     seed: Int = 0
     """seed of weights, data order, views and regions"""
     deterministic: Bool = False
@@ -352,6 +354,32 @@ class PretrainConfig:
             raise ValueError(
                 f"model.in_channels is {self.model.in_channels} but data.bands selects {len(bands)} bands"
             )
+
+
+def _name_unions() -> tuple[Any, Any]:
+    return (
+        tagged_union(method_sections(), DEFAULT_METHOD, _method_input),
+        tagged_union(model_sections(), DEFAULT_MODEL, _model_input),
+    )
+
+
+_BUILT_FROM = (method_sections(), model_sections())
+
+
+@on_registries_changed
+def _rebuild_name_unions() -> None:
+    """Rebuild ``MethodSection`` / ``ModelSection`` and the configs holding them when a method or
+    network was registered after this module was imported (a user's ``@register_method``)."""
+    global MethodSection, ModelSection, _BUILT_FROM
+    now = (method_sections(), model_sections())
+    complete = all(
+        pydantic.dataclasses.is_pydantic_dataclass(c) for group in now for c in group.values()
+    )
+    if now == _BUILT_FROM or not complete:  # unchanged, or a section not yet decorated
+        return
+    MethodSection, ModelSection = _name_unions()
+    _BUILT_FROM = now
+    pydantic.dataclasses.rebuild_dataclass(PretrainConfig, force=True)
 
 
 def bundled_configs() -> list[str]:

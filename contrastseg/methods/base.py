@@ -39,6 +39,7 @@ from contrastseg.utils.sections import (
     PositiveFloat,
     PositiveInt,
     Str,
+    registries_changed,
     section,
 )
 
@@ -171,6 +172,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"a method named {cls.name!r} is registered already")
     _REGISTRY[cls.name] = cls
+    registries_changed()  # the configs' method section can now pick it by name
     return cls
 
 

@@ -123,7 +123,7 @@ class Segmenter:
 
     def predictor(self, amp: str = "off") -> Callable[[Tensor], Tensor]:
         """``(n, C, h, w) -> (n, K, h, w)`` logits, under autocast when ``amp`` asks for it."""
-        dtype = resolve_amp_dtype(amp, self.device)
+        dtype = resolve_amp_dtype(amp, self.device, inference=True)
 
         def predict(x: Tensor) -> Tensor:
             context = (

@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from dataclasses import field
 from typing import Annotated, Any, Literal
 
+import pydantic
 from pydantic import Field
 
+import contrastseg.config as _config
 from contrastseg.config import (
     ModelSection,
     NormalizeConfig,
@@ -43,6 +45,7 @@ from contrastseg.utils.sections import (
     PositiveFloat,
     PositiveInt,
     Str,
+    on_registries_changed,
     section,
 )
 
@@ -225,6 +228,16 @@ class FinetuneConfig:
             build_loss(loss_spec(self.loss, self.loss_args), ignore_index=self.data.ignore_index)
         except ValueError as err:
             raise ValueError(f"loss / loss_args: {err}") from err
+
+
+@on_registries_changed
+def _rebuild_model_union() -> None:
+    """Follow :mod:`contrastseg.config` when it rebuilt ``ModelSection`` for a network
+    registered after import (its listener runs first: it was registered first)."""
+    global ModelSection
+    if ModelSection is not _config.ModelSection:
+        ModelSection = _config.ModelSection
+        pydantic.dataclasses.rebuild_dataclass(FinetuneConfig, force=True)
 
 
 def loss_spec(loss: str, loss_args: Sequence[str] = ()) -> str | list[dict[str, Any]]:

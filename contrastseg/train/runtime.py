@@ -24,13 +24,36 @@ from contrastseg.utils.configtools import ConfigError
 STEP_PHASES = ("views", "matching", "normalize", "forward", "checks", "backward", "optimizer")
 
 
-def phase(name: str) -> torch.profiler.record_function:
+#: The device :func:`synchronized_phases` makes every phase wait for (none: phases don't wait).
+_PHASE_SYNC: list[torch.device] = []
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
     """A profiler range ``contrastseg/<name>`` around one part of a step (:data:`STEP_PHASES`).
 
-    Costs about a microsecond when no profiler runs; under ``torch.profiler.profile`` (or
-    TensorBoard's profiler) the step's parts show by name.
+    Costs a few microseconds when no profiler runs; under ``torch.profiler.profile`` (or
+    TensorBoard's profiler) the step's parts show by name. Inside :func:`synchronized_phases`
+    the range also waits for the CUDA work it launched, so its CPU time is the phase's time.
     """
-    return torch.profiler.record_function(f"contrastseg/{name}")
+    with torch.profiler.record_function(f"contrastseg/{name}"):
+        yield
+        if _PHASE_SYNC:
+            torch.cuda.synchronize(_PHASE_SYNC[-1])
+
+
+@contextlib.contextmanager
+def synchronized_phases(device: torch.device) -> Iterator[None]:
+    """Make every :func:`phase` wait for its CUDA work (a benchmark's time split; the syncs
+    slow a step down, so time the step without them); nothing changes on a CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    _PHASE_SYNC.append(device)
+    try:
+        yield
+    finally:
+        _PHASE_SYNC.pop()
 
 
 def cpu_has_bf16() -> bool:
@@ -40,19 +63,25 @@ def cpu_has_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+def resolve_amp_dtype(
+    setting: str, device: torch.device, inference: bool = False
+) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device`` (None = full precision).
 
     ``auto``: bf16 on CUDA devices that support it, fp16 (with a grad scaler) on older
     ones; bf16 on CPUs with native bf16 (:func:`cpu_has_bf16`; measured by
     ``benchmarks/cpu_step.py`` on an AVX512-BF16 CPU: 1.6-1.7x the fp32 step of pretraining
     and fine-tuning, ResNet-18), else off; off on MPS. ``fp16`` needs CUDA.
+
+    With ``inference`` (validation, ``evaluate``, ``predict``), ``auto`` stays full precision
+    on a CPU, so scores and label maps do not depend on the CPU model (bf16 logits moved 0.5 %
+    of the argmax pixels of a ResNet-18 DeepLabV3+ in a check); ``bf16`` still applies.
     """
     if setting == "off":
         return None
     if setting == "auto":
         if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_bf16() else None
+            return torch.bfloat16 if cpu_has_bf16() and not inference else None
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -114,9 +114,31 @@ def section(key: str) -> Callable[[type[T]], type[T]]:
                 raise config_error(err, type(self), prefix=key) from None
 
         built.__init__ = __init__  # type: ignore[method-assign]
+        registries_changed()  # a method's or network's config may have just become complete
         return built  # type: ignore[return-value]
 
     return wrap
+
+
+#: Called when a method or network may have been registered (see :func:`on_registries_changed`).
+_LISTENERS: list[Callable[[], None]] = []
+
+
+def on_registries_changed(listener: Callable[[], None]) -> Callable[[], None]:
+    r"""Call ``listener`` whenever a method or network is registered, or a section is declared.
+
+    The configs whose ``method`` / ``model`` sections are :func:`tagged_union`\ s of the
+    registries rebuild them here, so a method registered after ``contrastseg.config`` was
+    imported (``@register_method`` in a user's script) can be chosen by name.
+    """
+    _LISTENERS.append(listener)
+    return listener
+
+
+def registries_changed() -> None:
+    """Tell the listeners of :func:`on_registries_changed` (each decides whether to rebuild)."""
+    for listener in list(_LISTENERS):
+        listener()
 
 
 def tagged_union(

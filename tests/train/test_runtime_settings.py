@@ -27,6 +27,9 @@ def test_auto_precision_on_a_cpu_is_bf16_only_with_native_bf16(monkeypatch, nati
     assert resolve_amp_dtype("off", CPU) is None
     assert resolve_amp_dtype("bf16", CPU) == torch.bfloat16
     assert resolve_amp_dtype("auto", torch.device("mps")) is None
+    # inference (validation, evaluate, predict) stays fp32 on a CPU unless asked for bf16
+    assert resolve_amp_dtype("auto", CPU, inference=True) is None
+    assert resolve_amp_dtype("bf16", CPU, inference=True) == torch.bfloat16
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_amp_dtype("fp16", CPU)
 
