@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,6 +85,15 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 #: The committed results; a ``--quick`` run writes into its ``quick/`` folder instead (ignored by git).
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def default_out(name: str, quick: bool) -> str:
+    """Where a benchmark writes without ``--out``: the committed ``benchmarks/results/<name>.json``,
+    or for a ``--quick`` (or ``--tiny``) run a file in the temporary folder, never the
+    committed one."""
+    if quick:
+        return str(Path(tempfile.gettempdir()) / "contrastseg-benchmarks" / f"{name}.json")
+    return f"benchmarks/results/{name}.json"
 
 
 def write_json(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:

@@ -42,7 +42,6 @@ import random
 import resource
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +51,7 @@ import torchvision.transforms.v2.functional as TF
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _common
 from _common import machine_info, print_table, time_it, write_json
 
 from contrastseg.augment import PairedViews, ViewsConfig, match_regions
@@ -64,9 +64,7 @@ KEEP_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_
 
 def default_out(quick: bool) -> str:
     """The committed results file, or with ``quick`` one in the temporary folder."""
-    if quick:
-        return str(Path(tempfile.gettempdir()) / "contrastseg-benchmarks" / "augment.json")
-    return "benchmarks/results/augment.json"
+    return _common.default_out("augment", quick)
 
 
 def _minor_faults() -> int:

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _common
 from _common import machine_info, print_table, write_json
 
 from contrastseg.config import load_pretrain_config
@@ -150,7 +151,7 @@ def measure(
 
 def default_out(quick: bool) -> str:
     """Where results go without ``--out``: a quick run never replaces the committed file."""
-    return f"benchmarks/results/cpu_step{'_quick' if quick else ''}.json"
+    return _common.default_out("cpu_step", quick)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

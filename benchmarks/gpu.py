@@ -48,6 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _common
 from _common import machine_info, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 
 def default_out(tiny: bool) -> str:
     """Where the summary goes without ``--out``: a tiny run never replaces the committed file."""
-    return f"benchmarks/results/gpu{'_tiny' if tiny else ''}.json"
+    return _common.default_out("gpu", tiny)
 
 
 def stages(args: argparse.Namespace, tmp: Path) -> dict[str, list[str]]:

@@ -42,6 +42,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _common
 from _common import machine_info, peak_memory_bytes, print_table, time_it, write_json
 
 from contrastseg.losses.ntxent import nt_xent
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument(
-        "--out", default=None, help="default results/losses.json (--quick: losses_quick.json)"
+        "--out", default=None, help="default results/losses.json (--quick: the temporary folder)"
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case")
     parser.add_argument(
@@ -135,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dims", nargs="+", type=int, default=list(DIMS), help="embedding sizes D")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.out is None:  # a quick run never replaces the committed results
-        args.out = f"benchmarks/results/losses{'_quick' if args.quick else ''}.json"
+    args.out = args.out or _common.default_out("losses", args.quick)
     device = torch.device(args.device)
     repeats = args.repeats or (5 if args.quick else 10)
 

@@ -69,6 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _common
 from _common import machine_info, print_table, rss_peak_bytes, synchronize, time_it, write_json
 
 from contrastseg.config import PretrainConfig, load_pretrain_config
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument(
-        "--out", default=None, help="default results/pretrain_step.json (--quick: _quick.json)"
+        "--out", default=None, help="default results/pretrain_step.json (--quick: temporary folder)"
     )
     parser.add_argument("--config", default="glcnet_potsdam.yaml", help="pretraining config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
@@ -389,8 +390,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(_guarded(case, settings)))
         return {}
 
-    if args.out is None:  # a quick run never replaces the committed results
-        args.out = f"benchmarks/results/pretrain_step{'_quick' if args.quick else ''}.json"
+    args.out = args.out or _common.default_out("pretrain_step", args.quick)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     if on_gpu and not torch.cuda.is_available():

@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _common
 import torch
 from _common import machine_info, print_table, write_json
 
@@ -45,9 +46,7 @@ DEFAULT_BASELINE = "a145278"
 
 def default_out(quick: bool) -> str:
     """The committed results file, or with ``quick`` one in the temporary folder."""
-    if quick:
-        return str(Path(tempfile.gettempdir()) / "contrastseg-benchmarks" / "view_pipeline.json")
-    return "benchmarks/results/view_pipeline.json"
+    return _common.default_out("view_pipeline", quick)
 
 
 def load_baseline(commit: str, folder: str) -> Callable[[ViewsConfig], Callable]:

@@ -127,9 +127,11 @@ class LocalMatchingLoss(_ProjectedContrast):
     zeroed slots do enter its batch statistics (a small bias when most pairs are valid).
 
     A batch with no valid pair in the global batch gives a zero loss that is still
-    connected to the graph (every parameter gets a zero gradient, nothing is NaN), emits a
-    ``RuntimeWarning`` and increments :attr:`empty_batches`; checking for it reads one
-    scalar back from the device.
+    connected to the graph (every parameter gets a zero gradient, nothing is NaN). With
+    ``check_empty`` (the default, for a loop of one's own) it also emits a ``RuntimeWarning``
+    and increments :attr:`empty_batches`, which reads one scalar back from the device every
+    call; the package's engine turns it off (no host round trip in its step) and reports a
+    log window without valid pairs from the logged ``regions/valid_fraction`` instead.
 
     Args:
         head: maps ``(N, C)`` pooled region features to ``(N, D)`` embeddings, e.g.
@@ -138,6 +140,7 @@ class LocalMatchingLoss(_ProjectedContrast):
         gather: contrast against all ranks' regions under ``torch.distributed``.
         decoupled: positive left out of the denominator (official GLCNet code).
         queue: region embeddings of earlier batches (valid pairs only) as extra negatives.
+        check_empty: warn about and count batches without a valid pair (a host sync).
 
     Shapes: ``forward(regions1 (B, n, C), regions2 (B, n, C), valid (B, n) bool) -> ()``.
     """
@@ -152,9 +155,11 @@ class LocalMatchingLoss(_ProjectedContrast):
         gather: bool = True,
         decoupled: bool = False,
         queue: NegativeQueue | None = None,
+        check_empty: bool = True,
     ) -> None:
         super().__init__(head, temperature, gather, decoupled, queue)
         self.empty_batches = 0
+        self.check_empty = check_empty
 
     def compute(self, regions1: Tensor, regions2: Tensor, valid: Tensor) -> LocalMatchingOutput:
         """The loss and the global valid fraction (``forward`` returns the loss only)."""
@@ -192,9 +197,7 @@ class LocalMatchingLoss(_ProjectedContrast):
         )
         z1, z2 = _project_pair(self.head, r1, r2)
         out = self.contrast(z1, z2, valid)
-        # a host sync: skipped while torch.compile traces (no graph break; the logged
-        # regions/valid_fraction still shows an empty batch as 0)
-        if not torch.compiler.is_compiling() and not bool(out.num_valid > 0):
+        if self.check_empty and not bool(out.num_valid > 0):  # a host sync
             self.empty_batches += 1
             warnings.warn(
                 "LocalMatchingLoss: no valid region pair in the batch, local loss is 0 "

@@ -71,6 +71,7 @@ class Dense(Method):
         self.dense_loss = LocalMatchingLoss(
             head, temperature=config.temperature, gather=config.gather,
             decoupled=config.decoupled, queue=negative_queue(config, config.dense_head[-1]),
+            check_empty=False,  # no host sync in the step: the engine reads dense/valid_fraction
         )  # fmt: skip
         self.global_loss = global_style_loss(config, net) if config.lam > 0 else None
 

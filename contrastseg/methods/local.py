@@ -54,6 +54,7 @@ def local_matching_loss(config: LocalConfig, net: SegmentationNet) -> LocalMatch
     return LocalMatchingLoss(
         head, temperature=config.temperature, gather=config.gather, decoupled=config.decoupled,
         queue=negative_queue(config, config.local_head[-1]),
+        check_empty=False,  # no host sync in the step: the engine reads regions/valid_fraction
     )  # fmt: skip
 
 

@@ -219,10 +219,16 @@ class PretrainTask(TrainingTask):
 
     def on_log(self, step: int, values: Mapping[str, float]) -> bool:
         """Report a branch whose embeddings stayed collapsed for ``collapse_patience`` log steps,
-        and its recovery."""
+        and its recovery; and a log window in which no region (or point) pair was valid."""
         train = self.config.train
         stop = False
         for key, value in values.items():
+            if key.endswith("/valid_fraction") and value == 0 and self.monitor is not None:
+                self.monitor.info(
+                    f"step {step}: no valid pair in any step since the last log ({key} = 0), "
+                    "so that loss was 0: the views overlap too little for the regions; raise "
+                    "views.t1/t2.crop.scale or lower method.region_size"
+                )
             if not (key.startswith("health/") and key.endswith("/std")):
                 continue
             branch = key.split("/")[1]

@@ -68,3 +68,26 @@ def test_a_bf16_run_on_the_cpu_trains_in_channels_last(tmp_path):
     conv = weights["backbone.conv1.weight"]
     assert conv.dtype == torch.float32
     assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_log_window_without_valid_pairs_is_reported_without_a_sync_per_step(tmp_path):
+    """The engine's local loss skips the per-step host check; the log record reports it."""
+    from contrastseg.train.pretrain_task import build_pretrain_step
+
+    config = load_pretrain_config(None, [f"run.root={tmp_path}", *TINY_PRETRAIN])
+    step = build_pretrain_step(config, 4, CPU, normalization=([0.5] * 4, [0.25] * 4))
+    assert step.task.model.method.local_loss.check_empty is False
+
+    class Monitor:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def info(self, text: str) -> None:
+            self.lines.append(text)
+
+    monitor = step.task.monitor = Monitor()
+    step.task.on_log(4, {"regions/valid_fraction": 0.5, "loss/total": 3.0})
+    assert monitor.lines == []
+    step.task.on_log(8, {"regions/valid_fraction": 0.0, "loss/total": 3.0})
+    (line,) = monitor.lines
+    assert line.startswith("step 8: no valid pair") and "method.region_size" in line

@@ -68,3 +68,16 @@ def uniform_range(low: float, high: float) -> Tensor:
 def clamp(images: Tensor, value_range: tuple[float, float] | None) -> Tensor:
     """``images`` clamped to ``value_range`` (``None``: unchanged)."""
     return images if value_range is None else images.clamp(value_range[0], value_range[1])
+
+
+def uniform_index(n: int, batch: int, same_on_batch: bool) -> Tensor:
+    """``(batch,)`` int64 uniform in ``[0, n)``: one draw per sample, or one for the batch."""
+    draws = 1 if same_on_batch else batch
+    return (torch.rand(draws) * n).long().clamp_(max=n - 1).expand(batch)
+
+
+def affine_3x3(a: Tensor, b: Tensor, tx: Tensor, c: Tensor, d: Tensor, ty: Tensor) -> Tensor:
+    """``(B, 3, 3)`` matrices ``[[a, b, tx], [c, d, ty], [0, 0, 1]]`` from ``(B,)`` entries."""
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    rows = [torch.stack(r, dim=1) for r in ((a, b, tx), (c, d, ty), (zero, zero, one))]
+    return torch.stack(rows, dim=1)

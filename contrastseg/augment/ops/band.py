@@ -15,12 +15,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import kornia.augmentation as K
-import torch
 from kornia.augmentation import random_generator as rg
 from torch import Tensor
 
 from contrastseg.augment import intensity
-from contrastseg.augment.ops._base import ComputeSelectedOnly, clamp, to_device, uniform_range
+from contrastseg.augment.ops._base import (
+    ComputeSelectedOnly,
+    clamp,
+    to_device,
+    uniform_index,
+    uniform_range,
+)
 
 
 class RandomBandColorJitter(ComputeSelectedOnly, K.IntensityAugmentationBase2D):
@@ -124,9 +129,7 @@ class RandomBandGrayscale(ComputeSelectedOnly, K.IntensityAugmentationBase2D):
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
         """``band``: ``(B,)`` int64, uniform over the ``batch_shape[1]`` bands."""
-        draws = 1 if self.same_on_batch else batch_shape[0]
-        band = (torch.rand(draws) * batch_shape[1]).long().clamp_(max=batch_shape[1] - 1)
-        return {"band": band.expand(batch_shape[0])}
+        return {"band": uniform_index(batch_shape[1], batch_shape[0], self.same_on_batch)}
 
     def apply_transform(
         self,

@@ -20,7 +20,12 @@ import torch
 from torch import Tensor
 
 from contrastseg.augment import intensity
-from contrastseg.augment.ops._base import ComputeSelectedOnly, to_device
+from contrastseg.augment.ops._base import (
+    ComputeSelectedOnly,
+    affine_3x3,
+    to_device,
+    uniform_index,
+)
 
 
 class _NoInverse:
@@ -64,10 +69,8 @@ class RandomQuarterTurn(_NoInverse, ComputeSelectedOnly, K.GeometricAugmentation
         """``k``: ``(B,)`` int64 quarter turns, uniform in {1, 2, 3} (or {0, 1, 2, 3})."""
         if batch_shape[-1] != batch_shape[-2]:
             raise ValueError(f"RandomQuarterTurn needs square images, got {tuple(batch_shape)}")
-        draws = 1 if self.same_on_batch else batch_shape[0]
         low = 0 if self.include_zero else 1
-        k = low + (torch.rand(draws) * (4 - low)).long().clamp_(max=3 - low)
-        return {"k": k.expand(batch_shape[0])}
+        return {"k": low + uniform_index(4 - low, batch_shape[0], self.same_on_batch)}
 
     def compute_transformation(
         self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any]
@@ -79,15 +82,9 @@ class RandomQuarterTurn(_NoInverse, ComputeSelectedOnly, K.GeometricAugmentation
         cos = ((1 - k % 2) * sign).to(input.dtype)
         sin = ((k % 2) * sign).to(input.dtype)
         c = (input.shape[-1] - 1) / 2.0
-        zero, one = torch.zeros_like(cos), torch.ones_like(cos)
         # (u - c, v - c) = [[cos, sin], [-sin, cos]] (x - c, y - c): torch.rot90 with k = 1
         # sends input (x, y) to (y, W - 1 - x).
-        rows = [
-            torch.stack([cos, sin, c - c * (cos + sin)], dim=1),
-            torch.stack([-sin, cos, c - c * (cos - sin)], dim=1),
-            torch.stack([zero, zero, one], dim=1),
-        ]
-        return torch.stack(rows, dim=1)
+        return affine_3x3(cos, sin, c - c * (cos + sin), -sin, cos, c - c * (cos - sin))
 
     def apply_transform(
         self,
@@ -125,10 +122,8 @@ class RandomFlipChoice(_NoInverse, ComputeSelectedOnly, K.GeometricAugmentationB
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
         """``code``: ``(B,)`` int64 in {1, 2, 3, 0, 0}, each of the five entries 1/5."""
-        draws = 1 if self.same_on_batch else batch_shape[0]
-        choice = (torch.rand(draws) * 5).long().clamp_(max=4)
-        code = torch.tensor([1, 2, 3, 0, 0])[choice]
-        return {"code": code.expand(batch_shape[0])}
+        choice = uniform_index(5, batch_shape[0], self.same_on_batch)
+        return {"code": torch.tensor([1, 2, 3, 0, 0])[choice]}
 
     def compute_transformation(
         self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any]
@@ -139,13 +134,8 @@ class RandomFlipChoice(_NoInverse, ComputeSelectedOnly, K.GeometricAugmentationB
         sy = 1 - 2 * torch.div(code, 2, rounding_mode="floor")  # -1 for vertical and both
         sx, sy = sx.to(input.dtype), sy.to(input.dtype)
         width, height = input.shape[-1] - 1, input.shape[-2] - 1
-        zero, one = torch.zeros_like(sx), torch.ones_like(sx)
-        rows = [
-            torch.stack([sx, zero, (1 - sx) / 2 * width], dim=1),
-            torch.stack([zero, sy, (1 - sy) / 2 * height], dim=1),
-            torch.stack([zero, zero, one], dim=1),
-        ]
-        return torch.stack(rows, dim=1)
+        zero = torch.zeros_like(sx)
+        return affine_3x3(sx, zero, (1 - sx) / 2 * width, zero, sy, (1 - sy) / 2 * height)
 
     def apply_transform(
         self,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from contrastseg.augment import intensity
-from contrastseg.augment.ops._base import ComputeSelectedOnly, to_device
+from contrastseg.augment.ops._base import ComputeSelectedOnly, to_device, uniform_index
 
 
 def band_brightness_contrast(images: Tensor, bright: Tensor, contrast: Tensor) -> Tensor:
@@ -184,9 +184,8 @@ class RandomOpenCVBlur(ComputeSelectedOnly, K.IntensityAugmentationBase2D):
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
         """``kernel``: ``(B,)`` int64 drawn uniformly from ``kernel_sizes``."""
-        draws = 1 if self.same_on_batch else batch_shape[0]
-        choice = (torch.rand(draws) * len(self.sizes)).long().clamp_(max=len(self.sizes) - 1)
-        return {"kernel": torch.tensor(self.sizes)[choice].expand(batch_shape[0])}
+        choice = uniform_index(len(self.sizes), batch_shape[0], self.same_on_batch)
+        return {"kernel": torch.tensor(self.sizes)[choice]}
 
     def apply_transform(
         self,
