@@ -159,10 +159,21 @@ class OptimConfig:
     official GLCNet pretraining: 4e-8)"""
     grad_clip: PositiveFloat | None = None
     """clip the global gradient norm to this value; None = no clipping"""
+    implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    """how torch runs the Adam / AdamW / SGD update: auto = fused where torch has a fused kernel
+    for the device (CPU, CUDA, MPS for Adam), else torch's default; fused (one kernel over all
+    parameters: on the CPU a ResNet-18 DeepLabV3+ Adam update takes 7 ms fused, 27 ms foreach and
+    56 ms in torch's CPU default, the for-loop), foreach, or for-loop. The same update to float
+    rounding; lars has one implementation"""
 
     def __post_init__(self) -> None:
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        if self.name == "lars" and self.implementation in ("fused", "foreach"):
+            raise ValueError(
+                f"optim.implementation: {self.implementation} is for adam, adamw and sgd; "
+                "lars has one implementation (a for-loop): use auto"
+            )
         if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:
             raise ValueError(f"optim.min_lr must lie in [0, optim.lr], got {self.min_lr}")
 
@@ -195,7 +206,8 @@ class TrainConfig:
     seed: Int = 0
     """seed of weights, data order, views and regions"""
     deterministic: Bool = False
-    """deterministic algorithms (slower; bitwise-reproducible resume on CPU)"""
+    """deterministic algorithms (slower; bitwise-reproducible resume on CPU; on CUDA cuBLAS's fixed
+    workspace, and an operation without a deterministic kernel warns by name)"""
     sync_bn: Bool = False
     """SyncBatchNorm across processes (CUDA only)"""
     num_threads: Int | None = None

@@ -116,10 +116,12 @@ class ASPP(nn.Module):
 class Decoder(nn.Module):
     """DeepLabV3+ decoder: upsample the encoder output to stride 4 and fuse it with the skip.
 
-    Three convolutions: ``reduce`` (1x1, the skip to ``low_level_reduced`` channels), then the
-    two 3x3 ``fuse`` blocks (Conv-BN-ReLU each). ``dropout`` = (p after the first 3x3 block,
-    p after the second): a ``p > 0`` appends ``nn.Dropout(p)`` to that block (after its
-    ReLU), which adds no parameters, so the state-dict keys stay the same; ``(0, 0)`` (the
+    ``reduce`` (1x1, the skip to ``low_level_reduced`` channels), then ``convs`` 3x3 ``fuse``
+    blocks (Conv-BN-ReLU each): two in the paper and the official GLCNet code, one in smp's
+    ``DeepLabV3Plus`` (a separable one: ``separable=True, convs=1`` costs what smp's decoder
+    does, about a fifteenth of the paper's at stride 4). ``dropout`` = (p after the first 3x3
+    block, p after the second): a ``p > 0`` appends ``nn.Dropout(p)`` to that block (after
+    its ReLU), which adds no parameters, so the state-dict keys stay the same; ``(0, 0)`` (the
     default) adds nothing. The official GLCNet fine-tuning decoder has ``(0.5, 0.1)``.
 
     Shapes: ``encoder (B, C_enc, h, w)``, ``low_level (B, C_low, H/4, W/4)`` ->
@@ -134,16 +136,26 @@ class Decoder(nn.Module):
         channels: int = 256,
         separable: bool = False,
         dropout: Sequence[float] = (0.0, 0.0),
+        convs: int = 2,
     ) -> None:
         super().__init__()
         if len(dropout) != 2 or not all(0.0 <= p < 1.0 for p in dropout):
             raise ValueError(f"decoder dropout must be two values in [0, 1), got {list(dropout)}")
+        if convs not in (1, 2):
+            raise ValueError(f"decoder convs must be 1 or 2, got {convs!r}")
+        if convs == 1 and dropout[1] > 0:
+            raise ValueError(
+                f"decoder dropout {list(dropout)}: its second value follows the second 3x3 "
+                "convolution, which a decoder of one convolution does not have; set it to 0"
+            )
         self.reduce = _conv_bn_relu(low_level_channels, low_level_reduced, 1)
-        self.fuse = nn.Sequential(
-            _conv_bn_relu(encoder_channels + low_level_reduced, channels, 3, separable=separable),
-            _conv_bn_relu(channels, channels, 3, separable=separable),
-        )
-        for block, p in zip(self.fuse, dropout, strict=True):
+        fuse = [
+            _conv_bn_relu(encoder_channels + low_level_reduced, channels, 3, separable=separable)
+        ]
+        if convs == 2:
+            fuse.append(_conv_bn_relu(channels, channels, 3, separable=separable))
+        self.fuse = nn.Sequential(*fuse)
+        for block, p in zip(self.fuse, dropout, strict=False):
             if p > 0:
                 block.append(nn.Dropout(p))
         self.out_channels = channels
@@ -165,6 +177,10 @@ class DeepLabV3PlusConfig(ModelConfig):
     """channels the stride-4 skip is reduced to"""
     separable: Bool = False
     """depthwise-separable 3x3 convolutions in ASPP and decoder"""
+    decoder_convs: Literal[1, 2] = 2
+    """3x3 convolutions of the decoder after the skip is joined: 2 as the paper and the official
+    GLCNet code, 1 as smp's DeepLabV3Plus (with separable: true, its decoder's cost: about 1/15 of
+    the paper's decoder FLOPs, which make up half of a GLCNet forward at 96 px)"""
     aspp_dropout: Float = 0.5
     """dropout after the ASPP fusion"""
     decoder_dropout: FloatPair = (0.0, 0.0)
@@ -188,6 +204,12 @@ class DeepLabV3PlusConfig(ModelConfig):
             raise ValueError(
                 "model.decoder_dropout must be two probabilities in [0, 1) (after the decoder's "
                 f"second and third convolutions), got {list(self.decoder_dropout)}"
+            )
+        if self.decoder_convs == 1 and self.decoder_dropout[1] > 0:
+            raise ValueError(
+                f"model.decoder_dropout is {list(self.decoder_dropout)}, but its second value "
+                "follows the decoder's second 3x3 convolution, which model.decoder_convs: 1 does "
+                "not build; set it to 0"
             )
         if not 0.0 < self.bn_momentum <= 1.0:
             raise ValueError(
@@ -223,6 +245,8 @@ class DeepLabV3Plus(ASPPNet):
         decoder_channels: channels of the decoder's 3x3 convolutions.
         low_level_channels: channels the stride-4 skip is reduced to (48 in the paper).
         separable: depthwise-separable 3x3 convolutions in ASPP and decoder.
+        decoder_convs: 3x3 convolutions of the decoder after the skip is joined (2 in the
+            paper, 1 in smp's DeepLabV3Plus).
         aspp_dropout: dropout after the ASPP fusion.
         decoder_dropout: dropout after the decoder's two 3x3 convolutions (its second and
             third convolutions; see :class:`Decoder`); ``(0, 0)`` = none.
@@ -262,6 +286,7 @@ class DeepLabV3Plus(ASPPNet):
         decoder_dropout: Sequence[float] = (0.0, 0.0),
         bn_momentum: float = 0.1,
         dilation_convention: str = "torchvision",
+        decoder_convs: int = 2,
     ) -> None:
         super().__init__()
         self.backbone = build_backbone(
@@ -285,6 +310,7 @@ class DeepLabV3Plus(ASPPNet):
             channels=decoder_channels,
             separable=separable,
             dropout=tuple(decoder_dropout),
+            convs=decoder_convs,
         )
         self.encoder_channels = aspp_channels
         self.decoder_channels = decoder_channels

@@ -48,6 +48,7 @@ from contrastseg.train.checkpoint import (
     save_atomic,
 )
 from contrastseg.train.monitor import RunMonitor
+from contrastseg.train.optim import keep_implementation
 from contrastseg.train.runtime import (
     SlowdownWatch,
     iterate_keeping_rng,
@@ -209,7 +210,7 @@ class TrainingLoop:
     def restore(self, payload: Mapping[str, Any], source: Path) -> None:
         """Optimizer, schedule, scaler, random state and step from a checkpoint (not the model)."""
         state, settings = self.state, self.settings
-        state.optimizer.load_state_dict(payload["optimizer"])
+        keep_implementation(state.optimizer, payload["optimizer"])
         state.scheduler.load_state_dict(payload["scheduler"])
         if payload.get("scaler") and state.scaler.is_enabled():
             state.scaler.load_state_dict(payload["scaler"])

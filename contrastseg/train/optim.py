@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastseg.config import OptimConfig
+from contrastseg.utils.configtools import ConfigError
 from contrastseg.utils.dist import world_size
 
 
@@ -92,8 +93,21 @@ def parameter_groups(
     ]
 
 
+#: ``optim.implementation`` -> the keyword torch's optimizers take (auto: see build_optimizer).
+_IMPLEMENTATIONS = {"fused": {"fused": True}, "foreach": {"foreach": True},
+                    "for-loop": {"foreach": False}}  # fmt: skip
+
+
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer named by ``config.name`` over :func:`parameter_groups` of ``model``."""
+    """The optimizer named by ``config.name`` over :func:`parameter_groups` of ``model``.
+
+    Build it after the model is on its device: ``optim.implementation: auto`` picks torch's
+    fused kernel where the parameters' device has one (else torch's default).
+
+    Raises:
+        ConfigError: ``optim.implementation: fused`` where torch has no fused kernel for the
+            optimizer on the parameters' device.
+    """
     groups = parameter_groups(model, config.weight_decay, config.decay_norm_and_bias)
     groups = [g for g in groups if g["params"]]
     lr = peak_lr(config)
@@ -102,10 +116,47 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     for group in groups:
         group.pop("lars_adapt")
     if config.name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=config.betas)
-    if config.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=config.betas)
-    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=False)
+        cls, settings = torch.optim.Adam, {"lr": lr, "betas": config.betas}
+    elif config.name == "adamw":
+        cls, settings = torch.optim.AdamW, {"lr": lr, "betas": config.betas}
+    else:
+        cls, settings = torch.optim.SGD, {"lr": lr, "momentum": config.momentum, "nesterov": False}
+    if config.implementation != "auto":
+        try:
+            return cls(groups, **settings, **_IMPLEMENTATIONS[config.implementation])
+        except (RuntimeError, ValueError) as err:
+            devices = sorted({str(p.device) for g in groups for p in g["params"]})
+            raise ConfigError(
+                f"optim.implementation: {config.implementation} is not available for "
+                f"{config.name} on {', '.join(devices)} ({err}); use auto"
+            ) from err
+    try:  # auto: fused where the device has the kernel
+        return cls(groups, **settings, fused=True)
+    except (RuntimeError, ValueError):
+        return cls(groups, **settings)
+
+
+def keep_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """``optimizer.load_state_dict(state_dict)``, keeping how ``optimizer`` was built to run.
+
+    torch's ``load_state_dict`` takes the saved groups' ``fused`` / ``foreach`` flags too: a
+    checkpoint written by another implementation (or another torch default, another device)
+    would switch the resumed run's. This keeps the built flags and moves the step counters
+    where a fused update wants them (the parameter's device, float32). The update is the same
+    to float rounding either way.
+    """
+    flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state_dict)
+    for group, kept in zip(optimizer.param_groups, flags, strict=True):
+        group.update(kept)
+        if not group.get("fused"):
+            continue
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, Tensor) and (
+                step.device != p.device or step.dtype != torch.float32
+            ):
+                optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
 
 
 def peak_lr(config: OptimConfig, processes: int | None = None) -> float:

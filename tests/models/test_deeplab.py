@@ -65,6 +65,40 @@ def test_separable_variant_and_feature_only_paths():
         model(x)
 
 
+def test_one_decoder_convolution_as_smp():
+    """decoder_convs: 1 (smp's decoder): one 3x3 block after the skip; with separable it is
+    depthwise 3x3 (304 groups) + pointwise 304 -> 256, smp's SeparableConv2d, and the
+    decoder's convolution FLOPs are the analytic count of those layers."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from contrastseg.config import load_pretrain_config
+    from contrastseg.utils.configtools import ConfigError
+
+    light = DeepLabV3Plus(None, "resnet18", 3, separable=True, decoder_convs=1).eval()
+    assert len(light.decoder.fuse) == 1
+    depthwise, pointwise = (
+        m for m in light.decoder.fuse.modules() if isinstance(m, torch.nn.Conv2d)
+    )
+    assert (depthwise.groups, depthwise.in_channels, depthwise.kernel_size) == (304, 304, (3, 3))
+    assert (pointwise.in_channels, pointwise.out_channels) == (304, 256)
+    x, low = torch.randn(2, 256, 6, 6), torch.randn(2, 64, 24, 24)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        out = light.decoder(x, low)
+    assert out.shape == (2, 256, 24, 24)
+    pixels = 2 * 24 * 24
+    analytic = 2 * pixels * (64 * 48 + 304 * 9 + 304 * 256)  # reduce, depthwise, pointwise
+    assert counter.get_total_flops() == analytic
+    full = DeepLabV3Plus(None, "resnet18", 3).eval()
+    assert {k for k in light.state_dict() if k.startswith("decoder.fuse.1")} == set()
+    assert any(k.startswith("decoder.fuse.1") for k in full.state_dict())
+    with pytest.raises(ConfigError, match=r"decoder_dropout.*second.*decoder_convs: 1"):
+        load_pretrain_config(None, ["model.decoder_convs=1", "model.decoder_dropout=[0.5,0.1]"])
+    with pytest.raises(ConfigError, match=r"model\.decoder_convs"):
+        load_pretrain_config(None, ["model.decoder_convs=3"])
+    config = load_pretrain_config(None, ["model.decoder_convs=1", "model.decoder_dropout=[0.5,0]"])
+    assert config.model.decoder_convs == 1
+
+
 def test_band_count_mismatch_names_both_numbers():
     model = DeepLabV3Plus(num_classes=2, arch="resnet18", in_channels=4).eval()
     with pytest.raises(ValueError, match=r"input has 3 bands but the model was built for 4"):

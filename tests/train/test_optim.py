@@ -8,6 +8,7 @@ from contrastseg.train.optim import (
     LARS,
     build_optimizer,
     build_scheduler,
+    keep_implementation,
     lr_factor,
     parameter_groups,
 )
@@ -61,3 +62,95 @@ def test_lars_trust_ratio_matches_formula():
     opt.step()
     # update = lr * eta * ||w|| / ||g|| * g = 0.25 * g
     torch.testing.assert_close(w.detach(), torch.tensor([3.0, 3.5]))
+
+
+def _adam_numpy(w, grads, lr, betas, eps, weight_decay, decoupled):
+    """Adam (Kingma & Ba, Algorithm 1) with L2 decay in the gradient, or AdamW's decoupled decay."""
+    import numpy as np
+
+    w, m, v = np.array(w, dtype=np.float64), 0.0, 0.0
+    for t, g in enumerate(grads, 1):
+        g = np.array(g, dtype=np.float64)
+        if decoupled:
+            w = w * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * w
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        w = w - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return w
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize("implementation", ["auto", "fused", "foreach", "for-loop"])
+def test_every_implementation_is_the_adam_update(name, implementation):
+    torch.manual_seed(0)
+    start = torch.randn(3, 5)
+    grads = [torch.randn(3, 5) for _ in range(6)]
+    model = torch.nn.Linear(5, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(start)
+    config = OptimConfig(name=name, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1,
+                         implementation=implementation)  # fmt: skip
+    optimizer = build_optimizer(model, config)
+    group = optimizer.param_groups[0]
+    # auto: the CPU has torch's fused kernel
+    assert bool(group["fused"]) is (implementation in ("auto", "fused"))
+    for g in grads:
+        model.weight.grad = g.clone()
+        optimizer.step()
+    expected = _adam_numpy(start.numpy(), [g.numpy() for g in grads], 0.01, (0.9, 0.99), 1e-8,
+                           0.1, decoupled=name == "adamw")  # fmt: skip
+    assert model.weight.detach().numpy() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_sgd_auto_is_fused_momentum_sgd():
+    torch.manual_seed(0)
+    w0, grads = torch.randn(4), [torch.randn(4) for _ in range(5)]
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(w0.clone()[None].repeat(2, 1))  # 2-D: the decayed group
+    optimizer = build_optimizer(model, OptimConfig(name="sgd", lr=0.1, weight_decay=0.0))
+    assert optimizer.param_groups[0]["fused"] is True
+    buf, w = None, w0.clone()
+    for g in grads:
+        model.w.grad = g[None].repeat(2, 1)
+        optimizer.step()
+        buf = g if buf is None else 0.9 * buf + g  # torch's (and SimCLR's) momentum form
+        w = w - 0.1 * buf
+    assert torch.allclose(model.w.detach()[0], w, atol=1e-6)
+
+
+def test_resume_keeps_the_built_implementation():
+    """A checkpoint written by the for-loop update resumes into a fused optimizer, and on."""
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 5) for _ in range(6)]
+
+    def run(implementation, state=None, steps=grads):
+        model = torch.nn.Linear(5, 3, bias=False)
+        torch.manual_seed(1)
+        torch.nn.init.normal_(model.weight)
+        if state is not None:
+            model.load_state_dict(state[0])
+        optimizer = build_optimizer(model, OptimConfig(implementation=implementation))
+        if state is not None:
+            keep_implementation(optimizer, state[1])
+        for g in steps:
+            model.weight.grad = g.clone()
+            optimizer.step()
+        return model, optimizer
+
+    straight, _ = run("for-loop")
+    first, saved = run("for-loop", steps=grads[:3])
+    assert not saved.param_groups[0]["fused"]
+    state = ({k: v.clone() for k, v in first.state_dict().items()}, saved.state_dict())
+    resumed, optimizer = run("auto", state, steps=grads[3:])
+    assert optimizer.param_groups[0]["fused"] is True  # not the checkpoint's flag
+    assert torch.allclose(resumed.weight, straight.weight, atol=1e-6)
+
+
+def test_fused_for_lars_is_refused():
+    from contrastseg.utils.configtools import ConfigError
+
+    with pytest.raises(ConfigError, match="lars has one implementation"):
+        OptimConfig(name="lars", implementation="fused")
