@@ -15,8 +15,10 @@ SegNet needs the pooling indices of a VGG encoder: a ResNet has a single max-poo
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -61,6 +63,24 @@ class SegNetConfig(ModelConfig):
             )
 
 
+def unpool2x2(x: Tensor, index: Tensor, size: Sequence[int]) -> Tensor:
+    """``F.max_unpool2d(x, index, 2, 2, output_size=size)`` without a scatter: deterministic.
+
+    torch has no deterministic kernel for ``max_unpool2d`` (``train.deterministic`` refuses
+    it). The 2x2 windows of a stride-2 pooling do not overlap, so each output pixel belongs
+    to one window: it takes that window's pooled value where the pooling index points at it,
+    else 0. A last odd row or column (not pooled) stays 0.
+
+    Shapes: ``x``, ``index`` ``(B, C, h, w)`` (indices into the ``size`` plane) -> ``(B, C, *size)``.
+    """
+    height, width = size[-2], size[-1]
+    up = lambda t: t.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # noqa: E731
+    pad = (0, width - 2 * x.shape[-1], 0, height - 2 * x.shape[-2])
+    values, where = F.pad(up(x), pad), F.pad(up(index), pad, value=-1)
+    position = torch.arange(height * width, device=x.device).reshape(height, width)
+    return values * (where == position)
+
+
 class SegNetDecoder(nn.Module):
     """Five stages, deepest first: unpool with the stage's indices, then its conv-BN-ReLU.
 
@@ -86,7 +106,10 @@ class SegNetDecoder(nn.Module):
     def forward(self, outputs: list[Tensor], indices: list[Tensor], sizes: list) -> Tensor:
         x = outputs[-1]
         for block, index, size in zip(self.blocks, indices[::-1], sizes[::-1], strict=True):
-            x = block(F.max_unpool2d(x, index, 2, 2, output_size=size))
+            if torch.are_deterministic_algorithms_enabled():
+                x = block(unpool2x2(x, index, size))
+            else:
+                x = block(F.max_unpool2d(x, index, 2, 2, output_size=size))
         return x
 
 

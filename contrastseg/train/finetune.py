@@ -92,6 +92,7 @@ from contrastseg.train.runtime import (
     apply_num_threads,
     autocast_context,
     modes_kept,
+    process_settings_kept,
     resolve_amp_dtype,
     resolve_memory_format,
     seed_everything,
@@ -359,6 +360,11 @@ def run_finetune(config: FinetuneConfig) -> FinetuneResult:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("contrastseg finetune runs in one process; launch it without torchrun")
+    with process_settings_kept():
+        return _finetune(config)
+
+
+def _finetune(config: FinetuneConfig) -> FinetuneResult:
     train, device = config.train, resolve_device(config.train.device)
     apply_num_threads(train.num_threads)
     seed_everything(train.seed, train.deterministic, device)

@@ -42,7 +42,7 @@ from contrastseg.train.pretrain_task import (
     views_generator,
 )
 from contrastseg.train.run import TrainingRun
-from contrastseg.train.runtime import apply_num_threads, seed_everything
+from contrastseg.train.runtime import apply_num_threads, process_settings_kept, seed_everything
 from contrastseg.utils.configtools import ConfigError
 from contrastseg.utils.state import state_dict_mismatches
 
@@ -112,7 +112,8 @@ def run_pretrain(config: PretrainConfig) -> PretrainResult:
     """
     context = setup_process(config.train.device)
     try:
-        return _run(config, context)
+        with process_settings_kept():
+            return _run(config, context)
     finally:
         teardown_process(context)
 

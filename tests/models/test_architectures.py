@@ -223,6 +223,36 @@ def test_segnet_unpooling_returns_every_value_to_its_argmax_position():
     assert features.shape == (1, 64, 32, 48) and net.feature_stride("decoder") == 1
 
 
+def test_segnet_unpools_without_a_scatter_under_deterministic_algorithms():
+    """train.deterministic: torch has no deterministic max_unpool2d; the 2x2 unpooling does
+    the same, even and odd sizes, values and gradients (oracle: F.max_unpool2d)."""
+    from contrastseg.models.segnet import unpool2x2
+
+    g = torch.Generator().manual_seed(0)
+    for size in ((8, 12), (9, 13)):
+        before = torch.randn(2, 3, *size, generator=g, requires_grad=True)
+        pooled, index = F.max_pool2d(before, 2, 2, return_indices=True)
+        grad = torch.randn(2, 3, *size, generator=g)
+        leaf = pooled.detach().requires_grad_()
+        theirs = F.max_unpool2d(leaf, index, 2, 2, output_size=size)
+        (theirs_grad,) = torch.autograd.grad(theirs, leaf, grad)
+        leaf = pooled.detach().requires_grad_()
+        mine = unpool2x2(leaf, index, size)
+        (mine_grad,) = torch.autograd.grad(mine, leaf, grad)
+        assert torch.equal(mine, theirs) and torch.equal(mine_grad, theirs_grad)
+    net = build_model(model_config("segnet"), 3, 2).eval()
+    x = torch.randn(1, 3, 32, 48, generator=g)
+    with torch.no_grad():
+        expected = net(x)
+    kept = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.no_grad():
+            assert torch.equal(net(x), expected)
+    finally:
+        torch.use_deterministic_algorithms(kept)
+
+
 def test_segnet_refuses_a_resnet():
     with pytest.raises(
         ValueError, match=r"model\.arch must be vgg16_bn for SegNet, got .resnet18."

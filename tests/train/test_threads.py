@@ -10,7 +10,12 @@ from tiny_runs import TINY_PRETRAIN
 
 from contrastseg.config import load_pretrain_config
 from contrastseg.train.pretrain import run_pretrain
-from contrastseg.train.runtime import SlowdownWatch, apply_num_threads
+from contrastseg.train.runtime import (
+    SlowdownWatch,
+    apply_num_threads,
+    process_settings_kept,
+    seed_everything,
+)
 
 
 @pytest.fixture
@@ -50,12 +55,46 @@ def test_num_threads_sets_torch_and_names_the_cores(threads_kept):
         load_pretrain_config(None, ["train.num_threads=0"])
 
 
-def test_a_run_sets_its_threads_and_logs_them(tmp_path, threads_kept):
+def test_a_run_sets_its_threads_and_logs_them_and_leaves_the_process_as_it_was(
+    tmp_path, threads_kept
+):
     torch.set_num_threads(2)
     config = load_pretrain_config(
-        None, [f"run.root={tmp_path}", *TINY_PRETRAIN, "train.num_threads=1"]
+        None,
+        [f"run.root={tmp_path}", *TINY_PRETRAIN, "train.num_threads=1", "train.deterministic=true"],
     )
-    run_pretrain(config)
-    assert torch.get_num_threads() == 1
+    seen = {}
+    original = SlowdownWatch.update
+
+    def spy(self, *args):
+        seen["threads"] = torch.get_num_threads()
+        seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
+        return original(self, *args)
+
+    SlowdownWatch.update = spy
+    try:
+        run_pretrain(config)
+    finally:
+        SlowdownWatch.update = original
+    assert seen == {"threads": 1, "deterministic": True}  # during the run
+    # after it: a later run (or a notebook's next cell) finds torch's settings as they were
+    assert torch.get_num_threads() == 2
+    assert not torch.are_deterministic_algorithms_enabled()
     log = (tmp_path / "tiny" / "train.log").read_text()
     assert f"torch threads: 1 of {os.cpu_count()} cores (train.num_threads: 1)" in log
+
+
+def test_deterministic_on_cuda_sets_the_cublas_workspace_and_warns_for_missing_kernels(
+    monkeypatch,
+):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with process_settings_kept():
+        seed_everything(0, True, torch.device("cuda"))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own stays
+    with process_settings_kept():
+        seed_everything(0, True, torch.device("cuda"))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
