@@ -47,6 +47,8 @@ from _common import machine_info, print_table, write_json
 
 from contrastseg.config import load_pretrain_config
 from contrastseg.models import build_model
+from contrastseg.train.finetune_config import FinetuneOptimConfig
+from contrastseg.train.optim import build_optimizer
 from contrastseg.train.pretrain_task import build_pretrain_step
 from contrastseg.train.runtime import autocast_context, optimizer_step, seed_everything
 
@@ -89,7 +91,8 @@ def pretrain_case(variant: str, s: dict[str, Any]) -> Callable[[], None]:
 
 
 def finetune_case(variant: str, s: dict[str, Any]) -> Callable[[], None]:
-    """One fine-tuning step of ``variant``: DeepLabV3+ forward, cross-entropy, backward, Adam."""
+    """One fine-tuning step of ``variant``: DeepLabV3+ forward, cross-entropy, backward, and the
+    fine-tuning engine's optimizer (``optim`` defaults: Adam, lr 1e-4, torch's fused kernel)."""
     amp, channels_last, compiled = _settings(variant)
     torch.manual_seed(0)
     model_config = {"name": "deeplabv3plus", "arch": s["arch"]}
@@ -97,7 +100,7 @@ def finetune_case(variant: str, s: dict[str, Any]) -> Callable[[], None]:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     forward = torch.compile(model) if compiled else model
-    optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+    optimizer = build_optimizer(model, FinetuneOptimConfig())  # the engine's (fused Adam)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     generator = torch.Generator().manual_seed(0)

@@ -411,8 +411,9 @@ def build_sides(
 ) -> tuple[PretrainConfig, UnlabeledDataset, PretrainStep, PeerStep, PeerDataset]:
     """Both sides of one case, the same config (``pretrain_step.case_config``) behind each."""
     st = _settings_for(method, size, {**s, "workers": workers})
-    case = {"arch": SIZES[size]["arch"], "batch": batch, "amp": "off",
-            "channels_last": False, "compile": False}  # fmt: skip
+    defaults = s.get("contrastseg_settings") == "defaults"
+    case = {"arch": SIZES[size]["arch"], "batch": batch, "amp": "auto" if defaults else "off",
+            "channels_last": "auto" if defaults else False, "compile": False}  # fmt: skip
     st["data_area"] = data_area(st)
     config = case_config(case, st)
     device = torch.device(s["device"])
@@ -651,6 +652,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     parser.add_argument("--no-check", action="store_true", help="skip the loss check")
     parser.add_argument(
+        "--contrastseg-settings",
+        choices=["matched", "defaults"],
+        default="matched",
+        help="contrastseg's precision and memory format: matched (fp32, contiguous, as the "
+        "peer) or defaults (train.amp and train.channels_last auto: on a CPU with native bf16, "
+        "bf16 autocast and channels_last); the peer runs fp32 contiguous either way",
+    )
+    parser.add_argument(
         "--peer-nets",
         nargs="+",
         default=None,
@@ -695,6 +704,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "data_root": root,
             "overrides": args.overrides,
             "tolerance": args.tolerance,
+            "contrastseg_settings": args.contrastseg_settings,
         }
         checks = []
         if not args.no_check:
@@ -814,6 +824,13 @@ def _report(
             "prefetch": "each block starts a fresh loader iterator, whose workers prefetch "
             "up to 2 batches each while the untimed step runs; this favours the side whose "
             "workers do more (the peer)",
+            "precision": "the peer: fp32, contiguous (torch's defaults), torch.optim.Adam as "
+            "built by default (a for-loop on a CPU, foreach on CUDA); contrastseg: "
+            + (
+                "its defaults (train.amp and train.channels_last auto, optim.implementation auto)"
+                if s.get("contrastseg_settings") == "defaults"
+                else "fp32, contiguous, its default optim.implementation (auto: torch's fused Adam)"
+            ),
             "peer_local_loss": "lightly NTXentLoss over the matched regions' embeddings "
             "(lightly has no GLCNet local loss; non-decoupled NT-Xent over all regions of the "
             "batch is its formula), regions pooled by torchvision roi_align",
