@@ -656,7 +656,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         choices=["matched", "defaults"],
         default="matched",
         help="contrastseg's precision and memory format: matched (fp32, contiguous, as the "
-        "peer) or defaults (train.amp and train.channels_last auto: on a CPU with native bf16, "
+        "peer; each side keeps the optimizer it builds by default: contrastseg torch's fused "
+        "Adam, the peer torch.optim.Adam, a for-loop on a CPU) or defaults (train.amp and train.channels_last auto: on a CPU with native bf16, "
         "bf16 autocast and channels_last); the peer runs fp32 contiguous either way",
     )
     parser.add_argument(

@@ -160,8 +160,9 @@ class OptimConfig:
     grad_clip: PositiveFloat | None = None
     """clip the global gradient norm to this value; None = no clipping"""
     implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
-    """how torch runs the Adam / AdamW / SGD update: auto = fused where torch accepts it for the
-    parameters' device (CPU and CUDA), else torch's default; fused (one kernel over all
+    """how torch runs the Adam / AdamW / SGD update: auto = fused for Adam and AdamW where torch
+    (>= 2.4) has the kernel for the parameters' device (CPU and CUDA), else torch's default (SGD:
+    torch's fused SGD mishandles a step the fp16 gradient scaler skips); fused (one kernel over all
     parameters: on the CPU a ResNet-18 DeepLabV3+ Adam update takes 7 ms fused, 27 ms foreach and
     56 ms in torch's CPU default, the for-loop), foreach, or for-loop. The same update to float
     rounding; lars has one implementation"""
@@ -173,6 +174,12 @@ class OptimConfig:
             raise ValueError(
                 f"optim.implementation: {self.implementation} is for adam, adamw and sgd; "
                 "lars has one implementation (a for-loop): use auto"
+            )
+        if self.name == "sgd" and self.implementation == "fused":
+            raise ValueError(
+                "optim.implementation: fused is for adam and adamw: torch's fused SGD starts its "
+                "momentum from uninitialised memory when the first step is one the fp16 gradient "
+                "scaler skips; use auto (foreach on CUDA) or foreach"
             )
         if self.min_lr is not None and not 0.0 <= self.min_lr <= self.lr:
             raise ValueError(f"optim.min_lr must lie in [0, optim.lr], got {self.min_lr}")

@@ -67,18 +67,25 @@ def unpool2x2(x: Tensor, index: Tensor, size: Sequence[int]) -> Tensor:
     """``F.max_unpool2d(x, index, 2, 2, output_size=size)`` without a scatter: deterministic.
 
     torch has no deterministic kernel for ``max_unpool2d`` (``train.deterministic`` refuses
-    it). The 2x2 windows of a stride-2 pooling do not overlap, so each output pixel belongs
-    to one window: it takes that window's pooled value where the pooling index points at it,
-    else 0. A last odd row or column (not pooled) stays 0.
+    it). The 2x2 windows of a stride-2 pooling do not overlap: each pooled value goes back to
+    one of its window's four pixels, the one ``index`` points at, and the others are 0. So the
+    output is four strided slices, each the pooled values where the index points at that
+    corner (selected, not multiplied: an inf stays in its pixel). A last odd row or column
+    (not pooled) stays 0. Memory: the pooled resolution's corner codes, no full-size index.
 
     Shapes: ``x``, ``index`` ``(B, C, h, w)`` (indices into the ``size`` plane) -> ``(B, C, *size)``.
     """
     height, width = size[-2], size[-1]
-    up = lambda t: t.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # noqa: E731
-    pad = (0, width - 2 * x.shape[-1], 0, height - 2 * x.shape[-2])
-    values, where = F.pad(up(x), pad), F.pad(up(index), pad, value=-1)
-    position = torch.arange(height * width, device=x.device).reshape(height, width)
-    return values * (where == position)
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=index.device)[:, None] * 2
+    cols = torch.arange(w, device=index.device)[None, :] * 2
+    corner = (index // width - rows) * 2 + (index % width - cols)  # 0..3: which pixel of 2x2
+    out = x.new_zeros(*x.shape[:-2], height, width)
+    zero = x.new_zeros(())
+    for dy in (0, 1):
+        for dx in (0, 1):
+            out[..., dy : 2 * h : 2, dx : 2 * w : 2] = torch.where(corner == 2 * dy + dx, x, zero)
+    return out
 
 
 class SegNetDecoder(nn.Module):

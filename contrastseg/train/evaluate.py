@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,18 @@ def pretrained_model_config(
     ):
         requested_keys = to_dict(requested)
         training = {k: requested_keys[k] for k in TRAINING_KEYS if k in requested_keys}
-        return {**checkpoint_model, **training}
+        merged = {**checkpoint_model, **training}
+        dropout = merged.get("decoder_dropout")
+        if merged.get("decoder_convs") == 1 and dropout is not None and dropout[1] > 0:
+            # a recipe's [0.5, 0.1] meets a checkpoint pretrained with smp's one-conv decoder
+            warnings.warn(
+                f"model.decoder_dropout {list(dropout)}: the pretrained checkpoint's decoder has "
+                "one 3x3 convolution (model.decoder_convs: 1), so the second value, after a "
+                f"second convolution, is not used: fine-tuning with [{dropout[0]}, 0.0]",
+                stacklevel=2,
+            )
+            merged["decoder_dropout"] = [dropout[0], 0.0]
+        return merged
     backbone = {k: checkpoint_model[k] for k in BACKBONE_KEYS if k in checkpoint_model}
     return {**to_dict(requested), **backbone}
 

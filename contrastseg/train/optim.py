@@ -96,17 +96,37 @@ def parameter_groups(
 #: ``optim.implementation`` -> the keyword torch's optimizers take (auto: see build_optimizer).
 _IMPLEMENTATIONS = {"fused": {"fused": True}, "foreach": {"foreach": True},
                     "for-loop": {"foreach": False}}  # fmt: skip
+#: The optimizers whose fused kernel ``auto`` uses, and the device types torch (>= 2.4) has it
+#: for. Not SGD: torch's fused SGD starts its momentum buffers from uninitialised memory when
+#: the first step is one a fp16 gradient scaler skips (inf gradients), and keeps them.
+FUSED_OPTIMIZERS = ("adam", "adamw")
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_unavailable(name: str, params: Iterable[Tensor]) -> str | None:
+    """Why torch's fused update cannot run ``optim.name`` on ``params`` (None: it can)."""
+    if name not in FUSED_OPTIMIZERS:
+        return f"contrastseg runs fused updates for {' and '.join(FUSED_OPTIMIZERS)} only"
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 4):
+        return f"torch {torch.__version__} has no fused CPU update (2.4 has)"
+    params = list(params)
+    devices = sorted({p.device.type for p in params} - set(FUSED_DEVICES))
+    if devices:
+        return f"torch has no fused update on {', '.join(devices)}"
+    if not all(p.is_floating_point() for p in params):
+        return "a parameter is not floating point"
+    return None
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``config.name`` over :func:`parameter_groups` of ``model``.
 
     Build it after the model is on its device: ``optim.implementation: auto`` picks torch's
-    fused kernel where the parameters' device has one (else torch's default).
+    fused kernel for Adam / AdamW where the parameters' device has one (CPU, CUDA), else
+    torch's default.
 
     Raises:
-        ConfigError: ``optim.implementation: fused`` where torch has no fused kernel for the
-            optimizer on the parameters' device.
+        ConfigError: ``optim.implementation: fused`` where :func:`fused_unavailable` says why not.
     """
     groups = parameter_groups(model, config.weight_decay, config.decay_norm_and_bias)
     groups = [g for g in groups if g["params"]]
@@ -121,19 +141,14 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
         cls, settings = torch.optim.AdamW, {"lr": lr, "betas": config.betas}
     else:
         cls, settings = torch.optim.SGD, {"lr": lr, "momentum": config.momentum, "nesterov": False}
-    if config.implementation != "auto":
-        try:
-            return cls(groups, **settings, **_IMPLEMENTATIONS[config.implementation])
-        except (RuntimeError, ValueError) as err:
-            devices = sorted({str(p.device) for g in groups for p in g["params"]})
-            raise ConfigError(
-                f"optim.implementation: {config.implementation} is not available for "
-                f"{config.name} on {', '.join(devices)} ({err}); use auto"
-            ) from err
-    try:  # auto: fused where the device has the kernel
-        return cls(groups, **settings, fused=True)
-    except (RuntimeError, ValueError):
-        return cls(groups, **settings)
+    why_not = fused_unavailable(config.name, (p for g in groups for p in g["params"]))
+    if config.implementation == "fused" and why_not is not None:
+        raise ConfigError(f"optim.implementation: fused for {config.name}: {why_not}; use auto")
+    if config.implementation == "auto":
+        implementation = {"fused": True} if why_not is None else {}
+    else:
+        implementation = _IMPLEMENTATIONS[config.implementation]
+    return cls(groups, **settings, **implementation)
 
 
 def keep_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
@@ -149,14 +164,16 @@ def keep_implementation(optimizer: torch.optim.Optimizer, state_dict: dict) -> N
     optimizer.load_state_dict(state_dict)
     for group, kept in zip(optimizer.param_groups, flags, strict=True):
         group.update(kept)
-        if not group.get("fused"):
-            continue
+        # fused (and capturable) updates read the counter on the parameter's device; the others
+        # on the host (a counter on a GPU would cost a sync per parameter and step)
+        on_device = group.get("fused") or group.get("capturable")
         for p in group["params"]:
             step = optimizer.state.get(p, {}).get("step")
-            if isinstance(step, Tensor) and (
-                step.device != p.device or step.dtype != torch.float32
-            ):
-                optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+            if not isinstance(step, Tensor):
+                continue
+            device = p.device if on_device else torch.device("cpu")
+            if step.device != device or step.dtype != torch.float32:
+                optimizer.state[p]["step"] = step.to(device=device, dtype=torch.float32)
 
 
 def peak_lr(config: OptimConfig, processes: int | None = None) -> float:

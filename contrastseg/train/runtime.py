@@ -166,42 +166,53 @@ def process_settings_kept() -> Iterator[None]:
     """Restore torch's process-wide settings that a run changes when it ends, however it ends.
 
     :func:`apply_num_threads` and :func:`seed_everything` set torch's thread count, its
-    deterministic-algorithms switch and cuDNN autotuning for the whole process; a run called
-    from Python (a notebook, a sweep) leaves them as it found them, so ``train.deterministic``
-    of one run does not make a later one fail on an operation without a deterministic kernel.
+    deterministic-algorithms switch, cuDNN autotuning and ``CUBLAS_WORKSPACE_CONFIG`` for the
+    whole process; a run called from Python (a notebook, a sweep) leaves them as it found them,
+    so ``train.deterministic`` of one run does not make a later one fail on an operation
+    without a deterministic kernel. (cuBLAS reads its workspace setting when a process first
+    uses it: set the variable before any CUDA work to make a later deterministic run exact.)
     """
     kept = (
         torch.get_num_threads(),
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
         torch.backends.cudnn.benchmark,
+        os.environ.get(CUBLAS_WORKSPACE),
     )
     try:
         yield
     finally:
-        threads, deterministic, warn_only, benchmark = kept
+        threads, deterministic, warn_only, benchmark, workspace = kept
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.backends.cudnn.benchmark = benchmark
+        if workspace is None:
+            os.environ.pop(CUBLAS_WORKSPACE, None)
+        else:
+            os.environ[CUBLAS_WORKSPACE] = workspace
+
+
+#: The variable that fixes cuBLAS's workspace, which torch's deterministic mode needs on CUDA.
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
     """Seed Python and torch; deterministic algorithms on request, cuDNN autotuning otherwise.
 
-    ``deterministic``: torch's deterministic kernels, warning (by name, once) for an operation
-    that has none rather than stopping the run (on CUDA: bilinear upsampling's backward, which
-    every decoder here uses); on CUDA also cuBLAS's fixed workspace
-    (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set), without which torch refuses every matrix
-    product in deterministic mode. On a CPU every kernel of the package is deterministic (a
-    resume is bitwise the uninterrupted run).
+    ``deterministic``: torch's deterministic kernels. On a CPU every operation of the package
+    has one (a resume is bitwise the uninterrupted run) and torch refuses one that has not. On
+    CUDA (and MPS) an operation without one warns, by name and once, rather than stopping the
+    run (bilinear upsampling's backward, which every decoder here uses), and cuBLAS gets its
+    fixed workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set), without which torch
+    refuses every matrix product in deterministic mode.
     """
     random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
         if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+            os.environ.setdefault(CUBLAS_WORKSPACE, ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
         torch.backends.cudnn.benchmark = False
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -227,6 +227,7 @@ def test_segnet_unpools_without_a_scatter_under_deterministic_algorithms():
     """train.deterministic: torch has no deterministic max_unpool2d; the 2x2 unpooling does
     the same, even and odd sizes, values and gradients (oracle: F.max_unpool2d)."""
     from contrastseg.models.segnet import unpool2x2
+    from contrastseg.train.runtime import process_settings_kept
 
     g = torch.Generator().manual_seed(0)
     for size in ((8, 12), (9, 13)):
@@ -244,13 +245,15 @@ def test_segnet_unpools_without_a_scatter_under_deterministic_algorithms():
     x = torch.randn(1, 3, 32, 48, generator=g)
     with torch.no_grad():
         expected = net(x)
-    kept = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with process_settings_kept():
+        torch.use_deterministic_algorithms(True)  # max_unpool2d would raise here
         with torch.no_grad():
             assert torch.equal(net(x), expected)
-    finally:
-        torch.use_deterministic_algorithms(kept)
+    # an inf (an fp16 overflow) stays in its pixel, as with max_unpool2d
+    pooled, index = F.max_pool2d(torch.randn(1, 1, 4, 4, generator=g), 2, 2, return_indices=True)
+    pooled[0, 0, 0, 0] = float("inf")
+    theirs = F.max_unpool2d(pooled, index, 2, 2, output_size=(4, 4))
+    assert torch.equal(unpool2x2(pooled, index, (4, 4)), theirs)
 
 
 def test_segnet_refuses_a_resnet():

@@ -113,3 +113,21 @@ def test_single_image_batch_in_training_is_a_clear_error():
     model = DeepLabV3Plus(num_classes=2, arch="resnet18").train()
     with pytest.raises(ValueError, match="batch of at least 2"):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_fine_tuning_a_one_conv_decoder_with_the_official_dropout():
+    """The official fine-tuning recipe's decoder_dropout [0.5, 0.1] on a checkpoint pretrained
+    with decoder_convs: 1: the second value has no convolution to follow; it is dropped with a
+    warning, not a refusal the user cannot fix (decoder_convs comes from the checkpoint)."""
+    from contrastseg.models.deeplab import DeepLabV3PlusConfig
+    from contrastseg.train.evaluate import build_segmenter, pretrained_model_config
+    from contrastseg.utils.configtools import to_dict
+
+    checkpoint = to_dict(DeepLabV3PlusConfig(arch="resnet18", separable=True, decoder_convs=1))
+    requested = DeepLabV3PlusConfig(decoder_dropout=(0.5, 0.1))
+    with pytest.warns(UserWarning, match=r"one 3x3 convolution.*\[0\.5, 0\.0\]"):
+        merged = pretrained_model_config(checkpoint, requested)
+    assert merged["decoder_convs"] == 1 and list(merged["decoder_dropout"]) == [0.5, 0.0]
+    net = build_segmenter(merged, num_classes=3, in_channels=3)
+    dropouts = [m.p for m in net.decoder.fuse.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.5] and len(net.decoder.fuse) == 1

@@ -8,10 +8,14 @@ from contrastseg.train.optim import (
     LARS,
     build_optimizer,
     build_scheduler,
+    fused_unavailable,
     keep_implementation,
     lr_factor,
     parameter_groups,
 )
+from contrastseg.utils.configtools import ConfigError
+
+FUSED = fused_unavailable("adam", [torch.zeros(1)]) is None
 
 
 def test_schedule_is_linear_warmup_then_cosine():
@@ -93,10 +97,15 @@ def test_every_implementation_is_the_adam_update(name, implementation):
         model.weight.copy_(start)
     config = OptimConfig(name=name, lr=0.01, betas=(0.9, 0.99), weight_decay=0.1,
                          implementation=implementation)  # fmt: skip
+    if implementation == "fused" and not FUSED:
+        pytest.skip(f"torch {torch.__version__} has no fused CPU update")
     optimizer = build_optimizer(model, config)
     group = optimizer.param_groups[0]
-    # auto: the CPU has torch's fused kernel
-    assert bool(group["fused"]) is (implementation in ("auto", "fused"))
+    # auto: torch's fused kernel where the CPU has it (torch >= 2.4)
+    assert bool(group["fused"]) is (
+        implementation == "fused" or (implementation == "auto" and FUSED)
+    )
+    assert bool(group["foreach"]) is (implementation == "foreach")
     for g in grads:
         model.weight.grad = g.clone()
         optimizer.step()
@@ -105,13 +114,13 @@ def test_every_implementation_is_the_adam_update(name, implementation):
     assert model.weight.detach().numpy() == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
-def test_sgd_auto_is_fused_momentum_sgd():
+def test_sgd_auto_is_not_fused_and_is_momentum_sgd():
     torch.manual_seed(0)
     w0, grads = torch.randn(4), [torch.randn(4) for _ in range(5)]
     model = torch.nn.Module()
     model.w = torch.nn.Parameter(w0.clone()[None].repeat(2, 1))  # 2-D: the decayed group
     optimizer = build_optimizer(model, OptimConfig(name="sgd", lr=0.1, weight_decay=0.0))
-    assert optimizer.param_groups[0]["fused"] is True
+    assert not optimizer.param_groups[0]["fused"]
     buf, w = None, w0.clone()
     for g in grads:
         model.w.grad = g[None].repeat(2, 1)
@@ -119,6 +128,40 @@ def test_sgd_auto_is_fused_momentum_sgd():
         buf = g if buf is None else 0.9 * buf + g  # torch's (and SimCLR's) momentum form
         w = w - 0.1 * buf
     assert torch.allclose(model.w.detach()[0], w, atol=1e-6)
+    with pytest.raises(ConfigError, match="fused is for adam and adamw"):
+        OptimConfig(name="sgd", implementation="fused")
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_a_first_step_the_fp16_scaler_skips_leaves_auto_as_the_for_loop(name):
+    """fp16 training: the gradient scaler skips a step with inf gradients (common at the first,
+    at scale 65536). torch's fused SGD kept uninitialised momentum from such a step (weights
+    ~1e27 at the next): auto must give the for-loop's weights."""
+    torch.manual_seed(0)
+    start, target = torch.randn(3, 5), torch.randn(3, 5)
+
+    def run(implementation):
+        model = torch.nn.Linear(5, 3, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(start)
+        config = OptimConfig(name=name, lr=0.01, weight_decay=0.0, implementation=implementation)
+        optimizer = build_optimizer(model, config)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        for step in range(4):
+            optimizer.zero_grad()
+            loss = ((model.weight - target) ** 2).sum()
+            if step == 0:
+                loss = loss * float("inf")
+            scaler.scale(loss).backward()
+            for _ in range(4):  # freed memory full of large values, for an uninitialised buffer
+                torch.full_like(start, 7.7e28)
+            scaler.step(optimizer)
+            scaler.update()
+        return model.weight.detach()
+
+    auto, loop = run("auto"), run("for-loop")
+    assert torch.isfinite(auto).all()
+    assert torch.allclose(auto, loop, atol=1e-6)
 
 
 def test_resume_keeps_the_built_implementation():
@@ -150,7 +193,5 @@ def test_resume_keeps_the_built_implementation():
 
 
 def test_fused_for_lars_is_refused():
-    from contrastseg.utils.configtools import ConfigError
-
     with pytest.raises(ConfigError, match="lars has one implementation"):
         OptimConfig(name="lars", implementation="fused")

@@ -73,13 +73,14 @@ def test_a_run_sets_its_threads_and_logs_them_and_leaves_the_process_as_it_was(
 
     SlowdownWatch.update = spy
     try:
-        run_pretrain(config)
+        with process_settings_kept():  # should the run not restore them, later tests stay clean
+            run_pretrain(config)
+            # after it: a later run (or a notebook's next cell) finds torch's settings as they were
+            assert torch.get_num_threads() == 2
+            assert not torch.are_deterministic_algorithms_enabled()
     finally:
         SlowdownWatch.update = original
     assert seen == {"threads": 1, "deterministic": True}  # during the run
-    # after it: a later run (or a notebook's next cell) finds torch's settings as they were
-    assert torch.get_num_threads() == 2
-    assert not torch.are_deterministic_algorithms_enabled()
     log = (tmp_path / "tiny" / "train.log").read_text()
     assert f"torch threads: 1 of {os.cpu_count()} cores (train.num_threads: 1)" in log
 
@@ -94,6 +95,10 @@ def test_deterministic_on_cuda_sets_the_cublas_workspace_and_warns_for_missing_k
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ  # restored: it was not set
+    with process_settings_kept():  # on a CPU an operation without a deterministic kernel raises
+        seed_everything(0, True, torch.device("cpu"))
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own stays
     with process_settings_kept():
         seed_everything(0, True, torch.device("cuda"))
