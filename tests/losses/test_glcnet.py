@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -224,6 +225,10 @@ def _dist_worker(rank: int, world: int, store: str, out_dir: str) -> None:
             "empty_batches": torch.tensor(loss_fn.empty_batches),
         }
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    # the DDP wrappers (reducers) must go before their process group: one that outlives it
+    # aborts the process at exit ("terminate called without an active exception")
+    del ddp
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from datetime import timedelta
 from pathlib import Path
@@ -223,6 +224,10 @@ def _dist_worker(rank: int, world: int, store: str, out_dir: str) -> None:
             "b_grad": b.grad.clone(),
         }
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    # the DDP wrappers (reducers) must go before their process group: one that outlives it
+    # aborts the process at exit ("terminate called without an active exception")
+    del ddp
+    gc.collect()
     dist.destroy_process_group()
 
 

@@ -3,6 +3,7 @@ queue, FIFO order, the loss without a queue unchanged bit for bit, and a 2-proce
 
 from __future__ import annotations
 
+import gc
 import math
 from datetime import timedelta
 from pathlib import Path
@@ -343,6 +344,10 @@ def _dist_worker(rank: int, world: int, store: str, out_dir: str) -> None:
                 "ptr": loss_fn.queue.ptr.clone(),
             }
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    # the DDP wrappers (reducers) must go before their process group: one that outlives it
+    # aborts the process at exit ("terminate called without an active exception")
+    del ddp
+    gc.collect()
     dist.destroy_process_group()
 
 
