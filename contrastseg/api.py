@@ -6,12 +6,12 @@ name, a config object, or ``None`` for the subcommand's default) and overrides i
 
     import contrastseg
 
-    run = contrastseg.pretrain("quickstart.yaml", train={"steps": 20}, run={"name": "try"})
+    run = contrastseg.pretrain("quickstart.yaml", train={"max_steps": 20}, run={"name": "try"})
     tuned = contrastseg.finetune("finetune_demo.yaml", pretrained=run.run_dir, mode="lp-ft")
     scores = contrastseg.evaluate(tuned.best_checkpoint)
     contrastseg.export(run.run_dir, "resnet18_glcnet.pth")
 
-``train={"steps": 20}`` is ``--set train.steps=20``; ``mode="lp-ft"`` is ``--set
+``train={"max_steps": 20}`` is ``--set train.max_steps=20``; ``mode="lp-ft"`` is ``--set
 mode=lp-ft``; ``overrides=["optim.lr=1e-4"]`` passes ``--set`` strings as they are. Errors
 are the command line's: a ``ValueError`` (``ConfigError``) or ``FileNotFoundError`` whose
 one-line message names the key, the value and what was expected.
@@ -54,7 +54,7 @@ __all__ = [
 def override_strings(overrides: Sequence[str] = (), **sections: Any) -> list[str]:
     """``--set`` strings from dotted strings plus keyword sections.
 
-    ``train={"steps": 2, "batch_size": 4}`` gives ``train.steps=2`` and
+    ``train={"max_steps": 2, "batch_size": 4}`` gives ``train.max_steps=2`` and
     ``train.batch_size=4``; a non-mapping value is one key (``mode="linear"`` gives
     ``mode="linear"``). Values are written as JSON, which YAML reads back unchanged.
 
@@ -169,8 +169,8 @@ def pretrain(
     Args:
         config: YAML path, bundled config name, :class:`~contrastseg.config.PretrainConfig`,
             or None (``quickstart.yaml``, the built-in demo scenes).
-        overrides: ``--set`` strings, e.g. ``["train.steps=20"]``.
-        **sections: overrides as keyword sections, e.g. ``train={"steps": 20}``.
+        overrides: ``--set`` strings, e.g. ``["train.max_steps=20"]``.
+        **sections: overrides as keyword sections, e.g. ``train={"max_steps": 20}``.
 
     Returns:
         The run folder, the steps done, the last checkpoint and the logged scalars.

@@ -38,3 +38,59 @@ def test_the_walkthrough_runs_top_to_bottom(tmp_path):
     assert (tmp_path / "runs" / "api-demo-ft" / "best.pt").is_file()
     assert list((tmp_path / "predictions").glob("*.png"))
     assert (tmp_path / "resnet18_glcnet.pth").is_file() and (tmp_path / "segmenter.onnx").is_file()
+
+
+README = DOC.parent.parent / "README.md"
+API = DOC.parent.parent / "contrastseg" / "api.py"
+
+
+def _calls_resolve(script: str, tmp_path, monkeypatch) -> list[str]:
+    """Run ``script`` with the API's training functions only resolving their configs (every key
+    they are given must be a real setting); returns the calls made."""
+    import types
+
+    import contrastseg
+    from contrastseg import api
+
+    made = []
+
+    def pretrain(config=None, *, overrides=(), **sections):
+        api.pretrain_config(config, overrides=overrides, **sections)
+        made.append("pretrain")
+        return types.SimpleNamespace(run_dir=tmp_path / "runs" / "quickstart")
+
+    def finetune(config=None, *, pretrained=None, overrides=(), **sections):
+        if pretrained is not None:
+            sections = {**sections, "pretrained": {"path": str(pretrained)}}
+        api.finetune_config(config, overrides=overrides, **sections)
+        made.append("finetune")
+        return types.SimpleNamespace(
+            best_checkpoint=tmp_path / "best.pt", test_metrics={"kappa": 0.0}
+        )
+
+    monkeypatch.setattr(contrastseg, "pretrain", pretrain)
+    monkeypatch.setattr(contrastseg, "finetune", finetune)
+    for name in ("evaluate", "export"):
+        monkeypatch.setattr(contrastseg, name, lambda *a, _n=name, **k: made.append(_n))
+    exec(compile(script, "<doc>", "exec"), {})
+    return made
+
+
+def test_the_readme_python_example_names_real_settings(tmp_path, monkeypatch):
+    """The README's Python lines run its configs through the config loader (the walkthrough
+    above runs for real; this catches an unknown key, e.g. ``train.steps``, in seconds)."""
+    (script,) = cells(README.read_text())
+    assert _calls_resolve(script, tmp_path, monkeypatch) == ["pretrain", "finetune"]
+
+
+def test_the_api_module_example_names_real_settings(tmp_path, monkeypatch):
+    from contrastseg import api
+
+    block = []
+    for line in api.__doc__.split("::\n", 1)[1].splitlines():
+        if line.strip() and not line.startswith("    "):
+            break  # the end of the indented example
+        block.append(line[4:])
+    script = "\n".join(block)
+    made = _calls_resolve(script, tmp_path, monkeypatch)
+    assert made == ["pretrain", "finetune", "evaluate", "export"]
