@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision
 
 from contrastseg.config import load_pretrain_config
-from contrastseg.models import FCN, DeepLabV3, build_model, model_config
+from contrastseg.models import FCN, MODELS, DeepLabV3, build_model, model_config
 from contrastseg.models.deeplabv3 import torchvision_key
 from contrastseg.models.fcn import TORCHVISION_KEYS as FCN_KEYS
 
@@ -282,3 +282,18 @@ def test_segnet_starts_from_a_torchvision_vgg16_bn_file_with_any_band_count(tmp_
     torch.testing.assert_close(
         net.backbone.features[40].weight.detach(), theirs.features[40].weight
     )
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_network_trains_under_deterministic_algorithms_on_the_cpu(name):
+    """train.deterministic on a CPU refuses an operation without a deterministic kernel (as
+    SegNet's max_unpool2d was): every network's forward and backward must have one."""
+    from contrastseg.train.runtime import process_settings_kept
+
+    arch = "vgg16_bn" if name == "segnet" else "resnet18"
+    extra = {"output_stride": 32} if name == "segnet" else {}
+    net = build_model(model_config(name, arch=arch, **extra), 3, 2).train()
+    with process_settings_kept():
+        torch.use_deterministic_algorithms(True)
+        net(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
