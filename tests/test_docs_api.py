@@ -94,3 +94,27 @@ def test_the_api_module_example_names_real_settings(tmp_path, monkeypatch):
     script = "\n".join(block)
     made = _calls_resolve(script, tmp_path, monkeypatch)
     assert made == ["pretrain", "finetune", "evaluate", "export"]
+
+
+@pytest.mark.slow
+def test_the_exported_encoder_loads_elsewhere_as_the_downstream_page_says(tmp_path):
+    """docs/downstream.md, "Using the exported encoder elsewhere", as written: the quickstart,
+    ``contrastseg export``, then the page's Python block (torchvision, smp, contrastseg)."""
+    pytest.importorskip("segmentation_models_pytorch")
+    page = (DOC.parent / "downstream.md").read_text()
+    (script,) = [c for c in cells(page) if "resnet18_glcnet.pth" in c]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args in (["pretrain"], ["export", "runs/quickstart", "--out", "resnet18_glcnet.pth"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "contrastseg.cli", *args],
+            cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, (args, proc.stderr[-3000:])
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # torchvision: only the classifier is missing; contrastseg: the backbone and ASPP loaded
+    assert "missing_keys=['fc.weight', 'fc.bias']" in proc.stdout
+    assert "unexpected_keys=[]" in proc.stdout
