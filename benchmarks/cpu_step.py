@@ -3,9 +3,9 @@
 ``train.channels_last``, ``train.amp`` and ``train.compile`` take ``auto``; this benchmark is
 what ``auto`` chooses from on a CPU. For a pretraining step (GLCNet, the engine's own
 :class:`~contrastseg.train.pretrain_task.PretrainStep`: views, matching, forward, backward,
-update) and a fine-tuning step (the segmenter's forward, cross-entropy, backward, Adam update
-under the engine's autocast and memory format), it times four variants of the same step on
-the same batch:
+update) and a fine-tuning step (the engine's own ``FinetuneTask`` step in the shared
+``TrainingLoop``: flips and rotations, the segmenter's forward, cross-entropy, backward, the
+engine's fused Adam), it times four variants of the same step on the same batch:
 
 * ``fp32``: contiguous tensors, full precision, eager (the baseline);
 * ``channels_last``: model and inputs in channels_last;
@@ -35,10 +35,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -46,11 +46,18 @@ import _common
 from _common import machine_info, print_table, write_json
 
 from contrastseg.config import load_pretrain_config
+from contrastseg.losses.segmentation import build_loss
 from contrastseg.models import build_model
-from contrastseg.train.finetune_config import FinetuneOptimConfig
-from contrastseg.train.optim import build_optimizer
+from contrastseg.train.finetune import FinetuneTask
+from contrastseg.train.finetune_config import load_finetune_config, loss_spec
+from contrastseg.train.loop import LoopSettings, TrainingLoop, TrainState
+from contrastseg.train.monitor import RunMonitor
+from contrastseg.train.optim import build_optimizer, build_scheduler
 from contrastseg.train.pretrain_task import build_pretrain_step
-from contrastseg.train.runtime import autocast_context, optimizer_step, seed_everything
+from contrastseg.train.runtime import resolve_amp_dtype, resolve_memory_format, seed_everything
+
+#: Step counts of the schedule and the loop's cadences that a benchmark never reaches.
+ENDLESS = 10**6
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16+channels_last", "compile")
 
@@ -91,30 +98,48 @@ def pretrain_case(variant: str, s: dict[str, Any]) -> Callable[[], None]:
 
 
 def finetune_case(variant: str, s: dict[str, Any]) -> Callable[[], None]:
-    """One fine-tuning step of ``variant``: DeepLabV3+ forward, cross-entropy, backward, and the
-    fine-tuning engine's optimizer (``optim`` defaults: Adam, lr 1e-4, torch's fused kernel)."""
+    """One fine-tuning step of ``variant``: the engine's own (``FinetuneTask.train_step`` in the
+    shared ``TrainingLoop``: uint patches to float, the flips and rotations, the segmenter's
+    forward, cross-entropy, the finite check, backward, the engine's optimizer), on one fixed
+    batch; ``finetune_demo.yaml``'s settings, DeepLabV3+ with a fresh 6-class classifier."""
     amp, channels_last, compiled = _settings(variant)
-    torch.manual_seed(0)
+    config = load_finetune_config(
+        None,
+        [
+            f"model.arch={s['arch']}",
+            f"train.batch_size={s['batch']}",
+            f'train.amp="{amp}"',
+            f"train.channels_last={str(channels_last).lower()}",
+            f"train.compile={str(compiled).lower()}",
+            "train.device=cpu",
+        ],
+    )
+    seed_everything(0, False, torch.device("cpu"))
+    device, classes, ignore = torch.device("cpu"), 6, 255
     model_config = {"name": "deeplabv3plus", "arch": s["arch"]}
-    model = build_model(model_config, s["bands"], num_classes=6, backbone_weights=False)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format).train()
+    model = build_model(model_config, s["bands"], num_classes=classes, backbone_weights=False)
+    memory_format = resolve_memory_format(config.train.channels_last, device)
+    model = model.to(device, memory_format=memory_format).train()
     forward = torch.compile(model) if compiled else model
-    optimizer = build_optimizer(model, FinetuneOptimConfig())  # the engine's (fused Adam)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    criterion = build_loss(loss_spec(config.loss, config.loss_args), classes, ignore, None)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, ENDLESS, config.optim, ENDLESS)
+    amp_dtype = resolve_amp_dtype(config.train.amp, device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     generator = torch.Generator().manual_seed(0)
+    mean, std = [0.5] * s["bands"], [0.25] * s["bands"]
+    task = FinetuneTask(
+        config, model, forward, criterion, generator, [], None,
+        SimpleNamespace(ignore_index=ignore), mean, std, memory_format, amp_dtype, device,
+        None, ENDLESS, ENDLESS, Path("best.pt"),
+    )  # fmt: skip  # no validation here: segmenter, val set and checkpoint are not used
+    state = TrainState(model, optimizer, scheduler, scaler, generator)
+    settings = LoopSettings(ENDLESS, ENDLESS, ENDLESS, 1, Path(), config.optim.grad_clip)
+    loop = TrainingLoop(state, settings, RunMonitor(Path(), False, ENDLESS), forward)
     size = (s["batch"], s["bands"], s["patch"], s["patch"])
-    images = torch.rand(size, generator=generator).contiguous(memory_format=memory_format)
-    labels = torch.randint(0, 6, (s["batch"], s["patch"], s["patch"]), generator=generator)
-    dtype = torch.bfloat16 if amp == "bf16" else None
-
-    def step() -> None:
-        with autocast_context(torch.device("cpu"), dtype):
-            loss = F.cross_entropy(forward(images).float(), labels)
-        optimizer_step(loss, optimizer, scheduler, scaler, model.parameters())
-
-    return step
+    images = torch.randint(0, 256, size, generator=generator).to(torch.uint8)
+    labels = torch.randint(0, classes, size[:1] + size[2:], generator=generator)
+    return lambda: loop.step(task, (images, labels))
 
 
 def measure(
