@@ -68,22 +68,29 @@ def _settings(variant: str) -> tuple[str, bool, bool]:
     return ("bf16" if "bf16" in parts else "off", "channels_last" in parts, "compile" in parts)
 
 
+def _overrides(variant: str, s: dict[str, Any]) -> list[str]:
+    """The ``--set`` strings of a variant's step settings, shared by both steps."""
+    amp, channels_last, compiled = _settings(variant)
+    return [
+        f"model.arch={s['arch']}",
+        f"train.batch_size={s['batch']}",
+        f'train.amp="{amp}"',
+        f"train.channels_last={str(channels_last).lower()}",
+        f"train.compile={str(compiled).lower()}",
+        "train.device=cpu",
+    ]
+
+
 def pretrain_case(variant: str, s: dict[str, Any]) -> Callable[[], None]:
     """One GLCNet pretraining step of ``variant``: the engine's own, on one fixed batch."""
-    amp, channels_last, compiled = _settings(variant)
     config = load_pretrain_config(
         None,
         [
             "method.name=glcnet",
-            f"model.arch={s['arch']}",
             f"views.size={s['view']}",
             f"data.patch_size={s['patch']}",
             f"method.region_size={max(1, s['view'] // 6)}",
-            f"train.batch_size={s['batch']}",
-            f'train.amp="{amp}"',
-            f"train.channels_last={str(channels_last).lower()}",
-            f"train.compile={str(compiled).lower()}",
-            "train.device=cpu",
+            *_overrides(variant, s),
         ],
     )
     seed_everything(0, False, torch.device("cpu"))
@@ -102,25 +109,14 @@ def finetune_case(variant: str, s: dict[str, Any]) -> Callable[[], None]:
     shared ``TrainingLoop``: uint patches to float, the flips and rotations, the segmenter's
     forward, cross-entropy, the finite check, backward, the engine's optimizer), on one fixed
     batch; ``finetune_demo.yaml``'s settings, DeepLabV3+ with a fresh 6-class classifier."""
-    amp, channels_last, compiled = _settings(variant)
-    config = load_finetune_config(
-        None,
-        [
-            f"model.arch={s['arch']}",
-            f"train.batch_size={s['batch']}",
-            f'train.amp="{amp}"',
-            f"train.channels_last={str(channels_last).lower()}",
-            f"train.compile={str(compiled).lower()}",
-            "train.device=cpu",
-        ],
-    )
+    config = load_finetune_config(None, _overrides(variant, s))
     seed_everything(0, False, torch.device("cpu"))
     device, classes, ignore = torch.device("cpu"), 6, 255
     model_config = {"name": "deeplabv3plus", "arch": s["arch"]}
     model = build_model(model_config, s["bands"], num_classes=classes, backbone_weights=False)
     memory_format = resolve_memory_format(config.train.channels_last, device)
     model = model.to(device, memory_format=memory_format).train()
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model) if config.train.compile else model
     criterion = build_loss(loss_spec(config.loss, config.loss_args), classes, ignore, None)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, ENDLESS, config.optim, ENDLESS)
