@@ -87,6 +87,13 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def add_device_argument(parser: Any) -> None:
+    """``--device cpu | cuda`` on an ``argparse`` parser, CUDA where there is one."""
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+
+
 def default_out(name: str, quick: bool) -> str:
     """Where a benchmark writes without ``--out``: the committed ``benchmarks/results/<name>.json``,
     or for a ``--quick`` (or ``--tiny``) run a file in the temporary folder, never the

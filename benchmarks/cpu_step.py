@@ -50,14 +50,10 @@ from contrastseg.losses.segmentation import build_loss
 from contrastseg.models import build_model
 from contrastseg.train.finetune import FinetuneTask
 from contrastseg.train.finetune_config import load_finetune_config, loss_spec
-from contrastseg.train.loop import LoopSettings, TrainingLoop, TrainState
-from contrastseg.train.monitor import RunMonitor
+from contrastseg.train.loop import ENDLESS, TrainingLoop, TrainState
 from contrastseg.train.optim import build_optimizer, build_scheduler
 from contrastseg.train.pretrain_task import build_pretrain_step
 from contrastseg.train.runtime import resolve_amp_dtype, resolve_memory_format, seed_everything
-
-#: Step counts of the schedule and the loop's cadences that a benchmark never reaches.
-ENDLESS = 10**6
 
 VARIANTS = ("fp32", "channels_last", "bf16", "bf16+channels_last", "compile")
 
@@ -130,8 +126,7 @@ def finetune_case(variant: str, s: dict[str, Any]) -> Callable[[], None]:
         None, ENDLESS, ENDLESS, Path("best.pt"),
     )  # fmt: skip  # no validation here: segmenter, val set and checkpoint are not used
     state = TrainState(model, optimizer, scheduler, scaler, generator)
-    settings = LoopSettings(ENDLESS, ENDLESS, ENDLESS, 1, Path(), config.optim.grad_clip)
-    loop = TrainingLoop(state, settings, RunMonitor(Path(), False, ENDLESS), forward)
+    loop = TrainingLoop.standalone(state, forward, config.optim.grad_clip, s["batch"])
     size = (s["batch"], s["bands"], s["patch"], s["patch"])
     images = torch.randint(0, 256, size, generator=generator).to(torch.uint8)
     labels = torch.randint(0, classes, size[:1] + size[2:], generator=generator)

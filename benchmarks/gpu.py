@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _common
-from _common import machine_info, write_json
+from _common import add_device_argument, machine_info, write_json
 
 HERE = Path(__file__).resolve().parent
 
@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the stages (``argv`` as on the command line); returns what it writes as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="toy size, any device (a smoke test)")
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device_argument(parser)
     parser.add_argument("--out", default=None, help="default benchmarks/results/gpu.json")
     parser.add_argument("--batch", type=int, default=64, help="images per step (paper size)")
     parser.add_argument("--workers", type=int, default=8, help="loader workers (paper size)")

@@ -43,7 +43,14 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _common
-from _common import machine_info, peak_memory_bytes, print_table, time_it, write_json
+from _common import (
+    add_device_argument,
+    machine_info,
+    peak_memory_bytes,
+    print_table,
+    time_it,
+    write_json,
+)
 
 from contrastseg.losses.ntxent import nt_xent
 
@@ -122,9 +129,7 @@ def _available_bytes() -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller naive budget")
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--out", default=None, help="default results/losses.json (--quick: the temporary folder)"
     )

@@ -70,7 +70,15 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _common
-from _common import machine_info, print_table, rss_peak_bytes, synchronize, time_it, write_json
+from _common import (
+    add_device_argument,
+    machine_info,
+    print_table,
+    rss_peak_bytes,
+    synchronize,
+    time_it,
+    write_json,
+)
 
 from contrastseg.config import PretrainConfig, load_pretrain_config
 from contrastseg.data import UnlabeledDataset, build_loader, set_loader_epoch, write_demo_dataset
@@ -351,9 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark (``argv`` as on the command line); returns what it writes as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU-sized: R18, small batches/views")
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device_argument(parser)
     parser.add_argument(
         "--out", default=None, help="default results/pretrain_step.json (--quick: temporary folder)"
     )

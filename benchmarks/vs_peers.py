@@ -69,7 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import machine_info, print_table, write_json
+from _common import add_device_argument, machine_info, print_table, write_json
 from pretrain_step import case_config, data_area
 
 from contrastseg.augment.config import PipelineConfig, ViewsConfig
@@ -628,9 +628,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--quick", action="store_true", help="quick size, 1 thread, 0 and 2 workers"
     )
-    parser.add_argument(
-        "--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu"
-    )
+    add_device_argument(parser)
     parser.add_argument("--out", default="benchmarks/results/vs_peers.json")
     parser.add_argument("--methods", nargs="+", default=["simclr", "glcnet"], choices=list(CONFIGS))
     parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))

@@ -84,6 +84,10 @@ class TrainState:
     step: int = 0
 
 
+#: The length and cadences of a :meth:`TrainingLoop.standalone` loop: never reached.
+ENDLESS = 10**6
+
+
 @dataclass
 class LoopSettings:
     """How long and how often.
@@ -205,6 +209,20 @@ class TrainingLoop:
         self.checkpoint: Path | None = None
         self.history: list[dict[str, float]] = []
         self.slowdown = SlowdownWatch()
+
+    @classmethod
+    def standalone(
+        cls,
+        state: TrainState,
+        forward: nn.Module | None = None,
+        grad_clip: float | None = None,
+        images_per_step: int = 1,
+    ) -> TrainingLoop:
+        """A loop outside any run, whose :meth:`step` is the engine's step and nothing else:
+        no folder, no log, and a schedule, log and checkpoint cadence of :data:`ENDLESS` steps
+        (a benchmark's or a notebook's step)."""
+        settings = LoopSettings(ENDLESS, ENDLESS, ENDLESS, 1, Path(), grad_clip, images_per_step)
+        return cls(state, settings, RunMonitor(Path(), False, ENDLESS), forward)
 
     # --- state -------------------------------------------------------------------------
     def restore(self, payload: Mapping[str, Any], source: Path) -> None:

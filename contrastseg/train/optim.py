@@ -107,7 +107,7 @@ def fused_unavailable(name: str, params: Iterable[Tensor]) -> str | None:
     """Why torch's fused update cannot run ``optim.name`` on ``params`` (None: it can)."""
     if name not in FUSED_OPTIMIZERS:
         return f"contrastseg runs fused updates for {' and '.join(FUSED_OPTIMIZERS)} only"
-    if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 4):
+    if torch.__version__ < (2, 4):  # a TorchVersion compares with a tuple
         return f"torch {torch.__version__} has no fused CPU update (2.4 has)"
     params = list(params)
     devices = sorted({p.device.type for p in params} - set(FUSED_DEVICES))

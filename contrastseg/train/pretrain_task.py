@@ -37,7 +37,7 @@ from contrastseg.train.checkpoint import (
     save_atomic,
 )
 from contrastseg.train.loop import (
-    LoopSettings,
+    ENDLESS,
     TrainingLoop,
     TrainingTask,
     TrainState,
@@ -363,10 +363,6 @@ def build_pretrain_task(
     return task, TrainState(model, optimizer, scheduler, scaler, generator)
 
 
-#: The step count of a :class:`PretrainStep`'s schedule, log and checkpoint cadences: never reached.
-_ENDLESS = 10**6
-
-
 class PretrainStep:
     """The pretraining step of a config outside a run (no folder, no log): what a benchmark times.
 
@@ -381,9 +377,9 @@ class PretrainStep:
 
     def __init__(self, task: PretrainTask, state: TrainState, batch_size: int) -> None:
         self.task, self.state = task, state
-        settings = LoopSettings(_ENDLESS, _ENDLESS, _ENDLESS, 1, Path(), task.config.optim.grad_clip,
-                                batch_size)  # fmt: skip
-        self.loop = TrainingLoop(state, settings, RunMonitor(Path(), False, _ENDLESS), task.forward)
+        self.loop = TrainingLoop.standalone(
+            state, task.forward, task.config.optim.grad_clip, batch_size
+        )
         # the same step through the plain model, for a compiled or DDP-wrapped forward
         self._eager = copy.copy(task)
         self._eager.forward = task.model
@@ -423,6 +419,6 @@ def build_pretrain_step(
         normalization: per-band ``(mean, std)`` instead of the config's ``normalize``.
     """
     task, state = build_pretrain_task(
-        config, bands, _ENDLESS, device, nodata, normalization=normalization
+        config, bands, ENDLESS, device, nodata, normalization=normalization
     )
     return PretrainStep(task, state, config.train.batch_size)

@@ -161,6 +161,10 @@ class SlowdownWatch:
         )
 
 
+#: The variable that fixes cuBLAS's workspace, which torch's deterministic mode needs on CUDA.
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+
+
 @contextlib.contextmanager
 def process_settings_kept() -> Iterator[None]:
     """Restore torch's process-wide settings that a run changes when it ends, however it ends.
@@ -191,10 +195,6 @@ def process_settings_kept() -> Iterator[None]:
             os.environ.pop(CUBLAS_WORKSPACE, None)
         else:
             os.environ[CUBLAS_WORKSPACE] = workspace
-
-
-#: The variable that fixes cuBLAS's workspace, which torch's deterministic mode needs on CUDA.
-CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
 
 
 def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
